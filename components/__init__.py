@@ -1,0 +1,30 @@
+"""TFX components that prune, fine-tune, gate and hand a Keras model to the stock Pusher.
+
+    from components import PruneComponent, RetrainComponent, EvaluatorGate
+
+The pruning engine (``components.engine``) is plain TensorFlow/tf-keras and imports no
+TFX; the components are thin adapters over it. They are loaded lazily so that importing
+the engine does not pull in TFX.
+"""
+
+import os
+
+# tf-keras (Keras 2) is what TFX 1.16, TFMA and tfmot speak; TensorFlow picks the Keras
+# flavour at its first import, so this has to happen before anything imports TensorFlow.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+__all__ = ["PruneComponent", "RetrainComponent", "EvaluatorGate"]
+
+_LAZY = {
+    "PruneComponent": "components.prune.component",
+    "RetrainComponent": "components.retrain.component",
+    "EvaluatorGate": "components.evaluator_gate.component",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'components' has no attribute {name!r}")

@@ -1,0 +1,38 @@
+"""Small helpers the executors share for reading and writing artifact files."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+from tfx.types import artifact_utils
+
+
+def write_text(directory: str, name: str, text: str) -> str:
+    tf.io.gfile.makedirs(directory)
+    path = os.path.join(directory, name)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_json(directory: str, name: str, payload: Any) -> str:
+    return write_text(directory, name, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def split_patterns(examples: list, split: str) -> list[str]:
+    """One glob pattern per Examples artifact for the files of ``split`` (as ExampleGen wrote them)."""
+    patterns = []
+    for artifact, uri in zip(examples, artifact_utils.get_split_uris(examples, split), strict=True):
+        if not tf.io.gfile.isdir(uri):
+            available = artifact_utils.decode_split_names(artifact.split_names)
+            raise ValueError(f"the examples have no {split!r} split at {uri}; splits are {available}")
+        patterns.append(os.path.join(uri, "*"))
+    return patterns
+
+
+def split_files(examples: list, split: str) -> list[str]:
+    """All data files of one split of the Examples artifacts."""
+    return [path for pattern in split_patterns(examples, split) for path in sorted(tf.io.gfile.glob(pattern))]

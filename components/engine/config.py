@@ -1,0 +1,93 @@
+"""Validated configuration for pruning and fine-tuning.
+
+The components accept these models (or plain dicts) and serialise them to JSON execution
+properties, so a bad value fails when the pipeline is constructed, not hours into a run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PruningConfig(_StrictModel):
+    """What to prune and how much.
+
+    Exactly one of ``target_sparsity`` (fraction of targeted weights set to zero) and
+    ``magnitude_threshold`` (weights with ``|w| < threshold`` set to zero) is given.
+
+    Example::
+
+        PruningConfig(target_sparsity=0.8, scope="global", protected_layers=["embed.*"])
+    """
+
+    target_sparsity: Optional[float] = Field(
+        default=None, gt=0.0, lt=1.0, description="Fraction of targeted kernel weights to zero, in (0, 1)."
+    )
+    magnitude_threshold: Optional[float] = Field(
+        default=None, gt=0.0, description="Zero every targeted weight with |w| below this value."
+    )
+    scope: Literal["global", "per_layer"] = Field(
+        default="global",
+        description="global: one magnitude cut across all targeted layers; per_layer: each layer reaches the sparsity.",
+    )
+    protected_layers: list[str] = Field(
+        default_factory=list,
+        description="Layer names or regular expressions (full match) whose weights are never pruned.",
+    )
+    protect_output_layer: bool = Field(
+        default=True, description="Leave the last weighted layer on every model output dense."
+    )
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> PruningConfig:
+        if (self.target_sparsity is None) == (self.magnitude_threshold is None):
+            raise ValueError("give exactly one of target_sparsity or magnitude_threshold")
+        if self.magnitude_threshold is not None and self.scope != "global":
+            raise ValueError("scope applies to target_sparsity only; a magnitude threshold is the same everywhere")
+        return self
+
+    @field_validator("protected_layers")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(
+                    f"protected layer pattern {pattern!r} is not a valid regular expression: {err}"
+                ) from err
+        return patterns
+
+
+class FineTuneConfig(_StrictModel):
+    """How to fine-tune a pruned model.
+
+    Example::
+
+        FineTuneConfig(label_key="species", epochs=20, learning_rate=1e-3)
+    """
+
+    label_key: str = Field(min_length=1, description="Feature holding the label in the tf.Examples.")
+    epochs: int = Field(default=10, ge=1)
+    steps_per_epoch: Optional[int] = Field(
+        default=None, ge=1, description="Batches per epoch; default: one pass over the train split."
+    )
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    loss: Optional[str] = Field(
+        default=None,
+        description="Keras loss class name (e.g. 'SparseCategoricalCrossentropy'); "
+        "default: the loss the model was compiled with when it was saved.",
+    )
+    from_logits: bool = Field(default=True, description="Used with `loss`: the model outputs logits.")
+    train_split: str = "train"
+    eval_split: str = "eval"
+    shuffle_buffer: int = Field(default=1024, ge=1)
+    seed: int = 0

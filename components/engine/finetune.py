@@ -1,0 +1,110 @@
+"""Fine-tuning that keeps pruned weights at exactly zero."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from components.engine.config import FineTuneConfig
+from components.engine.magnitude import iter_prunable_weights
+from components.engine.saved_model import compiled_metrics
+
+
+class MaskedWeightsError(ValueError):
+    """Masks do not match the model they are applied to."""
+
+
+def mask_variables(model: keras.Model, masks: Mapping[str, np.ndarray]) -> list[tuple[tf.Variable, tf.Tensor]]:
+    """Pairs each masked variable of ``model`` with its mask as a constant of the variable's dtype."""
+    if not masks:
+        return []
+    weights = {w.key: w for w in iter_prunable_weights(model)}
+    unknown = sorted(set(masks) - set(weights))
+    if unknown:
+        raise MaskedWeightsError(f"masks name weights the model does not have: {unknown}")
+    pairs = []
+    for key, mask in masks.items():
+        variable = weights[key].variable
+        if tuple(mask.shape) != tuple(variable.shape):
+            raise MaskedWeightsError(f"mask {key} has shape {mask.shape}, weight has {tuple(variable.shape)}")
+        pairs.append((variable, tf.constant(mask, dtype=variable.dtype)))
+    return pairs
+
+
+class KeepPrunedWeightsZero(keras.callbacks.Callback):
+    """Re-applies the pruning masks after every optimizer step, so momentum or weight
+    decay can never revive a pruned weight, and checks it at the end of training."""
+
+    def __init__(self, masked: list[tuple[tf.Variable, tf.Tensor]]):
+        super().__init__()
+        self._masked = masked
+        self._apply = tf.function(self._apply_masks)
+
+    def _apply_masks(self) -> None:
+        for variable, mask in self._masked:
+            variable.assign(variable * mask)
+
+    def on_train_begin(self, logs=None):
+        self._apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._apply()
+
+    def on_train_end(self, logs=None):
+        self._apply()
+
+
+def fine_tune(
+    model: keras.Model,
+    train_dataset: tf.data.Dataset,
+    eval_dataset: Optional[tf.data.Dataset],
+    config: FineTuneConfig,
+    masks: Mapping[str, np.ndarray],
+) -> dict[str, list[float]]:
+    """Fine-tunes ``model`` in place, holding masked weights at zero. Returns the Keras history.
+
+    ``train_dataset`` yields ``(features, labels)`` batches; it is repeated when
+    ``config.steps_per_epoch`` asks for more batches than one pass holds.
+    """
+    loss = _loss_for(model, config)
+    # Keep the metrics the model was compiled with: they are saved with it, and a generic
+    # "accuracy" would be resolved against logits and report nonsense downstream.
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=compiled_metrics(model))
+    if config.steps_per_epoch is not None:
+        train_dataset = train_dataset.repeat()
+    keras.utils.set_random_seed(config.seed)
+    history = model.fit(
+        train_dataset,
+        validation_data=eval_dataset,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks))],
+        verbose=2,
+    )
+    return {name: [float(v) for v in values] for name, values in history.history.items()}
+
+
+def _loss_for(model: keras.Model, config: FineTuneConfig):
+    if config.loss is not None:
+        return make_loss(config.loss, config.from_logits)
+    compiled_loss = getattr(model, "loss", None)
+    if compiled_loss is None:
+        raise ValueError(
+            "the model was saved without a compiled loss; set `loss` in the fine-tuning config "
+            "(for example 'SparseCategoricalCrossentropy')"
+        )
+    return compiled_loss
+
+
+def make_loss(class_name: str, from_logits: bool) -> keras.losses.Loss:
+    """Builds a Keras loss from its class name, e.g. ``SparseCategoricalCrossentropy``."""
+    loss_class = getattr(keras.losses, class_name, None)
+    if not (isinstance(loss_class, type) and issubclass(loss_class, keras.losses.Loss)):
+        raise ValueError(f"loss {class_name!r} is not a Keras loss class name (e.g. 'SparseCategoricalCrossentropy')")
+    if "from_logits" in inspect.signature(loss_class.__init__).parameters:
+        return loss_class(from_logits=from_logits)
+    return loss_class()

@@ -1,0 +1,194 @@
+"""Unstructured magnitude pruning of Keras kernels: weights keep their shape, the smallest
+become exact zeros, and a boolean mask per weight records which ones must stay zero."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from components.engine.config import PruningConfig
+
+# Weight attributes that are matrices of connections; biases, BatchNorm statistics and
+# scales are left alone because zeroing them removes no connection.
+PRUNABLE_WEIGHT_ATTRIBUTES = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
+
+
+class PruningConfigError(ValueError):
+    """The pruning configuration does not fit the model it is applied to."""
+
+
+@dataclass
+class PrunableWeight:
+    """One prunable variable; ``key`` is stable across save/load (``layer/path::attribute``)."""
+
+    key: str
+    layer_name: str
+    attribute: str
+    variable: tf.Variable
+    protected_by: Optional[str] = None
+
+    @property
+    def protected(self) -> bool:
+        return self.protected_by is not None
+
+
+def _leaf_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer, prefix=f"{path}/")
+        else:
+            yield path, layer
+
+
+def _weights_of(layer: keras.layers.Layer) -> Iterator[tuple[str, tf.Variable]]:
+    owners = [layer]
+    if getattr(layer, "cell", None) is not None:  # RNN layers keep their kernels on the cell
+        owners.append(layer.cell)
+    for owner in owners:
+        for attribute in PRUNABLE_WEIGHT_ATTRIBUTES:
+            variable = getattr(owner, attribute, None)
+            if isinstance(variable, tf.Variable) and variable.shape.rank and variable.shape.rank >= 2:
+                yield attribute, variable
+
+
+def output_weight_layers(model: keras.Model) -> set[str]:
+    """Names of the last layers with prunable weights on each path to a model output."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    frontier = [tensor._keras_history.layer for tensor in model.outputs]
+    while frontier:
+        layer = frontier.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.Model):
+            found |= output_weight_layers(layer)
+            continue
+        if any(True for _ in _weights_of(layer)):
+            found.add(layer.name)
+            continue
+        for node in layer.inbound_nodes:
+            frontier.extend(inbound for inbound in _as_list(node.inbound_layers))
+    return found
+
+
+def _as_list(layers) -> list:
+    return list(layers) if isinstance(layers, (list, tuple)) else [layers]
+
+
+def iter_prunable_weights(model: keras.Model) -> Iterator[PrunableWeight]:
+    """Every prunable weight of ``model`` (nested models included), unprotected."""
+    for path, layer in _leaf_layers(model):
+        for attribute, variable in _weights_of(layer):
+            yield PrunableWeight(f"{path}::{attribute}", path, attribute, variable)
+
+
+def find_prunable_weights(model: keras.Model, config: PruningConfig) -> list[PrunableWeight]:
+    """Lists every prunable weight, marking the protected ones and why.
+
+    Raises:
+      PruningConfigError: a protected-layer pattern matches no layer, or nothing is left to prune.
+    """
+    patterns = [(pattern, re.compile(pattern)) for pattern in config.protected_layers]
+    output_layers = output_weight_layers(model) if config.protect_output_layer else set()
+    layer_names = [path for path, _ in _leaf_layers(model)]
+    weights = list(iter_prunable_weights(model))
+    for weight in weights:
+        short_name = weight.layer_name.rsplit("/", 1)[-1]
+        if short_name in output_layers:
+            weight.protected_by = "output layer"
+        for pattern, regex in patterns:
+            if regex.fullmatch(weight.layer_name) or regex.fullmatch(short_name):
+                weight.protected_by = f"protected_layers pattern {pattern!r}"
+                break
+
+    unmatched = [
+        pattern
+        for pattern, regex in patterns
+        if not any(regex.fullmatch(name) or regex.fullmatch(name.rsplit("/", 1)[-1]) for name in layer_names)
+    ]
+    if unmatched:
+        raise PruningConfigError(
+            f"protected layer pattern(s) {unmatched} match no layer of the model; layers are: {layer_names}"
+        )
+    if not weights:
+        raise PruningConfigError(
+            f"the model has no prunable weights ({', '.join(PRUNABLE_WEIGHT_ATTRIBUTES)}); layers are: {layer_names}"
+        )
+    if all(weight.protected for weight in weights):
+        raise PruningConfigError(
+            "every prunable layer is protected, nothing would be pruned: "
+            + ", ".join(f"{w.layer_name} ({w.protected_by})" for w in weights)
+        )
+    return weights
+
+
+def compute_masks(
+    weights: Iterable[PrunableWeight],
+    config: PruningConfig,
+    existing_masks: Optional[dict[str, np.ndarray]] = None,
+) -> dict[str, np.ndarray]:
+    """Returns a keep-mask (True = keep) for every unprotected weight.
+
+    Target sparsity is met exactly: the ``round(sparsity * n)`` smallest magnitudes are cut,
+    ties broken by position, so the count never drifts with repeated values. Weights that an
+    earlier pruning already masked stay masked.
+    """
+    targeted = [w for w in weights if not w.protected]
+    existing_masks = existing_masks or {}
+    magnitudes = {}
+    for weight in targeted:
+        values = np.abs(weight.variable.numpy())
+        previous = existing_masks.get(weight.key)
+        if previous is not None and previous.shape == values.shape:
+            values = np.where(previous, values, 0.0)  # already-pruned weights rank first
+        magnitudes[weight.key] = values
+
+    if config.magnitude_threshold is not None:
+        return {key: values >= config.magnitude_threshold for key, values in magnitudes.items()}
+    if config.scope == "per_layer":
+        return {key: _keep_largest(values, config.target_sparsity) for key, values in magnitudes.items()}
+
+    flat = np.concatenate([values.ravel() for values in magnitudes.values()])
+    flat_keep = _keep_largest(flat, config.target_sparsity)
+    masks, offset = {}, 0
+    for key, values in magnitudes.items():
+        masks[key] = flat_keep[offset : offset + values.size].reshape(values.shape)
+        offset += values.size
+    return masks
+
+
+def _keep_largest(values: np.ndarray, sparsity: float) -> np.ndarray:
+    flat = values.ravel()
+    n_pruned = int(round(sparsity * flat.size))
+    keep = np.ones(flat.size, dtype=bool)
+    if n_pruned > 0:
+        keep[np.argpartition(flat, n_pruned - 1, kind="introselect")[:n_pruned]] = False
+    return keep.reshape(values.shape)
+
+
+def apply_masks(weights: Iterable[PrunableWeight], masks: dict[str, np.ndarray]) -> None:
+    """Zeroes every masked-out entry in place."""
+    for weight in weights:
+        mask = masks.get(weight.key)
+        if mask is not None:
+            weight.variable.assign(weight.variable.numpy() * mask.astype(weight.variable.dtype.as_numpy_dtype))
+
+
+def prune_model(
+    model: keras.Model, config: PruningConfig, existing_masks: Optional[dict[str, np.ndarray]] = None
+) -> tuple[list[PrunableWeight], dict[str, np.ndarray]]:
+    """Prunes ``model`` in place by magnitude; returns its prunable weights and the new masks."""
+    weights = find_prunable_weights(model, config)
+    masks = compute_masks(weights, config, existing_masks)
+    for weight in weights:  # an earlier pruning's masks on now-protected layers still hold
+        if weight.key not in masks and existing_masks and weight.key in existing_masks:
+            masks[weight.key] = existing_masks[weight.key]
+    apply_masks(weights, masks)
+    return weights, masks

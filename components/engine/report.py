@@ -1,0 +1,157 @@
+"""What pruning did to a model: per-layer sparsity, parameter counts and compressed size."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from tabulate import tabulate
+
+from components.engine.magnitude import PrunableWeight, iter_prunable_weights
+from components.engine.saved_model import MASKS_RELATIVE_PATH
+
+
+def gzip_size(directory: str, exclude: Iterable[str] = (MASKS_RELATIVE_PATH,)) -> int:
+    """Bytes of ``directory`` as a gzip-compressed tar (level 9), i.e. what a zero buys on disk.
+
+    The masks are bookkeeping for fine-tuning, not part of what is served, so they are left out.
+    """
+    excluded = {os.path.normpath(path) for path in exclude}
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9, mtime=0) as zipped:
+        with tarfile.open(fileobj=zipped, mode="w") as tar:
+            for root, _, files in sorted(tf.io.gfile.walk(directory)):
+                for name in sorted(files):
+                    full = os.path.join(root, name)
+                    relative = os.path.relpath(full, directory)
+                    if os.path.normpath(relative) in excluded:
+                        continue
+                    with tf.io.gfile.GFile(full, "rb") as f:
+                        data = f.read()
+                    info = tarfile.TarInfo(relative)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return len(buffer.getvalue())
+
+
+def directory_size(directory: str) -> int:
+    return sum(
+        tf.io.gfile.stat(os.path.join(root, name)).length
+        for root, _, files in tf.io.gfile.walk(directory)
+        for name in files
+    )
+
+
+def weight_stats(model: keras.Model, masks: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
+    """Sparsity of a model measured from its weights (not from what a report claims).
+
+    ``masked_sparsity`` covers the weights the masks name (the pruned layers) and equals
+    ``kernel_sparsity`` when the model carries no masks.
+    """
+    total_kernel = zero_kernel = total_masked = zero_masked = 0
+    for weight in iter_prunable_weights(model):
+        values = weight.variable.numpy()
+        zeros = int(np.count_nonzero(values == 0))
+        total_kernel += values.size
+        zero_kernel += zeros
+        if not masks or weight.key in masks:
+            total_masked += values.size
+            zero_masked += zeros
+    return {
+        "params": int(model.count_params()),
+        "kernel_params": total_kernel,
+        "kernel_zeros": zero_kernel,
+        "kernel_sparsity": zero_kernel / total_kernel if total_kernel else 0.0,
+        "masked_params": total_masked,
+        "masked_sparsity": zero_masked / total_masked if total_masked else 0.0,
+        "nonzero_params": int(model.count_params()) - zero_kernel,
+        "weights_gzip_bytes": weights_gzip_size(model),
+    }
+
+
+def weights_gzip_size(model: keras.Model) -> int:
+    """Bytes of the model's weights, gzip-compressed (level 9).
+
+    Taken from the weights themselves, so optimizer state or graph size that one SavedModel
+    carries and another does not cannot blur what pruning bought.
+    """
+    raw = b"".join(np.ascontiguousarray(weight).tobytes() for weight in model.get_weights())
+    return len(gzip.compress(raw, compresslevel=9, mtime=0))
+
+
+def layer_rows(weights: Iterable[PrunableWeight], nonzeros_before: dict[str, int]) -> list[dict[str, Any]]:
+    rows = []
+    for weight in weights:
+        values = weight.variable.numpy()
+        nonzero_after = int(np.count_nonzero(values))
+        rows.append(
+            {
+                "layer": weight.layer_name,
+                "weight": weight.attribute,
+                "shape": list(values.shape),
+                "params": int(values.size),
+                "nonzeros_before": nonzeros_before[weight.key],
+                "nonzeros_after": nonzero_after,
+                "sparsity_before": 1.0 - nonzeros_before[weight.key] / values.size,
+                "sparsity_after": 1.0 - nonzero_after / values.size,
+                "protected_by": weight.protected_by,
+            }
+        )
+    return rows
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """A readable rendering of a pruning report."""
+    config = report["config"]
+    before, after = report["before"], report["after"]
+    criterion = (
+        f"target sparsity {config['target_sparsity']:.1%} ({config['scope']})"
+        if config.get("target_sparsity") is not None
+        else f"|w| < {config['magnitude_threshold']}"
+    )
+    lines = [
+        "# Pruning report",
+        "",
+        f"Criterion: magnitude, {criterion}.",
+        "",
+        tabulate(
+            [
+                ["params", before["params"], after["params"]],
+                ["non-zero params", before["nonzero_params"], after["nonzero_params"]],
+                ["sparsity of pruned layers", f"{before['masked_sparsity']:.2%}", f"{after['masked_sparsity']:.2%}"],
+                ["sparsity of all kernels", f"{before['kernel_sparsity']:.2%}", f"{after['kernel_sparsity']:.2%}"],
+                ["SavedModel bytes", before["saved_model_bytes"], after["saved_model_bytes"]],
+                ["gzip bytes (whole SavedModel)", before["gzip_bytes"], after["gzip_bytes"]],
+                ["gzip bytes (weights only)", before["weights_gzip_bytes"], after["weights_gzip_bytes"]],
+            ],
+            headers=["", "before", "after"],
+            tablefmt="github",
+        ),
+        "",
+        "## Layers",
+        "",
+        tabulate(
+            [
+                [
+                    row["layer"],
+                    row["weight"],
+                    "x".join(map(str, row["shape"])),
+                    row["params"],
+                    row["nonzeros_after"],
+                    f"{row['sparsity_after']:.2%}",
+                    row["protected_by"] or "",
+                ]
+                for row in report["layers"]
+            ],
+            headers=["layer", "weight", "shape", "params", "non-zeros", "sparsity", "protected"],
+            tablefmt="github",
+        ),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Loading and saving tf-keras SavedModels without losing their serving signatures.
+
+A tf-keras SavedModel reloaded with ``tf_keras.models.load_model`` exposes its original
+signatures as concrete functions that capture the *reloaded model's own variables*. So the
+model can be pruned or fine-tuned in place and saved again with the very same signatures
+(including any preprocessing they do), which is what the stock Pusher, TFMA and TF Serving
+expect. Pruning masks travel inside the SavedModel under ``assets.extra/`` (a directory TF
+Serving ignores), so a later fine-tuning step knows which zeros to keep.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+MASKS_RELATIVE_PATH = os.path.join("assets.extra", "pruning_masks.npz")
+
+
+class ModelLoadError(ValueError):
+    """The given path does not hold a usable tf-keras SavedModel."""
+
+
+class SignatureMismatchError(RuntimeError):
+    """A saved model's serving signatures differ from the model it was derived from."""
+
+
+@dataclass
+class LoadedModel:
+    """A reloaded Keras model, its original serving signatures and any pruning masks."""
+
+    model: keras.Model
+    path: str
+    signatures: Mapping[str, tf.types.experimental.ConcreteFunction]
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def resolve_saved_model_dir(path: str) -> str:
+    """Returns the SavedModel directory for a TFX Model artifact URI or a plain SavedModel path."""
+    for candidate in (os.path.join(path, "Format-Serving"), path):
+        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    if not tf.io.gfile.exists(path):
+        raise ModelLoadError(f"model directory {path!r} does not exist")
+    raise ModelLoadError(f"no saved_model.pb in {path!r} or {os.path.join(path, 'Format-Serving')!r}: not a SavedModel")
+
+
+def load_keras_model(path: str) -> LoadedModel:
+    """Loads a tf-keras SavedModel (artifact URI or SavedModel dir) with signatures and masks.
+
+    Raises:
+      ModelLoadError: the directory is missing, corrupt, or not a Keras SavedModel.
+    """
+    model_dir = resolve_saved_model_dir(path)
+    if not tf.io.gfile.exists(os.path.join(model_dir, "keras_metadata.pb")):
+        raise ModelLoadError(
+            f"{model_dir!r} is a SavedModel but not a Keras one (no keras_metadata.pb); "
+            "pruning needs the Keras layer structure. Save it with tf-keras model.save()."
+        )
+    try:
+        model = keras.models.load_model(model_dir, compile=True)
+    except Exception as err:  # corrupt protobufs and variables surface as many error types
+        raise ModelLoadError(f"could not load the Keras SavedModel in {model_dir!r}: {err}") from err
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{model_dir!r} holds a {type(model).__name__}, not a Keras model")
+    signatures = dict(getattr(model, "signatures", {}) or {})
+    return LoadedModel(model=model, path=model_dir, signatures=signatures, masks=load_masks(model_dir))
+
+
+def load_masks(model_dir: str) -> dict[str, np.ndarray]:
+    mask_path = os.path.join(model_dir, MASKS_RELATIVE_PATH)
+    if not tf.io.gfile.exists(mask_path):
+        return {}
+    with tf.io.gfile.GFile(mask_path, "rb") as f:
+        with np.load(io.BytesIO(f.read())) as archive:
+            return {key: archive[key].astype(bool) for key in archive.files}
+
+
+def save_keras_model(
+    model: keras.Model,
+    model_dir: str,
+    signatures: Optional[Mapping[str, tf.types.experimental.ConcreteFunction]] = None,
+    masks: Optional[Mapping[str, np.ndarray]] = None,
+) -> None:
+    """Saves ``model`` as a tf-keras SavedModel with the given signatures and pruning masks.
+
+    Optimizer state is not saved: a served model does not need it and Adam's slots would
+    triple the size of what gets pushed. The loss and metrics the model was compiled with are
+    kept (with a fresh optimizer of the same kind), so a later fine-tuning step can reuse them.
+    """
+    if getattr(model, "optimizer", None) is not None and getattr(model, "loss", None) is not None:
+        fresh_optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
+        model.compile(
+            optimizer=fresh_optimizer,
+            loss=model.loss,
+            metrics=compiled_metrics(model),
+        )
+    model.save(
+        model_dir,
+        save_format="tf",
+        include_optimizer=True,
+        signatures=dict(signatures) if signatures else None,
+    )
+    if masks:
+        mask_path = os.path.join(model_dir, MASKS_RELATIVE_PATH)
+        tf.io.gfile.makedirs(os.path.dirname(mask_path))
+        buffer = io.BytesIO()  # GFile cannot seek while writing, which zipfile needs
+        np.savez_compressed(buffer, **{key: np.asarray(mask, dtype=bool) for key, mask in masks.items()})
+        with tf.io.gfile.GFile(mask_path, "wb") as f:
+            f.write(buffer.getvalue())
+
+
+def compiled_metrics(model: keras.Model) -> list:
+    container = getattr(model, "compiled_metrics", None)
+    user_metrics = getattr(container, "_user_metrics", None) if container is not None else None
+    return list(user_metrics) if isinstance(user_metrics, (list, tuple)) else []
+
+
+def signature_specs(model_dir: str) -> dict[str, tuple[str, str]]:
+    """Maps each signature name of a SavedModel to a printable (inputs, outputs) spec."""
+    loaded = tf.saved_model.load(model_dir)
+    return {
+        name: (repr(fn.structured_input_signature), repr(fn.structured_outputs))
+        for name, fn in loaded.signatures.items()
+    }
+
+
+def verify_signatures_preserved(original_dir: str, new_dir: str) -> None:
+    """Raises SignatureMismatchError unless both SavedModels expose identical signatures."""
+    before, after = signature_specs(original_dir), signature_specs(new_dir)
+    if before != after:
+        missing = sorted(set(before) - set(after))
+        changed = sorted(name for name in set(before) & set(after) if before[name] != after[name])
+        raise SignatureMismatchError(
+            f"serving signatures changed from {original_dir!r} to {new_dir!r}: missing={missing} changed={changed}"
+        )

@@ -1,0 +1,109 @@
+"""EvaluatorGate: blesses a pruned model only if it meets absolute and baseline-relative bounds."""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence, Union
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+from components.evaluator_gate import executor
+from components.evaluator_gate.config import GateConfig, MetricThreshold
+from components.evaluator_gate.metrics import metric_output_name
+
+
+class EvaluatorGateSpec(ComponentSpec):
+    PARAMETERS = {executor.GATE_CONFIG_KEY: ExecutionParameter(type=str)}
+    INPUTS = {
+        executor.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        executor.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+        executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+    }
+    OUTPUTS = {
+        executor.BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
+        executor.EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation),
+    }
+
+
+class EvaluatorGate(base_beam_component.BaseBeamComponent):
+    """Evaluates a model and its baseline with TFMA on Beam and blesses it only if every check passes.
+
+    Checks: absolute bounds on metrics, the largest allowed drop versus ``baseline_model``
+    (absolute and/or relative), at least one eval example, and a minimum sparsity measured from
+    the candidate's weights. ``blessing`` is a standard ``ModelBlessing`` (``BLESSED`` /
+    ``NOT_BLESSED`` file and the ``blessed`` property), so the stock Pusher obeys it. It fails
+    closed: any error leaves ``NOT_BLESSED`` and fails the run. ``evaluation`` holds TFMA's
+    output (``tfma/``), ``gate_result.json`` (metrics of both models, every check with its
+    measured value and bound) and ``summary.md``.
+
+    Usage::
+
+        gate = EvaluatorGate(
+            model=retrain.outputs["model"],
+            baseline_model=trainer.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            label_key="species",
+            thresholds=[{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.9, "max_absolute_drop": 0.01}],
+            min_sparsity=0.8,
+        )
+        pusher = tfx.components.Pusher(model=retrain.outputs["model"], model_blessing=gate.outputs["blessing"], ...)
+
+    Args:
+      model: The candidate ``Model`` (tf-keras SavedModel with a ``serving_default``
+        signature that takes serialized tf.Examples).
+      baseline_model: Optional ``Model`` to compare with (e.g. the unpruned Trainer output).
+        Drop bounds need it.
+      examples: ``Examples`` with an ``eval_split``.
+      label_key: Label feature name.
+      thresholds: ``MetricThreshold``s or dicts: ``metric`` (Keras metric class name),
+        ``lower_bound``, ``upper_bound``, ``max_absolute_drop``, ``max_relative_drop``,
+        ``higher_is_better``.
+      min_sparsity: Least fraction of exact zeros in the candidate's pruned layers.
+      eval_split, signature_name: Which split to evaluate and which signature TFMA calls.
+
+    Raises:
+      pydantic.ValidationError / UnknownMetricError: at construction, for bounds that cannot
+        make sense (an accuracy bound above 1, a negative allowed drop, no bound at all) or an
+        unknown metric.
+    """
+
+    SPEC_CLASS = EvaluatorGateSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+    def __init__(
+        self,
+        model: types.BaseChannel,
+        examples: types.BaseChannel,
+        baseline_model: Optional[types.BaseChannel] = None,
+        *,
+        label_key: str,
+        thresholds: Sequence[Union[MetricThreshold, Mapping]],
+        min_sparsity: Optional[float] = None,
+        eval_split: str = "eval",
+        signature_name: str = "serving_default",
+    ):
+        config = GateConfig(
+            label_key=label_key,
+            thresholds=[MetricThreshold.model_validate(t) if isinstance(t, Mapping) else t for t in thresholds],
+            min_sparsity=min_sparsity,
+            eval_split=eval_split,
+            signature_name=signature_name,
+        )
+        for threshold in config.thresholds:
+            metric_output_name(threshold.metric)
+            if baseline_model is None and (
+                threshold.max_absolute_drop is not None or threshold.max_relative_drop is not None
+            ):
+                raise ValueError(f"{threshold.metric}: a drop bound needs a baseline_model")
+        super().__init__(
+            spec=EvaluatorGateSpec(
+                model=model,
+                baseline_model=baseline_model,
+                examples=examples,
+                gate_config=config.model_dump_json(),
+                blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+                evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            )
+        )

@@ -1,0 +1,77 @@
+"""Release thresholds for EvaluatorGate, validated when the pipeline is built."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Metrics whose values live in [0, 1]; a bound outside that range can never be met (or always is).
+_UNIT_INTERVAL_MARKERS = ("accuracy", "auc", "precision", "recall")
+
+
+class _StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricThreshold(_StrictModel):
+    """Bounds on one metric, computed by TFMA from the Keras metric class named ``metric``.
+
+    Example::
+
+        MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.9, max_absolute_drop=0.01)
+    """
+
+    metric: str = Field(min_length=1, description="Keras metric class name, e.g. 'SparseCategoricalAccuracy'.")
+    lower_bound: Optional[float] = None
+    upper_bound: Optional[float] = None
+    max_absolute_drop: Optional[float] = Field(
+        default=None, ge=0.0, description="Largest allowed worsening versus the baseline, in metric units."
+    )
+    max_relative_drop: Optional[float] = Field(
+        default=None, ge=0.0, le=1.0, description="Largest allowed worsening as a fraction of the baseline value."
+    )
+    higher_is_better: bool = True
+
+    @model_validator(mode="after")
+    def _sensible(self) -> MetricThreshold:
+        bounds = (self.lower_bound, self.upper_bound, self.max_absolute_drop, self.max_relative_drop)
+        if all(value is None for value in bounds):
+            raise ValueError(f"threshold on {self.metric} sets no bound and no allowed drop")
+        if self.lower_bound is not None and self.upper_bound is not None and self.lower_bound > self.upper_bound:
+            raise ValueError(f"{self.metric}: lower_bound {self.lower_bound} is above upper_bound {self.upper_bound}")
+        if any(marker in self.metric.lower() for marker in _UNIT_INTERVAL_MARKERS):
+            for name in ("lower_bound", "upper_bound"):
+                value = getattr(self, name)
+                if value is not None and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{self.metric} lies in [0, 1]; {name}={value} cannot make sense")
+        return self
+
+
+class GateConfig(_StrictModel):
+    """Everything EvaluatorGate checks before it blesses a model.
+
+    Example::
+
+        GateConfig(
+            label_key="species",
+            thresholds=[MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.9, max_absolute_drop=0.01)],
+            min_sparsity=0.8,
+        )
+    """
+
+    label_key: str = Field(min_length=1)
+    thresholds: list[MetricThreshold] = Field(min_length=1)
+    min_sparsity: Optional[float] = Field(
+        default=None, ge=0.0, lt=1.0, description="Least fraction of exact zeros in the pruned layers' weights."
+    )
+    eval_split: str = "eval"
+    signature_name: str = "serving_default"
+
+    @model_validator(mode="after")
+    def _unique_metrics(self) -> GateConfig:
+        names = [threshold.metric for threshold in self.thresholds]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"more than one threshold for {duplicates}; merge them into one")
+        return self

@@ -1,0 +1,45 @@
+"""PruneComponent executor: loads the input Keras SavedModel, prunes it, writes model and report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
+
+from components import artifacts
+from components._io import write_json, write_text
+from components.engine import PruningConfig, prune_saved_model, summary_markdown
+
+INPUT_MODEL_KEY = "input_model"
+EXAMPLES_KEY = "examples"
+OUTPUT_MODEL_KEY = "model"
+PRUNING_REPORT_KEY = "pruning_report"
+PRUNING_CONFIG_KEY = "pruning_config"
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
+        config = PruningConfig.model_validate_json(exec_properties[PRUNING_CONFIG_KEY])
+        input_uri = artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY])
+        output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
+        report_artifact = artifact_utils.get_single_instance(output_dict[PRUNING_REPORT_KEY])
+
+        report = prune_saved_model(input_uri, path_utils.serving_model_dir(output_model.uri), config)
+        logging.info("Pruned %s: sparsity of pruned layers %.4f", input_uri, report["after"]["masked_sparsity"])
+
+        write_json(report_artifact.uri, artifacts.REPORT_JSON, report)
+        write_text(report_artifact.uri, artifacts.SUMMARY_MARKDOWN, summary_markdown(report))
+        for artifact in (output_model, report_artifact):
+            artifact.set_float_custom_property("sparsity", report["after"]["masked_sparsity"])
+        report_artifact.set_int_custom_property("params", report["after"]["params"])
+        report_artifact.set_int_custom_property("nonzero_params", report["after"]["nonzero_params"])
+        report_artifact.set_int_custom_property("gzip_bytes", report["after"]["gzip_bytes"])

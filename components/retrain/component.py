@@ -1,0 +1,112 @@
+"""RetrainComponent: fine-tunes a pruned model on the train split, keeping pruned weights at zero."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+from components.engine.config import FineTuneConfig
+from components.engine.finetune import make_loss
+from components.retrain import executor
+
+
+class RetrainComponentSpec(ComponentSpec):
+    PARAMETERS = {
+        executor.FINE_TUNE_CONFIG_KEY: ExecutionParameter(type=str),
+        executor.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+    }
+    # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
+    INPUTS = {
+        executor.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+    }
+    OUTPUTS = {executor.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
+
+
+class RetrainComponent(base_component.BaseComponent):
+    """Fine-tunes a pruned tf-keras model; weights pruned upstream stay exactly zero.
+
+    Reads TFRecord ``tf.Example``s of the ``train`` split (any ExampleGen) and validates on
+    ``eval``. By default each model input is fed the feature of the same name and the label is
+    read from ``label_key``; a ``module_file`` defining ``input_fn`` replaces that, as with the
+    TFX Trainer::
+
+        def input_fn(file_paths, model, label_key, batch_size, shuffle_buffer, seed) -> tf.data.Dataset:
+            ...  # batches of (features, label)
+
+    The masks stored in the model by ``PruneComponent`` are re-applied after every optimizer
+    step. The output keeps the input's serving signatures; ``fine_tuning.json`` next to it
+    holds the training history.
+
+    Usage::
+
+        retrain = RetrainComponent(
+            model=prune.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            label_key="species",
+            epochs=20,
+            learning_rate=1e-3,
+        )
+
+    Args:
+      model: ``Model`` channel with the (pruned) tf-keras SavedModel.
+      examples: ``Examples`` channel with ``train_split`` and ``eval_split``.
+      label_key: Name of the label feature.
+      epochs, steps_per_epoch, batch_size, learning_rate: Training budget (Adam optimizer);
+        ``steps_per_epoch`` defaults to one pass over the train split.
+      loss: Keras loss class name (e.g. ``"SparseCategoricalCrossentropy"``); default: the loss
+        the model was compiled with. ``from_logits`` goes with it.
+      module_file: Optional path to a Python file defining ``input_fn``.
+      train_split, eval_split: Split names in ``examples``.
+    """
+
+    SPEC_CLASS = RetrainComponentSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+
+    def __init__(
+        self,
+        model: types.BaseChannel,
+        examples: types.BaseChannel,
+        *,
+        label_key: str,
+        epochs: int = 10,
+        steps_per_epoch: Optional[int] = None,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        loss: Optional[str] = None,
+        from_logits: bool = True,
+        module_file: Optional[str] = None,
+        train_split: str = "train",
+        eval_split: str = "eval",
+        seed: int = 0,
+    ):
+        config = FineTuneConfig(
+            label_key=label_key,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            loss=loss,
+            from_logits=from_logits,
+            train_split=train_split,
+            eval_split=eval_split,
+            seed=seed,
+        )
+        if loss is not None:
+            make_loss(loss, from_logits)  # an unknown loss name fails here, not mid-pipeline
+        if module_file is not None and "://" not in module_file and not os.path.isfile(module_file):
+            raise FileNotFoundError(f"module_file {module_file!r} does not exist")
+        super().__init__(
+            spec=RetrainComponentSpec(
+                input_model=model,
+                examples=examples,
+                fine_tune_config=config.model_dump_json(),
+                module_file=module_file,
+                model=types.Channel(type=standard_artifacts.Model),
+            )
+        )

@@ -1,0 +1,83 @@
+"""RetrainComponent executor: fine-tunes a pruned model with its pruned weights held at zero."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import import_utils, path_utils
+
+from components._io import split_files, write_json
+from components.engine import (
+    FineTuneConfig,
+    examples_dataset,
+    fine_tune,
+    load_keras_model,
+    save_keras_model,
+    verify_signatures_preserved,
+    weight_stats,
+)
+
+INPUT_MODEL_KEY = "input_model"
+EXAMPLES_KEY = "examples"
+OUTPUT_MODEL_KEY = "model"
+FINE_TUNE_CONFIG_KEY = "fine_tune_config"
+MODULE_FILE_KEY = "module_file"
+HISTORY_FILE = "fine_tuning.json"
+INPUT_FN_NAME = "input_fn"
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
+        config = FineTuneConfig.model_validate_json(exec_properties[FINE_TUNE_CONFIG_KEY])
+        examples = input_dict[EXAMPLES_KEY]
+        train_files = split_files(examples, config.train_split)
+        eval_files = split_files(examples, config.eval_split)
+        output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
+
+        loaded = load_keras_model(artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY]))
+        make_dataset = self._input_fn(exec_properties.get(MODULE_FILE_KEY))
+        train = make_dataset(
+            file_paths=train_files,
+            model=loaded.model,
+            label_key=config.label_key,
+            batch_size=config.batch_size,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+        )
+        evaluation = make_dataset(
+            file_paths=eval_files,
+            model=loaded.model,
+            label_key=config.label_key,
+            batch_size=config.batch_size,
+            shuffle_buffer=0,
+            seed=config.seed,
+        )
+        history = fine_tune(loaded.model, train, evaluation, config, loaded.masks)
+
+        model_dir = path_utils.serving_model_dir(output_model.uri)
+        save_keras_model(loaded.model, model_dir, loaded.signatures, loaded.masks)
+        verify_signatures_preserved(loaded.path, model_dir)
+        stats = weight_stats(loaded.model, loaded.masks or None)
+        write_json(
+            output_model.uri, HISTORY_FILE, {"config": config.model_dump(), "history": history, "weights": stats}
+        )
+        output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
+        logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
+
+    @staticmethod
+    def _input_fn(module_file: str | None):
+        if not module_file:
+            return examples_dataset
+        if not os.path.exists(module_file) and "://" not in module_file:
+            raise FileNotFoundError(f"module_file {module_file!r} does not exist")
+        return import_utils.import_func_from_source(module_file, INPUT_FN_NAME)

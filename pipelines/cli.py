@@ -1,0 +1,102 @@
+"""``prune-pipeline``: run the pruning pipeline locally and print what it released.
+
+prune-pipeline run-local --output-dir runs/penguin --target-sparsity 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+EXIT_NOT_PUSHED = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prune-pipeline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    local = commands.add_parser(
+        "run-local",
+        help="train a baseline (or import one), prune, fine-tune, gate and push, on this machine",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    local.add_argument(
+        "--output-dir", default="runs/penguin", help="pipeline root, metadata and push destination go here"
+    )
+    local.add_argument("--data-root", default=None, help="TFRecord splits (default: the penguin data shipped with TFX)")
+    local.add_argument("--label-key", default="species")
+    local.add_argument("--baseline-model", default=None, help="import this SavedModel instead of training a baseline")
+    local.add_argument("--train-steps", type=int, default=500, help="baseline Trainer steps")
+    local.add_argument("--target-sparsity", type=float, default=0.8)
+    local.add_argument("--scope", choices=["global", "per_layer"], default="global")
+    local.add_argument("--protected-layer", action="append", default=[], help="layer name or regex; repeatable")
+    local.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs")
+    local.add_argument("--learning-rate", type=float, default=1e-3)
+    local.add_argument("--metric", default="SparseCategoricalAccuracy", help="Keras metric class the gate checks")
+    local.add_argument("--min-metric", type=float, default=0.9, help="absolute lower bound on --metric")
+    local.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of --metric vs the baseline")
+    local.add_argument("--min-sparsity", type=float, default=None, help="default: the target sparsity")
+    return parser
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+    from tfx import v1 as tfx
+
+    from components.evaluator_gate.report import comparison_rows
+    from pipelines import pruning_pipeline
+    from pipelines.results import latest_run_result
+
+    output_dir = os.path.abspath(args.output_dir)
+    metadata_path = os.path.join(output_dir, "metadata.sqlite")
+    serving_dir = os.path.join(output_dir, "serving")
+    pipeline = pruning_pipeline.create_pipeline(
+        pipeline_name="penguin-pruning",
+        pipeline_root=os.path.join(output_dir, "root"),
+        data_root=args.data_root or pruning_pipeline.penguin_data_root(),
+        serving_model_dir=serving_dir,
+        label_key=args.label_key,
+        trainer_module_file=None if args.baseline_model else pruning_pipeline.PENGUIN_TRAINER_MODULE,
+        baseline_model_uri=args.baseline_model,
+        train_steps=args.train_steps,
+        prune_args={
+            "target_sparsity": args.target_sparsity,
+            "scope": args.scope,
+            "protected_layers": args.protected_layer,
+        },
+        retrain_args={"epochs": args.epochs, "learning_rate": args.learning_rate},
+        gate_args={
+            "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
+            "min_sparsity": args.target_sparsity if args.min_sparsity is None else args.min_sparsity,
+        },
+        metadata_path=metadata_path,
+    )
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+    result = latest_run_result(metadata_path)
+    header, *rows = comparison_rows(result.gate_result)
+    print()
+    print(tabulate(rows, headers=header, tablefmt="github"))
+    print()
+    for check in result.gate_result["checks"]:
+        verdict = "PASS" if check["passed"] else "FAIL"
+        print(f"  {verdict}  {check['name']}: measured {check['measured']}, bound {check['bound']}")
+    if result.pushed:
+        print(f"\nBLESSED and pushed to {result.pushed_destination}")
+        return 0
+    print(f"\nNOT pushed: the gate refused the model ({', '.join(result.gate_result['failed_checks'])})")
+    return EXIT_NOT_PUSHED
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run-local":
+        return run_local(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

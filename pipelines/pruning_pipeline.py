@@ -1,0 +1,118 @@
+"""The full chain: examples -> baseline model -> prune -> fine-tune -> gate -> stock Pusher."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+
+from components import EvaluatorGate, PruneComponent, RetrainComponent
+
+PENGUIN_TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "penguin_trainer.py")
+# How TFX lays out its bundled penguin data: one folder of gzipped TFRecords per split.
+DEFAULT_SPLIT_PATTERNS = {"train": "Split-train/*", "eval": "Split-eval/*"}
+IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+
+def penguin_data_root() -> str:
+    """The penguin TFRecords that ship inside the tfx package."""
+    import tfx as tfx_package
+
+    return os.path.join(os.path.dirname(tfx_package.__file__), "components", "testdata", "penguin", "data")
+
+
+def create_pipeline(
+    *,
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_model_dir: str,
+    label_key: str,
+    prune_args: Mapping[str, Any],
+    retrain_args: Mapping[str, Any],
+    gate_args: Mapping[str, Any],
+    trainer_module_file: Optional[str] = None,
+    train_steps: int = 500,
+    baseline_model_uri: Optional[str] = None,
+    split_patterns: Mapping[str, str] = DEFAULT_SPLIT_PATTERNS,
+    metadata_path: Optional[str] = None,
+    beam_pipeline_args: Sequence[str] = IN_MEMORY_BEAM_ARGS,
+    enable_cache: bool = False,
+) -> tfx.dsl.Pipeline:
+    """Builds the pruning pipeline; every component validates its arguments here.
+
+    The baseline comes from a stock ``Trainer`` running ``trainer_module_file`` or, when
+    ``baseline_model_uri`` is given, from an ``Importer`` of that existing SavedModel.
+
+    Example::
+
+        pipeline = create_pipeline(
+            pipeline_name="penguin-pruning", pipeline_root="runs/root", data_root=penguin_data_root(),
+            serving_model_dir="runs/serving", label_key="species",
+            trainer_module_file=PENGUIN_TRAINER_MODULE,
+            prune_args={"target_sparsity": 0.8},
+            retrain_args={"epochs": 20},
+            gate_args={"thresholds": [{"metric": "SparseCategoricalAccuracy", "max_absolute_drop": 0.01}]},
+            metadata_path="runs/metadata.sqlite",
+        )
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    """
+    if (trainer_module_file is None) == (baseline_model_uri is None):
+        raise ValueError(
+            "give exactly one of trainer_module_file (train a baseline) or baseline_model_uri (import one)"
+        )
+    if not os.path.isdir(data_root) and "://" not in data_root:
+        raise FileNotFoundError(f"data_root {data_root!r} does not exist")
+    if trainer_module_file is not None and not os.path.isfile(trainer_module_file):
+        raise FileNotFoundError(f"trainer_module_file {trainer_module_file!r} does not exist")
+    if baseline_model_uri is not None:
+        from components.engine.saved_model import resolve_saved_model_dir
+
+        resolve_saved_model_dir(baseline_model_uri)  # a missing or non-SavedModel path fails now
+
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_root,
+        input_config=example_gen_pb2.Input(
+            splits=[example_gen_pb2.Input.Split(name=name, pattern=pattern) for name, pattern in split_patterns.items()]
+        ),
+    )
+    examples = example_gen.outputs["examples"]
+
+    if trainer_module_file is not None:
+        baseline_source = tfx.components.Trainer(
+            module_file=trainer_module_file,
+            examples=examples,
+            train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+            eval_args=tfx.proto.EvalArgs(num_steps=10),
+        )
+        baseline = baseline_source.outputs["model"]
+    else:
+        baseline_source = tfx.dsl.Importer(
+            source_uri=baseline_model_uri, artifact_type=tfx.types.standard_artifacts.Model
+        ).with_id("baseline_importer")
+        baseline = baseline_source.outputs["result"]
+
+    prune = PruneComponent(model=baseline, examples=examples, **prune_args)
+    retrain = RetrainComponent(model=prune.outputs["model"], examples=examples, label_key=label_key, **retrain_args)
+    gate = EvaluatorGate(
+        model=retrain.outputs["model"], baseline_model=baseline, examples=examples, label_key=label_key, **gate_args
+    )
+    pusher = tfx.components.Pusher(
+        model=retrain.outputs["model"],
+        model_blessing=gate.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
+        ),
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, baseline_source, prune, retrain, gate, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path) if metadata_path else None
+        ),
+        beam_pipeline_args=list(beam_pipeline_args),
+    )

@@ -1,0 +1,29 @@
+"""Installable package: TFX components that prune, fine-tune and gate Keras models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfx-model-pruning",
+    version="0.1.0",
+    description="TFX components that prune a trained Keras model, fine-tune it, gate it and hand it to the Pusher.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*"]),
+    install_requires=[
+        "tfx==1.16.0",
+        "tensorflow>=2.16,<2.17",
+        "tf-keras>=2.16,<2.17",
+        "tensorflow-model-analysis>=0.47,<0.48",
+        "tensorflow-model-optimization==0.8.1",
+        "kfp>=2,<2.8",
+        "protobuf>=3.20.3,<4",
+        "apache-beam[gcp]>=2.53,<2.70",
+        # tfx-bsl imports dill, which recent Beam no longer installs.
+        "dill",
+        "pydantic>=2,<3",
+        "tabulate",
+    ],
+    extras_require={"dev": ["pytest", "ruff", "scikit-learn"]},
+    entry_points={"console_scripts": ["prune-pipeline=pipelines.cli:main"]},
+)
