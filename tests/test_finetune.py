@@ -1,0 +1,69 @@
+"""Engine: fine-tuning keeps pruned weights at exactly zero, and input errors are clear."""
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from components.engine import (
+    ExamplesMismatchError,
+    FineTuneConfig,
+    PruningConfig,
+    examples_dataset,
+    fine_tune,
+    load_keras_model,
+    prune_saved_model,
+)
+from components.engine.finetune import make_loss
+
+
+@pytest.fixture
+def pruned_penguin(tmp_path, penguin_baseline):
+    out = str(tmp_path / "pruned")
+    prune_saved_model(penguin_baseline, out, PruningConfig(target_sparsity=0.9))
+    return load_keras_model(out)
+
+
+def test_zeros_survive_fine_tuning_and_the_rest_learns(pruned_penguin, penguin_files):
+    model, masks = pruned_penguin.model, pruned_penguin.masks
+    before = {key: model.get_layer(key.split("::")[0]).kernel.numpy().copy() for key in masks}
+    config = FineTuneConfig(label_key="species", epochs=3, learning_rate=0.05)
+    train = examples_dataset(penguin_files["train"], model, "species", 16, shuffle_buffer=256)
+    history = fine_tune(model, train, None, config, masks)
+
+    assert len(history["loss"]) == 3
+    for key, mask in masks.items():
+        after = model.get_layer(key.split("::")[0]).kernel.numpy()
+        assert np.all(after[~mask] == 0), f"{key}: a pruned weight came back"
+        assert not np.allclose(after[mask], before[key][mask]), f"{key}: surviving weights did not train"
+    # Without the masks the same optimizer revives pruned weights: the callback is what holds them.
+    free = keras.models.clone_model(model)
+    free.set_weights(model.get_weights())
+    free.compile(optimizer=keras.optimizers.Adam(0.05), loss=make_loss("SparseCategoricalCrossentropy", True))
+    free.fit(train, epochs=1, verbose=0)
+    revived = sum(int(np.count_nonzero(free.get_layer(k.split("::")[0]).kernel.numpy()[~m])) for k, m in masks.items())
+    assert revived > 0
+
+
+def test_steps_per_epoch_repeats_the_data(pruned_penguin, penguin_files):
+    model = pruned_penguin.model
+    train = examples_dataset(penguin_files["train"], model, "species", 64)
+    config = FineTuneConfig(label_key="species", epochs=1, steps_per_epoch=20)  # 20 > 4 batches per pass
+    history = fine_tune(model, train, None, config, pruned_penguin.masks)
+    assert len(history["loss"]) == 1
+
+
+def test_absent_label_key_names_the_available_features(pruned_penguin, penguin_files):
+    with pytest.raises(ExamplesMismatchError, match=r"label_key 'island' .*body_mass_g"):
+        examples_dataset(penguin_files["train"], pruned_penguin.model, "island", 8)
+
+
+def test_model_input_absent_from_examples(penguin_files):
+    inputs = keras.Input((1,), name="beak_colour")
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    with pytest.raises(ExamplesMismatchError, match="model input 'beak_colour'"):
+        examples_dataset(penguin_files["train"], model, "species", 8)
+
+
+def test_unknown_loss_name():
+    with pytest.raises(ValueError, match="not a Keras loss class name"):
+        make_loss("sparse_crossentropy_typo", True)

@@ -1,0 +1,175 @@
+"""Engine: unstructured magnitude pruning on small handmade models."""
+
+import re
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from pydantic import ValidationError
+
+from components.engine import PruningConfig, PruningConfigError, find_prunable_weights, prune_model
+
+
+def _mlp(seed=0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16,), name="x")
+    x = keras.layers.Dense(32, activation="relu", name="hidden_a")(inputs)
+    x = keras.layers.Dense(24, activation="relu", name="hidden_b")(x)
+    outputs = keras.layers.Dense(4, name="head")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _kernel(model, name):
+    return model.get_layer(name).kernel.numpy()
+
+
+def _zero_fraction(arrays):
+    arrays = list(arrays)
+    return sum(int((a == 0).sum()) for a in arrays) / sum(a.size for a in arrays)
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.8, 0.95])
+def test_global_sparsity_is_exact_and_removes_the_smallest_weights(sparsity):
+    model = _mlp()
+    before = {name: _kernel(model, name) for name in ("hidden_a", "hidden_b")}
+    prune_model(model, PruningConfig(target_sparsity=sparsity))
+    after = {name: _kernel(model, name) for name in before}
+
+    assert abs(_zero_fraction(after.values()) - sparsity) <= 0.005
+    everything = np.concatenate([np.abs(v).ravel() for v in before.values()])
+    kept = np.concatenate([np.abs(before[n])[after[n] != 0] for n in before])
+    removed = np.concatenate([np.abs(before[n])[after[n] == 0] for n in before])
+    assert removed.max() <= kept.min(), "a larger weight was pruned while a smaller one was kept"
+    assert everything.size == kept.size + removed.size
+    for name in before:  # survivors keep their exact values and positions (no scrambling)
+        mask = after[name] != 0
+        np.testing.assert_array_equal(after[name][mask], before[name][mask])
+        assert after[name].shape == before[name].shape
+
+
+def test_per_layer_sparsity_is_exact_in_every_layer():
+    model = _mlp()
+    prune_model(model, PruningConfig(target_sparsity=0.7, scope="per_layer"))
+    for name in ("hidden_a", "hidden_b"):
+        assert abs(_zero_fraction([_kernel(model, name)]) - 0.7) <= 0.005
+
+
+def test_threshold_zeroes_exactly_the_weights_below_it():
+    model = _mlp()
+    before = _kernel(model, "hidden_b")
+    threshold = float(np.median(np.abs(before)))
+    prune_model(model, PruningConfig(magnitude_threshold=threshold))
+    after = _kernel(model, "hidden_b")
+    np.testing.assert_array_equal(after == 0, np.abs(before) < threshold)
+    np.testing.assert_array_equal(after[np.abs(before) >= threshold], before[np.abs(before) >= threshold])
+
+
+def test_output_layer_is_protected_by_default_and_can_be_unprotected():
+    model = _mlp()
+    head = _kernel(model, "head")
+    prune_model(model, PruningConfig(target_sparsity=0.9))
+    np.testing.assert_array_equal(_kernel(model, "head"), head)
+
+    model = _mlp()
+    prune_model(model, PruningConfig(target_sparsity=0.9, protect_output_layer=False))
+    assert _zero_fraction([_kernel(model, "head")]) > 0
+
+
+def test_output_layer_behind_an_activation_is_still_found():
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(8, name="hidden")(inputs)
+    x = keras.layers.Dense(3, name="scores")(x)
+    outputs = keras.layers.Softmax(name="probabilities")(x)
+    model = keras.Model(inputs, outputs)
+    weights = find_prunable_weights(model, PruningConfig(target_sparsity=0.5))
+    assert {w.layer_name: w.protected_by for w in weights} == {"hidden": None, "scores": "output layer"}
+
+
+def test_protected_layers_by_name_and_regex_are_untouched():
+    model = _mlp()
+    hidden_a = _kernel(model, "hidden_a")
+    prune_model(model, PruningConfig(target_sparsity=0.5, protected_layers=["hidden_a"]))
+    np.testing.assert_array_equal(_kernel(model, "hidden_a"), hidden_a)
+    assert abs(_zero_fraction([_kernel(model, "hidden_b")]) - 0.5) <= 0.005
+
+    model = _mlp()
+    kernels = {n: _kernel(model, n) for n in ("hidden_a", "hidden_b")}
+    unmatched = ["hidden_.", "nothing|other"]
+    with pytest.raises(PruningConfigError, match=re.escape("['nothing|other'] match no layer")):
+        prune_model(model, PruningConfig(target_sparsity=0.5, protected_layers=unmatched, protect_output_layer=False))
+    prune_model(model, PruningConfig(target_sparsity=0.5, protected_layers=["hidden_."], protect_output_layer=False))
+    for name, kernel in kernels.items():
+        np.testing.assert_array_equal(_kernel(model, name), kernel)
+    assert abs(_zero_fraction([_kernel(model, "head")]) - 0.5) <= 0.005
+
+
+def test_pattern_matching_no_layer_is_an_error():
+    with pytest.raises(PruningConfigError, match=re.escape("['encoder.*'] match no layer")):
+        prune_model(_mlp(), PruningConfig(target_sparsity=0.5, protected_layers=["encoder.*"]))
+
+
+def test_everything_protected_is_an_error():
+    with pytest.raises(PruningConfigError, match="every prunable layer is protected"):
+        prune_model(_mlp(), PruningConfig(target_sparsity=0.5, protected_layers=["hidden_.*"]))
+
+
+def test_conv_depthwise_separable_embedding_and_recurrent_kernels_are_pruned():
+    image = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(image)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(8, 3, name="separable")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    tokens = keras.Input((5,), dtype="int32")
+    t = keras.layers.Embedding(50, 6, name="embedding")(tokens)
+    t = keras.layers.LSTM(4, name="lstm")(t)
+    x = keras.layers.Concatenate()([x, t])
+    model = keras.Model([image, tokens], keras.layers.Dense(2, name="head")(x))
+
+    weights, _ = prune_model(model, PruningConfig(target_sparsity=0.6, scope="per_layer"))
+    pruned = {w.key for w in weights if not w.protected}
+    assert pruned == {
+        "conv::kernel",
+        "depthwise::depthwise_kernel",
+        "separable::depthwise_kernel",
+        "separable::pointwise_kernel",
+        "embedding::embeddings",
+        "lstm::kernel",
+        "lstm::recurrent_kernel",
+    }
+    for weight in weights:
+        if not weight.protected:
+            values = weight.variable.numpy()  # a count of zeros can only be as fine as 1/size
+            assert abs(_zero_fraction([values]) - 0.6) <= max(0.005, 0.5 / values.size), weight.key
+    assert not np.any(model.get_layer("bn").gamma.numpy() == 0), "BatchNorm must not be pruned"
+
+
+def test_earlier_masks_stay_masked_when_pruning_again():
+    model = _mlp()
+    _, first = prune_model(model, PruningConfig(target_sparsity=0.5))
+    for layer in ("hidden_a", "hidden_b"):  # training noise on pruned positions must not revive them
+        kernel = model.get_layer(layer).kernel
+        kernel.assign(kernel.numpy() + 1e-3)
+    _, second = prune_model(model, PruningConfig(target_sparsity=0.7), existing_masks=first)
+    for key in first:
+        assert not np.any(second[key] & ~first[key]), key
+    assert abs(_zero_fraction([_kernel(model, "hidden_a"), _kernel(model, "hidden_b")]) - 0.7) <= 0.005
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target_sparsity": 0.0}, "greater than 0"),
+        ({"target_sparsity": 1.0}, "less than 1"),
+        ({"target_sparsity": 1.5}, "less than 1"),
+        ({"target_sparsity": -0.1}, "greater than 0"),
+        ({}, "exactly one"),
+        ({"target_sparsity": 0.5, "magnitude_threshold": 0.1}, "exactly one"),
+        ({"magnitude_threshold": 0.1, "scope": "per_layer"}, "scope applies to target_sparsity"),
+        ({"target_sparsity": 0.5, "protected_layers": ["dense_("]}, "not a valid regular expression"),
+        ({"target_sparsity": 0.5, "scope": "layerwise"}, "global"),
+    ],
+)
+def test_invalid_configs_are_rejected(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        PruningConfig(**kwargs)

@@ -1,0 +1,121 @@
+"""Engine: pruning a real SavedModel keeps its signatures, masks and reloadability."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from components.engine import (
+    ModelLoadError,
+    PruningConfig,
+    load_keras_model,
+    prune_saved_model,
+    save_keras_model,
+)
+from components.engine.saved_model import MASKS_RELATIVE_PATH, SignatureMismatchError, verify_signatures_preserved
+
+
+def _serialized_examples(files, count=32):
+    return tf.constant([r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)])
+
+
+def test_pruned_model_reloads_with_identical_signatures_and_consistent_outputs(
+    tmp_path, penguin_baseline, penguin_files
+):
+    out = str(tmp_path / "pruned")
+    report = prune_saved_model(penguin_baseline, out, PruningConfig(target_sparsity=0.8))
+
+    assert abs(report["after"]["masked_sparsity"] - 0.8) <= 0.005
+    assert report["signatures"] == ["serving_default"]
+    verify_signatures_preserved(os.path.join(penguin_baseline, "Format-Serving"), out)
+
+    served = tf.saved_model.load(out)
+    assert list(served.signatures) == ["serving_default"]
+    examples = _serialized_examples(penguin_files["eval"])
+    served_logits = served.signatures["serving_default"](examples=examples)["outputs"].numpy()
+
+    reloaded = load_keras_model(out)
+    assert set(reloaded.masks) == {"dense::kernel", "dense_1::kernel"}
+    for key, mask in reloaded.masks.items():
+        kernel = reloaded.model.get_layer(key.split("::")[0]).kernel.numpy()
+        np.testing.assert_array_equal(kernel == 0, ~mask)
+    keras_logits = reloaded.signatures["serving_default"](examples=examples)["outputs"].numpy()
+    np.testing.assert_allclose(served_logits, keras_logits, rtol=1e-5, atol=1e-6)
+
+    original = tf.saved_model.load(os.path.join(penguin_baseline, "Format-Serving"))
+    original_logits = original.signatures["serving_default"](examples=examples)["outputs"].numpy()
+    assert not np.allclose(original_logits, served_logits), "the served graph must use the pruned weights"
+
+
+def test_report_counts_and_sizes(tmp_path, penguin_baseline):
+    report = prune_saved_model(penguin_baseline, str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8))
+    before, after = report["before"], report["after"]
+    assert before["params"] == after["params"], "unstructured pruning keeps every shape"
+    assert after["nonzero_params"] == before["nonzero_params"] - (after["kernel_zeros"] - before["kernel_zeros"])
+    assert after["weights_gzip_bytes"] < 0.5 * before["weights_gzip_bytes"]
+    assert after["gzip_bytes"] < before["gzip_bytes"]
+    rows = {row["layer"]: row for row in report["layers"]}
+    assert rows["logits"]["protected_by"] == "output layer"
+    assert rows["logits"]["nonzeros_after"] == rows["logits"]["params"]
+    pruned_zeros = sum(r["params"] - r["nonzeros_after"] for r in rows.values() if not r["protected_by"])
+    pruned_params = sum(r["params"] for r in rows.values() if not r["protected_by"])
+    assert pruned_zeros / pruned_params == pytest.approx(after["masked_sparsity"])
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_keras_model(str(tmp_path / "nowhere"))
+
+
+def test_directory_without_a_saved_model(tmp_path):
+    (tmp_path / "Format-Serving").mkdir()
+    with pytest.raises(ModelLoadError, match="no saved_model.pb"):
+        load_keras_model(str(tmp_path))
+
+
+def test_corrupt_saved_model(tmp_path, penguin_baseline):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(os.path.join(penguin_baseline, "Format-Serving"), broken)
+    (broken / "saved_model.pb").write_bytes(b"this is not a protobuf")
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_keras_model(str(broken))
+
+
+def test_saved_model_that_is_not_keras(tmp_path):
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return 2 * x
+
+    path = str(tmp_path / "plain")
+    tf.saved_model.save(Doubler(), path)
+    with pytest.raises(ModelLoadError, match="not a Keras one"):
+        load_keras_model(path)
+
+
+def test_signature_check_catches_a_changed_signature(tmp_path):
+    inputs = keras.Input((3,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+    def signature(model, dtype):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], dtype, name="x")])
+        def serve(x):
+            return {"y": model(tf.cast(x, tf.float32))}
+
+        return {"serving_default": serve}
+
+    save_keras_model(model, str(tmp_path / "a"), signature(model, tf.float32))
+    save_keras_model(model, str(tmp_path / "b"), signature(model, tf.float64))
+    with pytest.raises(SignatureMismatchError, match="changed=\\['serving_default'\\]"):
+        verify_signatures_preserved(str(tmp_path / "a"), str(tmp_path / "b"))
+
+
+def test_masks_are_stored_where_serving_ignores_them(tmp_path, penguin_baseline):
+    out = tmp_path / "pruned"
+    prune_saved_model(penguin_baseline, str(out), PruningConfig(target_sparsity=0.5))
+    assert (out / MASKS_RELATIVE_PATH).is_file()
+    assert MASKS_RELATIVE_PATH.startswith("assets.extra")
