@@ -79,11 +79,13 @@ def run_local(args: argparse.Namespace) -> int:
     result = latest_run_result(metadata_path)
     header, *rows = comparison_rows(result.gate_result)
     print()
-    print(tabulate(rows, headers=header, tablefmt="github"))
+    print(tabulate(rows, headers=header, tablefmt="github", disable_numparse=True))
     print()
     for check in result.gate_result["checks"]:
         verdict = "PASS" if check["passed"] else "FAIL"
         print(f"  {verdict}  {check['name']}: measured {check['measured']}, bound {check['bound']}")
+    print(f"\nPruning report:      {result.pruning_report_path}")
+    print(f"Release gate report: {result.gate_summary_path}")
     if result.pushed:
         print(f"\nBLESSED and pushed to {result.pushed_destination}")
         return 0

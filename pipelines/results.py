@@ -16,6 +16,8 @@ class RunResult:
     pruning_report: dict[str, Any]
     gate_result: dict[str, Any]
     gate_summary: str
+    pruning_report_path: str
+    gate_summary_path: str
     blessed: bool
     pushed: bool
     pushed_destination: Optional[str]
@@ -61,6 +63,8 @@ def latest_run_result(metadata_path: str) -> RunResult:
         pruning_report=json.loads(_read(os.path.join(report.uri, "report.json"))),
         gate_result=json.loads(_read(os.path.join(evaluation.uri, "gate_result.json"))),
         gate_summary=_read(os.path.join(evaluation.uri, "summary.md")),
+        pruning_report_path=os.path.join(report.uri, "summary.md"),
+        gate_summary_path=os.path.join(evaluation.uri, "summary.md"),
         blessed=blessing.custom_properties["blessed"].int_value == 1,
         pushed=was_pushed,
         pushed_destination=props["pushed_destination"].string_value if was_pushed else None,

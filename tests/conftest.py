@@ -12,8 +12,6 @@ import tensorflow as tf  # noqa: E402
 from pipelines import penguin_trainer  # noqa: E402
 from pipelines.pruning_pipeline import penguin_data_root  # noqa: E402
 
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-
 
 @pytest.fixture(scope="session")
 def penguin_data() -> str:

@@ -51,11 +51,16 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "",
             f"**{verdict}**",
             "",
-            tabulate(rows, headers=header, tablefmt="github"),
+            tabulate(rows, headers=header, tablefmt="github", disable_numparse=True),
             "",
             "## Checks",
             "",
-            tabulate(checks, headers=["verdict", "check", "measured", "bound", "detail"], tablefmt="github"),
+            tabulate(
+                checks,
+                headers=["verdict", "check", "measured", "bound", "detail"],
+                tablefmt="github",
+                disable_numparse=True,
+            ),
             "",
         ]
     )

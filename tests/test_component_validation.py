@@ -1,0 +1,132 @@
+"""Bad static input fails when the pipeline is constructed, before any work."""
+
+import re
+
+import pytest
+from pydantic import ValidationError
+from tfx import types
+from tfx.types import standard_artifacts
+
+from components import EvaluatorGate, PruneComponent, RetrainComponent
+from components.evaluator_gate.metrics import UnknownMetricError
+from pipelines import pruning_pipeline
+
+
+def _channel(artifact_type):
+    return types.Channel(type=artifact_type)
+
+
+MODEL = _channel(standard_artifacts.Model)
+EXAMPLES = _channel(standard_artifacts.Examples)
+ACCURACY = "SparseCategoricalAccuracy"
+
+
+def test_components_expose_the_agreed_channel_names():
+    prune = PruneComponent(model=MODEL, examples=EXAMPLES, target_sparsity=0.5)
+    retrain = RetrainComponent(model=prune.outputs["model"], examples=EXAMPLES, label_key="species")
+    gate = EvaluatorGate(
+        model=retrain.outputs["model"],
+        baseline_model=MODEL,
+        examples=EXAMPLES,
+        label_key="species",
+        thresholds=[{"metric": ACCURACY, "lower_bound": 0.9}],
+    )
+    assert set(prune.outputs) == {"model", "pruning_report"}
+    assert prune.outputs["pruning_report"].type.TYPE_NAME == "pruning.PruningReport"
+    assert re.fullmatch(r"[a-z_]+\.[A-Za-z]+", prune.outputs["pruning_report"].type.TYPE_NAME)
+    assert set(retrain.outputs) == {"model"}
+    assert set(gate.outputs) == {"blessing", "evaluation"}
+    assert gate.outputs["blessing"].type is standard_artifacts.ModelBlessing
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 1.0, 1.5, -0.2])
+def test_prune_rejects_sparsity_outside_the_open_unit_interval(sparsity):
+    with pytest.raises(ValidationError, match="target_sparsity"):
+        PruneComponent(model=MODEL, target_sparsity=sparsity)
+
+
+def test_prune_rejects_an_invalid_protected_layer_regex():
+    with pytest.raises(ValidationError, match="not a valid regular expression"):
+        PruneComponent(model=MODEL, target_sparsity=0.5, protected_layers=["dense_["])
+
+
+@pytest.mark.parametrize(
+    "threshold, message",
+    [
+        ({"metric": ACCURACY, "lower_bound": 1.2}, "cannot make sense"),
+        ({"metric": ACCURACY, "upper_bound": -0.1}, "cannot make sense"),
+        ({"metric": ACCURACY, "max_absolute_drop": -0.01}, "greater than or equal to 0"),
+        ({"metric": ACCURACY, "max_relative_drop": 1.5}, "less than or equal to 1"),
+        ({"metric": ACCURACY}, "sets no bound"),
+        ({"metric": ACCURACY, "lower_bound": 0.9, "upper_bound": 0.8}, "above upper_bound"),
+    ],
+)
+def test_gate_rejects_thresholds_that_cannot_make_sense(threshold, message):
+    with pytest.raises(ValidationError, match=message):
+        EvaluatorGate(model=MODEL, baseline_model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[threshold])
+
+
+def test_gate_rejects_an_unknown_metric_and_a_drop_without_baseline():
+    with pytest.raises(UnknownMetricError, match="'Acuracy' is not a Keras metric"):
+        EvaluatorGate(
+            model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": "Acuracy", "lower_bound": 0}]
+        )
+    with pytest.raises(ValueError, match="a drop bound needs a baseline_model"):
+        EvaluatorGate(
+            model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": ACCURACY, "max_absolute_drop": 0.01}]
+        )
+    with pytest.raises(ValidationError, match="min_sparsity"):
+        EvaluatorGate(
+            model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": ACCURACY, "lower_bound": 0}],
+            min_sparsity=1.5,
+        )  # fmt: skip
+
+
+def test_retrain_rejects_unknown_loss_and_missing_module_file(tmp_path):
+    with pytest.raises(ValueError, match="not a Keras loss class name"):
+        RetrainComponent(model=MODEL, examples=EXAMPLES, label_key="y", loss="CrossEntropyTypo")
+    with pytest.raises(FileNotFoundError, match="module_file"):
+        RetrainComponent(model=MODEL, examples=EXAMPLES, label_key="y", module_file=str(tmp_path / "nope.py"))
+    with pytest.raises(ValidationError, match="label_key"):
+        RetrainComponent(model=MODEL, examples=EXAMPLES, label_key="")
+
+
+def _pipeline_args(tmp_path, penguin_data, **overrides):
+    args = dict(
+        pipeline_name="p",
+        pipeline_root=str(tmp_path / "root"),
+        data_root=penguin_data,
+        serving_model_dir=str(tmp_path / "serving"),
+        label_key="species",
+        trainer_module_file=pruning_pipeline.PENGUIN_TRAINER_MODULE,
+        prune_args={"target_sparsity": 0.8},
+        retrain_args={},
+        gate_args={"thresholds": [{"metric": ACCURACY, "lower_bound": 0.9}]},
+    )
+    args.update(overrides)
+    return args
+
+
+def test_pipeline_construction_validates_everything_static(tmp_path, penguin_data):
+    pipeline = pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data))
+    assert [c.id for c in pipeline.components] == [
+        "ImportExampleGen", "Trainer", "PruneComponent", "RetrainComponent", "EvaluatorGate", "Pusher",
+    ]  # fmt: skip
+    with pytest.raises(ValidationError, match="target_sparsity"):
+        pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data, prune_args={"target_sparsity": 1.0}))
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data, data_root=str(tmp_path / "none")))
+    with pytest.raises(ValueError, match="exactly one of trainer_module_file"):
+        pruning_pipeline.create_pipeline(
+            **_pipeline_args(tmp_path, penguin_data, baseline_model_uri=str(tmp_path))
+        )  # fmt: skip
+
+
+def test_pipeline_rejects_a_missing_or_non_savedmodel_baseline(tmp_path, penguin_data):
+    from components.engine import ModelLoadError
+
+    for uri, message in ((tmp_path / "missing", "does not exist"), (tmp_path, "no saved_model.pb")):
+        with pytest.raises(ModelLoadError, match=message):
+            pruning_pipeline.create_pipeline(
+                **_pipeline_args(tmp_path, penguin_data, trainer_module_file=None, baseline_model_uri=str(uri))
+            )

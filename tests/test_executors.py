@@ -1,0 +1,201 @@
+"""Component executors on the real penguin data, called the way a TFX launcher calls them."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils, standard_artifacts
+
+from components.artifacts import PruningReport
+from components.engine import ExamplesMismatchError, FineTuneConfig, PruningConfig, load_keras_model
+from components.evaluator_gate import executor as gate_executor
+from components.evaluator_gate.config import GateConfig, MetricThreshold
+from components.prune import executor as prune_executor
+from components.retrain import executor as retrain_executor
+from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS
+
+
+def _artifact(artifact_type, uri):
+    artifact = artifact_type()
+    artifact.uri = str(uri)
+    return artifact
+
+
+def _examples(uri, splits=("train", "eval")):
+    examples = _artifact(standard_artifacts.Examples, uri)
+    examples.split_names = artifact_utils.encode_split_names(list(splits))
+    return examples
+
+
+def _prune(baseline_uri, out_dir, **config):
+    model = _artifact(standard_artifacts.Model, out_dir / "model")
+    report = _artifact(PruningReport, out_dir / "report")
+    prune_executor.Executor().Do(
+        {"input_model": [_artifact(standard_artifacts.Model, baseline_uri)]},
+        {"model": [model], "pruning_report": [report]},
+        {"pruning_config": PruningConfig(**config).model_dump_json()},
+    )
+    return model, report
+
+
+def _retrain(model_uri, examples_uri, out_dir, module_file=None, **config):
+    model = _artifact(standard_artifacts.Model, out_dir)
+    retrain_executor.Executor().Do(
+        {"input_model": [_artifact(standard_artifacts.Model, model_uri)], "examples": [_examples(examples_uri)]},
+        {"model": [model]},
+        {"fine_tune_config": FineTuneConfig(**config).model_dump_json(), "module_file": module_file},
+    )
+    return model
+
+
+def _gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfig):
+    blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
+    evaluation = _artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
+    inputs = {"model": [_artifact(standard_artifacts.Model, candidate_uri)], "examples": [_examples(examples_uri)]}
+    if baseline_uri:
+        inputs["baseline_model"] = [_artifact(standard_artifacts.Model, baseline_uri)]
+    context = base_beam_executor.BaseBeamExecutor.Context(
+        beam_pipeline_args=list(IN_MEMORY_BEAM_ARGS), tmp_dir=str(tmp_path / "tmp")
+    )
+    error = None
+    try:
+        gate_executor.Executor(context).Do(
+            inputs, {"blessing": [blessing], "evaluation": [evaluation]}, {"gate_config": config.model_dump_json()}
+        )
+    except Exception as err:  # the caller asserts on it
+        error = err
+    with open(tmp_path / "evaluation" / "gate_result.json") as f:
+        result = json.load(f)
+    return blessing, result, error
+
+
+def _accuracy_gate(min_sparsity=None, **bounds):
+    return GateConfig(
+        label_key="species",
+        thresholds=[MetricThreshold(metric="SparseCategoricalAccuracy", **bounds)],
+        min_sparsity=min_sparsity,
+    )
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory, penguin_baseline):
+    return _prune(penguin_baseline, tmp_path_factory.mktemp("prune"), target_sparsity=0.8)
+
+
+def test_prune_executor_writes_model_report_and_properties(pruned):
+    model, report = pruned
+    with open(os.path.join(report.uri, "report.json")) as f:
+        payload = json.load(f)
+    assert abs(payload["after"]["masked_sparsity"] - 0.8) <= 0.005
+    assert model.get_float_custom_property("sparsity") == pytest.approx(payload["after"]["masked_sparsity"])
+    assert report.get_int_custom_property("nonzero_params") == payload["after"]["nonzero_params"]
+    summary = open(os.path.join(report.uri, "summary.md")).read()
+    assert "| dense_1 " in summary and "output layer" in summary
+    loaded = load_keras_model(model.uri)  # TFX layout: <uri>/Format-Serving
+    assert loaded.path.endswith("Format-Serving") and "serving_default" in loaded.signatures
+
+
+def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_data):
+    model = _retrain(pruned[0].uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=2)
+    loaded = load_keras_model(model.uri)
+    assert set(loaded.masks) == {"dense::kernel", "dense_1::kernel"}
+    for key, mask in loaded.masks.items():
+        kernel = loaded.model.get_layer(key.split("::")[0]).kernel.numpy()
+        np.testing.assert_array_equal(kernel == 0, ~mask)
+    assert list(loaded.signatures) == ["serving_default"]
+    history = json.load(open(os.path.join(model.uri, "fine_tuning.json")))
+    assert len(history["history"]["loss"]) == 2 and "val_loss" in history["history"]
+    assert model.get_float_custom_property("sparsity") == pytest.approx(0.8, abs=0.005)
+
+
+def test_retrain_executor_uses_a_module_file_input_fn(tmp_path, pruned, penguin_data):
+    calls = tmp_path / "calls.txt"
+    module = tmp_path / "my_input.py"
+    module.write_text(
+        f"""
+from components.engine import examples_dataset
+
+def input_fn(file_paths, model, label_key, batch_size, shuffle_buffer, seed):
+    with open({str(calls)!r}, "a") as f:
+        f.write(f"{{len(file_paths)}} {{batch_size}}\\n")
+    return examples_dataset(file_paths, model, label_key, batch_size, shuffle_buffer, seed)
+"""
+    )
+    _retrain(pruned[0].uri, penguin_data, tmp_path / "out", module_file=str(module), label_key="species", epochs=1)
+    assert calls.read_text().splitlines() == ["1 32", "1 32"]  # train and eval
+
+
+def test_retrain_executor_rejects_an_absent_label_key(tmp_path, pruned, penguin_data):
+    with pytest.raises(ExamplesMismatchError, match="label_key 'island'"):
+        _retrain(pruned[0].uri, penguin_data, tmp_path / "out", label_key="island", epochs=1)
+    assert not (tmp_path / "out" / "Format-Serving").exists()
+
+
+def test_gate_blesses_a_model_within_its_bounds(tmp_path, pruned, penguin_baseline, penguin_data):
+    config = _accuracy_gate(lower_bound=0.5, max_absolute_drop=0.5, max_relative_drop=0.5, min_sparsity=0.79)
+    blessing, result, error = _gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
+    assert error is None
+    assert result["blessed"] is True and result["failed_checks"] == []
+    assert blessing.get_int_custom_property("blessed") == 1
+    assert os.listdir(blessing.uri) == ["BLESSED"]
+    assert result["metrics"]["baseline"]["example_count"] == 100
+    assert result["metrics"]["candidate"]["example_count"] == 100
+    accuracy = result["metrics"]["candidate"]["sparse_categorical_accuracy"]
+    assert 0.5 <= accuracy <= 1.0
+    checks = {c["name"]: c for c in result["checks"]}
+    drop = checks["sparse_categorical_accuracy drop vs baseline <= max_absolute_drop"]
+    assert drop["measured"] == pytest.approx(result["metrics"]["baseline"]["sparse_categorical_accuracy"] - accuracy)
+    assert checks["sparsity >= min_sparsity"]["measured"] == pytest.approx(0.8, abs=0.005)
+    assert result["weights"]["candidate"]["nonzero_params"] < result["weights"]["baseline"]["nonzero_params"]
+    assert os.path.isdir(os.path.join(tmp_path, "evaluation", "tfma"))
+    assert "**BLESSED**" in open(tmp_path / "evaluation" / "summary.md").read()
+
+
+def test_gate_refuses_an_unreachable_threshold(tmp_path, pruned, penguin_baseline, penguin_data):
+    config = _accuracy_gate(lower_bound=0.5, min_sparsity=0.99)
+    blessing, result, error = _gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
+    assert error is None
+    assert result["blessed"] is False and result["failed_checks"] == ["sparsity >= min_sparsity"]
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
+    assert "NOT BLESSED: sparsity >= min_sparsity" in open(tmp_path / "evaluation" / "summary.md").read()
+
+
+def test_gate_refuses_an_empty_eval_split(tmp_path, pruned, penguin_baseline, examples_with_empty_eval):
+    blessing, result, error = _gate(
+        tmp_path, pruned[0].uri, penguin_baseline, examples_with_empty_eval, _accuracy_gate(lower_bound=0.0)
+    )
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
+    assert error is None, "an empty split is a refusal with a reason, not a crash"
+    assert result["blessed"] is False
+    assert "eval examples > 0" in result["failed_checks"]
+    assert result["checks"][0]["measured"] == 0
+
+
+def test_gate_fails_closed_when_evaluation_breaks(tmp_path, penguin_baseline, penguin_data):
+    broken = tmp_path / "broken" / "Format-Serving"
+    broken.mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"garbage")
+    (broken / "keras_metadata.pb").write_bytes(b"garbage")
+    blessing, result, error = _gate(
+        tmp_path, str(tmp_path / "broken"), penguin_baseline, penguin_data, _accuracy_gate(lower_bound=0.0)
+    )
+    assert error is not None and "could not load" in str(error)
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
+    assert result["blessed"] is False and "could not load" in result["error"]
+
+
+def test_gate_can_run_without_a_baseline(tmp_path, pruned, penguin_data):
+    blessing, result, error = _gate(tmp_path, pruned[0].uri, None, penguin_data, _accuracy_gate(lower_bound=0.5))
+    assert error is None and result["blessed"] is True
+    assert set(result["metrics"]) == {"candidate"}
+
+
+def test_empty_split_file_is_really_empty(examples_with_empty_eval):
+    path = os.path.join(examples_with_empty_eval, "Split-eval", "data_tfrecord-00000-of-00001.gz")
+    assert sum(1 for _ in tf.data.TFRecordDataset(path, compression_type="GZIP")) == 0

@@ -1,0 +1,124 @@
+"""What can be checked of the package and the image without a Docker engine."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(name):
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _pins():
+    pins = {}
+    for line in _read("constraints.txt").splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_python_version_file_selects_3_10():
+    assert re.fullmatch(r"3\.10\.\d+", _read(".python-version").strip())
+    assert sys.version_info[:2] == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "package, pattern",
+    [
+        ("tfx", r"1\.16\.0"),
+        ("tensorflow", r"2\.16\.\d+"),
+        ("tf-keras", r"2\.16\.\d+"),
+        ("tensorflow-model-analysis", r"0\.47\.\d+"),
+        ("tensorflow-model-optimization", r"0\.8\.1"),
+        ("protobuf", r"3\.20\.\d+"),
+        ("kfp", r"2\.\d+\.\d+"),
+        ("dill", r".+"),
+        ("apache-beam", r"2\.\d+\.\d+"),
+    ],
+)
+def test_constraints_pin_the_measured_stack(package, pattern):
+    assert re.fullmatch(pattern, _pins()[package]), _pins().get(package)
+
+
+def test_install_requirements_are_satisfied_by_the_pins():
+    pins = _pins()
+    for requirement in metadata.requires("tfx-model-pruning"):
+        req = Requirement(requirement)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{requirement} vs pin {pins[name]}"
+
+
+def test_installed_versions_match_the_pins():
+    pins = _pins()
+    for package in ("tfx", "tensorflow", "tf-keras", "tensorflow-model-analysis", "protobuf", "kfp", "apache-beam"):
+        assert metadata.version(package) == pins[package], package
+
+
+def test_console_entry_point_is_installed_and_runs():
+    scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
+    assert scripts["prune-pipeline"] == "pipelines.cli:main"
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run-local", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--target-sparsity" in out.stdout
+
+
+def _dockerfile_instructions():
+    lines, current = [], ""
+    for raw in _read("Dockerfile").splitlines():
+        if raw.strip().startswith("#") or not raw.strip():
+            continue
+        current += raw.rstrip("\\").strip() + " "
+        if not raw.rstrip().endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return [(line.split(" ", 1)[0].upper(), line.split(" ", 1)[1]) for line in lines]
+
+
+def test_dockerfile_uses_python_3_10_sets_legacy_keras_and_drops_root():
+    instructions = _dockerfile_instructions()
+    base = next(arg for op, arg in instructions if op == "FROM")
+    assert base.startswith("python:" + _read(".python-version").strip())
+    env = " ".join(arg for op, arg in instructions if op == "ENV")
+    assert "TF_USE_LEGACY_KERAS=1" in env
+    users = [arg for op, arg in instructions if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert instructions[-1][0] == "CMD"
+    assert "-c constraints.txt" in " ".join(arg for op, arg in instructions if op == "RUN")
+
+
+def test_dockerfile_copies_only_what_the_build_context_keeps():
+    allowed = {line[1:].rstrip("/") for line in _read(".dockerignore").splitlines() if line.startswith("!")}
+    assert _read(".dockerignore").splitlines()[1] == "*"  # deny by default, then allow
+    for op, arg in _dockerfile_instructions():
+        if op != "COPY":
+            continue
+        sources = shlex.split(arg)[:-1]
+        for source in sources:
+            assert os.path.exists(os.path.join(ROOT, source)), source
+            assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
+
+
+def test_dockerfile_command_is_a_declared_console_script():
+    cmd = next(arg for op, arg in reversed(_dockerfile_instructions()) if op == "CMD")
+    assert cmd.startswith('["prune-pipeline"')
+    assert "prune-pipeline=pipelines.cli:main" in _read("setup.py")
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    head = "\n".join(_read("README.md").splitlines()[:12])
+    assert "make run" in head and "make test" in head
+    assert "make test" in _read(".ci/run")

@@ -1,0 +1,51 @@
+"""End to end: the local pipeline (LocalDagRunner, SQLite MLMD, Beam in memory) on penguin data."""
+
+import os
+
+import numpy as np
+
+from components.engine import load_keras_model
+from pipelines import cli
+from pipelines.results import latest_run_result
+
+
+def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["run-local", "--output-dir", str(out), "--train-steps", "300", "--epochs", "10"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+
+    result = latest_run_result(str(out / "metadata.sqlite"))
+    assert result.blessed and result.pushed
+    versions = os.listdir(out / "serving")
+    assert len(versions) == 1 and result.pushed_destination == str(out / "serving" / versions[0])
+    assert f"BLESSED and pushed to {result.pushed_destination}" in printed
+    assert "sparse_categorical_accuracy" in printed and "gzip bytes (weights)" in printed
+
+    pushed = load_keras_model(result.pushed_destination)
+    assert list(pushed.signatures) == ["serving_default"]
+    kernels = [pushed.model.get_layer(key.split("::")[0]).kernel.numpy() for key in pushed.masks]
+    zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros >= 0.8
+
+    metrics = result.gate_result["metrics"]
+    drop = metrics["baseline"]["sparse_categorical_accuracy"] - metrics["candidate"]["sparse_categorical_accuracy"]
+    assert drop <= 0.01 + 1e-9
+    assert result.pruning_report["after"]["masked_sparsity"] >= 0.8
+
+
+def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(tmp_path, penguin_baseline, capsys):
+    out = tmp_path / "run"
+    code = cli.main(
+        ["run-local", "--output-dir", str(out), "--baseline-model", penguin_baseline, "--epochs", "2"]
+        + ["--target-sparsity", "0.5", "--min-sparsity", "0.99"]
+    )
+    printed = capsys.readouterr().out
+    assert code == cli.EXIT_NOT_PUSHED, printed
+    result = latest_run_result(str(out / "metadata.sqlite"))
+    assert not result.blessed and not result.pushed
+    assert result.gate_result["failed_checks"] == ["sparsity >= min_sparsity"]
+    assert not (out / "serving").exists() or os.listdir(out / "serving") == []
+    blessing_dirs = list((out / "root" / "EvaluatorGate" / "blessing").iterdir())
+    assert [os.listdir(d) for d in blessing_dirs] == [["NOT_BLESSED"]]
+    assert "NOT pushed: the gate refused the model (sparsity >= min_sparsity)" in printed
