@@ -11,6 +11,8 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if value.is_integer() and abs(value) > 1:  # counts arrive from TFMA as floats
+            return str(int(value))
         return f"{value:.4f}"
     return str(value)
 
