@@ -16,6 +16,15 @@ class _StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_patterns(cls, patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"protected layer pattern {pattern!r} is not a valid regular expression: {err}") from err
+    return patterns
+
+
 class PruningConfig(_StrictModel):
     """What to prune and how much.
 
@@ -53,17 +62,27 @@ class PruningConfig(_StrictModel):
             raise ValueError("scope applies to target_sparsity only; a magnitude threshold is the same everywhere")
         return self
 
-    @field_validator("protected_layers")
-    @classmethod
-    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(
-                    f"protected layer pattern {pattern!r} is not a valid regular expression: {err}"
-                ) from err
-        return patterns
+    _patterns_compile = field_validator("protected_layers")(_check_patterns)
+
+
+class StructuredPruningConfig(_StrictModel):
+    """How many units/filters to remove and how to pick them.
+
+    Example::
+
+        StructuredPruningConfig(prune_fraction=0.5, criterion="l1", min_units=4)
+    """
+
+    prune_fraction: float = Field(gt=0.0, lt=1.0, description="Fraction of removable channels to remove.")
+    criterion: Literal["l1", "l2"] = "l1"
+    scope: Literal["global", "per_layer"] = Field(
+        default="per_layer",
+        description="per_layer: every coupled group loses the same fraction; global: one ranking across groups.",
+    )
+    min_units: int = Field(default=1, ge=1, description="Fewest units/filters any pruned layer keeps.")
+    protected_layers: list[str] = Field(default_factory=list)
+
+    _patterns_compile = field_validator("protected_layers")(_check_patterns)
 
 
 class FineTuneConfig(_StrictModel):

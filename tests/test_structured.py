@@ -1,0 +1,261 @@
+"""Structured pruning: every dependency rule on small handmade models, checked by equivalence.
+
+The rebuilt (smaller) model must compute what the original computes with the removed channels
+disconnected (their consumer rows zeroed), to float tolerance.
+"""
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from pydantic import ValidationError
+
+from components.engine.structured import (
+    StructuredPruningConfig,
+    StructuredPruningError,
+    analyse,
+    disconnect_in_place,
+    prune_structured,
+    rebuild,
+    removable_units,
+    select_units_to_remove,
+)
+
+L = keras.layers
+
+
+def _randomise_batchnorm(model):
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape), rng.normal(size=mean.shape),
+                 rng.uniform(0.5, 1.5, var.shape)]
+            )  # fmt: skip
+
+
+def _check_equivalent(model, fraction=0.5, **config):
+    """Prunes ``model`` and asserts the rebuilt model equals the disconnected original."""
+    _randomise_batchnorm(model)
+    cfg = StructuredPruningConfig(prune_fraction=fraction, **config)
+    graph = analyse(model, tuple(cfg.protected_layers))
+    units = removable_units(model, graph, cfg.criterion)
+    chosen = select_units_to_remove(units, graph, model, cfg)
+    assert chosen, "nothing was removed, so nothing is tested"
+    removed = {unit.root for unit in chosen}
+    smaller = rebuild(model, graph, removed)
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    disconnect_in_place(reference, graph, removed)
+
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=(3, *t.shape[1:])).astype("float32") for t in model.inputs]
+    inputs = inputs[0] if len(inputs) == 1 else inputs
+    got, want, dense = (m.predict(inputs, verbose=0) for m in (smaller, reference, model))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(dense, want, atol=1e-4), "removal changed nothing: the check would be vacuous"
+    assert smaller.count_params() < model.count_params()
+    return smaller, graph
+
+
+def _width(model, name):
+    return model.get_layer(name).output.shape[-1]
+
+
+def test_sequential_dense_chain():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((10,)), L.Dense(16, activation="relu", name="a"), L.Dropout(0.2), L.Dense(12, name="b"),
+         L.ReLU(), L.Dense(3, name="out")]
+    )  # fmt: skip
+    smaller, _ = _check_equivalent(model)
+    assert (_width(smaller, "a"), _width(smaller, "b"), _width(smaller, "out")) == (8, 6, 3)
+
+
+def test_conv_batchnorm_pooling_flatten_dense():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, name="conv")(image)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.MaxPooling2D()(x)
+    x = L.ZeroPadding2D(1)(x)
+    x = L.Flatten()(x)  # channels map to every spatial position's rows of the next kernel
+    model = keras.Model(image, L.Dense(4, name="out")(x))
+    smaller, _ = _check_equivalent(model)
+    assert _width(smaller, "conv") == 4
+    assert smaller.get_layer("out").kernel.shape[0] == 6 * 6 * 4
+
+
+def test_conv1d_global_pooling():
+    keras.utils.set_random_seed(0)
+    seq = keras.Input((20, 4))
+    x = L.Conv1D(10, 3, activation="relu", name="conv")(seq)
+    x = L.GlobalAveragePooling1D()(x)
+    model = keras.Model(seq, L.Dense(2, name="out")(x))
+    smaller, _ = _check_equivalent(model, fraction=0.3)
+    assert _width(smaller, "conv") == 7
+
+
+@pytest.mark.parametrize("merge", [L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum])
+def test_elementwise_merges_couple_their_inputs(merge):
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3))
+    a = L.Conv2D(8, 3, padding="same", name="a")(image)
+    b = L.Conv2D(8, 3, padding="same", name="b")(image)
+    x = merge(name="merge")([a, b])
+    x = L.Conv2D(6, 1, name="c")(x)
+    model = keras.Model(image, L.Dense(2, name="out")(L.GlobalMaxPooling2D()(x)))
+    smaller, graph = _check_equivalent(model)
+    assert _width(smaller, "a") == _width(smaller, "b") == 4
+    units = removable_units(model, graph, "l1")
+    assert all(sorted(layer for layer, _ in u.producers) == ["a", "b"] for u in units if len(u.producers) > 1)
+
+
+def test_residual_block_keeps_skip_and_branch_aligned():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3))
+    stem = L.Conv2D(8, 3, padding="same", name="stem")(image)
+    x = L.BatchNormalization()(stem)
+    x = L.ReLU()(x)
+    y = L.Conv2D(6, 3, padding="same", name="inner")(x)
+    y = L.BatchNormalization()(y)
+    y = L.ReLU()(y)
+    y = L.Conv2D(8, 3, padding="same", name="expand")(y)
+    y = L.BatchNormalization()(y)
+    x = L.Add()([x, y])
+    x = L.ReLU()(x)
+    model = keras.Model(image, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(x)))
+    smaller, _ = _check_equivalent(model)
+    assert _width(smaller, "stem") == _width(smaller, "expand") == 4
+    assert _width(smaller, "inner") == 3
+
+
+def test_concatenate_maps_channel_offsets():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3))
+    a = L.Conv2D(6, 3, padding="same", name="a")(image)
+    b = L.Conv2D(10, 1, name="b")(image)
+    x = L.Concatenate()([a, b])
+    x = L.Conv2D(4, 1, name="c")(x)
+    model = keras.Model(image, L.Dense(2, name="out")(L.Flatten()(x)))
+    smaller, _ = _check_equivalent(model)
+    assert (_width(smaller, "a"), _width(smaller, "b")) == (3, 5)
+    assert smaller.get_layer("c").kernel.shape[-2] == 8
+
+
+def test_depthwise_and_separable_convolutions():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, name="conv")(image)
+    x = L.DepthwiseConv2D(3, name="depthwise")(x)
+    x = L.SeparableConv2D(6, 3, depth_multiplier=2, name="separable")(x)
+    model = keras.Model(image, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    smaller, _ = _check_equivalent(model)
+    assert smaller.get_layer("depthwise").depthwise_kernel.shape[-2] == 4
+    assert smaller.get_layer("separable").pointwise_kernel.shape[-2:] == (8, 3)
+
+
+def test_lambda_is_a_barrier_and_reported():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = L.Dense(8, name="before")(inputs)
+    x = L.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = L.Dense(8, name="after")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    smaller, graph = _check_equivalent(model)
+    assert "double" in graph.barriers
+    assert _width(smaller, "before") == 8, "channels feeding a barrier keep their width"
+    assert _width(smaller, "after") == 4
+
+
+def test_softmax_mixes_channels_so_it_is_a_barrier():
+    inputs = keras.Input((6,))
+    x = L.Dense(8, name="scores")(inputs)
+    x = L.Softmax(name="attention")(x)
+    x = L.Dense(8, name="after")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    _, report = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+    assert report["widths"]["scores"]["after"] == 8
+    assert "attention" in report["barriers"]
+
+
+def test_output_layer_protected_layers_and_min_units():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = L.Dense(10, name="a")(inputs)
+    x = L.Dense(10, name="b")(x)
+    model = keras.Model(inputs, L.Dense(3, name="out")(x))
+    smaller, report = prune_structured(
+        model, StructuredPruningConfig(prune_fraction=0.8, protected_layers=["a"], min_units=4)
+    )
+    assert report["widths"] == {
+        "a": {"before": 10, "after": 10},
+        "b": {"before": 10, "after": 4},
+        "out": {"before": 3, "after": 3},
+    }
+
+
+def test_mixed_model_with_every_rule():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((12, 12, 3))
+    x = L.Conv2D(16, 3, padding="same", name="c1")(image)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    y = L.Conv2D(16, 3, padding="same", name="c2")(x)
+    y = L.BatchNormalization()(y)
+    x = L.Add()([x, y])
+    x = L.Activation("relu")(x)
+    z = L.SeparableConv2D(8, 3, padding="same", name="sep")(x)
+    w = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = L.Concatenate()([z, w])
+    x = L.MaxPooling2D()(x)
+    x = L.Conv2D(12, 1, name="c3")(x)
+    x = L.Lambda(lambda t: t, name="identity_lambda")(x)
+    x = L.Conv2D(10, 1, name="c4")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(20, activation="relu", name="d1")(x)
+    x = L.Dropout(0.1)(x)
+    model = keras.Model(image, L.Dense(5, name="out")(x))
+    smaller, graph = _check_equivalent(model)
+    widths = {name: _width(smaller, name) for name in ("c1", "c2", "sep", "c3", "c4", "d1", "out")}
+    assert widths == {"c1": 8, "c2": 8, "sep": 4, "c3": 12, "c4": 5, "d1": 10, "out": 5}
+    assert list(graph.barriers) == ["identity_lambda"]
+
+
+def test_subclassed_model_is_refused():
+    class Tiny(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(4)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Tiny()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(StructuredPruningError, match="subclassed"):
+        prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+
+
+def test_nothing_removable_is_an_error():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Dense(4, name="a")(inputs)))
+    with pytest.raises(StructuredPruningError, match="no unit or filter can be removed"):
+        prune_structured(model, StructuredPruningConfig(prune_fraction=0.5, protected_layers=["a"]))
+    with pytest.raises(StructuredPruningError, match="match no layer"):
+        prune_structured(model, StructuredPruningConfig(prune_fraction=0.5, protected_layers=["nope"]))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prune_fraction": 0.0},
+        {"prune_fraction": 1.0},
+        {"prune_fraction": 0.5, "min_units": 0},
+        {"prune_fraction": 0.5, "protected_layers": ["conv_("]},
+    ],
+)
+def test_invalid_structured_configs(kwargs):
+    with pytest.raises(ValidationError):
+        StructuredPruningConfig(**kwargs)
