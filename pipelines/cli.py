@@ -30,8 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--label-key", default="species")
     local.add_argument("--baseline-model", default=None, help="import this SavedModel instead of training a baseline")
     local.add_argument("--train-steps", type=int, default=500, help="baseline Trainer steps")
-    local.add_argument("--target-sparsity", type=float, default=0.8)
-    local.add_argument("--scope", choices=["global", "per_layer"], default="global")
+    local.add_argument("--method", choices=["magnitude", "structured"], default="magnitude")
+    local.add_argument("--target-sparsity", type=float, default=0.8, help="magnitude: fraction of weights zeroed")
+    local.add_argument(
+        "--prune-fraction", type=float, default=0.5, help="structured: fraction of units/filters removed"
+    )
+    local.add_argument("--scope", choices=["global", "per_layer"], default=None, help="default: the method's")
     local.add_argument("--protected-layer", action="append", default=[], help="layer name or regex; repeatable")
     local.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs")
     local.add_argument("--learning-rate", type=float, default=1e-3)
@@ -40,6 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of --metric vs the baseline")
     local.add_argument("--min-sparsity", type=float, default=None, help="default: the target sparsity")
     return parser
+
+
+def _prune_args(args: argparse.Namespace) -> dict:
+    common = {"method": args.method, "scope": args.scope, "protected_layers": args.protected_layer}
+    if args.method == "structured":
+        return {**common, "prune_fraction": args.prune_fraction}
+    return {**common, "target_sparsity": args.target_sparsity}
+
+
+def _min_sparsity(args: argparse.Namespace):
+    if args.min_sparsity is not None:
+        return args.min_sparsity
+    # Structured pruning removes weights instead of zeroing them, so it leaves no sparsity to check.
+    return args.target_sparsity if args.method == "magnitude" else None
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -62,15 +80,11 @@ def run_local(args: argparse.Namespace) -> int:
         trainer_module_file=None if args.baseline_model else pruning_pipeline.PENGUIN_TRAINER_MODULE,
         baseline_model_uri=args.baseline_model,
         train_steps=args.train_steps,
-        prune_args={
-            "target_sparsity": args.target_sparsity,
-            "scope": args.scope,
-            "protected_layers": args.protected_layer,
-        },
+        prune_args=_prune_args(args),
         retrain_args={"epochs": args.epochs, "learning_rate": args.learning_rate},
         gate_args={
             "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
-            "min_sparsity": args.target_sparsity if args.min_sparsity is None else args.min_sparsity,
+            "min_sparsity": _min_sparsity(args),
         },
         metadata_path=metadata_path,
     )

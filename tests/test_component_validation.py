@@ -130,3 +130,18 @@ def test_pipeline_rejects_a_missing_or_non_savedmodel_baseline(tmp_path, penguin
             pruning_pipeline.create_pipeline(
                 **_pipeline_args(tmp_path, penguin_data, trainer_module_file=None, baseline_model_uri=str(uri))
             )
+
+
+def test_prune_structured_options_are_validated_at_construction():
+    structured = PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5)
+    assert '"method":"structured"' in structured.exec_properties["pruning_config"]
+    with pytest.raises(ValueError, match="structured pruning needs `examples`"):
+        PruneComponent(model=MODEL, method="structured", prune_fraction=0.5)
+    with pytest.raises(ValidationError, match="target_sparsity"):
+        PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5, target_sparsity=0.5)
+    with pytest.raises(ValidationError, match="prune_fraction"):
+        PruneComponent(model=MODEL, method="magnitude", target_sparsity=0.5, prune_fraction=0.5)
+    with pytest.raises(ValidationError, match="prune_fraction"):
+        PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=1.0)
+    with pytest.raises(ValidationError, match="method"):
+        PruneComponent(model=MODEL, method="random", target_sparsity=0.5)

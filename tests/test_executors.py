@@ -199,3 +199,20 @@ def test_gate_can_run_without_a_baseline(tmp_path, pruned, penguin_data):
 def test_empty_split_file_is_really_empty(examples_with_empty_eval):
     path = os.path.join(examples_with_empty_eval, "Split-eval", "data_tfrecord-00000-of-00001.gz")
     assert sum(1 for _ in tf.data.TFRecordDataset(path, compression_type="GZIP")) == 0
+
+
+def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_baseline, penguin_data):
+    model = _artifact(standard_artifacts.Model, tmp_path / "model")
+    report = _artifact(PruningReport, tmp_path / "report")
+    config = '{"method": "structured", "prune_fraction": 0.25}'
+    prune_executor.Executor().Do(
+        {"input_model": [_artifact(standard_artifacts.Model, penguin_baseline)], "examples": [_examples(penguin_data)]},
+        {"model": [model], "pruning_report": [report]},
+        {"pruning_config": config},
+    )
+    payload = json.load(open(os.path.join(report.uri, "report.json")))
+    assert payload["widths"]["dense"] == {"before": 64, "after": 48}
+    assert report.get_int_custom_property("flops") == payload["after"]["flops"]
+    summary = open(os.path.join(report.uri, "summary.md")).read()
+    assert "structured (l1 norm)" in summary and "| dense " in summary and "CPU latency, batch 64" in summary
+    assert load_keras_model(model.uri).model.get_layer("dense_1").kernel.shape == (48, 48)

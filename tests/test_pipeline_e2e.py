@@ -49,3 +49,22 @@ def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(t
     blessing_dirs = list((out / "root" / "EvaluatorGate" / "blessing").iterdir())
     assert [os.listdir(d) for d in blessing_dirs] == [["NOT_BLESSED"]]
     assert "NOT pushed: the gate refused the model (sparsity >= min_sparsity)" in printed
+
+
+def test_structured_pruning_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):
+    out = tmp_path / "run"
+    code = cli.main(
+        ["run-local", "--output-dir", str(out), "--baseline-model", penguin_baseline, "--epochs", "10"]
+        + ["--method", "structured", "--prune-fraction", "0.5"]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = latest_run_result(str(out / "metadata.sqlite"))
+    assert result.blessed and result.pushed
+    pushed = load_keras_model(result.pushed_destination)
+    baseline = load_keras_model(penguin_baseline)
+    assert pushed.model.get_layer("dense").kernel.shape == (4, 32)
+    assert pushed.model.count_params() < 0.3 * baseline.model.count_params()
+    assert list(pushed.signatures) == list(baseline.signatures)
+    assert result.pruning_report["after"]["flops"] < result.pruning_report["before"]["flops"]
+    assert [c["name"] for c in result.gate_result["checks"] if "sparsity" in c["name"]] == []

@@ -7,9 +7,9 @@ properties, so a bad value fails when the pipeline is constructed, not hours int
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 
 class _StrictModel(BaseModel):
@@ -26,7 +26,7 @@ def _check_patterns(cls, patterns: list[str]) -> list[str]:
 
 
 class PruningConfig(_StrictModel):
-    """What to prune and how much.
+    """Unstructured magnitude pruning: what to prune and how much.
 
     Exactly one of ``target_sparsity`` (fraction of targeted weights set to zero) and
     ``magnitude_threshold`` (weights with ``|w| < threshold`` set to zero) is given.
@@ -36,6 +36,7 @@ class PruningConfig(_StrictModel):
         PruningConfig(target_sparsity=0.8, scope="global", protected_layers=["embed.*"])
     """
 
+    method: Literal["magnitude"] = "magnitude"
     target_sparsity: Optional[float] = Field(
         default=None, gt=0.0, lt=1.0, description="Fraction of targeted kernel weights to zero, in (0, 1)."
     )
@@ -66,13 +67,14 @@ class PruningConfig(_StrictModel):
 
 
 class StructuredPruningConfig(_StrictModel):
-    """How many units/filters to remove and how to pick them.
+    """Structured pruning: how many units/filters to remove physically and how to pick them.
 
     Example::
 
         StructuredPruningConfig(prune_fraction=0.5, criterion="l1", min_units=4)
     """
 
+    method: Literal["structured"] = "structured"
     prune_fraction: float = Field(gt=0.0, lt=1.0, description="Fraction of removable channels to remove.")
     criterion: Literal["l1", "l2"] = "l1"
     scope: Literal["global", "per_layer"] = Field(
@@ -83,6 +85,14 @@ class StructuredPruningConfig(_StrictModel):
     protected_layers: list[str] = Field(default_factory=list)
 
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
+
+
+AnyPruningConfig = Annotated[Union[PruningConfig, StructuredPruningConfig], Field(discriminator="method")]
+
+
+def pruning_config_from_json(text: str) -> Union[PruningConfig, StructuredPruningConfig]:
+    """Parses a pruning config of either method from its JSON form (``method`` picks the model)."""
+    return TypeAdapter(AnyPruningConfig).validate_json(text)
 
 
 class FineTuneConfig(_StrictModel):

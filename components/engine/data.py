@@ -26,19 +26,13 @@ def first_example(file_paths: Sequence[str]) -> tf.train.Example:
 _KIND_TO_DTYPE = {"float_list": tf.float32, "int64_list": tf.int64, "bytes_list": tf.string}
 
 
-def feature_spec_for_model(
-    model: keras.Model, label_key: str, sample: tf.train.Example
-) -> dict[str, tf.io.FixedLenFeature]:
-    """A parsing spec with one entry per model input (by input name) plus the label.
+def input_feature_spec(model: keras.Model, sample: tf.train.Example) -> dict[str, tf.io.FixedLenFeature]:
+    """A parsing spec with one entry per model input, named after the input.
 
     Raises:
-      ExamplesMismatchError: the label or a model input is absent from the examples.
+      ExamplesMismatchError: a model input is absent from the examples.
     """
     available = dict(sample.features.feature)
-    if label_key not in available:
-        raise ExamplesMismatchError(
-            f"label_key {label_key!r} is not a feature of the examples; they have: {sorted(available)}"
-        )
     spec = {}
     for tensor in model.inputs:
         name = tensor._keras_history.layer.name
@@ -50,9 +44,47 @@ def feature_spec_for_model(
         kind = available[name].WhichOneof("kind")
         shape = [dim if dim is not None else 1 for dim in tensor.shape[1:]]
         spec[name] = tf.io.FixedLenFeature(shape, _KIND_TO_DTYPE[kind])
-    label_kind = available[label_key].WhichOneof("kind")
-    spec[label_key] = tf.io.FixedLenFeature([], _KIND_TO_DTYPE[label_kind])
     return spec
+
+
+def feature_spec_for_model(
+    model: keras.Model, label_key: str, sample: tf.train.Example
+) -> dict[str, tf.io.FixedLenFeature]:
+    """``input_feature_spec`` plus the label.
+
+    Raises:
+      ExamplesMismatchError: the label or a model input is absent from the examples.
+    """
+    available = dict(sample.features.feature)
+    if label_key not in available:
+        raise ExamplesMismatchError(
+            f"label_key {label_key!r} is not a feature of the examples; they have: {sorted(available)}"
+        )
+    spec = input_feature_spec(model, sample)
+    spec[label_key] = tf.io.FixedLenFeature([], _KIND_TO_DTYPE[available[label_key].WhichOneof("kind")])
+    return spec
+
+
+def model_features(model: keras.Model, parsed: dict[str, tf.Tensor]):
+    """Casts parsed features to the model's input dtypes, in the structure the model is called with."""
+    dtypes = {t._keras_history.layer.name: t.dtype for t in model.inputs}
+    features = {name: tf.cast(parsed[name], dtype) for name, dtype in dtypes.items()}
+    if len(features) == 1 and not isinstance(model.input, dict):
+        return next(iter(features.values()))
+    return features
+
+
+def read_serialized(file_paths: Sequence[str], count: int) -> tf.Tensor:
+    """The first ``count`` serialized records of the files, as one string tensor."""
+    records = []
+    for path in file_paths:
+        for record in tf.data.TFRecordDataset(path, compression_type=_compression(path)).take(count - len(records)):
+            records.append(record.numpy())
+        if len(records) >= count:
+            break
+    if not records:
+        raise ExamplesMismatchError(f"no examples in {list(file_paths)}")
+    return tf.constant(records)
 
 
 def examples_dataset(
@@ -67,7 +99,6 @@ def examples_dataset(
     if not file_paths:
         raise ExamplesMismatchError("no example files given")
     spec = feature_spec_for_model(model, label_key, first_example(file_paths))
-    input_dtypes = {t._keras_history.layer.name: t.dtype for t in model.inputs}
     compression = _compression(file_paths[0])
     dataset = tf.data.TFRecordDataset(list(file_paths), compression_type=compression)
     if shuffle_buffer:
@@ -75,10 +106,6 @@ def examples_dataset(
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
-        label = parsed.pop(label_key)
-        features = {name: tf.cast(value, input_dtypes[name]) for name, value in parsed.items()}
-        if len(features) == 1 and not isinstance(model.input, dict):
-            features = next(iter(features.values()))
-        return features, label
+        return model_features(model, parsed), parsed[label_key]
 
     return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

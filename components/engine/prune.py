@@ -3,26 +3,64 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Any
+from typing import Any, Optional, Union
 
 import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
-from components.engine.config import PruningConfig
+from components.engine.config import PruningConfig, StructuredPruningConfig
+from components.engine.efficiency import efficiency_stats
 from components.engine.magnitude import find_prunable_weights, prune_model
 from components.engine.report import directory_size, gzip_size, layer_rows, weight_stats
 from components.engine.saved_model import (
+    LoadedModel,
+    copy_compile_settings,
     load_keras_model,
     save_keras_model,
     verify_signatures_preserved,
 )
+from components.engine.signatures import rebuild_example_signatures
+from components.engine.structured import prune_structured
+
+
+class MissingExamplesError(ValueError):
+    """A pruning method needs sample examples and none were given."""
 
 
 def size_stats(model_dir: str) -> dict[str, int]:
     return {"saved_model_bytes": directory_size(model_dir), "gzip_bytes": gzip_size(model_dir)}
 
 
-def prune_saved_model(input_path: str, output_dir: str, config: PruningConfig) -> dict[str, Any]:
+def model_stats(
+    model: keras.Model,
+    masks: Optional[dict[str, np.ndarray]],
+    signatures,
+    latency_repeats: int,
+) -> dict[str, Any]:
+    """Weights, efficiency, and the size of ``model`` saved the way pruned models are saved.
+
+    Saving both sides identically makes the size difference what pruning bought and not, say,
+    optimizer state that the input SavedModel happened to carry.
+    """
+    stats = {**weight_stats(model, masks), **efficiency_stats(model, repeats=latency_repeats)}
+    with tempfile.TemporaryDirectory() as scratch:
+        save_keras_model(model, scratch, signatures, masks)
+        stats.update(size_stats(scratch))
+    return stats
+
+
+def prune_saved_model(
+    input_path: str,
+    output_dir: str,
+    config: Union[PruningConfig, StructuredPruningConfig],
+    sample_examples: Optional[tf.Tensor] = None,
+    latency_repeats: int = 30,
+) -> dict[str, Any]:
     """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns the report.
+
+    ``sample_examples`` (a batch of serialized tf.Examples) is required by structured pruning,
+    which has to rebuild the serving signatures and proves them on those examples.
 
     Example::
 
@@ -30,26 +68,60 @@ def prune_saved_model(input_path: str, output_dir: str, config: PruningConfig) -
         report["after"]["masked_sparsity"]  # 0.8
     """
     loaded = load_keras_model(input_path)
+    if isinstance(config, StructuredPruningConfig):
+        return _prune_structured(loaded, output_dir, config, sample_examples, latency_repeats)
+
     weights = find_prunable_weights(loaded.model, config)  # fails on a bad config before any work
     nonzeros_before = {w.key: int(np.count_nonzero(w.variable.numpy())) for w in weights}
-    before = weight_stats(loaded.model, loaded.masks or None)
-    # Sizes are compared with the dense model saved exactly as the pruned one will be, so the
-    # difference is what pruning bought and not, say, optimizer state the input happened to carry.
-    with tempfile.TemporaryDirectory() as dense_dir:
-        save_keras_model(loaded.model, dense_dir, loaded.signatures, loaded.masks)
-        before.update(size_stats(dense_dir))
+    before = model_stats(loaded.model, loaded.masks or None, loaded.signatures, latency_repeats)
     before["input_saved_model_bytes"] = directory_size(loaded.path)
 
     weights, masks = prune_model(loaded.model, config, loaded.masks)
     save_keras_model(loaded.model, output_dir, loaded.signatures, masks)
     verify_signatures_preserved(loaded.path, output_dir)
-
+    after = {**weight_stats(loaded.model, masks), **efficiency_stats(loaded.model, repeats=latency_repeats)}
     return {
         "config": config.model_dump(),
         "input_model": loaded.path,
         "output_model": output_dir,
         "signatures": sorted(loaded.signatures),
         "before": before,
-        "after": {**weight_stats(loaded.model, masks), **size_stats(output_dir)},
+        "after": {**after, **size_stats(output_dir)},
         "layers": layer_rows(weights, nonzeros_before),
+    }
+
+
+def _prune_structured(
+    loaded: LoadedModel,
+    output_dir: str,
+    config: StructuredPruningConfig,
+    sample_examples: Optional[tf.Tensor],
+    latency_repeats: int,
+) -> dict[str, Any]:
+    if sample_examples is None or int(tf.size(sample_examples)) == 0:
+        raise MissingExamplesError(
+            "structured pruning rebuilds the serving signatures and checks them on real examples: "
+            "connect `examples` to PruneComponent"
+        )
+    smaller, structure = prune_structured(loaded.model, config)
+    signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
+    copy_compile_settings(loaded.model, smaller)
+    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats)
+    before["input_saved_model_bytes"] = directory_size(loaded.path)
+
+    save_keras_model(smaller, output_dir, signatures)
+    verify_signatures_preserved(loaded.path, output_dir)
+    after = {**weight_stats(smaller, None), **efficiency_stats(smaller, repeats=latency_repeats)}
+    return {
+        "config": config.model_dump(),
+        "input_model": loaded.path,
+        "output_model": output_dir,
+        "signatures": sorted(loaded.signatures),
+        "before": before,
+        "after": {**after, **size_stats(output_dir)},
+        "widths": structure["widths"],
+        "barriers": structure["barriers"],
+        "removed_units": structure["removed_units"],
+        "removable_units": structure["removable_units"],
+        "dropped_masks": sorted(loaded.masks),
     }

@@ -106,52 +106,70 @@ def layer_rows(weights: Iterable[PrunableWeight], nonzeros_before: dict[str, int
     return rows
 
 
+def _criterion(config: dict[str, Any]) -> str:
+    if config["method"] == "structured":
+        return (
+            f"structured ({config['criterion']} norm): remove {config['prune_fraction']:.0%} of the removable "
+            f"units/filters ({config['scope']}), at least {config['min_units']} kept per layer"
+        )
+    if config.get("target_sparsity") is not None:
+        return f"magnitude: target sparsity {config['target_sparsity']:.1%} ({config['scope']})"
+    return f"magnitude: |w| < {config['magnitude_threshold']}"
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """A readable rendering of a pruning report."""
-    config = report["config"]
     before, after = report["before"], report["after"]
-    criterion = (
-        f"target sparsity {config['target_sparsity']:.1%} ({config['scope']})"
-        if config.get("target_sparsity") is not None
-        else f"|w| < {config['magnitude_threshold']}"
-    )
+    rows = [
+        ["params", before["params"], after["params"]],
+        ["non-zero params", before["nonzero_params"], after["nonzero_params"]],
+        ["sparsity of pruned layers", f"{before['masked_sparsity']:.2%}", f"{after['masked_sparsity']:.2%}"],
+        ["sparsity of all kernels", f"{before['kernel_sparsity']:.2%}", f"{after['kernel_sparsity']:.2%}"],
+        ["FLOPs per example", before["flops"], after["flops"]],
+        [
+            "CPU latency, batch 1 (ms, median)",
+            f"{before['latency_ms_batch_1']:.3f}",
+            f"{after['latency_ms_batch_1']:.3f}",
+        ],
+        [
+            "CPU latency, batch 64 (ms, median)",
+            f"{before['latency_ms_batch_64']:.3f}",
+            f"{after['latency_ms_batch_64']:.3f}",
+        ],
+        ["gzip bytes (weights only)", before["weights_gzip_bytes"], after["weights_gzip_bytes"]],
+        ["gzip bytes (whole SavedModel)", before["gzip_bytes"], after["gzip_bytes"]],
+        ["SavedModel bytes", before["saved_model_bytes"], after["saved_model_bytes"]],
+    ]
     lines = [
         "# Pruning report",
         "",
-        f"Criterion: magnitude, {criterion}.",
+        f"Criterion: {_criterion(report['config'])}.",
         "",
-        tabulate(
-            [
-                ["params", before["params"], after["params"]],
-                ["non-zero params", before["nonzero_params"], after["nonzero_params"]],
-                ["sparsity of pruned layers", f"{before['masked_sparsity']:.2%}", f"{after['masked_sparsity']:.2%}"],
-                ["sparsity of all kernels", f"{before['kernel_sparsity']:.2%}", f"{after['kernel_sparsity']:.2%}"],
-                ["SavedModel bytes", before["saved_model_bytes"], after["saved_model_bytes"]],
-                ["gzip bytes (whole SavedModel)", before["gzip_bytes"], after["gzip_bytes"]],
-                ["gzip bytes (weights only)", before["weights_gzip_bytes"], after["weights_gzip_bytes"]],
-            ],
-            headers=["", "before", "after"],
-            tablefmt="github",
-        ),
+        tabulate(rows, headers=["", "before", "after"], tablefmt="github", disable_numparse=True),
         "",
         "## Layers",
         "",
-        tabulate(
-            [
-                [
-                    row["layer"],
-                    row["weight"],
-                    "x".join(map(str, row["shape"])),
-                    row["params"],
-                    row["nonzeros_after"],
-                    f"{row['sparsity_after']:.2%}",
-                    row["protected_by"] or "",
-                ]
-                for row in report["layers"]
-            ],
-            headers=["layer", "weight", "shape", "params", "non-zeros", "sparsity", "protected"],
-            tablefmt="github",
-        ),
-        "",
     ]
+    if report["config"]["method"] == "structured":
+        widths = [[name, w["before"], w["after"]] for name, w in report["widths"].items()]
+        lines.append(tabulate(widths, headers=["layer", "width before", "width after"], tablefmt="github"))
+        lines += ["", "## Barriers (channels through these layers keep their width)", ""]
+        barriers = report["barriers"] or {"(none)": ""}
+        lines += [f"- {name}: {reason}" for name, reason in barriers.items()]
+    else:
+        table = [
+            [
+                row["layer"],
+                row["weight"],
+                "x".join(map(str, row["shape"])),
+                row["params"],
+                row["nonzeros_after"],
+                f"{row['sparsity_after']:.2%}",
+                row["protected_by"] or "",
+            ]
+            for row in report["layers"]
+        ]
+        headers = ["layer", "weight", "shape", "params", "non-zeros", "sparsity", "protected"]
+        lines.append(tabulate(table, headers=headers, tablefmt="github"))
+    lines.append("")
     return "\n".join(lines)

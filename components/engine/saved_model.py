@@ -93,13 +93,7 @@ def save_keras_model(
     triple the size of what gets pushed. The loss and metrics the model was compiled with are
     kept (with a fresh optimizer of the same kind), so a later fine-tuning step can reuse them.
     """
-    if getattr(model, "optimizer", None) is not None and getattr(model, "loss", None) is not None:
-        fresh_optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
-        model.compile(
-            optimizer=fresh_optimizer,
-            loss=model.loss,
-            metrics=compiled_metrics(model),
-        )
+    copy_compile_settings(model, model)
     model.save(
         model_dir,
         save_format="tf",
@@ -116,9 +110,33 @@ def save_keras_model(
 
 
 def compiled_metrics(model: keras.Model) -> list:
+    """Fresh copies of the metrics ``model`` was compiled with (metric objects carry state)."""
     container = getattr(model, "compiled_metrics", None)
     user_metrics = getattr(container, "_user_metrics", None) if container is not None else None
-    return list(user_metrics) if isinstance(user_metrics, (list, tuple)) else []
+    if not isinstance(user_metrics, (list, tuple, dict)):
+        return []
+    return _fresh_metrics(user_metrics)
+
+
+def _fresh_metrics(metrics):
+    if isinstance(metrics, keras.metrics.Metric):
+        return type(metrics).from_config(metrics.get_config())
+    if isinstance(metrics, (list, tuple)):
+        return [_fresh_metrics(metric) for metric in metrics]
+    if isinstance(metrics, dict):
+        return {name: _fresh_metrics(metric) for name, metric in metrics.items()}
+    return metrics
+
+
+def copy_compile_settings(source: keras.Model, target: keras.Model) -> None:
+    """Compiles ``target`` with ``source``'s loss and metrics and a fresh optimizer of its kind."""
+    if getattr(source, "optimizer", None) is None or getattr(source, "loss", None) is None:
+        return
+    target.compile(
+        optimizer=type(source.optimizer).from_config(source.optimizer.get_config()),
+        loss=source.loss,
+        metrics=compiled_metrics(source),
+    )
 
 
 def signature_specs(model_dir: str) -> dict[str, tuple[str, str]]:

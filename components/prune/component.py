@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from pydantic import TypeAdapter
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.artifacts import PruningReport
-from components.engine.config import PruningConfig
+from components.engine.config import AnyPruningConfig, StructuredPruningConfig
 from components.prune import executor
 
 
@@ -28,13 +29,20 @@ class PruneComponentSpec(ComponentSpec):
 
 
 class PruneComponent(base_component.BaseComponent):
-    """Prunes the smallest-magnitude kernel weights of a trained tf-keras model to exact zeros.
+    """Prunes a trained tf-keras model: zeroes weights, or physically removes units and filters.
 
-    Kernels keep their shapes; Dense, convolution, recurrent and embedding kernels are pruned,
-    biases and normalisation weights are not. Masks are stored in the output SavedModel
-    (``assets.extra/pruning_masks.npz``) so ``RetrainComponent`` keeps the zeros at zero. The
-    output model has the input's serving signatures, so the stock Pusher, TFMA and TF Serving
+    ``method="magnitude"`` (default) sets the smallest-magnitude kernel weights to exact zeros;
+    kernels keep their shapes (Dense, convolution, recurrent and embedding kernels; biases and
+    normalisation weights are left alone). Masks are stored in the output SavedModel
+    (``assets.extra/pruning_masks.npz``) so ``RetrainComponent`` keeps the zeros at zero, and
+    the output keeps the input's serving signatures, so the stock Pusher, TFMA and TF Serving
     take it unchanged.
+
+    ``method="structured"`` removes whole Dense units and convolution filters and rebuilds a
+    smaller model, following channels through BatchNorm, activations, pooling, ``Flatten``,
+    residual ``Add``s (coupled channels go together) and ``Concatenate``; layers it does not
+    understand are barriers whose channels keep their width (listed in the report). The
+    serving signatures are rebuilt for the smaller model and proven on ``examples`` (required).
 
     Usage::
 
@@ -45,24 +53,39 @@ class PruneComponent(base_component.BaseComponent):
             scope="global",                   # one magnitude cut across layers ("per_layer": each layer)
             protected_layers=["embedding.*"], # names or regexes never pruned
         )
+        smaller = PruneComponent(
+            model=trainer.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            method="structured",
+            prune_fraction=0.5,               # remove half of the removable units/filters
+            criterion="l1",
+            min_units=4,
+        )
         prune.outputs["model"]           # the pruned Model
         prune.outputs["pruning_report"]  # report.json + summary.md
 
     Args:
       model: Channel of a ``Model`` holding a tf-keras SavedModel (e.g. a Trainer's output).
-      examples: Optional ``Examples`` channel, for data-driven criteria; magnitude pruning
-        does not read it.
-      target_sparsity: Fraction in (0, 1) of targeted kernel weights set to zero.
-      magnitude_threshold: Alternative to ``target_sparsity``: zero every targeted weight with
-        ``|w| < magnitude_threshold``.
-      scope: ``"global"`` or ``"per_layer"`` allocation of ``target_sparsity``.
-      protected_layers: Layer names or regular expressions (full match) left dense. A pattern
-        that matches no layer is an error.
-      protect_output_layer: Leave the last weighted layer before each output dense (default).
+      examples: ``Examples`` channel; structured pruning checks the rebuilt signatures on the
+        first examples of its ``train`` split. Magnitude pruning does not read it.
+      method: ``"magnitude"`` or ``"structured"``.
+      target_sparsity: (magnitude) fraction in (0, 1) of targeted kernel weights set to zero.
+      magnitude_threshold: (magnitude) instead of ``target_sparsity``: zero every targeted
+        weight with ``|w| < magnitude_threshold``.
+      scope: ``"global"`` (default for magnitude) or ``"per_layer"`` (default for structured).
+      protected_layers: Layer names or regular expressions (full match) left untouched. A
+        pattern that matches no layer is an error.
+      protect_output_layer: (magnitude) leave the last weighted layer before each output dense
+        (default). Structured pruning never changes a model output's width.
+      prune_fraction: (structured) fraction in (0, 1) of removable units/filters to remove.
+      criterion: (structured) ``"l1"`` or ``"l2"`` norm of each unit's weights.
+      min_units: (structured) fewest units/filters any layer keeps.
 
     Raises:
-      pydantic.ValidationError: at construction, for a sparsity outside (0, 1), both or
-        neither of ``target_sparsity`` and ``magnitude_threshold``, or an invalid regex.
+      pydantic.ValidationError: at construction, for a sparsity or fraction outside (0, 1),
+        both or neither of ``target_sparsity`` and ``magnitude_threshold``, an option of the
+        other method, or an invalid regex.
+      ValueError: structured pruning without ``examples``.
     """
 
     SPEC_CLASS = PruneComponentSpec
@@ -73,19 +96,32 @@ class PruneComponent(base_component.BaseComponent):
         model: types.BaseChannel,
         examples: Optional[types.BaseChannel] = None,
         *,
+        method: str = "magnitude",
         target_sparsity: Optional[float] = None,
         magnitude_threshold: Optional[float] = None,
-        scope: str = "global",
+        scope: Optional[str] = None,
         protected_layers: Sequence[str] = (),
-        protect_output_layer: bool = True,
+        protect_output_layer: Optional[bool] = None,
+        prune_fraction: Optional[float] = None,
+        criterion: Optional[str] = None,
+        min_units: Optional[int] = None,
     ):
-        config = PruningConfig(
-            target_sparsity=target_sparsity,
-            magnitude_threshold=magnitude_threshold,
-            scope=scope,
-            protected_layers=list(protected_layers),
-            protect_output_layer=protect_output_layer,
+        options = {
+            "method": method,
+            "target_sparsity": target_sparsity,
+            "magnitude_threshold": magnitude_threshold,
+            "scope": scope,
+            "protected_layers": list(protected_layers),
+            "protect_output_layer": protect_output_layer,
+            "prune_fraction": prune_fraction,
+            "criterion": criterion,
+            "min_units": min_units,
+        }
+        config = TypeAdapter(AnyPruningConfig).validate_python(
+            {key: value for key, value in options.items() if value is not None}
         )
+        if isinstance(config, StructuredPruningConfig) and examples is None:
+            raise ValueError("structured pruning needs `examples` to prove the rebuilt serving signatures")
         spec = PruneComponentSpec(
             input_model=model,
             examples=examples,

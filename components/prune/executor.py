@@ -11,14 +11,19 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from components import artifacts
-from components._io import write_json, write_text
-from components.engine import PruningConfig, prune_saved_model, summary_markdown
+from components._io import split_files, write_json, write_text
+from components.engine import prune_saved_model, summary_markdown
+from components.engine.config import pruning_config_from_json
+from components.engine.data import read_serialized
 
 INPUT_MODEL_KEY = "input_model"
 EXAMPLES_KEY = "examples"
 OUTPUT_MODEL_KEY = "model"
 PRUNING_REPORT_KEY = "pruning_report"
 PRUNING_CONFIG_KEY = "pruning_config"
+# Structured pruning proves its rebuilt serving signatures on this many real examples.
+SAMPLE_SPLIT = "train"
+SAMPLE_COUNT = 64
 
 
 class Executor(base_executor.BaseExecutor):
@@ -28,12 +33,17 @@ class Executor(base_executor.BaseExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
-        config = PruningConfig.model_validate_json(exec_properties[PRUNING_CONFIG_KEY])
+        config = pruning_config_from_json(exec_properties[PRUNING_CONFIG_KEY])
         input_uri = artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY])
         output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
         report_artifact = artifact_utils.get_single_instance(output_dict[PRUNING_REPORT_KEY])
+        samples = None
+        if input_dict.get(EXAMPLES_KEY):
+            samples = read_serialized(split_files(input_dict[EXAMPLES_KEY], SAMPLE_SPLIT), SAMPLE_COUNT)
 
-        report = prune_saved_model(input_uri, path_utils.serving_model_dir(output_model.uri), config)
+        report = prune_saved_model(
+            input_uri, path_utils.serving_model_dir(output_model.uri), config, sample_examples=samples
+        )
         logging.info("Pruned %s: sparsity of pruned layers %.4f", input_uri, report["after"]["masked_sparsity"])
 
         write_json(report_artifact.uri, artifacts.REPORT_JSON, report)
@@ -43,3 +53,4 @@ class Executor(base_executor.BaseExecutor):
         report_artifact.set_int_custom_property("params", report["after"]["params"])
         report_artifact.set_int_custom_property("nonzero_params", report["after"]["nonzero_params"])
         report_artifact.set_int_custom_property("gzip_bytes", report["after"]["gzip_bytes"])
+        report_artifact.set_int_custom_property("flops", report["after"]["flops"])

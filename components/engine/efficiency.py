@@ -1,0 +1,81 @@
+"""What a model costs to run: analytic FLOPs and measured CPU latency."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+L = keras.layers
+
+
+def _spatial(shape) -> int:
+    return int(np.prod([d for d in shape[1:-1]])) if len(shape) > 2 else 1
+
+
+def layer_macs(layer) -> int:
+    """Multiply-accumulates of one call of ``layer`` (0 for layers without matrix weights)."""
+    if not layer.built or not hasattr(layer, "output"):
+        return 0
+    try:
+        in_shape, out_shape = layer.input_shape, layer.output_shape
+    except (AttributeError, RuntimeError):
+        return 0
+    if isinstance(in_shape, list) or isinstance(out_shape, list):
+        return 0
+    if isinstance(layer, L.Dense):
+        return int(in_shape[-1] * out_shape[-1] * _spatial(out_shape))
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        depthwise = int(np.prod(layer.depthwise_kernel.shape))
+        pointwise = int(np.prod(layer.pointwise_kernel.shape))
+        return (depthwise + pointwise) * _spatial(out_shape)
+    if isinstance(layer, L.DepthwiseConv2D):
+        return int(np.prod(layer.depthwise_kernel.shape)) * _spatial(out_shape)
+    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
+        return int(np.prod(layer.kernel.shape)) * _spatial(out_shape)
+    return 0
+
+
+def count_flops(model: keras.Model) -> int:
+    """FLOPs of one example's forward pass through the matrix layers (2 per multiply-accumulate)."""
+    total = 0
+    for layer in model.layers:
+        total += count_flops(layer) if isinstance(layer, keras.Model) else 2 * layer_macs(layer)
+    return total
+
+
+def _random_inputs(model: keras.Model, batch_size: int):
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for tensor in model.inputs:
+        shape = [batch_size] + [d if d is not None else 1 for d in tensor.shape[1:]]
+        values = rng.normal(size=shape) if tensor.dtype.is_floating else rng.integers(0, 2, size=shape)
+        inputs[tensor._keras_history.layer.name] = tf.constant(values, dtype=tensor.dtype)
+    if len(inputs) == 1 and not isinstance(model.input, dict):
+        return next(iter(inputs.values()))
+    return inputs
+
+
+def cpu_latency_ms(model: keras.Model, batch_size: int, repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time (ms) of a compiled forward pass on ``batch_size`` random examples."""
+    inputs = _random_inputs(model, batch_size)
+    forward = tf.function(lambda x: model(x, training=False))
+    for _ in range(warmup):
+        forward(inputs)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = forward(inputs)
+        tf.nest.map_structure(lambda t: t.numpy(), result)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(timings))
+
+
+def efficiency_stats(model: keras.Model, batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 30) -> dict[str, Any]:
+    stats: dict[str, Any] = {"flops": count_flops(model)}
+    for batch_size in batch_sizes:
+        stats[f"latency_ms_batch_{batch_size}"] = cpu_latency_ms(model, batch_size, repeats=repeats)
+    return stats
