@@ -173,3 +173,35 @@ def test_earlier_masks_stay_masked_when_pruning_again():
 def test_invalid_configs_are_rejected(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         PruningConfig(**kwargs)
+
+
+@pytest.mark.parametrize("pattern, expected_sparsity", [("2:4", 0.5), ("1:4", 0.75), ("3:8", 0.625)])
+def test_n_of_m_keeps_the_largest_n_of_every_m_along_the_input_axis(pattern, expected_sparsity):
+    model = _mlp()
+    before = _kernel(model, "hidden_a")  # 16 x 32: input size is a multiple of 4 and 8
+    prune_model(model, PruningConfig(n_m=pattern))
+    after = _kernel(model, "hidden_a")
+    n, m = (int(p) for p in pattern.split(":"))
+    runs_after = after.T.reshape(32, 16 // m, m)
+    runs_before = np.abs(before.T.reshape(32, 16 // m, m))
+    assert np.all((runs_after != 0).sum(axis=-1) == n)
+    kept_min = np.where(runs_after != 0, runs_before, np.inf).min(axis=-1)
+    dropped_max = np.where(runs_after == 0, runs_before, -np.inf).max(axis=-1)
+    assert np.all(dropped_max <= kept_min)
+    assert _zero_fraction([after]) == pytest.approx(expected_sparsity)
+
+
+def test_n_of_m_on_a_conv_kernel_and_a_ragged_input_axis():
+    image = keras.Input((6, 6, 6))
+    x = keras.layers.Conv2D(4, 3, name="conv")(image)  # kernel 3x3x6x4: input axis of 6 = one run of 4 + 2
+    model = keras.Model(image, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x)))
+    prune_model(model, PruningConfig(n_m="2:4"))
+    kernel = np.moveaxis(model.get_layer("conv").kernel.numpy(), -2, -1)
+    assert np.all((kernel[..., :4] != 0).sum(axis=-1) == 2)
+    assert np.all((kernel[..., 4:] != 0).sum(axis=-1) == 2), "the short tail run keeps its N largest"
+
+
+@pytest.mark.parametrize("pattern", ["4:4", "5:4", "0:4", "2-4", "2:4:8"])
+def test_invalid_n_of_m(pattern):
+    with pytest.raises(ValidationError):
+        PruningConfig(n_m=pattern)

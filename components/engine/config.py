@@ -28,8 +28,10 @@ def _check_patterns(cls, patterns: list[str]) -> list[str]:
 class PruningConfig(_StrictModel):
     """Unstructured magnitude pruning: what to prune and how much.
 
-    Exactly one of ``target_sparsity`` (fraction of targeted weights set to zero) and
-    ``magnitude_threshold`` (weights with ``|w| < threshold`` set to zero) is given.
+    Exactly one of ``target_sparsity`` (fraction of targeted weights set to zero),
+    ``magnitude_threshold`` (weights with ``|w| < threshold`` set to zero) and ``n_m``
+    (``"2:4"``: in every run of M consecutive weights along a kernel's input axis, the N largest
+    are kept, the layout sparse tensor cores accelerate) is given.
 
     Example::
 
@@ -42,6 +44,9 @@ class PruningConfig(_StrictModel):
     )
     magnitude_threshold: Optional[float] = Field(
         default=None, gt=0.0, description="Zero every targeted weight with |w| below this value."
+    )
+    n_m: Optional[str] = Field(
+        default=None, pattern=r"^\d+:\d+$", description="N:M pattern, e.g. '2:4': keep N of every M weights."
     )
     scope: Literal["global", "per_layer"] = Field(
         default="global",
@@ -57,11 +62,21 @@ class PruningConfig(_StrictModel):
 
     @model_validator(mode="after")
     def _one_criterion(self) -> PruningConfig:
-        if (self.target_sparsity is None) == (self.magnitude_threshold is None):
-            raise ValueError("give exactly one of target_sparsity or magnitude_threshold")
-        if self.magnitude_threshold is not None and self.scope != "global":
-            raise ValueError("scope applies to target_sparsity only; a magnitude threshold is the same everywhere")
+        given = [self.target_sparsity, self.magnitude_threshold, self.n_m]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of target_sparsity, magnitude_threshold or n_m")
+        if self.target_sparsity is None and self.scope != "global":
+            raise ValueError("scope applies to target_sparsity only; a threshold or N:M pattern is the same everywhere")
+        if self.n_m is not None:
+            n, m = self.n_m_pair
+            if not 0 < n < m:
+                raise ValueError(f"N:M needs 0 < N < M, got {self.n_m}")
         return self
+
+    @property
+    def n_m_pair(self) -> tuple[int, int]:
+        n, m = (int(part) for part in self.n_m.split(":"))
+        return n, m
 
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
 

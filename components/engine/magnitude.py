@@ -152,6 +152,9 @@ def compute_masks(
 
     if config.magnitude_threshold is not None:
         return {key: values >= config.magnitude_threshold for key, values in magnitudes.items()}
+    if config.n_m is not None:
+        n, m = config.n_m_pair
+        return {key: n_of_m_mask(values, n, m) for key, values in magnitudes.items()}
     if config.scope == "per_layer":
         return {key: _keep_largest(values, config.target_sparsity) for key, values in magnitudes.items()}
 
@@ -171,6 +174,23 @@ def _keep_largest(values: np.ndarray, sparsity: float) -> np.ndarray:
     if n_pruned > 0:
         keep[np.argpartition(flat, n_pruned - 1, kind="introselect")[:n_pruned]] = False
     return keep.reshape(values.shape)
+
+
+def n_of_m_mask(magnitudes: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Keeps the N largest of every M consecutive entries along the input axis (-2).
+
+    When the input size is not a multiple of M, the last, shorter run also keeps its N largest.
+    """
+    moved = np.moveaxis(magnitudes, -2, -1)
+    size = moved.shape[-1]
+    padding = (-size) % m
+    # Padding ranks below every real magnitude (which are >= 0), so it is dropped first.
+    padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, padding)], constant_values=-1.0)
+    runs = padded.reshape(*padded.shape[:-1], -1, m)
+    keep = np.zeros(runs.shape, dtype=bool)
+    np.put_along_axis(keep, np.argsort(runs, axis=-1, kind="stable")[..., m - n :], True, axis=-1)
+    keep = keep.reshape(padded.shape)[..., :size]
+    return np.moveaxis(keep, -1, -2)
 
 
 def apply_masks(weights: Iterable[PrunableWeight], masks: dict[str, np.ndarray]) -> None:

@@ -112,6 +112,8 @@ def _criterion(config: dict[str, Any]) -> str:
             f"structured ({config['criterion']} norm): remove {config['prune_fraction']:.0%} of the removable "
             f"units/filters ({config['scope']}), at least {config['min_units']} kept per layer"
         )
+    if config.get("n_m") is not None:
+        return f"magnitude: N:M pattern {config['n_m']} along each kernel's input axis"
     if config.get("target_sparsity") is not None:
         return f"magnitude: target sparsity {config['target_sparsity']:.1%} ({config['scope']})"
     return f"magnitude: |w| < {config['magnitude_threshold']}"

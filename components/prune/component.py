@@ -72,6 +72,8 @@ class PruneComponent(base_component.BaseComponent):
       target_sparsity: (magnitude) fraction in (0, 1) of targeted kernel weights set to zero.
       magnitude_threshold: (magnitude) instead of ``target_sparsity``: zero every targeted
         weight with ``|w| < magnitude_threshold``.
+      n_m: (magnitude) instead of either: an N:M pattern such as ``"2:4"``, keeping the N
+        largest of every M consecutive weights along each kernel's input axis.
       scope: ``"global"`` (default for magnitude) or ``"per_layer"`` (default for structured).
       protected_layers: Layer names or regular expressions (full match) left untouched. A
         pattern that matches no layer is an error.
@@ -99,6 +101,7 @@ class PruneComponent(base_component.BaseComponent):
         method: str = "magnitude",
         target_sparsity: Optional[float] = None,
         magnitude_threshold: Optional[float] = None,
+        n_m: Optional[str] = None,
         scope: Optional[str] = None,
         protected_layers: Sequence[str] = (),
         protect_output_layer: Optional[bool] = None,
@@ -110,6 +113,7 @@ class PruneComponent(base_component.BaseComponent):
             "method": method,
             "target_sparsity": target_sparsity,
             "magnitude_threshold": magnitude_threshold,
+            "n_m": n_m,
             "scope": scope,
             "protected_layers": list(protected_layers),
             "protect_output_layer": protect_output_layer,
