@@ -28,7 +28,7 @@ def test_zeros_survive_fine_tuning_and_the_rest_learns(pruned_penguin, penguin_f
     before = {key: model.get_layer(key.split("::")[0]).kernel.numpy().copy() for key in masks}
     config = FineTuneConfig(label_key="species", epochs=3, learning_rate=0.05)
     train = examples_dataset(penguin_files["train"], model, "species", 16, shuffle_buffer=256)
-    history = fine_tune(model, train, None, config, masks)
+    history = fine_tune(model, train, None, config, masks).history
 
     assert len(history["loss"]) == 3
     for key, mask in masks.items():
@@ -48,7 +48,7 @@ def test_steps_per_epoch_repeats_the_data(pruned_penguin, penguin_files):
     model = pruned_penguin.model
     train = examples_dataset(penguin_files["train"], model, "species", 64)
     config = FineTuneConfig(label_key="species", epochs=1, steps_per_epoch=20)  # 20 > 4 batches per pass
-    history = fine_tune(model, train, None, config, pruned_penguin.masks)
+    history = fine_tune(model, train, None, config, pruned_penguin.masks).history
     assert len(history["loss"]) == 1
 
 

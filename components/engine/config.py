@@ -110,6 +110,79 @@ def pruning_config_from_json(text: str) -> Union[PruningConfig, StructuredPrunin
     return TypeAdapter(AnyPruningConfig).validate_json(text)
 
 
+class GradualPruningSchedule(_StrictModel):
+    """Polynomial-decay sparsity schedule, validated against the run it is used in.
+
+    Example::
+
+        GradualPruningSchedule(final_sparsity=0.9, begin_step=0, end_step=400, frequency=20)
+    """
+
+    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    final_sparsity: float = Field(gt=0.0, lt=1.0)
+    begin_step: int = Field(default=0, ge=0)
+    end_step: int = Field(ge=1)
+    frequency: int = Field(default=10, ge=1, description="Steps between mask updates.")
+    power: float = Field(default=3.0, gt=0.0)
+    scope: Literal["global", "per_layer"] = "global"
+    protected_layers: list[str] = Field(default_factory=list)
+    protect_output_layer: bool = True
+
+    _patterns_compile = field_validator("protected_layers")(_check_patterns)
+
+    def as_pruning_config(self) -> PruningConfig:
+        """The one-shot config that selects the same weights at the final sparsity."""
+        return PruningConfig(
+            target_sparsity=self.final_sparsity,
+            scope=self.scope,
+            protected_layers=self.protected_layers,
+            protect_output_layer=self.protect_output_layer,
+        )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GradualPruningSchedule:
+        if self.final_sparsity <= self.initial_sparsity:
+            raise ValueError(
+                f"final_sparsity {self.final_sparsity} must exceed initial_sparsity {self.initial_sparsity}"
+            )
+        if self.end_step <= self.begin_step:
+            raise ValueError(f"end_step {self.end_step} must come after begin_step {self.begin_step}")
+        if self.frequency > self.end_step - self.begin_step:
+            raise ValueError(
+                f"frequency {self.frequency} is longer than the pruning window "
+                f"[{self.begin_step}, {self.end_step}]: sparsity would jump straight to the target"
+            )
+        return self
+
+    def check_fits(self, total_steps: int) -> None:
+        """Raises ValueError unless the target is reached with steps left to recover."""
+        if self.end_step >= total_steps:
+            raise ValueError(
+                f"the schedule reaches final_sparsity at step {self.end_step}, but training runs only "
+                f"{total_steps} steps: it would never reach its target. Lower end_step or train longer."
+            )
+
+    def sparsity_at(self, step: int) -> float:
+        if step < self.begin_step:
+            return 0.0
+        progress = min(1.0, (step - self.begin_step) / (self.end_step - self.begin_step))
+        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
+
+
+class DistillationConfig(_StrictModel):
+    """Knowledge distillation from the unpruned model while fine-tuning (models output logits).
+
+    loss = alpha * hard_label_loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+    Example::
+
+        DistillationConfig(temperature=4.0, alpha=0.5)
+    """
+
+    temperature: float = Field(default=4.0, gt=0.0)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Weight of the hard-label loss.")
+
+
 class FineTuneConfig(_StrictModel):
     """How to fine-tune a pruned model.
 
@@ -135,3 +208,15 @@ class FineTuneConfig(_StrictModel):
     eval_split: str = "eval"
     shuffle_buffer: int = Field(default=1024, ge=1)
     seed: int = 0
+    gradual_pruning: Optional[GradualPruningSchedule] = Field(
+        default=None, description="Prune further while fine-tuning, on this schedule (steps count batches)."
+    )
+    distillation: Optional[DistillationConfig] = Field(
+        default=None, description="Distil from a teacher (the unpruned model) while fine-tuning."
+    )
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> FineTuneConfig:
+        if self.gradual_pruning is not None and self.steps_per_epoch is not None:
+            self.gradual_pruning.check_fits(self.epochs * self.steps_per_epoch)
+        return self

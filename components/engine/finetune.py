@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import numpy as np
@@ -10,7 +11,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.engine.config import FineTuneConfig
-from components.engine.magnitude import iter_prunable_weights
+from components.engine.gradual import GradualPruner, masked_train_loop
+from components.engine.magnitude import find_prunable_weights, iter_prunable_weights
 from components.engine.saved_model import compiled_metrics
 
 
@@ -58,34 +60,81 @@ class KeepPrunedWeightsZero(keras.callbacks.Callback):
         self._apply()
 
 
+@dataclass
+class FineTuneResult:
+    history: dict[str, list[float]]
+    masks: dict[str, np.ndarray]
+
+
 def fine_tune(
     model: keras.Model,
     train_dataset: tf.data.Dataset,
     eval_dataset: Optional[tf.data.Dataset],
     config: FineTuneConfig,
     masks: Mapping[str, np.ndarray],
-) -> dict[str, list[float]]:
-    """Fine-tunes ``model`` in place, holding masked weights at zero. Returns the Keras history.
+    teacher: Optional[keras.Model] = None,
+) -> FineTuneResult:
+    """Fine-tunes ``model`` in place, holding masked weights at zero.
 
-    ``train_dataset`` yields ``(features, labels)`` batches; it is repeated when
-    ``config.steps_per_epoch`` asks for more batches than one pass holds.
+    ``train_dataset`` yields ``(features, labels)`` batches. With ``config.gradual_pruning`` the
+    model is pruned further on that schedule while it trains; with ``config.distillation`` the
+    ``teacher`` (usually the unpruned model) supplies soft labels. Returns the history and the
+    masks the model carries afterwards.
     """
     loss = _loss_for(model, config)
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
     # "accuracy" would be resolved against logits and report nonsense downstream.
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=compiled_metrics(model))
-    if config.steps_per_epoch is not None:
-        train_dataset = train_dataset.repeat()
     keras.utils.set_random_seed(config.seed)
-    history = model.fit(
-        train_dataset,
-        validation_data=eval_dataset,
-        epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks))],
-        verbose=2,
+    if config.gradual_pruning is None and config.distillation is None:
+        if config.steps_per_epoch is not None:
+            train_dataset = train_dataset.repeat()
+        history = model.fit(
+            train_dataset,
+            validation_data=eval_dataset,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks))],
+            verbose=2,
+        )
+        return FineTuneResult(
+            {name: [float(v) for v in values] for name, values in history.history.items()}, dict(masks)
+        )
+    return _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss)
+
+
+def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss) -> FineTuneResult:
+    if config.distillation is not None and teacher is None:
+        raise ValueError("distillation is configured but no teacher model was given")
+    steps_per_epoch = config.steps_per_epoch or int(train_dataset.reduce(0, lambda count, _: count + 1))
+    total_steps = config.epochs * steps_per_epoch
+    pruner = None
+    if config.gradual_pruning is not None:
+        config.gradual_pruning.check_fits(total_steps)
+        weights = find_prunable_weights(model, config.gradual_pruning.as_pruning_config())
+        pruner = GradualPruner(weights, config.gradual_pruning)
+    losses = masked_train_loop(
+        model,
+        train_dataset.repeat(),
+        total_steps,
+        loss,
+        model.optimizer,
+        fixed_masks=mask_variables(model, masks),
+        pruner=pruner,
+        teacher=teacher,
+        distillation=config.distillation,
     )
-    return {name: [float(v) for v in values] for name, values in history.history.items()}
+    history = {
+        "loss": [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, total_steps, steps_per_epoch)]
+    }
+    if eval_dataset is not None:
+        for name, value in model.evaluate(eval_dataset, return_dict=True, verbose=0).items():
+            history[f"val_{name}"] = [float(value)]
+    combined = dict(masks)
+    if pruner is not None:
+        for key, mask in pruner.numpy_masks().items():
+            combined[key] = mask & combined[key] if key in combined else mask
+    return FineTuneResult(history, combined)
 
 
 def _loss_for(model: keras.Model, config: FineTuneConfig):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Mapping, Optional, Union
 
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components.engine.config import FineTuneConfig
+from components.engine.config import DistillationConfig, FineTuneConfig, GradualPruningSchedule
 from components.engine.finetune import make_loss
 from components.retrain import executor
 
@@ -24,6 +24,7 @@ class RetrainComponentSpec(ComponentSpec):
     INPUTS = {
         executor.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
         executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        executor.TEACHER_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
     }
     OUTPUTS = {executor.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
 
@@ -52,6 +53,12 @@ class RetrainComponent(base_component.BaseComponent):
             epochs=20,
             learning_rate=1e-3,
         )
+        gradual = RetrainComponent(
+            model=trainer.outputs["model"], examples=example_gen.outputs["examples"], label_key="species",
+            epochs=10, steps_per_epoch=50,
+            gradual_pruning={"final_sparsity": 0.9, "end_step": 400, "frequency": 20},
+            distillation={"temperature": 4.0, "alpha": 0.5}, teacher_model=trainer.outputs["model"],
+        )
 
     Args:
       model: ``Model`` channel with the (pruned) tf-keras SavedModel.
@@ -62,6 +69,14 @@ class RetrainComponent(base_component.BaseComponent):
       loss: Keras loss class name (e.g. ``"SparseCategoricalCrossentropy"``); default: the loss
         the model was compiled with. ``from_logits`` goes with it.
       module_file: Optional path to a Python file defining ``input_fn``.
+      gradual_pruning: Optional ``GradualPruningSchedule`` (or dict): prune further while
+        fine-tuning, polynomial decay from ``initial_sparsity`` to ``final_sparsity`` between
+        ``begin_step`` and ``end_step`` (batches), masks updated every ``frequency`` steps inside
+        the compiled training step. A schedule that cannot finish within
+        ``epochs * steps_per_epoch`` is an error (at construction when ``steps_per_epoch`` is set).
+      distillation: Optional ``DistillationConfig`` (or dict: ``temperature``, ``alpha`` = weight
+        of the hard-label loss) to distil from ``teacher_model`` (the unpruned model; logits).
+      teacher_model: ``Model`` channel of the teacher, required with ``distillation``.
       train_split, eval_split: Split names in ``examples``.
     """
 
@@ -84,6 +99,9 @@ class RetrainComponent(base_component.BaseComponent):
         train_split: str = "train",
         eval_split: str = "eval",
         seed: int = 0,
+        gradual_pruning: Optional[Union[GradualPruningSchedule, Mapping]] = None,
+        distillation: Optional[Union[DistillationConfig, Mapping]] = None,
+        teacher_model: Optional[types.BaseChannel] = None,
     ):
         config = FineTuneConfig(
             label_key=label_key,
@@ -96,7 +114,11 @@ class RetrainComponent(base_component.BaseComponent):
             train_split=train_split,
             eval_split=eval_split,
             seed=seed,
+            gradual_pruning=gradual_pruning,
+            distillation=distillation,
         )
+        if config.distillation is not None and teacher_model is None:
+            raise ValueError("distillation needs a teacher_model (usually the unpruned baseline)")
         if loss is not None:
             make_loss(loss, from_logits)  # an unknown loss name fails here, not mid-pipeline
         if module_file is not None and "://" not in module_file and not os.path.isfile(module_file):
@@ -105,6 +127,7 @@ class RetrainComponent(base_component.BaseComponent):
             spec=RetrainComponentSpec(
                 input_model=model,
                 examples=examples,
+                teacher_model=teacher_model,
                 fine_tune_config=config.model_dump_json(),
                 module_file=module_file,
                 model=types.Channel(type=standard_artifacts.Model),

@@ -24,6 +24,7 @@ from components.engine import (
 
 INPUT_MODEL_KEY = "input_model"
 EXAMPLES_KEY = "examples"
+TEACHER_MODEL_KEY = "teacher_model"
 OUTPUT_MODEL_KEY = "model"
 FINE_TUNE_CONFIG_KEY = "fine_tune_config"
 MODULE_FILE_KEY = "module_file"
@@ -62,15 +63,19 @@ class Executor(base_executor.BaseExecutor):
             shuffle_buffer=0,
             seed=config.seed,
         )
-        history = fine_tune(loaded.model, train, evaluation, config, loaded.masks)
+        teacher = None
+        if config.distillation is not None:
+            if not input_dict.get(TEACHER_MODEL_KEY):
+                raise ValueError("distillation is configured but no teacher_model is connected")
+            teacher = load_keras_model(artifact_utils.get_single_uri(input_dict[TEACHER_MODEL_KEY])).model
+        result = fine_tune(loaded.model, train, evaluation, config, loaded.masks, teacher=teacher)
 
         model_dir = path_utils.serving_model_dir(output_model.uri)
-        save_keras_model(loaded.model, model_dir, loaded.signatures, loaded.masks)
+        save_keras_model(loaded.model, model_dir, loaded.signatures, result.masks)
         verify_signatures_preserved(loaded.path, model_dir)
-        stats = weight_stats(loaded.model, loaded.masks or None)
-        write_json(
-            output_model.uri, HISTORY_FILE, {"config": config.model_dump(), "history": history, "weights": stats}
-        )
+        stats = weight_stats(loaded.model, result.masks or None)
+        record = {"config": config.model_dump(), "history": result.history, "weights": stats}
+        write_json(output_model.uri, HISTORY_FILE, record)
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
 

@@ -1,0 +1,137 @@
+"""Gradual magnitude pruning inside a compiled training step.
+
+Sparsity follows a polynomial decay from ``initial_sparsity`` to ``final_sparsity`` between
+``begin_step`` and ``end_step`` (Zhu & Gupta, the schedule tfmot's ``PolynomialDecay`` uses).
+Masks are recomputed every ``frequency`` steps *and* at ``end_step``, inside the same
+``tf.function`` as the optimizer step, and the zeros are re-applied after every optimizer step.
+Unlike tfmot, a schedule that could not reach its target within the training run is an error
+before training starts (tfmot's default ``frequency=100`` silently prunes nothing on small data).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from components.engine.config import DistillationConfig, GradualPruningSchedule
+from components.engine.magnitude import PrunableWeight
+
+
+class GradualPruner:
+    """Holds masks as variables and updates them in graph mode on the schedule."""
+
+    def __init__(self, weights: list[PrunableWeight], schedule: GradualPruningSchedule):
+        self.schedule = schedule
+        self.variables = [w.variable for w in weights if not w.protected]
+        self.keys = [w.key for w in weights if not w.protected]
+        self.masks = [tf.Variable(tf.ones_like(v), trainable=False, name="mask") for v in self.variables]
+
+    def sparsity_at(self, step: tf.Tensor) -> tf.Tensor:
+        s = self.schedule
+        progress = tf.clip_by_value(tf.cast(step - s.begin_step, tf.float32) / float(s.end_step - s.begin_step), 0, 1)
+        return s.final_sparsity + (s.initial_sparsity - s.final_sparsity) * tf.pow(1.0 - progress, s.power)
+
+    def should_update(self, step: tf.Tensor) -> tf.Tensor:
+        s = self.schedule
+        in_window = tf.logical_and(step >= s.begin_step, step <= s.end_step)
+        on_beat = tf.logical_or(tf.equal((step - s.begin_step) % s.frequency, 0), tf.equal(step, s.end_step))
+        return tf.logical_and(in_window, on_beat)
+
+    def update_masks(self, sparsity: tf.Tensor) -> None:
+        magnitudes = [tf.abs(v * m) for v, m in zip(self.variables, self.masks, strict=True)]
+        if self.schedule.scope == "global":
+            thresholds = [self._threshold(tf.concat([tf.reshape(a, [-1]) for a in magnitudes], 0), sparsity)] * len(
+                magnitudes
+            )
+        else:
+            thresholds = [self._threshold(tf.reshape(a, [-1]), sparsity) for a in magnitudes]
+        for mask, magnitude, threshold in zip(self.masks, magnitudes, thresholds, strict=True):
+            mask.assign(tf.cast(magnitude > threshold, mask.dtype))
+
+    @staticmethod
+    def _threshold(flat: tf.Tensor, sparsity: tf.Tensor) -> tf.Tensor:
+        count = tf.size(flat)
+        k = tf.cast(tf.round(sparsity * tf.cast(count, tf.float32)), tf.int32)
+        ordered = tf.sort(flat)
+        # Weights at or below the k-th smallest magnitude go; with k == 0 nothing does.
+        return tf.cond(k > 0, lambda: ordered[tf.maximum(k - 1, 0)], lambda: -tf.ones([], flat.dtype))
+
+    def apply(self) -> None:
+        for variable, mask in zip(self.variables, self.masks, strict=True):
+            variable.assign(variable * mask)
+
+    def numpy_masks(self) -> dict[str, np.ndarray]:
+        return {key: mask.numpy().astype(bool) for key, mask in zip(self.keys, self.masks, strict=True)}
+
+
+def distillation_loss(config: DistillationConfig, hard_loss):
+    """alpha * hard-label loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+    temperature, alpha = config.temperature, config.alpha
+    kl = keras.losses.KLDivergence()
+
+    def loss(labels, student_logits, teacher_logits):
+        soft = kl(tf.nn.softmax(teacher_logits / temperature), tf.nn.softmax(student_logits / temperature))
+        return alpha * hard_loss(labels, student_logits) + (1.0 - alpha) * temperature**2 * soft
+
+    return loss
+
+
+def masked_train_loop(
+    model: keras.Model,
+    train_dataset: tf.data.Dataset,
+    total_steps: int,
+    loss: keras.losses.Loss,
+    optimizer: keras.optimizers.Optimizer,
+    fixed_masks: list[tuple[tf.Variable, tf.Tensor]] = (),
+    pruner: Optional[GradualPruner] = None,
+    teacher: Optional[keras.Model] = None,
+    distillation: Optional[DistillationConfig] = None,
+) -> list[float]:
+    """Trains ``model`` for ``total_steps`` batches in one compiled step function.
+
+    Fixed masks (from an earlier pruning) and, with a ``pruner``, the gradual schedule's masks
+    are applied after every optimizer step; with a ``teacher`` the loss is the distillation
+    loss. Returns the loss of every step. ``train_dataset`` must yield ``total_steps`` batches.
+
+    Raises:
+      ValueError: the pruner's schedule does not fit in ``total_steps`` (before any training).
+    """
+    if pruner is not None:
+        pruner.schedule.check_fits(total_steps)
+    if (teacher is None) != (distillation is None):
+        raise ValueError("distillation needs both a teacher model and a DistillationConfig")
+    objective = distillation_loss(distillation, loss) if distillation is not None else None
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def hold_zeros():
+        for variable, mask in fixed_masks:
+            variable.assign(variable * mask)
+        if pruner is not None:
+            pruner.apply()
+
+    @tf.function
+    def train_step(features, labels):
+        if pruner is not None and pruner.should_update(step):
+            pruner.update_masks(pruner.sparsity_at(step))
+        hold_zeros()
+        with tf.GradientTape() as tape:
+            predictions = model(features, training=True)
+            if objective is not None:
+                value = objective(labels, predictions, teacher(features, training=False))
+            else:
+                value = loss(labels, predictions)
+            if model.losses:
+                value += tf.add_n(model.losses)
+        gradients = tape.gradient(value, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        hold_zeros()
+        step.assign_add(1)
+        return value
+
+    losses = [float(train_step(features, labels)) for features, labels in train_dataset.take(total_steps)]
+    if len(losses) < total_steps:
+        raise ValueError(f"the dataset ran out after {len(losses)} of {total_steps} steps; repeat it")
+    return losses

@@ -1,0 +1,148 @@
+"""Gradual pruning inside the compiled training step, and distillation from the unpruned model."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from pydantic import ValidationError
+from tfx import types
+from tfx.types import standard_artifacts
+
+from components import RetrainComponent
+from components.engine import FineTuneConfig, examples_dataset, fine_tune, load_keras_model
+from components.engine.config import DistillationConfig, GradualPruningSchedule
+from components.engine.finetune import make_loss
+from components.engine.gradual import GradualPruner, distillation_loss, masked_train_loop
+from components.engine.magnitude import find_prunable_weights
+
+MODEL = types.Channel(type=standard_artifacts.Model)
+EXAMPLES = types.Channel(type=standard_artifacts.Examples)
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12,))
+    x = keras.layers.Dense(32, activation="relu", name="a")(inputs)
+    x = keras.layers.Dense(32, activation="relu", name="b")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+
+
+def _data(batches=200):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batches * 16, 12)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0).astype("int64")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def _sparsity(model, names=("a", "b")):
+    kernels = [model.get_layer(n).kernel.numpy() for n in names]
+    return sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+
+
+def test_schedule_reaches_its_target_on_time_and_zeros_stay_zero():
+    model = _mlp()
+    schedule = GradualPruningSchedule(final_sparsity=0.8, begin_step=10, end_step=100, frequency=15)
+    pruner = GradualPruner(find_prunable_weights(model, schedule.as_pruning_config()), schedule)
+    loss, optimizer = make_loss("SparseCategoricalCrossentropy", True), keras.optimizers.Adam(1e-2)
+
+    beats = [step for step in range(130) if bool(pruner.should_update(tf.constant(step, tf.int64)))]
+    assert beats == [10, 25, 40, 55, 70, 85, 100], "every `frequency` steps, and at end_step"
+
+    masked_train_loop(model, _data(), 150, loss, optimizer, pruner=pruner)
+    pruner_masks = pruner.numpy_masks()
+    assert _sparsity(model) == pytest.approx(0.8, abs=0.005)
+    for key, mask in pruner_masks.items():
+        assert np.all(model.get_layer(key.split("::")[0]).kernel.numpy()[~mask] == 0)
+    assert np.all(model.get_layer("out").kernel.numpy() != 0), "the output layer is protected"
+
+
+def test_mask_update_hits_the_scheduled_sparsity_midway():
+    model = _mlp()
+    schedule = GradualPruningSchedule(final_sparsity=0.8, begin_step=10, end_step=100, frequency=15)
+    pruner = GradualPruner(find_prunable_weights(model, schedule.as_pruning_config()), schedule)
+    pruner.update_masks(pruner.sparsity_at(tf.constant(55, tf.int64)))
+    pruner.apply()
+    assert 0.05 < schedule.sparsity_at(55) < 0.8
+    assert _sparsity(model) == pytest.approx(schedule.sparsity_at(55), abs=0.005)
+
+
+def test_schedule_sparsity_follows_the_polynomial():
+    schedule = GradualPruningSchedule(initial_sparsity=0.1, final_sparsity=0.9, begin_step=0, end_step=100)
+    assert schedule.sparsity_at(0) == pytest.approx(0.1)
+    assert schedule.sparsity_at(50) == pytest.approx(0.9 - 0.8 * 0.5**3)
+    assert schedule.sparsity_at(100) == schedule.sparsity_at(500) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"final_sparsity": 0.5, "initial_sparsity": 0.6, "end_step": 10}, "must exceed"),
+        ({"final_sparsity": 0.5, "begin_step": 10, "end_step": 10}, "must come after"),
+        ({"final_sparsity": 0.5, "end_step": 50, "frequency": 100}, "longer than the pruning window"),
+        ({"final_sparsity": 1.0, "end_step": 50}, "less than 1"),
+    ],
+)
+def test_schedules_that_cannot_work_are_rejected(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        GradualPruningSchedule(**kwargs)
+
+
+def test_a_schedule_longer_than_training_is_an_error_before_training():
+    schedule = GradualPruningSchedule(final_sparsity=0.9, end_step=1000, frequency=100)
+    with pytest.raises(ValueError, match="would never reach its target"):
+        schedule.check_fits(500)
+    with pytest.raises(ValidationError, match="would never reach its target"):
+        FineTuneConfig(label_key="y", epochs=2, steps_per_epoch=100, gradual_pruning=schedule)
+    with pytest.raises(ValidationError, match="would never reach its target"):
+        RetrainComponent(
+            model=MODEL, examples=EXAMPLES, label_key="y", epochs=2, steps_per_epoch=100,
+            gradual_pruning={"final_sparsity": 0.9, "end_step": 1000, "frequency": 100},
+        )  # fmt: skip
+    model = _mlp()
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="would never reach its target"):
+        masked_train_loop(
+            model, _data(), 500, make_loss("SparseCategoricalCrossentropy", True), keras.optimizers.Adam(),
+            pruner=GradualPruner(find_prunable_weights(model, schedule.as_pruning_config()), schedule),
+        )  # fmt: skip
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_distillation_loss_mixes_hard_and_soft_terms():
+    hard = make_loss("SparseCategoricalCrossentropy", True)
+    labels = tf.constant([0, 2])
+    student = tf.constant([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    teacher = tf.constant([[1.0, 1.0, -2.0], [0.0, 0.0, 3.0]])
+    only_hard = distillation_loss(DistillationConfig(alpha=1.0), hard)(labels, student, teacher)
+    assert float(only_hard) == pytest.approx(float(hard(labels, student)))
+    self_soft = distillation_loss(DistillationConfig(alpha=0.0), hard)(labels, student, student)
+    assert float(self_soft) == pytest.approx(0.0, abs=1e-6)
+    soft = distillation_loss(DistillationConfig(alpha=0.0, temperature=2.0), hard)(labels, student, teacher)
+    kl = keras.losses.KLDivergence()(tf.nn.softmax(teacher / 2.0), tf.nn.softmax(student / 2.0))
+    assert float(soft) == pytest.approx(4.0 * float(kl), rel=1e-5)
+
+
+def test_distillation_without_a_teacher_is_refused_at_construction():
+    with pytest.raises(ValueError, match="needs a teacher_model"):
+        RetrainComponent(model=MODEL, examples=EXAMPLES, label_key="y", distillation={"temperature": 2.0})
+    with pytest.raises(ValidationError, match="alpha"):
+        RetrainComponent(
+            model=MODEL, examples=EXAMPLES, label_key="y", distillation={"alpha": 1.5}, teacher_model=MODEL
+        )
+
+
+def test_gradual_pruning_with_distillation_on_penguin(penguin_baseline, penguin_files):
+    student = load_keras_model(penguin_baseline)
+    teacher = load_keras_model(penguin_baseline).model
+    config = FineTuneConfig(
+        label_key="species", epochs=4, batch_size=16, steps_per_epoch=15,
+        gradual_pruning=GradualPruningSchedule(final_sparsity=0.85, end_step=40, frequency=5),
+        distillation=DistillationConfig(temperature=2.0, alpha=0.5),
+    )  # fmt: skip
+    train = examples_dataset(penguin_files["train"], student.model, "species", 16, shuffle_buffer=256)
+    evaluation = examples_dataset(penguin_files["eval"], student.model, "species", 32)
+    result = fine_tune(student.model, train, evaluation, config, {}, teacher=teacher)
+    assert set(result.masks) == {"dense::kernel", "dense_1::kernel"}
+    total = sum(m.size for m in result.masks.values())
+    assert sum(int((~m).sum()) for m in result.masks.values()) / total == pytest.approx(0.85, abs=0.005)
+    assert len(result.history["loss"]) == 4 and result.history["val_sparse_categorical_accuracy"][0] > 0.8
