@@ -50,8 +50,8 @@ def input_fn(file_pattern: Sequence[str], batch_size: int, shuffle: bool = True)
 def build_model(hidden_units: Sequence[int] = HIDDEN_UNITS) -> keras.Model:
     inputs = {key: keras.layers.Input(shape=(1,), name=key) for key in FEATURE_KEYS}
     x = keras.layers.concatenate([inputs[key] for key in FEATURE_KEYS])
-    for units in hidden_units:
-        x = keras.layers.Dense(units, activation="relu")(x)
+    for index, units in enumerate(hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden_{index}")(x)
     outputs = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
     model = keras.Model(inputs=inputs, outputs=outputs)
     model.compile(

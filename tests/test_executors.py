@@ -93,7 +93,7 @@ def test_prune_executor_writes_model_report_and_properties(pruned):
     assert model.get_float_custom_property("sparsity") == pytest.approx(payload["after"]["masked_sparsity"])
     assert report.get_int_custom_property("nonzero_params") == payload["after"]["nonzero_params"]
     summary = open(os.path.join(report.uri, "summary.md")).read()
-    assert "| dense_1 " in summary and "output layer" in summary
+    assert "| hidden_1 " in summary and "output layer" in summary
     loaded = load_keras_model(model.uri)  # TFX layout: <uri>/Format-Serving
     assert loaded.path.endswith("Format-Serving") and "serving_default" in loaded.signatures
 
@@ -101,7 +101,7 @@ def test_prune_executor_writes_model_report_and_properties(pruned):
 def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_data):
     model = _retrain(pruned[0].uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=2)
     loaded = load_keras_model(model.uri)
-    assert set(loaded.masks) == {"dense::kernel", "dense_1::kernel"}
+    assert set(loaded.masks) == {"hidden_0::kernel", "hidden_1::kernel"}
     for key, mask in loaded.masks.items():
         kernel = loaded.model.get_layer(key.split("::")[0]).kernel.numpy()
         np.testing.assert_array_equal(kernel == 0, ~mask)
@@ -211,8 +211,8 @@ def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_basel
         {"pruning_config": config},
     )
     payload = json.load(open(os.path.join(report.uri, "report.json")))
-    assert payload["widths"]["dense"] == {"before": 64, "after": 48}
+    assert payload["widths"]["hidden_0"] == {"before": 64, "after": 48}
     assert report.get_int_custom_property("flops") == payload["after"]["flops"]
     summary = open(os.path.join(report.uri, "summary.md")).read()
-    assert "structured (l1 norm)" in summary and "| dense " in summary and "CPU latency, batch 64" in summary
-    assert load_keras_model(model.uri).model.get_layer("dense_1").kernel.shape == (48, 48)
+    assert "structured (l1 norm)" in summary and "| hidden_0 " in summary and "CPU latency, batch 64" in summary
+    assert load_keras_model(model.uri).model.get_layer("hidden_1").kernel.shape == (48, 48)

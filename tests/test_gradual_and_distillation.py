@@ -142,7 +142,7 @@ def test_gradual_pruning_with_distillation_on_penguin(penguin_baseline, penguin_
     train = examples_dataset(penguin_files["train"], student.model, "species", 16, shuffle_buffer=256)
     evaluation = examples_dataset(penguin_files["eval"], student.model, "species", 32)
     result = fine_tune(student.model, train, evaluation, config, {}, teacher=teacher)
-    assert set(result.masks) == {"dense::kernel", "dense_1::kernel"}
+    assert set(result.masks) == {"hidden_0::kernel", "hidden_1::kernel"}
     total = sum(m.size for m in result.masks.values())
     assert sum(int((~m).sum()) for m in result.masks.values()) / total == pytest.approx(0.85, abs=0.005)
     assert len(result.history["loss"]) == 4 and result.history["val_sparse_categorical_accuracy"][0] > 0.8

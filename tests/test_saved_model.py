@@ -37,7 +37,7 @@ def test_pruned_model_reloads_with_identical_signatures_and_consistent_outputs(
     served_logits = served.signatures["serving_default"](examples=examples)["outputs"].numpy()
 
     reloaded = load_keras_model(out)
-    assert set(reloaded.masks) == {"dense::kernel", "dense_1::kernel"}
+    assert set(reloaded.masks) == {"hidden_0::kernel", "hidden_1::kernel"}
     for key, mask in reloaded.masks.items():
         kernel = reloaded.model.get_layer(key.split("::")[0]).kernel.numpy()
         np.testing.assert_array_equal(kernel == 0, ~mask)

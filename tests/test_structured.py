@@ -9,6 +9,7 @@ import pytest
 import tf_keras as keras
 from pydantic import ValidationError
 
+from components.engine.importance import channel_scores
 from components.engine.structured import (
     StructuredPruningConfig,
     StructuredPruningError,
@@ -39,7 +40,7 @@ def _check_equivalent(model, fraction=0.5, **config):
     _randomise_batchnorm(model)
     cfg = StructuredPruningConfig(prune_fraction=fraction, **config)
     graph = analyse(model, tuple(cfg.protected_layers))
-    units = removable_units(model, graph, cfg.criterion)
+    units = removable_units(graph, channel_scores(model, graph, cfg.criterion))
     chosen = select_units_to_remove(units, graph, model, cfg)
     assert chosen, "nothing was removed, so nothing is tested"
     removed = {unit.root for unit in chosen}
@@ -108,7 +109,7 @@ def test_elementwise_merges_couple_their_inputs(merge):
     model = keras.Model(image, L.Dense(2, name="out")(L.GlobalMaxPooling2D()(x)))
     smaller, graph = _check_equivalent(model)
     assert _width(smaller, "a") == _width(smaller, "b") == 4
-    units = removable_units(model, graph, "l1")
+    units = removable_units(graph, channel_scores(model, graph, "l1"))
     assert all(sorted(layer for layer, _ in u.producers) == ["a", "b"] for u in units if len(u.producers) > 1)
 
 

@@ -25,8 +25,8 @@ def test_structured_pruning_shrinks_the_penguin_model_and_keeps_its_signature(
         penguin_baseline, out, StructuredPruningConfig(prune_fraction=0.5), samples, latency_repeats=3
     )
     assert report["widths"] == {
-        "dense": {"before": 64, "after": 32},
-        "dense_1": {"before": 64, "after": 32},
+        "hidden_0": {"before": 64, "after": 32},
+        "hidden_1": {"before": 64, "after": 32},
         "logits": {"before": 3, "after": 3},
     }
     assert report["after"]["params"] == 4 * 32 + 32 + 32 * 32 + 32 + 32 * 3 + 3
@@ -39,7 +39,7 @@ def test_structured_pruning_shrinks_the_penguin_model_and_keeps_its_signature(
     examples = read_serialized(penguin_files["eval"], 16)
     logits = served.signatures["serving_default"](examples=examples)["outputs"].numpy()
     reloaded = load_keras_model(out)
-    assert reloaded.model.get_layer("dense").kernel.shape == (4, 32)
+    assert reloaded.model.get_layer("hidden_0").kernel.shape == (4, 32)
     assert reloaded.masks == {}
     parsed = tf.io.parse_example(
         examples, {k: tf.io.FixedLenFeature([1], tf.float32) for k in penguin_trainer.FEATURE_KEYS}

@@ -39,6 +39,11 @@ class PruningConfig(_StrictModel):
     """
 
     method: Literal["magnitude"] = "magnitude"
+    criterion: Literal["magnitude", "taylor"] = Field(
+        default="magnitude", description="|w|, or |w x gradient| summed over sample_size train examples."
+    )
+    sample_size: int = Field(default=256, ge=1)
+    label_key: Optional[str] = Field(default=None, description="Label feature; the taylor criterion needs it.")
     target_sparsity: Optional[float] = Field(
         default=None, gt=0.0, lt=1.0, description="Fraction of targeted kernel weights to zero, in (0, 1)."
     )
@@ -62,6 +67,10 @@ class PruningConfig(_StrictModel):
 
     @model_validator(mode="after")
     def _one_criterion(self) -> PruningConfig:
+        if self.criterion == "taylor" and self.label_key is None:
+            raise ValueError("the taylor criterion needs label_key")
+        if self.criterion == "taylor" and self.magnitude_threshold is not None:
+            raise ValueError("magnitude_threshold is a bound on |w|; it does not combine with the taylor criterion")
         given = [self.target_sparsity, self.magnitude_threshold, self.n_m]
         if sum(value is not None for value in given) != 1:
             raise ValueError("give exactly one of target_sparsity, magnitude_threshold or n_m")
@@ -91,7 +100,12 @@ class StructuredPruningConfig(_StrictModel):
 
     method: Literal["structured"] = "structured"
     prune_fraction: float = Field(gt=0.0, lt=1.0, description="Fraction of removable channels to remove.")
-    criterion: Literal["l1", "l2"] = "l1"
+    criterion: Literal["l1", "l2", "apoz", "mean_activation", "taylor"] = Field(
+        default="l1",
+        description="l1/l2: weight norms; apoz, mean_activation, taylor: measured on sample_size train examples.",
+    )
+    sample_size: int = Field(default=256, ge=1, description="Train examples the data-driven criteria read.")
+    label_key: Optional[str] = Field(default=None, description="Label feature; the taylor criterion needs it.")
     scope: Literal["global", "per_layer"] = Field(
         default="per_layer",
         description="per_layer: every coupled group loses the same fraction; global: one ranking across groups.",
@@ -100,6 +114,12 @@ class StructuredPruningConfig(_StrictModel):
     protected_layers: list[str] = Field(default_factory=list)
 
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
+
+    @model_validator(mode="after")
+    def _labels_for_taylor(self) -> StructuredPruningConfig:
+        if self.criterion == "taylor" and self.label_key is None:
+            raise ValueError("the taylor criterion needs label_key")
+        return self
 
 
 AnyPruningConfig = Annotated[Union[PruningConfig, StructuredPruningConfig], Field(discriminator="method")]

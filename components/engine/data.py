@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -72,6 +72,14 @@ def model_features(model: keras.Model, parsed: dict[str, tf.Tensor]):
     if len(features) == 1 and not isinstance(model.input, dict):
         return next(iter(features.values()))
     return features
+
+
+def parse_sample(model: keras.Model, serialized: tf.Tensor, label_key: Optional[str] = None):
+    """``(features, labels)`` for the model from a batch of serialized tf.Examples (labels may be None)."""
+    sample = tf.train.Example.FromString(serialized[0].numpy())
+    spec = feature_spec_for_model(model, label_key, sample) if label_key else input_feature_spec(model, sample)
+    parsed = tf.io.parse_example(serialized, spec)
+    return model_features(model, parsed), (parsed[label_key] if label_key else None)
 
 
 def read_serialized(file_paths: Sequence[str], count: int) -> tf.Tensor:

@@ -133,8 +133,11 @@ def compute_masks(
     weights: Iterable[PrunableWeight],
     config: PruningConfig,
     existing_masks: Optional[dict[str, np.ndarray]] = None,
+    scores: Optional[dict[str, np.ndarray]] = None,
 ) -> dict[str, np.ndarray]:
     """Returns a keep-mask (True = keep) for every unprotected weight.
+
+    The smallest ``scores`` go (default: ``|w|``; the taylor criterion passes ``|w x grad|``).
 
     Target sparsity is met exactly: the ``round(sparsity * n)`` smallest magnitudes are cut,
     ties broken by position, so the count never drifts with repeated values. Weights that an
@@ -144,7 +147,7 @@ def compute_masks(
     existing_masks = existing_masks or {}
     magnitudes = {}
     for weight in targeted:
-        values = np.abs(weight.variable.numpy())
+        values = scores[weight.key] if scores is not None else np.abs(weight.variable.numpy())
         previous = existing_masks.get(weight.key)
         if previous is not None and previous.shape == values.shape:
             values = np.where(previous, values, 0.0)  # already-pruned weights rank first
@@ -202,11 +205,26 @@ def apply_masks(weights: Iterable[PrunableWeight], masks: dict[str, np.ndarray])
 
 
 def prune_model(
-    model: keras.Model, config: PruningConfig, existing_masks: Optional[dict[str, np.ndarray]] = None
+    model: keras.Model,
+    config: PruningConfig,
+    existing_masks: Optional[dict[str, np.ndarray]] = None,
+    sample=None,
 ) -> tuple[list[PrunableWeight], dict[str, np.ndarray]]:
-    """Prunes ``model`` in place by magnitude; returns its prunable weights and the new masks."""
+    """Prunes ``model`` in place; returns its prunable weights and the new masks.
+
+    ``sample`` (``(features, labels)``) is needed by the taylor criterion.
+    """
     weights = find_prunable_weights(model, config)
-    masks = compute_masks(weights, config, existing_masks)
+    scores = None
+    if config.criterion == "taylor":
+        from components.engine.importance import MissingSampleError, taylor_weight_scores
+
+        if sample is None:
+            raise MissingSampleError("the taylor criterion needs a sample of labelled examples")
+        targeted = [w for w in weights if not w.protected]
+        per_weight = taylor_weight_scores(model, [w.variable for w in targeted], sample)
+        scores = {w.key: s for w, s in zip(targeted, per_weight, strict=True)}
+    masks = compute_masks(weights, config, existing_masks, scores)
     for weight in weights:  # an earlier pruning's masks on now-protected layers still hold
         if weight.key not in masks and existing_masks and weight.key in existing_masks:
             masks[weight.key] = existing_masks[weight.key]

@@ -10,7 +10,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.engine.config import PruningConfig, StructuredPruningConfig
+from components.engine.data import parse_sample
 from components.engine.efficiency import efficiency_stats
+from components.engine.importance import DATA_CRITERIA
 from components.engine.magnitude import find_prunable_weights, prune_model
 from components.engine.report import directory_size, gzip_size, layer_rows, weight_stats
 from components.engine.saved_model import (
@@ -60,7 +62,8 @@ def prune_saved_model(
     """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns the report.
 
     ``sample_examples`` (a batch of serialized tf.Examples) is required by structured pruning,
-    which has to rebuild the serving signatures and proves them on those examples.
+    which has to rebuild the serving signatures and proves them on those examples, and by the
+    data-driven criteria, which read up to ``config.sample_size`` of them.
 
     Example::
 
@@ -68,15 +71,20 @@ def prune_saved_model(
         report["after"]["masked_sparsity"]  # 0.8
     """
     loaded = load_keras_model(input_path)
+    sample = None
+    if config.criterion in DATA_CRITERIA + ("taylor",):
+        if sample_examples is None or int(tf.size(sample_examples)) == 0:
+            raise MissingExamplesError(f"criterion {config.criterion!r} reads examples: connect `examples`")
+        sample = parse_sample(loaded.model, sample_examples[: config.sample_size], config.label_key)
     if isinstance(config, StructuredPruningConfig):
-        return _prune_structured(loaded, output_dir, config, sample_examples, latency_repeats)
+        return _prune_structured(loaded, output_dir, config, sample_examples, sample, latency_repeats)
 
     weights = find_prunable_weights(loaded.model, config)  # fails on a bad config before any work
     nonzeros_before = {w.key: int(np.count_nonzero(w.variable.numpy())) for w in weights}
     before = model_stats(loaded.model, loaded.masks or None, loaded.signatures, latency_repeats)
     before["input_saved_model_bytes"] = directory_size(loaded.path)
 
-    weights, masks = prune_model(loaded.model, config, loaded.masks)
+    weights, masks = prune_model(loaded.model, config, loaded.masks, sample)
     save_keras_model(loaded.model, output_dir, loaded.signatures, masks)
     verify_signatures_preserved(loaded.path, output_dir)
     after = {**weight_stats(loaded.model, masks), **efficiency_stats(loaded.model, repeats=latency_repeats)}
@@ -96,6 +104,7 @@ def _prune_structured(
     output_dir: str,
     config: StructuredPruningConfig,
     sample_examples: Optional[tf.Tensor],
+    sample,
     latency_repeats: int,
 ) -> dict[str, Any]:
     if sample_examples is None or int(tf.size(sample_examples)) == 0:
@@ -103,7 +112,7 @@ def _prune_structured(
             "structured pruning rebuilds the serving signatures and checks them on real examples: "
             "connect `examples` to PruneComponent"
         )
-    smaller, structure = prune_structured(loaded.model, config)
+    smaller, structure = prune_structured(loaded.model, config, sample)
     signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
     copy_compile_settings(loaded.model, smaller)
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats)

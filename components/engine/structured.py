@@ -26,6 +26,7 @@ import numpy as np
 import tf_keras as keras
 
 from components.engine.config import StructuredPruningConfig
+from components.engine.importance import channel_scores
 
 L = keras.layers
 
@@ -80,6 +81,9 @@ class ChannelGraph:
     barriers: dict[str, str] = field(default_factory=dict)
     layer_inputs: dict[str, list[str]] = field(default_factory=dict)
     layer_outputs: dict[str, list[str]] = field(default_factory=dict)
+    layer_kinds: dict[str, str] = field(default_factory=dict)
+    tensors: dict[str, Any] = field(default_factory=dict)
+    consumers: dict[str, list[str]] = field(default_factory=dict)
     sets: _UnionFind = field(default_factory=_UnionFind)
 
     def new_channels(self, count: int, producer: Optional[str] = None) -> list[int]:
@@ -159,9 +163,14 @@ def analyse(model: keras.Model, protected: tuple[str, ...] = ()) -> ChannelGraph
             graph.layer_inputs[layer.name] = list(node.flat_input_ids)
             graph.layer_outputs[layer.name] = outputs
             output_tensors = node.outputs if isinstance(node.outputs, (list, tuple)) else [node.outputs]
+            for tensor_id, tensor in zip(outputs, output_tensors, strict=True):
+                graph.tensors[tensor_id] = tensor
+            for tensor_id in node.flat_input_ids:
+                graph.consumers.setdefault(tensor_id, []).append(layer.name)
             kind = _layer_kind(layer)
             if calls[layer.name] > 1:
                 kind = "barrier:layer called more than once (shared weights)"
+            graph.layer_kinds[layer.name] = kind
             if isinstance(layer, L.InputLayer) or not node.flat_input_ids:
                 for tensor_id, tensor in zip(outputs, output_tensors, strict=True):
                     graph.tensor_channels[tensor_id] = graph.new_channels(_last_dim(tensor) or 0)
@@ -230,7 +239,8 @@ class Unit:
     family: int = -1
 
 
-def removable_units(model: keras.Model, graph: ChannelGraph, criterion: str) -> list[Unit]:
+def removable_units(graph: ChannelGraph, channel_scores: dict[str, np.ndarray]) -> list[Unit]:
+    """The removable units, each scored by the sum of its producers' channel scores."""
     members: dict[int, list[int]] = {}
     for node in range(len(graph.sets.parent)):
         members.setdefault(graph.unit_of(node), []).append(node)
@@ -240,10 +250,7 @@ def removable_units(model: keras.Model, graph: ChannelGraph, criterion: str) -> 
         producers = [graph.node_producer[n] for n in nodes if n in graph.node_producer]
         if root in frozen_roots or not producers:
             continue
-        importance = 0.0
-        for layer_name, index in producers:
-            kernel = _output_kernel(model.get_layer(layer_name))[..., index]
-            importance += float(np.abs(kernel).sum() if criterion == "l1" else np.sqrt((kernel**2).sum()))
+        importance = float(sum(channel_scores[layer_name][index] for layer_name, index in producers))
         units.append(Unit(root, nodes, producers, importance))
     # Families: producers whose channels are joined prune together, with one allocation.
     family_sets = _UnionFind()
@@ -259,12 +266,6 @@ def removable_units(model: keras.Model, graph: ChannelGraph, criterion: str) -> 
     for unit in units:
         unit.family = family_sets.find(layer_family[unit.producers[0][0]])
     return units
-
-
-def _output_kernel(layer) -> np.ndarray:
-    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        return layer.pointwise_kernel.numpy()
-    return layer.kernel.numpy()
 
 
 def select_units_to_remove(
@@ -373,14 +374,19 @@ def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: 
         layer.set_weights(weights)
 
 
-def prune_structured(model: keras.Model, config: StructuredPruningConfig) -> tuple[keras.Model, dict[str, Any]]:
-    """Removes the least important units/filters; returns the smaller model and a report."""
+def prune_structured(
+    model: keras.Model, config: StructuredPruningConfig, sample: Optional[tuple[Any, Any]] = None
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Removes the least important units/filters; returns the smaller model and a report.
+
+    ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor).
+    """
     names = [layer.name for layer in model.layers]
     unmatched = [p for p in config.protected_layers if not any(re.fullmatch(p, n) for n in names)]
     if unmatched:
         raise StructuredPruningError(f"protected layer pattern(s) {unmatched} match no layer; layers are: {names}")
     graph = analyse(model, tuple(config.protected_layers))
-    units = removable_units(model, graph, config.criterion)
+    units = removable_units(graph, channel_scores(model, graph, config.criterion, sample))
     if not units:
         raise StructuredPruningError(
             "no unit or filter can be removed: every channel is protected, frozen by a barrier or reaches an output"

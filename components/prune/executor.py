@@ -21,7 +21,8 @@ EXAMPLES_KEY = "examples"
 OUTPUT_MODEL_KEY = "model"
 PRUNING_REPORT_KEY = "pruning_report"
 PRUNING_CONFIG_KEY = "pruning_config"
-# Structured pruning proves its rebuilt serving signatures on this many real examples.
+# Structured pruning proves its rebuilt serving signatures on at least this many real
+# examples; data-driven criteria read config.sample_size of them.
 SAMPLE_SPLIT = "train"
 SAMPLE_COUNT = 64
 
@@ -39,7 +40,8 @@ class Executor(base_executor.BaseExecutor):
         report_artifact = artifact_utils.get_single_instance(output_dict[PRUNING_REPORT_KEY])
         samples = None
         if input_dict.get(EXAMPLES_KEY):
-            samples = read_serialized(split_files(input_dict[EXAMPLES_KEY], SAMPLE_SPLIT), SAMPLE_COUNT)
+            count = max(SAMPLE_COUNT, config.sample_size)
+            samples = read_serialized(split_files(input_dict[EXAMPLES_KEY], SAMPLE_SPLIT), count)
 
         report = prune_saved_model(
             input_uri, path_utils.serving_model_dir(output_model.uri), config, sample_examples=samples
