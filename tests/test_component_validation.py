@@ -145,3 +145,14 @@ def test_prune_structured_options_are_validated_at_construction():
         PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=1.0)
     with pytest.raises(ValidationError, match="method"):
         PruneComponent(model=MODEL, method="random", target_sparsity=0.5)
+
+
+def test_prune_data_criteria_need_examples_and_labels():
+    with pytest.raises(ValueError, match="criterion 'taylor' reads train examples"):
+        PruneComponent(model=MODEL, target_sparsity=0.5, criterion="taylor", label_key="species")
+    with pytest.raises(ValidationError, match="needs label_key"):
+        PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5, criterion="taylor")
+    component = PruneComponent(
+        model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5, criterion="apoz", sample_size=128
+    )
+    assert '"criterion":"apoz"' in component.exec_properties["pruning_config"]

@@ -83,3 +83,18 @@ def test_a_signature_of_another_form_is_refused(tmp_path, penguin_files):
     samples = read_serialized(penguin_files["train"], 8)
     with pytest.raises(SignatureRebuildError, match="one batch of serialized tf.Examples"):
         prune_saved_model(path, str(tmp_path / "out"), StructuredPruningConfig(prune_fraction=0.5), samples)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        StructuredPruningConfig(prune_fraction=0.5, criterion="apoz", sample_size=100),
+        StructuredPruningConfig(prune_fraction=0.5, criterion="taylor", label_key="species"),
+    ],
+)
+def test_data_driven_criteria_read_the_sample_examples(tmp_path, penguin_baseline, penguin_files, config):
+    samples = read_serialized(penguin_files["train"], 200)
+    report = prune_saved_model(penguin_baseline, str(tmp_path / "out"), config, samples, latency_repeats=2)
+    assert report["widths"]["hidden_0"] == {"before": 64, "after": 32}
+    with pytest.raises(MissingExamplesError, match=f"criterion '{config.criterion}' reads examples"):
+        prune_saved_model(penguin_baseline, str(tmp_path / "other"), config)

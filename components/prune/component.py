@@ -80,7 +80,11 @@ class PruneComponent(base_component.BaseComponent):
       protect_output_layer: (magnitude) leave the last weighted layer before each output dense
         (default). Structured pruning never changes a model output's width.
       prune_fraction: (structured) fraction in (0, 1) of removable units/filters to remove.
-      criterion: (structured) ``"l1"`` or ``"l2"`` norm of each unit's weights.
+      criterion: structured: ``"l1"`` / ``"l2"`` (weight norms), ``"apoz"``, ``"mean_activation"``
+        or ``"taylor"`` (measured on train examples); magnitude: ``"magnitude"`` (default) or
+        ``"taylor"`` (|w x gradient| per weight).
+      sample_size: Train examples the data-driven criteria read (default 256).
+      label_key: Label feature, required by the taylor criterion.
       min_units: (structured) fewest units/filters any layer keeps.
 
     Raises:
@@ -108,6 +112,8 @@ class PruneComponent(base_component.BaseComponent):
         prune_fraction: Optional[float] = None,
         criterion: Optional[str] = None,
         min_units: Optional[int] = None,
+        sample_size: Optional[int] = None,
+        label_key: Optional[str] = None,
     ):
         options = {
             "method": method,
@@ -120,12 +126,16 @@ class PruneComponent(base_component.BaseComponent):
             "prune_fraction": prune_fraction,
             "criterion": criterion,
             "min_units": min_units,
+            "sample_size": sample_size,
+            "label_key": label_key,
         }
         config = TypeAdapter(AnyPruningConfig).validate_python(
             {key: value for key, value in options.items() if value is not None}
         )
         if isinstance(config, StructuredPruningConfig) and examples is None:
             raise ValueError("structured pruning needs `examples` to prove the rebuilt serving signatures")
+        if config.criterion in ("apoz", "mean_activation", "taylor") and examples is None:
+            raise ValueError(f"criterion {config.criterion!r} reads train examples: connect `examples`")
         spec = PruneComponentSpec(
             input_model=model,
             examples=examples,
