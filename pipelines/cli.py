@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--protected-layer", action="append", default=[], help="layer name or regex; repeatable")
     local.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs")
     local.add_argument("--learning-rate", type=float, default=1e-3)
+    local.add_argument(
+        "--distill",
+        action="store_true",
+        help="fine-tune with knowledge distillation from the baseline (T=4, alpha=0.5)",
+    )
     local.add_argument("--metric", default="SparseCategoricalAccuracy", help="Keras metric class the gate checks")
     local.add_argument("--min-metric", type=float, default=0.9, help="absolute lower bound on --metric")
     local.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of --metric vs the baseline")
@@ -81,7 +86,11 @@ def run_local(args: argparse.Namespace) -> int:
         baseline_model_uri=args.baseline_model,
         train_steps=args.train_steps,
         prune_args=_prune_args(args),
-        retrain_args={"epochs": args.epochs, "learning_rate": args.learning_rate},
+        retrain_args={
+            "epochs": args.epochs,
+            "learning_rate": args.learning_rate,
+            "distillation": {"temperature": 4.0, "alpha": 0.5} if args.distill else None,
+        },
         gate_args={
             "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
             "min_sparsity": _min_sparsity(args),

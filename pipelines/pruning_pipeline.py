@@ -95,7 +95,10 @@ def create_pipeline(
         baseline = baseline_source.outputs["result"]
 
     prune = PruneComponent(model=baseline, examples=examples, **prune_args)
-    retrain = RetrainComponent(model=prune.outputs["model"], examples=examples, label_key=label_key, **retrain_args)
+    retrain_options = dict(retrain_args)
+    if retrain_options.get("distillation") is not None:
+        retrain_options.setdefault("teacher_model", baseline)  # the unpruned model teaches
+    retrain = RetrainComponent(model=prune.outputs["model"], examples=examples, label_key=label_key, **retrain_options)
     gate = EvaluatorGate(
         model=retrain.outputs["model"], baseline_model=baseline, examples=examples, label_key=label_key, **gate_args
     )

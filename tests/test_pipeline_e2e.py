@@ -1,5 +1,6 @@
 """End to end: the local pipeline (LocalDagRunner, SQLite MLMD, Beam in memory) on penguin data."""
 
+import json
 import os
 
 import numpy as np
@@ -51,11 +52,11 @@ def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(t
     assert "NOT pushed: the gate refused the model (sparsity >= min_sparsity)" in printed
 
 
-def test_structured_pruning_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):
+def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):
     out = tmp_path / "run"
     code = cli.main(
         ["run-local", "--output-dir", str(out), "--baseline-model", penguin_baseline, "--epochs", "10"]
-        + ["--method", "structured", "--prune-fraction", "0.5"]
+        + ["--method", "structured", "--prune-fraction", "0.5", "--distill"]
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -68,3 +69,6 @@ def test_structured_pruning_pushes_a_physically_smaller_model(tmp_path, penguin_
     assert list(pushed.signatures) == list(baseline.signatures)
     assert result.pruning_report["after"]["flops"] < result.pruning_report["before"]["flops"]
     assert [c["name"] for c in result.gate_result["checks"] if "sparsity" in c["name"]] == []
+    retrain_dirs = list((out / "root" / "RetrainComponent" / "model").iterdir())
+    record = json.load(open(retrain_dirs[0] / "fine_tuning.json"))
+    assert record["config"]["distillation"] == {"temperature": 4.0, "alpha": 0.5}
