@@ -23,6 +23,7 @@ setup(
         "dill",
         "pydantic>=2,<3",
         "tabulate",
+        "matplotlib>=3.8,<3.10",
     ],
     extras_require={"dev": ["pytest", "ruff", "scikit-learn"]},
     entry_points={"console_scripts": ["prune-pipeline=pipelines.cli:main"]},

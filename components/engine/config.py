@@ -53,9 +53,15 @@ class PruningConfig(_StrictModel):
     n_m: Optional[str] = Field(
         default=None, pattern=r"^\d+:\d+$", description="N:M pattern, e.g. '2:4': keep N of every M weights."
     )
-    scope: Literal["global", "per_layer"] = Field(
+    scope: Literal["global", "per_layer", "sensitivity"] = Field(
         default="global",
-        description="global: one magnitude cut across all targeted layers; per_layer: each layer reaches the sparsity.",
+        description="global: one magnitude cut across all targeted layers; per_layer: each layer reaches the "
+        "sparsity; sensitivity: per-layer sparsities allocated from measured sensitivity curves.",
+    )
+    sensitivity_levels: list[float] = Field(
+        default_factory=lambda: [0.3, 0.5, 0.7, 0.8, 0.9, 0.95],
+        min_length=1,
+        description="Sparsities each layer is tried at (scope='sensitivity').",
     )
     protected_layers: list[str] = Field(
         default_factory=list,
@@ -76,6 +82,16 @@ class PruningConfig(_StrictModel):
             raise ValueError("give exactly one of target_sparsity, magnitude_threshold or n_m")
         if self.target_sparsity is None and self.scope != "global":
             raise ValueError("scope applies to target_sparsity only; a threshold or N:M pattern is the same everywhere")
+        if self.scope == "sensitivity":
+            if self.label_key is None:
+                raise ValueError("scope='sensitivity' measures the loss on held-out examples: it needs label_key")
+            if any(not 0.0 < level < 1.0 for level in self.sensitivity_levels):
+                raise ValueError(f"sensitivity_levels must lie in (0, 1), got {self.sensitivity_levels}")
+            if self.target_sparsity > max(self.sensitivity_levels):
+                raise ValueError(
+                    f"the sensitivity budget cannot be met: target_sparsity {self.target_sparsity} is above the "
+                    f"highest level a layer may reach ({max(self.sensitivity_levels)})"
+                )
         if self.n_m is not None:
             n, m = self.n_m_pair
             if not 0 < n < m:

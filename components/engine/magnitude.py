@@ -134,6 +134,7 @@ def compute_masks(
     config: PruningConfig,
     existing_masks: Optional[dict[str, np.ndarray]] = None,
     scores: Optional[dict[str, np.ndarray]] = None,
+    layer_sparsity: Optional[dict[str, float]] = None,
 ) -> dict[str, np.ndarray]:
     """Returns a keep-mask (True = keep) for every unprotected weight.
 
@@ -160,6 +161,10 @@ def compute_masks(
         return {key: n_of_m_mask(values, n, m) for key, values in magnitudes.items()}
     if config.scope == "per_layer":
         return {key: _keep_largest(values, config.target_sparsity) for key, values in magnitudes.items()}
+    if config.scope == "sensitivity":
+        if layer_sparsity is None:
+            raise PruningConfigError("scope='sensitivity' needs the allocated per-layer sparsities")
+        return {key: _keep_largest(values, layer_sparsity[key]) for key, values in magnitudes.items()}
 
     flat = np.concatenate([values.ravel() for values in magnitudes.values()])
     flat_keep = _keep_largest(flat, config.target_sparsity)
@@ -209,6 +214,7 @@ def prune_model(
     config: PruningConfig,
     existing_masks: Optional[dict[str, np.ndarray]] = None,
     sample=None,
+    layer_sparsity: Optional[dict[str, float]] = None,
 ) -> tuple[list[PrunableWeight], dict[str, np.ndarray]]:
     """Prunes ``model`` in place; returns its prunable weights and the new masks.
 
@@ -224,7 +230,7 @@ def prune_model(
         targeted = [w for w in weights if not w.protected]
         per_weight = taylor_weight_scores(model, [w.variable for w in targeted], sample)
         scores = {w.key: s for w, s in zip(targeted, per_weight, strict=True)}
-    masks = compute_masks(weights, config, existing_masks, scores)
+    masks = compute_masks(weights, config, existing_masks, scores, layer_sparsity)
     for weight in weights:  # an earlier pruning's masks on now-protected layers still hold
         if weight.key not in masks and existing_masks and weight.key in existing_masks:
             masks[weight.key] = existing_masks[weight.key]

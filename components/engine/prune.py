@@ -22,6 +22,7 @@ from components.engine.saved_model import (
     save_keras_model,
     verify_signatures_preserved,
 )
+from components.engine.sensitivity import allocate, sensitivity_curves, sensitivity_report
 from components.engine.signatures import rebuild_example_signatures
 from components.engine.structured import prune_structured
 
@@ -58,6 +59,7 @@ def prune_saved_model(
     config: Union[PruningConfig, StructuredPruningConfig],
     sample_examples: Optional[tf.Tensor] = None,
     latency_repeats: int = 30,
+    holdout_examples: Optional[tf.Tensor] = None,
 ) -> dict[str, Any]:
     """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns the report.
 
@@ -84,7 +86,16 @@ def prune_saved_model(
     before = model_stats(loaded.model, loaded.masks or None, loaded.signatures, latency_repeats)
     before["input_saved_model_bytes"] = directory_size(loaded.path)
 
-    weights, masks = prune_model(loaded.model, config, loaded.masks, sample)
+    sensitivity = None
+    layer_sparsity = None
+    if config.scope == "sensitivity":
+        if holdout_examples is None or int(tf.size(holdout_examples)) == 0:
+            raise MissingExamplesError("scope='sensitivity' measures held-out loss: connect `examples` (eval split)")
+        holdout = parse_sample(loaded.model, holdout_examples[: config.sample_size], config.label_key)
+        dense_loss, curves = sensitivity_curves(loaded.model, weights, config.sensitivity_levels, holdout)
+        layer_sparsity = allocate(curves, dense_loss, config.target_sparsity)
+        sensitivity = sensitivity_report(dense_loss, curves, layer_sparsity)
+    weights, masks = prune_model(loaded.model, config, loaded.masks, sample, layer_sparsity)
     save_keras_model(loaded.model, output_dir, loaded.signatures, masks)
     verify_signatures_preserved(loaded.path, output_dir)
     after = {**weight_stats(loaded.model, masks), **efficiency_stats(loaded.model, repeats=latency_repeats)}
@@ -96,6 +107,7 @@ def prune_saved_model(
         "before": before,
         "after": {**after, **size_stats(output_dir)},
         "layers": layer_rows(weights, nonzeros_before),
+        "sensitivity": sensitivity,
     }
 
 

@@ -114,6 +114,11 @@ def _criterion(config: dict[str, Any]) -> str:
         )
     if config.get("n_m") is not None:
         return f"magnitude: N:M pattern {config['n_m']} along each kernel's input axis"
+    if config.get("scope") == "sensitivity":
+        return (
+            f"magnitude: target sparsity {config['target_sparsity']:.1%}, per-layer sparsities allocated from "
+            "sensitivity curves (sensitivity.png)"
+        )
     if config.get("target_sparsity") is not None:
         return f"magnitude: target sparsity {config['target_sparsity']:.1%} ({config['scope']})"
     return f"magnitude: |w| < {config['magnitude_threshold']}"
@@ -173,5 +178,16 @@ def summary_markdown(report: dict[str, Any]) -> str:
         ]
         headers = ["layer", "weight", "shape", "params", "non-zeros", "sparsity", "protected"]
         lines.append(tabulate(table, headers=headers, tablefmt="github"))
+        if report.get("sensitivity"):
+            sensitivity = report["sensitivity"]
+            lines += ["", "## Sensitivity (loss on held-out examples, each layer pruned alone)", ""]
+            levels = next(iter(sensitivity["curves"].values()))["levels"]
+            rows = [
+                [key, f"{sensitivity['allocation'][key]:.2f}", *[f"{loss:.4f}" for loss in curve["losses"]]]
+                for key, curve in sensitivity["curves"].items()
+            ]
+            headers = ["weight", "allocated", *[f"{level:.2f}" for level in levels]]
+            lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+            lines += ["", f"Dense loss: {sensitivity['dense_loss']:.4f}. Plot: sensitivity.png"]
     lines.append("")
     return "\n".join(lines)

@@ -74,7 +74,12 @@ class PruneComponent(base_component.BaseComponent):
         weight with ``|w| < magnitude_threshold``.
       n_m: (magnitude) instead of either: an N:M pattern such as ``"2:4"``, keeping the N
         largest of every M consecutive weights along each kernel's input axis.
-      scope: ``"global"`` (default for magnitude) or ``"per_layer"`` (default for structured).
+      scope: ``"global"`` (default for magnitude) or ``"per_layer"`` (default for structured);
+        magnitude also takes ``"sensitivity"``: every layer is pruned alone at each of
+        ``sensitivity_levels`` and its loss measured on the eval split, and per-layer sparsities
+        that reach ``target_sparsity`` with the least predicted loss are allocated from those
+        curves (needs ``examples`` and ``label_key``; the report gets ``sensitivity.png``).
+      sensitivity_levels: Sparsities tried per layer (default 0.3, 0.5, 0.7, 0.8, 0.9, 0.95).
       protected_layers: Layer names or regular expressions (full match) left untouched. A
         pattern that matches no layer is an error.
       protect_output_layer: (magnitude) leave the last weighted layer before each output dense
@@ -114,6 +119,7 @@ class PruneComponent(base_component.BaseComponent):
         min_units: Optional[int] = None,
         sample_size: Optional[int] = None,
         label_key: Optional[str] = None,
+        sensitivity_levels: Optional[Sequence[float]] = None,
     ):
         options = {
             "method": method,
@@ -128,13 +134,17 @@ class PruneComponent(base_component.BaseComponent):
             "min_units": min_units,
             "sample_size": sample_size,
             "label_key": label_key,
+            "sensitivity_levels": list(sensitivity_levels) if sensitivity_levels is not None else None,
         }
         config = TypeAdapter(AnyPruningConfig).validate_python(
             {key: value for key, value in options.items() if value is not None}
         )
         if isinstance(config, StructuredPruningConfig) and examples is None:
             raise ValueError("structured pruning needs `examples` to prove the rebuilt serving signatures")
-        if config.criterion in ("apoz", "mean_activation", "taylor") and examples is None:
+        needs_examples = config.criterion in ("apoz", "mean_activation", "taylor")
+        if getattr(config, "scope", None) == "sensitivity" and examples is None:
+            raise ValueError("scope='sensitivity' measures the loss on the eval split: connect `examples`")
+        if needs_examples and examples is None:
             raise ValueError(f"criterion {config.criterion!r} reads train examples: connect `examples`")
         spec = PruneComponentSpec(
             input_model=model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from absl import logging
@@ -15,6 +16,7 @@ from components._io import split_files, write_json, write_text
 from components.engine import prune_saved_model, summary_markdown
 from components.engine.config import pruning_config_from_json
 from components.engine.data import read_serialized
+from components.engine.sensitivity import Curve, plot_curves
 
 INPUT_MODEL_KEY = "input_model"
 EXAMPLES_KEY = "examples"
@@ -25,6 +27,8 @@ PRUNING_CONFIG_KEY = "pruning_config"
 # examples; data-driven criteria read config.sample_size of them.
 SAMPLE_SPLIT = "train"
 SAMPLE_COUNT = 64
+HOLDOUT_SPLIT = "eval"  # sensitivity curves are measured on held-out examples
+SENSITIVITY_PLOT = "sensitivity.png"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -38,14 +42,29 @@ class Executor(base_executor.BaseExecutor):
         input_uri = artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY])
         output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
         report_artifact = artifact_utils.get_single_instance(output_dict[PRUNING_REPORT_KEY])
-        samples = None
+        samples = holdout = None
         if input_dict.get(EXAMPLES_KEY):
             count = max(SAMPLE_COUNT, config.sample_size)
             samples = read_serialized(split_files(input_dict[EXAMPLES_KEY], SAMPLE_SPLIT), count)
+            if getattr(config, "scope", None) == "sensitivity":
+                holdout = read_serialized(split_files(input_dict[EXAMPLES_KEY], HOLDOUT_SPLIT), config.sample_size)
 
         report = prune_saved_model(
-            input_uri, path_utils.serving_model_dir(output_model.uri), config, sample_examples=samples
+            input_uri,
+            path_utils.serving_model_dir(output_model.uri),
+            config,
+            sample_examples=samples,
+            holdout_examples=holdout,
         )
+        if report.get("sensitivity"):
+            sensitivity = report["sensitivity"]
+            curves = [Curve(key, c["params"], c["levels"], c["losses"]) for key, c in sensitivity["curves"].items()]
+            plot_curves(
+                curves,
+                sensitivity["dense_loss"],
+                sensitivity["allocation"],
+                os.path.join(report_artifact.uri, SENSITIVITY_PLOT),
+            )
         logging.info("Pruned %s: sparsity of pruned layers %.4f", input_uri, report["after"]["masked_sparsity"])
 
         write_json(report_artifact.uri, artifacts.REPORT_JSON, report)
