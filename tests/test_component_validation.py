@@ -135,7 +135,7 @@ def test_pipeline_rejects_a_missing_or_non_savedmodel_baseline(tmp_path, penguin
 def test_prune_structured_options_are_validated_at_construction():
     structured = PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5)
     assert '"method":"structured"' in structured.exec_properties["pruning_config"]
-    with pytest.raises(ValueError, match="structured pruning needs `examples`"):
+    with pytest.raises(ValueError, match="structured needs `examples`"):
         PruneComponent(model=MODEL, method="structured", prune_fraction=0.5)
     with pytest.raises(ValidationError, match="target_sparsity"):
         PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5, target_sparsity=0.5)

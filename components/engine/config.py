@@ -138,10 +138,33 @@ class StructuredPruningConfig(_StrictModel):
         return self
 
 
-AnyPruningConfig = Annotated[Union[PruningConfig, StructuredPruningConfig], Field(discriminator="method")]
+class LayerRemovalConfig(_StrictModel):
+    """Greedy removal of whole layers / residual blocks, each followed by a short fine-tune.
+
+    Example::
+
+        LayerRemovalConfig(label_key="species", tolerance=0.01, fine_tune_steps=50)
+    """
+
+    method: Literal["layer_removal"] = "layer_removal"
+    label_key: str = Field(min_length=1, description="Label feature: removal is judged on labelled examples.")
+    tolerance: float = Field(
+        default=0.01, ge=0.0, description="Largest allowed drop of the validation metric versus the original model."
+    )
+    fine_tune_steps: int = Field(default=50, ge=0, description="Batches of fine-tuning after each removal.")
+    max_removals: int = Field(default=10, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    batch_size: int = Field(default=32, ge=1)
+    criterion: Literal["validation"] = "validation"
+    sample_size: int = Field(default=100000, ge=1, description="Most train examples read for fine-tuning.")
 
 
-def pruning_config_from_json(text: str) -> Union[PruningConfig, StructuredPruningConfig]:
+AnyPruningConfig = Annotated[
+    Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig], Field(discriminator="method")
+]
+
+
+def pruning_config_from_json(text: str) -> Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig]:
     """Parses a pruning config of either method from its JSON form (``method`` picks the model)."""
     return TypeAdapter(AnyPruningConfig).validate_json(text)
 

@@ -9,10 +9,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.config import PruningConfig, StructuredPruningConfig
+from components.engine.config import LayerRemovalConfig, PruningConfig, StructuredPruningConfig
 from components.engine.data import parse_sample
 from components.engine.efficiency import efficiency_stats
 from components.engine.importance import DATA_CRITERIA
+from components.engine.layer_removal import remove_layers
 from components.engine.magnitude import find_prunable_weights, prune_model
 from components.engine.report import directory_size, gzip_size, layer_rows, weight_stats
 from components.engine.saved_model import (
@@ -56,7 +57,7 @@ def model_stats(
 def prune_saved_model(
     input_path: str,
     output_dir: str,
-    config: Union[PruningConfig, StructuredPruningConfig],
+    config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig],
     sample_examples: Optional[tf.Tensor] = None,
     latency_repeats: int = 30,
     holdout_examples: Optional[tf.Tensor] = None,
@@ -73,6 +74,8 @@ def prune_saved_model(
         report["after"]["masked_sparsity"]  # 0.8
     """
     loaded = load_keras_model(input_path)
+    if isinstance(config, LayerRemovalConfig):
+        return _remove_layers(loaded, output_dir, config, sample_examples, holdout_examples, latency_repeats)
     sample = None
     if config.criterion in DATA_CRITERIA + ("taylor",):
         if sample_examples is None or int(tf.size(sample_examples)) == 0:
@@ -108,6 +111,41 @@ def prune_saved_model(
         "after": {**after, **size_stats(output_dir)},
         "layers": layer_rows(weights, nonzeros_before),
         "sensitivity": sensitivity,
+    }
+
+
+def _labelled_dataset(model: keras.Model, serialized: Optional[tf.Tensor], label_key: str, batch_size: int, what: str):
+    if serialized is None or int(tf.size(serialized)) == 0:
+        raise MissingExamplesError(f"layer removal needs {what}: connect `examples`")
+    features, labels = parse_sample(model, serialized, label_key)
+    return tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size)
+
+
+def _remove_layers(
+    loaded: LoadedModel,
+    output_dir: str,
+    config: LayerRemovalConfig,
+    sample_examples: Optional[tf.Tensor],
+    holdout_examples: Optional[tf.Tensor],
+    latency_repeats: int,
+) -> dict[str, Any]:
+    train = _labelled_dataset(loaded.model, sample_examples, config.label_key, config.batch_size, "train examples")
+    holdout = _labelled_dataset(loaded.model, holdout_examples, config.label_key, config.batch_size, "eval examples")
+    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats)
+    smaller, steps = remove_layers(loaded.model, config, train, holdout)
+    signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
+    copy_compile_settings(loaded.model, smaller)
+    save_keras_model(smaller, output_dir, signatures)
+    verify_signatures_preserved(loaded.path, output_dir)
+    after = {**weight_stats(smaller, None), **efficiency_stats(smaller, repeats=latency_repeats)}
+    return {
+        "config": config.model_dump(),
+        "input_model": loaded.path,
+        "output_model": output_dir,
+        "signatures": sorted(loaded.signatures),
+        "before": before,
+        "after": {**after, **size_stats(output_dir)},
+        "layer_removal": steps,
     }
 
 

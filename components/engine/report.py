@@ -107,6 +107,11 @@ def layer_rows(weights: Iterable[PrunableWeight], nonzeros_before: dict[str, int
 
 
 def _criterion(config: dict[str, Any]) -> str:
+    if config["method"] == "layer_removal":
+        return (
+            f"greedy layer/block removal, each followed by {config['fine_tune_steps']} fine-tuning steps, "
+            f"kept while the validation metric drops by at most {config['tolerance']}"
+        )
     if config["method"] == "structured":
         return (
             f"structured ({config['criterion']} norm): remove {config['prune_fraction']:.0%} of the removable "
@@ -157,7 +162,24 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "## Layers",
         "",
     ]
-    if report["config"]["method"] == "structured":
+    if report["config"]["method"] == "layer_removal":
+        removal = report["layer_removal"]
+        lines.append(f"Metric: {removal['metric']} (original {removal['baseline']:.4f}).")
+        lines.append("")
+        rows = [
+            [
+                step.get("removed", step.get("stop")),
+                step.get("candidates", ""),
+                f"{step['drop_before_fine_tune']:.4f}" if "drop_before_fine_tune" in step else "",
+                f"{step['drop_after_fine_tune']:.4f}" if "drop_after_fine_tune" in step else "",
+                step.get("params", ""),
+                {True: "kept", False: "rolled back"}.get(step.get("kept"), ""),
+            ]
+            for step in removal["steps"]
+        ]
+        headers = ["step", "candidates", "drop before fine-tune", "drop after", "params", "verdict"]
+        lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    elif report["config"]["method"] == "structured":
         widths = [[name, w["before"], w["after"]] for name, w in report["widths"].items()]
         lines.append(tabulate(widths, headers=["layer", "width before", "width after"], tablefmt="github"))
         lines += ["", "## Barriers (channels through these layers keep their width)", ""]

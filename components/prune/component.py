@@ -11,7 +11,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.artifacts import PruningReport
-from components.engine.config import AnyPruningConfig, StructuredPruningConfig
+from components.engine.config import AnyPruningConfig
 from components.prune import executor
 
 
@@ -80,6 +80,12 @@ class PruneComponent(base_component.BaseComponent):
         that reach ``target_sparsity`` with the least predicted loss are allocated from those
         curves (needs ``examples`` and ``label_key``; the report gets ``sensitivity.png``).
       sensitivity_levels: Sparsities tried per layer (default 0.3, 0.5, 0.7, 0.8, 0.9, 0.95).
+      tolerance, fine_tune_steps, max_removals: (``method="layer_removal"``) greedy removal of
+        whole layers whose output has their input's shape and of residual blocks (collapsed to
+        their skip path): the least harmful candidate on the eval split is removed, the model
+        fine-tuned for ``fine_tune_steps`` batches of the train split, and the removal kept only
+        while the validation metric drops by at most ``tolerance``; otherwise it is rolled back
+        and the search stops. Needs ``examples`` and ``label_key``; every step is reported.
       protected_layers: Layer names or regular expressions (full match) left untouched. A
         pattern that matches no layer is an error.
       protect_output_layer: (magnitude) leave the last weighted layer before each output dense
@@ -120,6 +126,9 @@ class PruneComponent(base_component.BaseComponent):
         sample_size: Optional[int] = None,
         label_key: Optional[str] = None,
         sensitivity_levels: Optional[Sequence[float]] = None,
+        tolerance: Optional[float] = None,
+        fine_tune_steps: Optional[int] = None,
+        max_removals: Optional[int] = None,
     ):
         options = {
             "method": method,
@@ -135,12 +144,15 @@ class PruneComponent(base_component.BaseComponent):
             "sample_size": sample_size,
             "label_key": label_key,
             "sensitivity_levels": list(sensitivity_levels) if sensitivity_levels is not None else None,
+            "tolerance": tolerance,
+            "fine_tune_steps": fine_tune_steps,
+            "max_removals": max_removals,
         }
         config = TypeAdapter(AnyPruningConfig).validate_python(
             {key: value for key, value in options.items() if value is not None}
         )
-        if isinstance(config, StructuredPruningConfig) and examples is None:
-            raise ValueError("structured pruning needs `examples` to prove the rebuilt serving signatures")
+        if config.method in ("structured", "layer_removal") and examples is None:
+            raise ValueError(f"{config.method} needs `examples` to prove the rebuilt serving signatures")
         needs_examples = config.criterion in ("apoz", "mean_activation", "taylor")
         if getattr(config, "scope", None) == "sensitivity" and examples is None:
             raise ValueError("scope='sensitivity' measures the loss on the eval split: connect `examples`")

@@ -46,7 +46,7 @@ class Executor(base_executor.BaseExecutor):
         if input_dict.get(EXAMPLES_KEY):
             count = max(SAMPLE_COUNT, config.sample_size)
             samples = read_serialized(split_files(input_dict[EXAMPLES_KEY], SAMPLE_SPLIT), count)
-            if getattr(config, "scope", None) == "sensitivity":
+            if getattr(config, "scope", None) == "sensitivity" or config.method == "layer_removal":
                 holdout = read_serialized(split_files(input_dict[EXAMPLES_KEY], HOLDOUT_SPLIT), config.sample_size)
 
         report = prune_saved_model(
