@@ -6,7 +6,7 @@ PYTHON_310 ?= $(shell pyenv which python 2>/dev/null || command -v python3.10)
 PIP_CACHE ?= $(HOME)/.cache/pip
 OUTPUT_DIR ?= runs/penguin
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test bench lint clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -n "$(PYTHON_310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON_310" >&2; exit 1; }
@@ -25,6 +25,9 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/python bench/digits_pruning.py --seeds 3
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -214,5 +214,5 @@ def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_basel
     assert payload["widths"]["hidden_0"] == {"before": 64, "after": 48}
     assert report.get_int_custom_property("flops") == payload["after"]["flops"]
     summary = open(os.path.join(report.uri, "summary.md")).read()
-    assert "structured (l1 norm)" in summary and "| hidden_0 " in summary and "CPU latency, batch 64" in summary
+    assert "structured (l1)" in summary and "| hidden_0 " in summary and "CPU latency, batch 64" in summary
     assert load_keras_model(model.uri).model.get_layer("hidden_1").kernel.shape == (48, 48)

@@ -9,7 +9,7 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from components.artifacts import PruningReport
 from components.engine import prune_saved_model
-from components.engine.config import PruningConfig
+from components.engine.config import PruningConfig, StructuredPruningConfig
 from components.engine.data import read_serialized
 from components.engine.prune import MissingExamplesError
 from components.engine.sensitivity import BudgetError, Curve, allocate
@@ -78,3 +78,32 @@ def test_executor_writes_the_sensitivity_plot(tmp_path, penguin_baseline, pengui
     summary = open(os.path.join(report.uri, "summary.md")).read()
     assert "## Sensitivity" in summary and "sensitivity.png" in summary
     assert json.load(open(os.path.join(report.uri, "report.json")))["sensitivity"]["allocation"]
+
+
+def test_structured_sensitivity_meets_a_flops_budget(tmp_path, penguin_baseline, penguin_files):
+    config = StructuredPruningConfig(scope="sensitivity", flops_budget=0.4, label_key="species", sample_size=100)
+    holdout = read_serialized(penguin_files["eval"], 100)
+    samples = read_serialized(penguin_files["train"], 64)
+    report = prune_saved_model(
+        penguin_baseline, str(tmp_path / "out"), config, samples, latency_repeats=2, holdout_examples=holdout
+    )
+    assert report["after"]["flops"] <= 0.4 * report["before"]["flops"]
+    sensitivity = report["sensitivity"]
+    assert set(sensitivity["curves"]) == {"hidden_0", "hidden_1"}
+    assert all(level in (0.0, 0.25, 0.5, 0.75) for level in sensitivity["allocation"].values())
+    widths = report["widths"]
+    for name, fraction in sensitivity["allocation"].items():
+        assert widths[name]["after"] == 64 - int(fraction * 64)
+
+
+def test_structured_sensitivity_budget_that_cannot_be_met(tmp_path, penguin_baseline, penguin_files):
+    config = StructuredPruningConfig(scope="sensitivity", flops_budget=0.01, label_key="species")
+    holdout = read_serialized(penguin_files["eval"], 100)
+    samples = read_serialized(penguin_files["train"], 64)
+    with pytest.raises(BudgetError, match="flops_budget 0.01 cannot be met"):
+        prune_saved_model(penguin_baseline, str(tmp_path / "out"), config, samples, holdout_examples=holdout)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValidationError, match="needs flops_budget"):
+        StructuredPruningConfig(scope="sensitivity", label_key="species")
+    with pytest.raises(ValidationError, match="prune_fraction is required"):
+        StructuredPruningConfig()

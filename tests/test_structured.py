@@ -187,9 +187,10 @@ def test_output_layer_protected_layers_and_min_units():
     x = L.Dense(10, name="a")(inputs)
     x = L.Dense(10, name="b")(x)
     model = keras.Model(inputs, L.Dense(3, name="out")(x))
-    smaller, report = prune_structured(
-        model, StructuredPruningConfig(prune_fraction=0.8, protected_layers=["a"], min_units=4)
-    )
+    with pytest.raises(StructuredPruningError, match=r"requested width of b \(2 of 10\) is below min_units=4"):
+        prune_structured(model, StructuredPruningConfig(prune_fraction=0.8, protected_layers=["a"], min_units=4))
+    config = StructuredPruningConfig(prune_fraction=0.8, protected_layers=["a"], min_units=4, scope="global")
+    smaller, report = prune_structured(model, config)  # a global ranking stops at the minimum instead
     assert report["widths"] == {
         "a": {"before": 10, "after": 10},
         "b": {"before": 10, "after": 4},

@@ -4,9 +4,17 @@ from components.engine import PruningConfig, prune_saved_model
 report = prune_saved_model("path/to/saved_model", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
 """
 
-from components.engine.config import FineTuneConfig, PruningConfig
+from components.engine.config import (
+    DistillationConfig,
+    FineTuneConfig,
+    GradualPruningSchedule,
+    LayerRemovalConfig,
+    PruningConfig,
+    StructuredPruningConfig,
+)
 from components.engine.data import ExamplesMismatchError, examples_dataset
-from components.engine.finetune import KeepPrunedWeightsZero, fine_tune
+from components.engine.finetune import FineTuneResult, KeepPrunedWeightsZero, fine_tune
+from components.engine.layer_removal import remove_layers
 from components.engine.magnitude import PruningConfigError, find_prunable_weights, prune_model
 from components.engine.prune import prune_saved_model
 from components.engine.report import summary_markdown, weight_stats
@@ -17,21 +25,30 @@ from components.engine.saved_model import (
     save_keras_model,
     verify_signatures_preserved,
 )
+from components.engine.structured import StructuredPruningError, prune_structured
 
 __all__ = [
+    "DistillationConfig",
     "ExamplesMismatchError",
     "FineTuneConfig",
+    "FineTuneResult",
+    "GradualPruningSchedule",
     "KeepPrunedWeightsZero",
+    "LayerRemovalConfig",
     "LoadedModel",
     "ModelLoadError",
     "PruningConfig",
     "PruningConfigError",
+    "StructuredPruningConfig",
+    "StructuredPruningError",
     "examples_dataset",
     "fine_tune",
     "find_prunable_weights",
     "load_keras_model",
     "prune_model",
     "prune_saved_model",
+    "prune_structured",
+    "remove_layers",
     "save_keras_model",
     "summary_markdown",
     "verify_signatures_preserved",

@@ -112,19 +112,29 @@ class StructuredPruningConfig(_StrictModel):
     Example::
 
         StructuredPruningConfig(prune_fraction=0.5, criterion="l1", min_units=4)
+        StructuredPruningConfig(scope="sensitivity", flops_budget=0.4, label_key="species")
     """
 
     method: Literal["structured"] = "structured"
-    prune_fraction: float = Field(gt=0.0, lt=1.0, description="Fraction of removable channels to remove.")
+    prune_fraction: Optional[float] = Field(
+        default=None, gt=0.0, lt=1.0, description="Fraction of removable channels to remove."
+    )
     criterion: Literal["l1", "l2", "apoz", "mean_activation", "taylor"] = Field(
         default="l1",
         description="l1/l2: weight norms; apoz, mean_activation, taylor: measured on sample_size train examples.",
     )
-    sample_size: int = Field(default=256, ge=1, description="Train examples the data-driven criteria read.")
-    label_key: Optional[str] = Field(default=None, description="Label feature; the taylor criterion needs it.")
-    scope: Literal["global", "per_layer"] = Field(
+    sample_size: int = Field(default=256, ge=1, description="Examples the data-driven criteria read.")
+    label_key: Optional[str] = Field(default=None, description="Label feature; taylor and sensitivity need it.")
+    scope: Literal["global", "per_layer", "sensitivity"] = Field(
         default="per_layer",
-        description="per_layer: every coupled group loses the same fraction; global: one ranking across groups.",
+        description="per_layer: every coupled group loses the same fraction; global: one ranking across groups; "
+        "sensitivity: per-group fractions allocated from measured loss curves to meet flops_budget.",
+    )
+    flops_budget: Optional[float] = Field(
+        default=None, gt=0.0, lt=1.0, description="scope='sensitivity': keep at most this fraction of the FLOPs."
+    )
+    sensitivity_levels: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75], min_length=1, description="Fractions each group is tried at."
     )
     min_units: int = Field(default=1, ge=1, description="Fewest units/filters any pruned layer keeps.")
     protected_layers: list[str] = Field(default_factory=list)
@@ -132,9 +142,20 @@ class StructuredPruningConfig(_StrictModel):
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
 
     @model_validator(mode="after")
-    def _labels_for_taylor(self) -> StructuredPruningConfig:
+    def _consistent(self) -> StructuredPruningConfig:
         if self.criterion == "taylor" and self.label_key is None:
             raise ValueError("the taylor criterion needs label_key")
+        if self.scope == "sensitivity":
+            if self.flops_budget is None or self.label_key is None:
+                raise ValueError("scope='sensitivity' needs flops_budget and label_key (loss on held-out examples)")
+            if self.prune_fraction is not None:
+                raise ValueError("scope='sensitivity' allocates the fractions itself; do not set prune_fraction")
+            if any(not 0.0 < level < 1.0 for level in self.sensitivity_levels):
+                raise ValueError(f"sensitivity_levels must lie in (0, 1), got {self.sensitivity_levels}")
+        elif self.prune_fraction is None:
+            raise ValueError("prune_fraction is required (or use scope='sensitivity' with flops_budget)")
+        elif self.flops_budget is not None:
+            raise ValueError("flops_budget applies to scope='sensitivity' only")
         return self
 
 

@@ -82,7 +82,10 @@ def prune_saved_model(
             raise MissingExamplesError(f"criterion {config.criterion!r} reads examples: connect `examples`")
         sample = parse_sample(loaded.model, sample_examples[: config.sample_size], config.label_key)
     if isinstance(config, StructuredPruningConfig):
-        return _prune_structured(loaded, output_dir, config, sample_examples, sample, latency_repeats)
+        holdout = None
+        if config.scope == "sensitivity":
+            holdout = _holdout_sample(loaded.model, holdout_examples, config)
+        return _prune_structured(loaded, output_dir, config, sample_examples, sample, holdout, latency_repeats)
 
     weights = find_prunable_weights(loaded.model, config)  # fails on a bad config before any work
     nonzeros_before = {w.key: int(np.count_nonzero(w.variable.numpy())) for w in weights}
@@ -92,9 +95,7 @@ def prune_saved_model(
     sensitivity = None
     layer_sparsity = None
     if config.scope == "sensitivity":
-        if holdout_examples is None or int(tf.size(holdout_examples)) == 0:
-            raise MissingExamplesError("scope='sensitivity' measures held-out loss: connect `examples` (eval split)")
-        holdout = parse_sample(loaded.model, holdout_examples[: config.sample_size], config.label_key)
+        holdout = _holdout_sample(loaded.model, holdout_examples, config)
         dense_loss, curves = sensitivity_curves(loaded.model, weights, config.sensitivity_levels, holdout)
         layer_sparsity = allocate(curves, dense_loss, config.target_sparsity)
         sensitivity = sensitivity_report(dense_loss, curves, layer_sparsity)
@@ -103,15 +104,16 @@ def prune_saved_model(
     verify_signatures_preserved(loaded.path, output_dir)
     after = {**weight_stats(loaded.model, masks), **efficiency_stats(loaded.model, repeats=latency_repeats)}
     return {
-        "config": config.model_dump(),
-        "input_model": loaded.path,
-        "output_model": output_dir,
-        "signatures": sorted(loaded.signatures),
-        "before": before,
-        "after": {**after, **size_stats(output_dir)},
+        **_common_report(config, loaded, output_dir, before, after),
         "layers": layer_rows(weights, nonzeros_before),
         "sensitivity": sensitivity,
     }
+
+
+def _holdout_sample(model: keras.Model, holdout_examples: Optional[tf.Tensor], config):
+    if holdout_examples is None or int(tf.size(holdout_examples)) == 0:
+        raise MissingExamplesError("scope='sensitivity' measures held-out loss: connect `examples` (eval split)")
+    return parse_sample(model, holdout_examples[: config.sample_size], config.label_key)
 
 
 def _labelled_dataset(model: keras.Model, serialized: Optional[tf.Tensor], label_key: str, batch_size: int, what: str):
@@ -133,11 +135,30 @@ def _remove_layers(
     holdout = _labelled_dataset(loaded.model, holdout_examples, config.label_key, config.batch_size, "eval examples")
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats)
     smaller, steps = remove_layers(loaded.model, config, train, holdout)
+    report = _save_rebuilt(loaded, smaller, output_dir, config, sample_examples, before, latency_repeats)
+    return {**report, "layer_removal": steps}
+
+
+def _save_rebuilt(
+    loaded: LoadedModel,
+    smaller: keras.Model,
+    output_dir: str,
+    config,
+    sample_examples: tf.Tensor,
+    before: dict[str, Any],
+    latency_repeats: int,
+) -> dict[str, Any]:
+    """Saves a rebuilt model with signatures proven on real examples; returns the common report."""
     signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
     copy_compile_settings(loaded.model, smaller)
     save_keras_model(smaller, output_dir, signatures)
     verify_signatures_preserved(loaded.path, output_dir)
     after = {**weight_stats(smaller, None), **efficiency_stats(smaller, repeats=latency_repeats)}
+    before["input_saved_model_bytes"] = directory_size(loaded.path)
+    return _common_report(config, loaded, output_dir, before, after)
+
+
+def _common_report(config, loaded: LoadedModel, output_dir: str, before: dict, after: dict) -> dict[str, Any]:
     return {
         "config": config.model_dump(),
         "input_model": loaded.path,
@@ -145,7 +166,6 @@ def _remove_layers(
         "signatures": sorted(loaded.signatures),
         "before": before,
         "after": {**after, **size_stats(output_dir)},
-        "layer_removal": steps,
     }
 
 
@@ -155,6 +175,7 @@ def _prune_structured(
     config: StructuredPruningConfig,
     sample_examples: Optional[tf.Tensor],
     sample,
+    holdout,
     latency_repeats: int,
 ) -> dict[str, Any]:
     if sample_examples is None or int(tf.size(sample_examples)) == 0:
@@ -162,25 +183,15 @@ def _prune_structured(
             "structured pruning rebuilds the serving signatures and checks them on real examples: "
             "connect `examples` to PruneComponent"
         )
-    smaller, structure = prune_structured(loaded.model, config, sample)
-    signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
-    copy_compile_settings(loaded.model, smaller)
+    smaller, structure = prune_structured(loaded.model, config, sample, holdout)
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats)
-    before["input_saved_model_bytes"] = directory_size(loaded.path)
-
-    save_keras_model(smaller, output_dir, signatures)
-    verify_signatures_preserved(loaded.path, output_dir)
-    after = {**weight_stats(smaller, None), **efficiency_stats(smaller, repeats=latency_repeats)}
+    report = _save_rebuilt(loaded, smaller, output_dir, config, sample_examples, before, latency_repeats)
     return {
-        "config": config.model_dump(),
-        "input_model": loaded.path,
-        "output_model": output_dir,
-        "signatures": sorted(loaded.signatures),
-        "before": before,
-        "after": {**after, **size_stats(output_dir)},
+        **report,
         "widths": structure["widths"],
         "barriers": structure["barriers"],
         "removed_units": structure["removed_units"],
         "removable_units": structure["removable_units"],
         "dropped_masks": sorted(loaded.masks),
+        "sensitivity": structure["sensitivity"],
     }

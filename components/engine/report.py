@@ -112,9 +112,14 @@ def _criterion(config: dict[str, Any]) -> str:
             f"greedy layer/block removal, each followed by {config['fine_tune_steps']} fine-tuning steps, "
             f"kept while the validation metric drops by at most {config['tolerance']}"
         )
+    if config["method"] == "structured" and config["scope"] == "sensitivity":
+        return (
+            f"structured ({config['criterion']}), per-group fractions allocated from sensitivity curves "
+            f"to keep at most {config['flops_budget']:.0%} of the FLOPs"
+        )
     if config["method"] == "structured":
         return (
-            f"structured ({config['criterion']} norm): remove {config['prune_fraction']:.0%} of the removable "
+            f"structured ({config['criterion']}): remove {config['prune_fraction']:.0%} of the removable "
             f"units/filters ({config['scope']}), at least {config['min_units']} kept per layer"
         )
     if config.get("n_m") is not None:
@@ -200,16 +205,24 @@ def summary_markdown(report: dict[str, Any]) -> str:
         ]
         headers = ["layer", "weight", "shape", "params", "non-zeros", "sparsity", "protected"]
         lines.append(tabulate(table, headers=headers, tablefmt="github"))
-        if report.get("sensitivity"):
-            sensitivity = report["sensitivity"]
-            lines += ["", "## Sensitivity (loss on held-out examples, each layer pruned alone)", ""]
-            levels = next(iter(sensitivity["curves"].values()))["levels"]
-            rows = [
-                [key, f"{sensitivity['allocation'][key]:.2f}", *[f"{loss:.4f}" for loss in curve["losses"]]]
-                for key, curve in sensitivity["curves"].items()
-            ]
-            headers = ["weight", "allocated", *[f"{level:.2f}" for level in levels]]
-            lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-            lines += ["", f"Dense loss: {sensitivity['dense_loss']:.4f}. Plot: sensitivity.png"]
+    if report.get("sensitivity"):
+        lines += _sensitivity_lines(report["sensitivity"])
     lines.append("")
     return "\n".join(lines)
+
+
+def _sensitivity_lines(sensitivity: dict[str, Any]) -> list[str]:
+    levels = next(iter(sensitivity["curves"].values()))["levels"]
+    rows = [
+        [key, f"{sensitivity['allocation'][key]:.2f}", *[f"{loss:.4f}" for loss in curve["losses"]]]
+        for key, curve in sensitivity["curves"].items()
+    ]
+    headers = ["pruned alone", "allocated", *[f"{level:.2f}" for level in levels]]
+    return [
+        "",
+        "## Sensitivity (loss on held-out examples, each layer or group pruned alone)",
+        "",
+        tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
+        "",
+        f"Dense loss: {sensitivity['dense_loss']:.4f}. Plot: sensitivity.png",
+    ]

@@ -269,8 +269,13 @@ def removable_units(graph: ChannelGraph, channel_scores: dict[str, np.ndarray]) 
 
 
 def select_units_to_remove(
-    units: list[Unit], graph: ChannelGraph, model: keras.Model, config: StructuredPruningConfig
+    units: list[Unit],
+    graph: ChannelGraph,
+    model: keras.Model,
+    config: StructuredPruningConfig,
+    family_fractions: Optional[dict[int, float]] = None,
 ) -> list[Unit]:
+    """The least important units, per family (``per_layer`` or ``family_fractions``) or overall."""
     widths = {}
     for unit in units:
         for layer_name, _ in unit.producers:
@@ -283,7 +288,13 @@ def select_units_to_remove(
         for unit in family_units:
             unit.importance /= mean
 
-    if config.scope == "per_layer":
+    if family_fractions is not None:
+        quotas = {
+            family: int(math.floor(family_fractions.get(family, 0.0) * len(us) + 1e-9))
+            for family, us in by_family.items()
+        }
+        candidates = sorted(units, key=lambda u: u.importance)
+    elif config.scope == "per_layer":
         quotas = {family: int(math.floor(config.prune_fraction * len(us) + 1e-9)) for family, us in by_family.items()}
         candidates = sorted(units, key=lambda u: u.importance)
     else:
@@ -291,6 +302,8 @@ def select_units_to_remove(
         candidates = sorted(units, key=lambda u: u.importance)
         budget = int(math.floor(config.prune_fraction * len(units) + 1e-9))
 
+    if quotas is not None and config.scope == "per_layer" and family_fractions is None:
+        _check_requested_widths(by_family, quotas, widths, config.min_units)
     removed_per_layer: dict[str, int] = {name: 0 for name in widths}
     chosen: list[Unit] = []
     taken: dict[int, int] = {family: 0 for family in by_family}
@@ -307,6 +320,19 @@ def select_units_to_remove(
         taken[unit.family] += 1
         chosen.append(unit)
     return chosen
+
+
+def _check_requested_widths(by_family, quotas, widths, min_units: int) -> None:
+    """A per-layer fraction that would leave a layer narrower than ``min_units`` is an error."""
+    for family, family_units in by_family.items():
+        layers = {name for unit in family_units for name, _ in unit.producers}
+        for name in sorted(layers):
+            requested = widths[name] - quotas[family]
+            if requested < min_units:
+                raise StructuredPruningError(
+                    f"the requested width of {name} ({requested} of {widths[name]}) is below min_units={min_units}; "
+                    "lower prune_fraction or min_units"
+                )
 
 
 def _kept_positions(channels: list[int], removed: set[int], graph: ChannelGraph) -> np.ndarray:
@@ -375,11 +401,15 @@ def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: 
 
 
 def prune_structured(
-    model: keras.Model, config: StructuredPruningConfig, sample: Optional[tuple[Any, Any]] = None
+    model: keras.Model,
+    config: StructuredPruningConfig,
+    sample: Optional[tuple[Any, Any]] = None,
+    holdout: Optional[tuple[Any, Any]] = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Removes the least important units/filters; returns the smaller model and a report.
 
-    ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor).
+    ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor);
+    ``holdout`` the labelled examples the sensitivity curves are measured on.
     """
     names = [layer.name for layer in model.layers]
     unmatched = [p for p in config.protected_layers if not any(re.fullmatch(p, n) for n in names)]
@@ -392,7 +422,14 @@ def prune_structured(
             "no unit or filter can be removed: every channel is protected, frozen by a barrier or reaches an output"
             + (f"; barriers: {graph.barriers}" if graph.barriers else "")
         )
-    chosen = select_units_to_remove(units, graph, model, config)
+    family_fractions, sensitivity = None, None
+    if config.scope == "sensitivity":
+        from components.engine.sensitivity import structured_allocation
+
+        if holdout is None:
+            raise StructuredPruningError("scope='sensitivity' needs held-out labelled examples")
+        family_fractions, sensitivity = structured_allocation(model, graph, units, config, holdout)
+    chosen = select_units_to_remove(units, graph, model, config, family_fractions)
     removed = {unit.root for unit in chosen}
     smaller = rebuild(model, graph, removed)
     widths = {}
@@ -407,5 +444,6 @@ def prune_structured(
         "barriers": dict(graph.barriers),
         "params_before": int(model.count_params()),
         "params_after": int(smaller.count_params()),
+        "sensitivity": sensitivity,
     }
     return smaller, report

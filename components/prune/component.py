@@ -91,6 +91,11 @@ class PruneComponent(base_component.BaseComponent):
       protect_output_layer: (magnitude) leave the last weighted layer before each output dense
         (default). Structured pruning never changes a model output's width.
       prune_fraction: (structured) fraction in (0, 1) of removable units/filters to remove.
+      flops_budget: (structured, ``scope="sensitivity"``) keep at most this fraction of the dense
+        model's FLOPs: every coupled group is pruned alone at each of ``sensitivity_levels``
+        (default 0.25, 0.5, 0.75) and its eval-split loss measured, then the cheapest steps in
+        loss per FLOP are taken until the rebuilt model fits the budget. A budget that even the
+        highest levels cannot meet is an error before any curve is measured.
       criterion: structured: ``"l1"`` / ``"l2"`` (weight norms), ``"apoz"``, ``"mean_activation"``
         or ``"taylor"`` (measured on train examples); magnitude: ``"magnitude"`` (default) or
         ``"taylor"`` (|w x gradient| per weight).
@@ -126,6 +131,7 @@ class PruneComponent(base_component.BaseComponent):
         sample_size: Optional[int] = None,
         label_key: Optional[str] = None,
         sensitivity_levels: Optional[Sequence[float]] = None,
+        flops_budget: Optional[float] = None,
         tolerance: Optional[float] = None,
         fine_tune_steps: Optional[int] = None,
         max_removals: Optional[int] = None,
@@ -144,6 +150,7 @@ class PruneComponent(base_component.BaseComponent):
             "sample_size": sample_size,
             "label_key": label_key,
             "sensitivity_levels": list(sensitivity_levels) if sensitivity_levels is not None else None,
+            "flops_budget": flops_budget,
             "tolerance": tolerance,
             "fine_tune_steps": fine_tune_steps,
             "max_removals": max_removals,
