@@ -33,7 +33,7 @@ from components.engine.config import (  # noqa: E402
     PruningConfig,
     StructuredPruningConfig,
 )
-from components.engine.efficiency import count_flops, cpu_latency_ms  # noqa: E402
+from components.engine.efficiency import count_flops, cpu_latency_ms, latency_ratio  # noqa: E402
 from components.engine.finetune import KeepPrunedWeightsZero, mask_variables  # noqa: E402
 from components.engine.gradual import GradualPruner, masked_train_loop  # noqa: E402
 from components.engine.magnitude import find_prunable_weights, prune_model  # noqa: E402
@@ -196,8 +196,8 @@ def measure(model: keras.Model, dense: keras.Model, dense_stats: dict, repeats: 
         "params": model.count_params(),
         "flops": count_flops(model),
         "size_ratio": weights_gzip_size(model) / dense_stats["gzip"],
-        "latency_ratio_64": cpu_latency_ms(model, 64, repeats=repeats) / dense_stats["latency_64"],
-        "latency_ratio_1": cpu_latency_ms(model, 1, repeats=repeats) / dense_stats["latency_1"],
+        "latency_ratio_64": latency_ratio(model, dense, 64, repeats=repeats),
+        "latency_ratio_1": latency_ratio(model, dense, 1, repeats=repeats),
     }
 
 
@@ -225,7 +225,7 @@ def benchmark(build: Callable[[], keras.Model], seeds: list[int], repeats: int) 
             "latency_1": cpu_latency_ms(dense, 1, repeats=repeats),
         }
         rows["dense baseline"].append(
-            {**measure(dense, dense, dense_stats, repeats), "drop": 0.0, "acc": dense_accuracy}
+            {**measure(dense, dense, dense_stats, repeats), "drop": 0.0, "acc": dense_accuracy, **dense_stats}
         )
         for name, method in methods.items():
             started = time.time()
@@ -236,7 +236,8 @@ def benchmark(build: Callable[[], keras.Model], seeds: list[int], repeats: int) 
             print(f"  seed {seed} {name}: accuracy {acc:.4f} ({time.time() - started:.0f} s)", file=sys.stderr)
     dense = rows["dense baseline"]
     footnote = (
-        f"dense CPU latency: batch 64 {_mean_std([r['latency_64'] for r in dense], '.3f')} ms, "
+        "latency ratios: medians timed in alternation with the dense model; dense CPU latency: "
+        f"batch 64 {_mean_std([r['latency_64'] for r in dense], '.3f')} ms, "
         f"batch 1 {_mean_std([r['latency_1'] for r in dense], '.3f')} ms (median of {repeats} runs)"
     )
     return [_row(name, results) for name, results in rows.items()], footnote

@@ -74,6 +74,27 @@ def cpu_latency_ms(model: keras.Model, batch_size: int, repeats: int = 30, warmu
     return float(np.median(timings))
 
 
+def latency_ratio(model: keras.Model, reference: keras.Model, batch_size: int, repeats: int = 50) -> float:
+    """Median latency of ``model`` over that of ``reference``, timed in alternation.
+
+    Alternating the two cancels the drift (frequency scaling, caches, other load) that makes
+    two back-to-back medians of the *same* model differ by tens of percent on a shared machine.
+    """
+    runs = []
+    for candidate in (model, reference):
+        inputs = _random_inputs(candidate, batch_size)
+        forward = tf.function(lambda x, m=candidate: m(x, training=False))
+        for _ in range(5):
+            forward(inputs)
+        runs.append((forward, inputs, []))
+    for _ in range(repeats):
+        for forward, inputs, timings in runs:
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), forward(inputs))
+            timings.append(time.perf_counter() - start)
+    return float(np.median(runs[0][2]) / np.median(runs[1][2]))
+
+
 def efficiency_stats(model: keras.Model, batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 30) -> dict[str, Any]:
     stats: dict[str, Any] = {"flops": count_flops(model)}
     for batch_size in batch_sizes:

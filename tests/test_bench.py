@@ -1,0 +1,24 @@
+"""The benchmark script stays runnable (its figures are measured by `make bench`, not here)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import digits_pruning  # noqa: E402
+
+
+def test_benchmark_runs_every_method_on_a_tiny_budget(monkeypatch):
+    monkeypatch.setattr(digits_pruning, "BASELINE_EPOCHS", 1)
+    monkeypatch.setattr(digits_pruning, "LEARNING_RATES", (1e-3,))
+    rows, footnote = digits_pruning.benchmark(digits_pruning.small_cnn, seeds=[0], repeats=2)
+    names = [row[0] for row in rows]
+    assert names[0] == "dense baseline" and len(names) == 8
+    assert any(name.startswith("tfmot") for name in names)
+    structured = rows[names.index("ours: structured, half width (L1)")]
+    assert int(structured[5]) < int(rows[0][5]) and int(structured[6]) < int(rows[0][6])
+    sparsity_90 = rows[names.index("ours: magnitude 90% (one-shot + masked fine-tune)")][1]
+    assert float(sparsity_90) == pytest.approx(0.9, abs=0.005)
+    assert "dense CPU latency: batch 64" in footnote
