@@ -23,6 +23,7 @@ setup(
         "dill",
         "pydantic>=2,<3",
         "tabulate",
+        "pyyaml",
         "matplotlib>=3.8,<3.10",
     ],
     extras_require={"dev": ["pytest", "ruff", "scikit-learn"]},

@@ -48,6 +48,30 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--min-metric", type=float, default=0.9, help="absolute lower bound on --metric")
     local.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of --metric vs the baseline")
     local.add_argument("--min-sparsity", type=float, default=None, help="default: the target sparsity")
+
+    kubeflow = commands.add_parser(
+        "compile",
+        help="compile the pipeline for Kubeflow Pipelines v2 (PipelineJob JSON + bare pipeline-spec YAML)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    kubeflow.add_argument("--output-dir", default="build/kubeflow")
+    kubeflow.add_argument("--image", default=None, help="component image (default: tfx-model-pruning:<version>)")
+    kubeflow.add_argument(
+        "--pipeline-root", required=True, help="shared storage for artifacts, e.g. gs://... or s3://..."
+    )
+    kubeflow.add_argument("--serving-dir", required=True, help="push destination the serving system watches")
+    kubeflow.add_argument("--data-root", required=True, help="default of the data_root runtime parameter")
+    kubeflow.add_argument("--label-key", default="species")
+    kubeflow.add_argument("--target-sparsity", type=float, default=0.8)
+    kubeflow.add_argument("--epochs", type=int, default=20)
+    kubeflow.add_argument("--min-metric", type=float, default=0.9)
+    kubeflow.add_argument("--max-drop", type=float, default=0.01)
+    kubeflow.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        help="passed to Beam; repeatable, e.g. --beam-arg=--runner=DirectRunner",
+    )
     return parser
 
 
@@ -116,10 +140,45 @@ def run_local(args: argparse.Namespace) -> int:
     return EXIT_NOT_PUSHED
 
 
+def compile_kubeflow(args: argparse.Namespace) -> int:
+    from pipelines import kubeflow
+
+    pipeline = kubeflow.kubeflow_pipeline(
+        pipeline_name="penguin-pruning",
+        pipeline_root=args.pipeline_root,
+        default_data_root=args.data_root,
+        serving_model_dir=args.serving_dir,
+        label_key=args.label_key,
+        prune_args={"target_sparsity": args.target_sparsity},
+        retrain_args={"epochs": args.epochs},
+        gate_args={
+            "thresholds": [
+                {
+                    "metric": "SparseCategoricalAccuracy",
+                    "lower_bound": args.min_metric,
+                    "max_absolute_drop": args.max_drop,
+                }
+            ],
+            "min_sparsity": args.target_sparsity,
+        },
+        beam_pipeline_args=args.beam_arg,
+    )
+    job, spec = kubeflow.compile_pipeline(
+        pipeline,
+        args.output_dir,
+        args.image or kubeflow.default_image(),
+        parameter_defaults={kubeflow.DATA_ROOT_PARAMETER: args.data_root},
+    )
+    print(f"PipelineJob: {job}\nPipeline spec (for KFP upload_pipeline): {spec}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run-local":
         return run_local(args)
+    if args.command == "compile":
+        return compile_kubeflow(args)
     raise AssertionError(args.command)
 
 

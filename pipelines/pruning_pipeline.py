@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
@@ -27,13 +27,14 @@ def create_pipeline(
     *,
     pipeline_name: str,
     pipeline_root: str,
-    data_root: str,
+    data_root: Union[str, tfx.dsl.experimental.RuntimeParameter],
     serving_model_dir: str,
     label_key: str,
     prune_args: Mapping[str, Any],
     retrain_args: Mapping[str, Any],
     gate_args: Mapping[str, Any],
     trainer_module_file: Optional[str] = None,
+    trainer_run_fn: Optional[str] = None,
     train_steps: int = 500,
     baseline_model_uri: Optional[str] = None,
     split_patterns: Mapping[str, str] = DEFAULT_SPLIT_PATTERNS,
@@ -43,8 +44,11 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
     """Builds the pruning pipeline; every component validates its arguments here.
 
-    The baseline comes from a stock ``Trainer`` running ``trainer_module_file`` or, when
-    ``baseline_model_uri`` is given, from an ``Importer`` of that existing SavedModel.
+    The baseline comes from a stock ``Trainer`` running ``trainer_module_file`` (or the
+    importable ``trainer_run_fn``, e.g. ``"pipelines.penguin_trainer.run_fn"``, which a
+    container image with this package installed can run without shipping a module file) or,
+    when ``baseline_model_uri`` is given, from an ``Importer`` of that existing SavedModel.
+    ``data_root`` may be a ``RuntimeParameter`` so scheduled runs can point at new data.
 
     Example::
 
@@ -59,11 +63,13 @@ def create_pipeline(
         )
         tfx.orchestration.LocalDagRunner().run(pipeline)
     """
-    if (trainer_module_file is None) == (baseline_model_uri is None):
+    sources = [trainer_module_file, trainer_run_fn, baseline_model_uri]
+    if sum(source is not None for source in sources) != 1:
         raise ValueError(
-            "give exactly one of trainer_module_file (train a baseline) or baseline_model_uri (import one)"
+            "give exactly one of trainer_module_file or trainer_run_fn (train a baseline) "
+            "or baseline_model_uri (import one)"
         )
-    if not os.path.isdir(data_root) and "://" not in data_root:
+    if isinstance(data_root, str) and not os.path.isdir(data_root) and "://" not in data_root:
         raise FileNotFoundError(f"data_root {data_root!r} does not exist")
     if trainer_module_file is not None and not os.path.isfile(trainer_module_file):
         raise FileNotFoundError(f"trainer_module_file {trainer_module_file!r} does not exist")
@@ -80,9 +86,10 @@ def create_pipeline(
     )
     examples = example_gen.outputs["examples"]
 
-    if trainer_module_file is not None:
+    if baseline_model_uri is None:
         baseline_source = tfx.components.Trainer(
             module_file=trainer_module_file,
+            run_fn=trainer_run_fn,
             examples=examples,
             train_args=tfx.proto.TrainArgs(num_steps=train_steps),
             eval_args=tfx.proto.EvalArgs(num_steps=10),

@@ -116,7 +116,7 @@ def test_pipeline_construction_validates_everything_static(tmp_path, penguin_dat
         pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data, prune_args={"target_sparsity": 1.0}))
     with pytest.raises(FileNotFoundError, match="data_root"):
         pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data, data_root=str(tmp_path / "none")))
-    with pytest.raises(ValueError, match="exactly one of trainer_module_file"):
+    with pytest.raises(ValueError, match="exactly one of trainer_module_file or trainer_run_fn"):
         pruning_pipeline.create_pipeline(
             **_pipeline_args(tmp_path, penguin_data, baseline_model_uri=str(tmp_path))
         )  # fmt: skip
