@@ -156,3 +156,14 @@ def test_prune_data_criteria_need_examples_and_labels():
         model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5, criterion="apoz", sample_size=128
     )
     assert '"criterion":"apoz"' in component.exec_properties["pruning_config"]
+
+
+def test_gate_efficiency_bounds_are_validated_at_construction():
+    accuracy = [{"metric": ACCURACY, "lower_bound": 0.5}]
+    with pytest.raises(ValueError, match="min_size_reduction is measured against a baseline_model"):
+        EvaluatorGate(model=MODEL, examples=EXAMPLES, label_key="y", thresholds=accuracy, min_size_reduction=0.5)
+    for bad in ({"max_params": 0}, {"max_latency_ms": -1.0}, {"min_size_reduction": 1.5}, {"latency_batch_size": 0}):
+        with pytest.raises(ValidationError):
+            EvaluatorGate(
+                model=MODEL, baseline_model=MODEL, examples=EXAMPLES, label_key="y", thresholds=accuracy, **bad
+            )

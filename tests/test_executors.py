@@ -72,11 +72,12 @@ def _gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfi
     return blessing, result, error
 
 
-def _accuracy_gate(min_sparsity=None, **bounds):
+def _accuracy_gate(min_sparsity=None, efficiency=None, **bounds):
     return GateConfig(
         label_key="species",
         thresholds=[MetricThreshold(metric="SparseCategoricalAccuracy", **bounds)],
         min_sparsity=min_sparsity,
+        **(efficiency or {}),
     )
 
 
@@ -216,3 +217,16 @@ def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_basel
     summary = open(os.path.join(report.uri, "summary.md")).read()
     assert "structured (l1)" in summary and "| hidden_0 " in summary and "CPU latency, batch 64" in summary
     assert load_keras_model(model.uri).model.get_layer("hidden_1").kernel.shape == (48, 48)
+
+
+def test_gate_refuses_on_efficiency_and_reports_the_measurements(tmp_path, pruned, penguin_baseline, penguin_data):
+    efficiency = {"max_params": 1000, "max_latency_ms": 10_000.0, "min_size_reduction": 0.5}
+    config = _accuracy_gate(lower_bound=0.5, efficiency=efficiency)
+    blessing, result, error = _gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
+    assert error is None
+    assert result["failed_checks"] == ["params <= max_params"]
+    assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
+    candidate = result["weights"]["candidate"]
+    assert candidate["params"] == 4675 and candidate["latency_ms"] > 0 and candidate["flops"] > 0
+    summary = open(tmp_path / "evaluation" / "summary.md").read()
+    assert "FAIL      | params <= max_params" in summary and "CPU latency (ms)" in summary

@@ -27,6 +27,7 @@ def run_checks(
     baseline: Optional[Mapping[str, float]],
     example_count: float,
     sparsity: float,
+    efficiency: Optional[Mapping[str, Mapping[str, float]]] = None,
 ) -> list[CheckResult]:
     """Applies every threshold of ``config``.
 
@@ -35,6 +36,8 @@ def run_checks(
       candidate, baseline: metric name -> value on the eval split (baseline may be None).
       example_count: examples the candidate was evaluated on.
       sparsity: measured fraction of zeros in the candidate's pruned layers.
+      efficiency: per model ("candidate", "baseline") its measured ``saved_model_bytes``,
+        ``weights_gzip_bytes``, ``params``, ``flops`` and ``latency_ms``.
     """
     results = [
         CheckResult(
@@ -100,6 +103,41 @@ def run_checks(
                 "measured from the candidate's weights",
             )
         )
+    results += _efficiency_checks(config, efficiency or {})
+    return results
+
+
+def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str, float]]) -> list[CheckResult]:
+    candidate = efficiency.get("candidate", {})
+    baseline = efficiency.get("baseline")
+    results = []
+    for name, key, bound in (
+        ("saved model bytes <= max_saved_model_bytes", "saved_model_bytes", config.max_saved_model_bytes),
+        ("params <= max_params", "params", config.max_params),
+        ("FLOPs <= max_flops", "flops", config.max_flops),
+        (f"CPU latency (ms, batch {config.latency_batch_size}) <= max_latency_ms", "latency_ms", config.max_latency_ms),
+    ):
+        if bound is not None:
+            value = candidate.get(key)
+            passed = value is not None and value <= bound
+            results.append(CheckResult(name, passed, value, bound, "measured on the candidate"))
+    if config.min_size_reduction is not None:
+        if baseline is None:
+            results.append(
+                CheckResult("size reduction vs baseline", False, None, config.min_size_reduction, "needs a baseline")
+            )
+        else:
+            reduction = 1.0 - candidate["weights_gzip_bytes"] / baseline["weights_gzip_bytes"]
+            results.append(
+                CheckResult(
+                    "size reduction vs baseline >= min_size_reduction",
+                    reduction >= config.min_size_reduction,
+                    reduction,
+                    config.min_size_reduction,
+                    f"gzip-compressed weights: baseline {baseline['weights_gzip_bytes']}, "
+                    f"candidate {candidate['weights_gzip_bytes']} bytes",
+                )
+            )
     return results
 
 

@@ -61,6 +61,11 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         ``lower_bound``, ``upper_bound``, ``max_absolute_drop``, ``max_relative_drop``,
         ``higher_is_better``.
       min_sparsity: Least fraction of exact zeros in the candidate's pruned layers.
+      max_saved_model_bytes, max_params, max_flops: Upper bounds on the candidate's size on disk,
+        parameter count and FLOPs per example.
+      min_size_reduction: Least reduction of gzip-compressed weights versus ``baseline_model``.
+      max_latency_ms, latency_batch_size: Upper bound on the candidate's median CPU latency,
+        measured on the machine the gate runs on.
       eval_split, signature_name: Which split to evaluate and which signature TFMA calls.
 
     Raises:
@@ -81,6 +86,12 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         label_key: str,
         thresholds: Sequence[Union[MetricThreshold, Mapping]],
         min_sparsity: Optional[float] = None,
+        max_saved_model_bytes: Optional[int] = None,
+        min_size_reduction: Optional[float] = None,
+        max_latency_ms: Optional[float] = None,
+        latency_batch_size: int = 1,
+        max_params: Optional[int] = None,
+        max_flops: Optional[int] = None,
         eval_split: str = "eval",
         signature_name: str = "serving_default",
     ):
@@ -88,6 +99,12 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
             label_key=label_key,
             thresholds=[MetricThreshold.model_validate(t) if isinstance(t, Mapping) else t for t in thresholds],
             min_sparsity=min_sparsity,
+            max_saved_model_bytes=max_saved_model_bytes,
+            min_size_reduction=min_size_reduction,
+            max_latency_ms=max_latency_ms,
+            latency_batch_size=latency_batch_size,
+            max_params=max_params,
+            max_flops=max_flops,
             eval_split=eval_split,
             signature_name=signature_name,
         )
@@ -97,6 +114,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
                 threshold.max_absolute_drop is not None or threshold.max_relative_drop is not None
             ):
                 raise ValueError(f"{threshold.metric}: a drop bound needs a baseline_model")
+        if config.min_size_reduction is not None and baseline_model is None:
+            raise ValueError("min_size_reduction is measured against a baseline_model; connect one")
         super().__init__(
             spec=EvaluatorGateSpec(
                 model=model,

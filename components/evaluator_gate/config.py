@@ -65,6 +65,18 @@ class GateConfig(_StrictModel):
     min_sparsity: Optional[float] = Field(
         default=None, ge=0.0, lt=1.0, description="Least fraction of exact zeros in the pruned layers' weights."
     )
+    max_saved_model_bytes: Optional[int] = Field(
+        default=None, ge=1, description="Largest allowed size on disk of the candidate SavedModel (what is pushed)."
+    )
+    min_size_reduction: Optional[float] = Field(
+        default=None, gt=0.0, lt=1.0, description="Least reduction of gzip-compressed weights versus the baseline."
+    )
+    max_latency_ms: Optional[float] = Field(
+        default=None, gt=0.0, description="Largest allowed median CPU latency at latency_batch_size."
+    )
+    latency_batch_size: int = Field(default=1, ge=1)
+    max_params: Optional[int] = Field(default=None, ge=1)
+    max_flops: Optional[int] = Field(default=None, ge=1)
     eval_split: str = "eval"
     signature_name: str = "serving_default"
 

@@ -20,6 +20,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
 from components._io import split_patterns, write_json, write_text
+from components.engine.efficiency import count_flops, cpu_latency_ms
 from components.engine.prune import size_stats
 from components.engine.report import weight_stats
 from components.engine.saved_model import load_keras_model
@@ -112,6 +113,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             name: {**weight_stats(loaded.model, loaded.masks or None), **size_stats(loaded.path)}
             for name, loaded in models.items()
         }
+        for name, loaded in models.items():
+            stats[name]["flops"] = count_flops(loaded.model)
+            if config.max_latency_ms is not None:
+                stats[name]["latency_ms"] = cpu_latency_ms(loaded.model, config.latency_batch_size)
         checks = run_checks(
             config,
             metric_names,
@@ -119,6 +124,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             baseline=metrics.get(BASELINE) if baseline is not None else None,
             example_count=metrics.get(CANDIDATE, {}).get("example_count", 0.0),
             sparsity=stats[CANDIDATE]["masked_sparsity"],
+            efficiency=stats,
         )
         return {
             "blessed": is_blessed(checks),

@@ -29,8 +29,12 @@ def comparison_rows(result: dict[str, Any]) -> list[list[str]]:
         ("non-zero params", "nonzero_params"),
         ("gzip bytes (weights)", "weights_gzip_bytes"),
         ("gzip bytes (SavedModel dir)", "gzip_bytes"),
+        ("SavedModel bytes", "saved_model_bytes"),
+        ("FLOPs per example", "flops"),
+        ("CPU latency (ms)", "latency_ms"),
     ):
-        rows.append([label] + [_fmt(result["weights"][name][key]) for name in names])
+        if all(key in result["weights"][name] for name in names):
+            rows.append([label] + [_fmt(result["weights"][name][key]) for name in names])
     return [["", *names], *rows]
 
 

@@ -1,0 +1,71 @@
+"""The gate's checks as pure functions: every bound, measured value and verdict."""
+
+import pytest
+
+from components.evaluator_gate.checks import is_blessed, run_checks
+from components.evaluator_gate.config import GateConfig, MetricThreshold
+
+NAMES = {"SparseCategoricalAccuracy": "sparse_categorical_accuracy"}
+EFFICIENCY = {
+    "candidate": {"saved_model_bytes": 100_000, "weights_gzip_bytes": 3000, "params": 5000, "flops": 9000,
+                  "latency_ms": 0.4},
+    "baseline": {"saved_model_bytes": 150_000, "weights_gzip_bytes": 10000, "params": 5000, "flops": 9000},
+}  # fmt: skip
+
+
+def _run(config, candidate=0.95, baseline=0.96, example_count=100, sparsity=0.8, efficiency=EFFICIENCY):
+    return run_checks(
+        config, NAMES, {"sparse_categorical_accuracy": candidate}, {"sparse_categorical_accuracy": baseline},
+        example_count, sparsity, efficiency,
+    )  # fmt: skip
+
+
+def _config(**kwargs):
+    threshold = MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.9, max_absolute_drop=0.01)
+    return GateConfig(label_key="y", thresholds=[threshold], **kwargs)
+
+
+def test_within_every_bound_is_blessed_with_measured_values():
+    results = _run(_config(min_sparsity=0.8, max_saved_model_bytes=100_000, min_size_reduction=0.6, max_params=5000,
+                           max_flops=9000, max_latency_ms=0.5))  # fmt: skip
+    assert is_blessed(results)
+    by_name = {r.name: r for r in results}
+    assert by_name["size reduction vs baseline >= min_size_reduction"].measured == pytest.approx(0.7)
+    assert by_name["sparse_categorical_accuracy drop vs baseline <= max_absolute_drop"].measured == pytest.approx(0.01)
+    assert by_name["CPU latency (ms, batch 1) <= max_latency_ms"].bound == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, failing",
+    [
+        ({"max_saved_model_bytes": 99_999}, "saved model bytes <= max_saved_model_bytes"),
+        ({"min_size_reduction": 0.75}, "size reduction vs baseline >= min_size_reduction"),
+        ({"max_params": 4999}, "params <= max_params"),
+        ({"max_flops": 8000}, "FLOPs <= max_flops"),
+        ({"max_latency_ms": 0.3}, "CPU latency (ms, batch 1) <= max_latency_ms"),
+        ({"min_sparsity": 0.81}, "sparsity >= min_sparsity"),
+    ],
+)
+def test_each_efficiency_bound_can_refuse_on_its_own(kwargs, failing):
+    results = _run(_config(**kwargs))
+    assert not is_blessed(results)
+    assert [r.name for r in results if not r.passed] == [failing]
+
+
+def test_accuracy_bounds_and_empty_split_refuse():
+    assert [r.name for r in _run(_config(), candidate=0.94) if not r.passed] == [
+        "sparse_categorical_accuracy drop vs baseline <= max_absolute_drop"
+    ]
+    assert [r.name for r in _run(_config(), candidate=0.89, baseline=0.89) if not r.passed] == [
+        "sparse_categorical_accuracy >= lower_bound"
+    ]
+    assert "eval examples > 0" in [r.name for r in _run(_config(), example_count=0) if not r.passed]
+    assert not is_blessed([])
+
+
+def test_missing_measurements_fail_closed():
+    results = _run(_config(max_latency_ms=1.0, min_size_reduction=0.1), efficiency={"candidate": {}})
+    assert {r.name for r in results if not r.passed} == {
+        "CPU latency (ms, batch 1) <= max_latency_ms",
+        "size reduction vs baseline",
+    }
