@@ -61,6 +61,7 @@ def prune_saved_model(
     sample_examples: Optional[tf.Tensor] = None,
     latency_repeats: int = 30,
     holdout_examples: Optional[tf.Tensor] = None,
+    allow_unsafe_layers: bool = False,
 ) -> dict[str, Any]:
     """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns the report.
 
@@ -73,7 +74,7 @@ def prune_saved_model(
         report = prune_saved_model("trainer/model/7", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
         report["after"]["masked_sparsity"]  # 0.8
     """
-    loaded = load_keras_model(input_path)
+    loaded = load_keras_model(input_path, allow_unsafe_layers)
     if isinstance(config, LayerRemovalConfig):
         return _remove_layers(loaded, output_dir, config, sample_examples, holdout_examples, latency_repeats)
     sample = None

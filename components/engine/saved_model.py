@@ -11,6 +11,7 @@ Serving ignores), so a later fine-tuning step knows which zeros to keep.
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
@@ -24,6 +25,10 @@ MASKS_RELATIVE_PATH = os.path.join("assets.extra", "pruning_masks.npz")
 
 class ModelLoadError(ValueError):
     """The given path does not hold a usable tf-keras SavedModel."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """The model holds layers whose loading runs code the model author chose (Lambda, custom classes)."""
 
 
 class SignatureMismatchError(RuntimeError):
@@ -50,11 +55,40 @@ def resolve_saved_model_dir(path: str) -> str:
     raise ModelLoadError(f"no saved_model.pb in {path!r} or {os.path.join(path, 'Format-Serving')!r}: not a SavedModel")
 
 
-def load_keras_model(path: str) -> LoadedModel:
+# Built-in classes that are safe to revive: their configs hold data, not code. TFOpLambda
+# names a TensorFlow API function; Lambda carries marshalled Python bytecode.
+_SAFE_EXTRA_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"}
+_KERAS_NAMESPACES = (keras.layers, keras.models, keras.metrics, keras.losses, keras.optimizers)
+
+
+def unsafe_layers(model_dir: str) -> list[str]:
+    """``Lambda`` layers and classes unknown to tf-keras in a SavedModel, read from its metadata."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    metadata = saved_metadata_pb2.SavedMetadata()
+    with tf.io.gfile.GFile(os.path.join(model_dir, "keras_metadata.pb"), "rb") as f:
+        metadata.ParseFromString(f.read())
+    found = []
+    for node in metadata.nodes:
+        details = json.loads(node.metadata or "{}")
+        class_name = details.get("class_name")
+        if not class_name:
+            continue
+        known = class_name in _SAFE_EXTRA_CLASSES or any(hasattr(ns, class_name) for ns in _KERAS_NAMESPACES)
+        if class_name == "Lambda" or not known:
+            found.append(f"{details.get('name', node.node_path)} ({class_name})")
+    return found
+
+
+def load_keras_model(path: str, allow_unsafe_layers: bool = False) -> LoadedModel:
     """Loads a tf-keras SavedModel (artifact URI or SavedModel dir) with signatures and masks.
+
+    A model containing ``Lambda`` layers or custom classes is refused unless
+    ``allow_unsafe_layers``: reviving them runs code that came with the model.
 
     Raises:
       ModelLoadError: the directory is missing, corrupt, or not a Keras SavedModel.
+      UnsafeModelError: the model holds Lambda or custom layers and they are not allowed.
     """
     model_dir = resolve_saved_model_dir(path)
     if not tf.io.gfile.exists(os.path.join(model_dir, "keras_metadata.pb")):
@@ -62,6 +96,16 @@ def load_keras_model(path: str) -> LoadedModel:
             f"{model_dir!r} is a SavedModel but not a Keras one (no keras_metadata.pb); "
             "pruning needs the Keras layer structure. Save it with tf-keras model.save()."
         )
+    if not allow_unsafe_layers:
+        try:
+            unsafe = unsafe_layers(model_dir)
+        except Exception as err:  # an unreadable metadata file is a corrupt model
+            raise ModelLoadError(f"could not load {model_dir!r}: its Keras metadata is unreadable: {err}") from err
+        if unsafe:
+            raise UnsafeModelError(
+                f"{model_dir!r} contains layers whose loading runs code shipped with the model: "
+                f"{', '.join(unsafe)}. Refused; set allow_unsafe_layers=True only for models you trust."
+            )
     try:
         model = keras.models.load_model(model_dir, compile=True)
     except Exception as err:  # corrupt protobufs and variables surface as many error types

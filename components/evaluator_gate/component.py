@@ -15,7 +15,10 @@ from components.evaluator_gate.metrics import metric_output_name
 
 
 class EvaluatorGateSpec(ComponentSpec):
-    PARAMETERS = {executor.GATE_CONFIG_KEY: ExecutionParameter(type=str)}
+    PARAMETERS = {
+        executor.GATE_CONFIG_KEY: ExecutionParameter(type=str),
+        executor.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+    }
     INPUTS = {
         executor.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
         executor.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
@@ -67,6 +70,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
       max_latency_ms, latency_batch_size: Upper bound on the candidate's median CPU latency,
         measured on the machine the gate runs on.
       eval_split, signature_name: Which split to evaluate and which signature TFMA calls.
+      allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
+        runs code shipped with the model. Off by default: such models are refused.
 
     Raises:
       pydantic.ValidationError / UnknownMetricError: at construction, for bounds that cannot
@@ -94,6 +99,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         max_flops: Optional[int] = None,
         eval_split: str = "eval",
         signature_name: str = "serving_default",
+        allow_unsafe_layers: bool = False,
     ):
         config = GateConfig(
             label_key=label_key,
@@ -122,6 +128,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
                 baseline_model=baseline_model,
                 examples=examples,
                 gate_config=config.model_dump_json(),
+                allow_unsafe_layers=int(allow_unsafe_layers),
                 blessing=types.Channel(type=standard_artifacts.ModelBlessing),
                 evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             )

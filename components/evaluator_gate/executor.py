@@ -39,6 +39,7 @@ GATE_RESULT_JSON = "gate_result.json"
 GATE_SUMMARY_MARKDOWN = "summary.md"
 TFMA_SUBDIR = "tfma"
 CANDIDATE, BASELINE = "candidate", "baseline"
+ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -57,7 +58,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
         try:
             config = GateConfig.model_validate_json(exec_properties[GATE_CONFIG_KEY])
-            result = self._evaluate(config, candidate, baseline, input_dict[EXAMPLES_KEY], evaluation.uri)
+            allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
+            result = self._evaluate(config, candidate, baseline, input_dict[EXAMPLES_KEY], evaluation.uri, allow_unsafe)
         except Exception as err:
             write_json(evaluation.uri, GATE_RESULT_JSON, {"blessed": False, "error": repr(err)})
             _write_blessing(blessing, blessed=False)
@@ -74,10 +76,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         baseline: Optional[types.Artifact],
         examples: list[types.Artifact],
         evaluation_uri: str,
+        allow_unsafe_layers: bool = False,
     ) -> dict[str, Any]:
-        models = {CANDIDATE: load_keras_model(candidate.uri)}
+        models = {CANDIDATE: load_keras_model(candidate.uri, allow_unsafe_layers)}
         if baseline is not None:
-            models[BASELINE] = load_keras_model(baseline.uri)
+            models[BASELINE] = load_keras_model(baseline.uri, allow_unsafe_layers)
         eval_patterns = split_patterns(examples, config.eval_split)
         metric_names = {t.metric: metric_output_name(t.metric) for t in config.thresholds}
         eval_config = _eval_config(config, with_baseline=baseline is not None)

@@ -16,7 +16,10 @@ from components.prune import executor
 
 
 class PruneComponentSpec(ComponentSpec):
-    PARAMETERS = {executor.PRUNING_CONFIG_KEY: ExecutionParameter(type=str)}
+    PARAMETERS = {
+        executor.PRUNING_CONFIG_KEY: ExecutionParameter(type=str),
+        executor.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+    }
     # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
     INPUTS = {
         executor.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -86,6 +89,8 @@ class PruneComponent(base_component.BaseComponent):
         fine-tuned for ``fine_tune_steps`` batches of the train split, and the removal kept only
         while the validation metric drops by at most ``tolerance``; otherwise it is rolled back
         and the search stops. Needs ``examples`` and ``label_key``; every step is reported.
+      allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
+        runs code shipped with the model. Off by default: such models are refused.
       protected_layers: Layer names or regular expressions (full match) left untouched. A
         pattern that matches no layer is an error.
       protect_output_layer: (magnitude) leave the last weighted layer before each output dense
@@ -135,6 +140,7 @@ class PruneComponent(base_component.BaseComponent):
         tolerance: Optional[float] = None,
         fine_tune_steps: Optional[int] = None,
         max_removals: Optional[int] = None,
+        allow_unsafe_layers: bool = False,
     ):
         options = {
             "method": method,
@@ -169,6 +175,7 @@ class PruneComponent(base_component.BaseComponent):
             input_model=model,
             examples=examples,
             pruning_config=config.model_dump_json(),
+            allow_unsafe_layers=int(allow_unsafe_layers),
             model=types.Channel(type=standard_artifacts.Model),
             pruning_report=types.Channel(type=PruningReport),
         )

@@ -29,6 +29,7 @@ SAMPLE_SPLIT = "train"
 SAMPLE_COUNT = 64
 HOLDOUT_SPLIT = "eval"  # sensitivity curves are measured on held-out examples
 SENSITIVITY_PLOT = "sensitivity.png"
+ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -55,6 +56,7 @@ class Executor(base_executor.BaseExecutor):
             config,
             sample_examples=samples,
             holdout_examples=holdout,
+            allow_unsafe_layers=bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY)),
         )
         if report.get("sensitivity"):
             sensitivity = report["sensitivity"]

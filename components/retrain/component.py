@@ -19,6 +19,7 @@ class RetrainComponentSpec(ComponentSpec):
     PARAMETERS = {
         executor.FINE_TUNE_CONFIG_KEY: ExecutionParameter(type=str),
         executor.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+        executor.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
     }
     # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
     INPUTS = {
@@ -77,6 +78,8 @@ class RetrainComponent(base_component.BaseComponent):
       distillation: Optional ``DistillationConfig`` (or dict: ``temperature``, ``alpha`` = weight
         of the hard-label loss) to distil from ``teacher_model`` (the unpruned model; logits).
       teacher_model: ``Model`` channel of the teacher, required with ``distillation``.
+      allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
+        runs code shipped with the model. Off by default: such models are refused.
       train_split, eval_split: Split names in ``examples``.
     """
 
@@ -102,6 +105,7 @@ class RetrainComponent(base_component.BaseComponent):
         gradual_pruning: Optional[Union[GradualPruningSchedule, Mapping]] = None,
         distillation: Optional[Union[DistillationConfig, Mapping]] = None,
         teacher_model: Optional[types.BaseChannel] = None,
+        allow_unsafe_layers: bool = False,
     ):
         config = FineTuneConfig(
             label_key=label_key,
@@ -130,6 +134,7 @@ class RetrainComponent(base_component.BaseComponent):
                 teacher_model=teacher_model,
                 fine_tune_config=config.model_dump_json(),
                 module_file=module_file,
+                allow_unsafe_layers=int(allow_unsafe_layers),
                 model=types.Channel(type=standard_artifacts.Model),
             )
         )

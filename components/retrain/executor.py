@@ -30,6 +30,7 @@ FINE_TUNE_CONFIG_KEY = "fine_tune_config"
 MODULE_FILE_KEY = "module_file"
 HISTORY_FILE = "fine_tuning.json"
 INPUT_FN_NAME = "input_fn"
+ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -45,7 +46,8 @@ class Executor(base_executor.BaseExecutor):
         eval_files = split_files(examples, config.eval_split)
         output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
 
-        loaded = load_keras_model(artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY]))
+        allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
+        loaded = load_keras_model(artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY]), allow_unsafe)
         make_dataset = self._input_fn(exec_properties.get(MODULE_FILE_KEY))
         train = make_dataset(
             file_paths=train_files,
@@ -67,7 +69,8 @@ class Executor(base_executor.BaseExecutor):
         if config.distillation is not None:
             if not input_dict.get(TEACHER_MODEL_KEY):
                 raise ValueError("distillation is configured but no teacher_model is connected")
-            teacher = load_keras_model(artifact_utils.get_single_uri(input_dict[TEACHER_MODEL_KEY])).model
+            teacher_uri = artifact_utils.get_single_uri(input_dict[TEACHER_MODEL_KEY])
+            teacher = load_keras_model(teacher_uri, allow_unsafe).model
         result = fine_tune(loaded.model, train, evaluation, config, loaded.masks, teacher=teacher)
 
         model_dir = path_utils.serving_model_dir(output_model.uri)
