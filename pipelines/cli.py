@@ -120,6 +120,7 @@ def run_local(args: argparse.Namespace) -> int:
             "min_sparsity": _min_sparsity(args),
         },
         metadata_path=metadata_path,
+        push_root=output_dir,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 

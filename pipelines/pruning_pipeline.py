@@ -23,6 +23,22 @@ def penguin_data_root() -> str:
     return os.path.join(os.path.dirname(tfx_package.__file__), "components", "testdata", "penguin", "data")
 
 
+def check_push_destination(serving_model_dir: str, push_root: Optional[str]) -> None:
+    """Raises ValueError unless ``serving_model_dir`` lies inside ``push_root`` (when one is set)."""
+    if push_root is None:
+        return
+    if "://" in serving_model_dir or "://" in push_root:
+        scheme_root, scheme_dir = push_root.rstrip("/") + "/", serving_model_dir
+        if not scheme_dir.startswith(scheme_root) or ".." in scheme_dir[len(scheme_root) :].split("/"):
+            raise ValueError(f"push destination {serving_model_dir!r} is outside the push root {push_root!r}")
+        return
+    root, target = os.path.realpath(push_root), os.path.realpath(serving_model_dir)
+    if os.path.commonpath([root, target]) != root or target == root:
+        raise ValueError(
+            f"push destination {serving_model_dir!r} resolves to {target!r}, outside the push root {root!r}"
+        )
+
+
 def create_pipeline(
     *,
     pipeline_name: str,
@@ -41,6 +57,7 @@ def create_pipeline(
     metadata_path: Optional[str] = None,
     beam_pipeline_args: Sequence[str] = IN_MEMORY_BEAM_ARGS,
     enable_cache: bool = False,
+    push_root: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pruning pipeline; every component validates its arguments here.
 
@@ -49,6 +66,7 @@ def create_pipeline(
     container image with this package installed can run without shipping a module file) or,
     when ``baseline_model_uri`` is given, from an ``Importer`` of that existing SavedModel.
     ``data_root`` may be a ``RuntimeParameter`` so scheduled runs can point at new data.
+    With ``push_root``, ``serving_model_dir`` must lie inside it (no ``..`` escapes).
 
     Example::
 
@@ -63,6 +81,7 @@ def create_pipeline(
         )
         tfx.orchestration.LocalDagRunner().run(pipeline)
     """
+    check_push_destination(serving_model_dir, push_root)
     sources = [trainer_module_file, trainer_run_fn, baseline_model_uri]
     if sum(source is not None for source in sources) != 1:
         raise ValueError(

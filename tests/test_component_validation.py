@@ -167,3 +167,20 @@ def test_gate_efficiency_bounds_are_validated_at_construction():
             EvaluatorGate(
                 model=MODEL, baseline_model=MODEL, examples=EXAMPLES, label_key="y", thresholds=accuracy, **bad
             )
+
+
+def test_push_destination_must_stay_inside_the_push_root(tmp_path, penguin_data):
+    root = tmp_path / "serving_root"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)  # a symlink out of the root is an escape too
+    for escape in (str(root / ".." / "elsewhere"), str(tmp_path / "other"), str(root / "link" / "x"), str(root)):
+        with pytest.raises(ValueError, match="outside the push root"):
+            pruning_pipeline.create_pipeline(
+                **_pipeline_args(tmp_path, penguin_data, serving_model_dir=escape, push_root=str(root))
+            )
+    pruning_pipeline.create_pipeline(
+        **_pipeline_args(tmp_path, penguin_data, serving_model_dir=str(root / "penguin"), push_root=str(root))
+    )
+    with pytest.raises(ValueError, match="outside the push root"):
+        pruning_pipeline.check_push_destination("gs://b/serving/../other", "gs://b/serving")
+    pruning_pipeline.check_push_destination("gs://b/serving/penguin", "gs://b/serving")
