@@ -13,12 +13,13 @@ import os
 # flavour at its first import, so this has to happen before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-__all__ = ["PruneComponent", "RetrainComponent", "EvaluatorGate"]
+__all__ = ["PruneComponent", "RetrainComponent", "EvaluatorGate", "PruningReport"]
 
 _LAZY = {
     "PruneComponent": "components.prune.component",
     "RetrainComponent": "components.retrain.component",
     "EvaluatorGate": "components.evaluator_gate.component",
+    "PruningReport": "components.artifacts",
 }
 
 

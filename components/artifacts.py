@@ -1,4 +1,9 @@
-"""Custom artifact types. Names are ``namespace.Name``, the form KFP v2 requires."""
+"""Custom artifact types.
+
+A type name must be ``namespace.Name`` (KFP v2's schema-title rule) and, because TFX's Kubeflow
+container entrypoint imports a custom type by its title, also an importable path: hence
+``components.PruningReport``, re-exported by the ``components`` package.
+"""
 
 from tfx.types.artifact import Artifact
 
@@ -6,7 +11,7 @@ from tfx.types.artifact import Artifact
 class PruningReport(Artifact):
     """What a pruning step did: ``report.json`` (machine-readable) and ``summary.md``."""
 
-    TYPE_NAME = "pruning.PruningReport"
+    TYPE_NAME = "components.PruningReport"
 
 
 REPORT_JSON = "report.json"

@@ -53,7 +53,7 @@ def _read(path: str) -> str:
 
 def latest_run_result(metadata_path: str) -> RunResult:
     by_type = _latest_run_artifacts(metadata_path)
-    report = _only(by_type, "pruning.PruningReport")
+    report = _only(by_type, "components.PruningReport")
     evaluation = _only(by_type, "ModelEvaluation")
     blessing = _only(by_type, "ModelBlessing")
     pushed = _only(by_type, "PushedModel")

@@ -32,7 +32,7 @@ def test_components_expose_the_agreed_channel_names():
         thresholds=[{"metric": ACCURACY, "lower_bound": 0.9}],
     )
     assert set(prune.outputs) == {"model", "pruning_report"}
-    assert prune.outputs["pruning_report"].type.TYPE_NAME == "pruning.PruningReport"
+    assert prune.outputs["pruning_report"].type.TYPE_NAME == "components.PruningReport"
     assert re.fullmatch(r"[a-z_]+\.[A-Za-z]+", prune.outputs["pruning_report"].type.TYPE_NAME)
     assert set(retrain.outputs) == {"model"}
     assert set(gate.outputs) == {"blessing", "evaluation"}

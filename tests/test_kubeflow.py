@@ -45,7 +45,7 @@ def test_compiled_spec_has_every_component_edge_image_and_runtime_parameter(tmp_
     assert "--direct_num_workers=2" in prune["args"]
     assert prune["command"][-1] == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     report = spec["components"]["PruneComponent"]["outputDefinitions"]["artifacts"]["pruning_report"]
-    assert report["artifactType"]["instanceSchema"].startswith("title: pruning.PruningReport")
+    assert report["artifactType"]["instanceSchema"].startswith("title: components.PruningReport")
 
 
 def test_kfp_sdk_loads_the_spec_and_the_image_can_run_every_executor(tmp_path):
