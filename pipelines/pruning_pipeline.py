@@ -1,4 +1,8 @@
-"""The full chain: examples -> baseline model -> prune -> fine-tune -> gate -> stock Pusher."""
+"""The full chain: examples -> baseline model -> prune -> fine-tune -> gate -> Pusher.
+
+The Pusher is the stock TFX component with an executor that publishes versions atomically
+(``components.atomic_pusher``); its inputs, outputs and blessing check are unchanged.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from components import EvaluatorGate, PruneComponent, RetrainComponent
+from components.atomic_pusher.component import AtomicPusher
 
 PENGUIN_TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "penguin_trainer.py")
 # How TFX lays out its bundled penguin data: one folder of gzipped TFRecords per split.
@@ -128,13 +133,13 @@ def create_pipeline(
     gate = EvaluatorGate(
         model=retrain.outputs["model"], baseline_model=baseline, examples=examples, label_key=label_key, **gate_args
     )
-    pusher = tfx.components.Pusher(
+    pusher = AtomicPusher(
         model=retrain.outputs["model"],
         model_blessing=gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),
-    )
+    ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
