@@ -31,7 +31,6 @@ from components.engine.importance import channel_scores
 L = keras.layers
 
 _PRODUCERS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.SeparableConv1D, L.SeparableConv2D)
-_CHANNELWISE_PARAMETRIC = (L.BatchNormalization, L.DepthwiseConv2D)
 _PASS_THROUGH = (
     L.InputLayer, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU,
     L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
