@@ -1,6 +1,10 @@
-"""``prune-pipeline``: run the pruning pipeline locally and print what it released.
+"""``prune-pipeline``: run the pruning pipeline locally, or compile, submit and schedule it on Kubeflow.
 
 prune-pipeline run-local --output-dir runs/penguin --target-sparsity 0.8
+prune-pipeline compile --pipeline-root gs://b/root --serving-dir gs://b/serving --data-root gs://b/data
+prune-pipeline submit --host http://localhost:8080 --spec build/kubeflow/penguin-pruning.yaml
+prune-pipeline schedule create --spec build/kubeflow/penguin-pruning.yaml --name nightly --cron "0 0 2 * * *"
+prune-pipeline schedule list | prune-pipeline schedule disable ID
 """
 
 from __future__ import annotations
@@ -72,7 +76,125 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="passed to Beam; repeatable, e.g. --beam-arg=--runner=DirectRunner",
     )
+
+    connection = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: unset flags fall back to the environment, and --help must never print a token.
+    connection.add_argument(
+        "--host",
+        default=argparse.SUPPRESS,
+        help="KFP API endpoint, e.g. http://localhost:8080 [env KF_PIPELINES_ENDPOINT]",
+    )
+    connection.add_argument("--namespace", default=argparse.SUPPRESS, help="Kubernetes namespace (multi-user KFP)")
+    connection.add_argument(
+        "--existing-token", default=argparse.SUPPRESS, help="bearer token for every request [env KF_PIPELINES_TOKEN]"
+    )
+    connection.add_argument(
+        "--iap-client-id", default=argparse.SUPPRESS, help="IAP OAuth client id [env KF_PIPELINES_IAP_OAUTH2_CLIENT_ID]"
+    )
+    connection.add_argument("--experiment", default="penguin-pruning", help="KFP experiment (created if absent)")
+    run_options = argparse.ArgumentParser(add_help=False)
+    run_options.add_argument(
+        "--spec", default="build/kubeflow/penguin-pruning.yaml", help="the pipeline-spec YAML `compile` wrote"
+    )
+    run_options.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="runtime parameter, e.g. --param data_root=gs://bucket/data/span-8; repeatable",
+    )
+
+    submit = commands.add_parser(
+        "submit",
+        parents=[connection, run_options],
+        help="upload the compiled pipeline (or reuse the identical version) and start one run",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    submit.add_argument("--run-name", default=None, help="default: <experiment>-<UTC time>")
+    caching = submit.add_mutually_exclusive_group()
+    caching.add_argument("--no-cache", dest="enable_caching", action="store_false", default=None)
+    caching.add_argument("--cache", dest="enable_caching", action="store_true")
+
+    schedule = commands.add_parser("schedule", help="recurring retraining runs on Kubeflow")
+    schedule_commands = schedule.add_subparsers(dest="schedule_command", required=True)
+    create = schedule_commands.add_parser(
+        "create",
+        parents=[connection, run_options],
+        help="schedule recurring runs (one at a time, no catch-up)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    create.add_argument("--name", required=True, help="schedule name, unique among enabled schedules")
+    create.add_argument(
+        "--cron", required=True, help="KFP cron: 6 fields, seconds first ('0 0 2 * * *' = 02:00 daily), or @daily"
+    )
+    schedule_commands.add_parser(
+        "list",
+        parents=[connection],
+        help="list schedules of the experiment",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    disable = schedule_commands.add_parser("disable", parents=[connection], help="stop a schedule from starting runs")
+    disable.add_argument("schedule_id")
     return parser
+
+
+def _parameters(pairs: Sequence[str]) -> dict[str, str]:
+    parameters = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param takes NAME=VALUE, got {pair!r}")
+        parameters[name] = value
+    return parameters
+
+
+def kubeflow_command(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from tabulate import tabulate
+
+    from pipelines import kfp_runs
+
+    if args.command == "schedule" and args.schedule_command == "create":
+        kfp_runs.validate_cron(args.cron)  # before connecting: a typo needs no cluster to be found
+    namespace = getattr(args, "namespace", None)
+    client = kfp_runs.connect(
+        host=getattr(args, "host", None),
+        namespace=namespace,
+        existing_token=getattr(args, "existing_token", None) or os.environ.get("KF_PIPELINES_TOKEN"),
+        iap_client_id=getattr(args, "iap_client_id", None),
+    )
+    if args.command == "submit":
+        run_name = args.run_name or f"{args.experiment}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        run_id = kfp_runs.submit_run(
+            client,
+            args.spec,
+            experiment=args.experiment,
+            run_name=run_name,
+            parameters=_parameters(args.param),
+            namespace=namespace,
+            enable_caching=args.enable_caching,
+        )
+        print(f"run {run_name}: {run_id}")
+    elif args.schedule_command == "create":
+        schedule_id = kfp_runs.schedule_run(
+            client,
+            args.spec,
+            experiment=args.experiment,
+            schedule_name=args.name,
+            cron=args.cron,
+            parameters=_parameters(args.param),
+            namespace=namespace,
+        )
+        print(f"schedule {args.name} ({args.cron}): {schedule_id}")
+    elif args.schedule_command == "list":
+        schedules = kfp_runs.list_schedules(client, experiment=args.experiment, namespace=namespace)
+        rows = [[s["id"], s["name"], s["cron"], "enabled" if s["enabled"] else "disabled"] for s in schedules]
+        print(tabulate(rows, headers=["id", "name", "cron", "state"], tablefmt="github"))
+    else:
+        kfp_runs.disable_schedule(client, args.schedule_id)
+        print(f"schedule {args.schedule_id} disabled")
+    return 0
 
 
 def _prune_args(args: argparse.Namespace) -> dict:
@@ -180,6 +302,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_local(args)
     if args.command == "compile":
         return compile_kubeflow(args)
+    if args.command in ("submit", "schedule"):
+        return kubeflow_command(args)
     raise AssertionError(args.command)
 
 
