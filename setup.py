@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*"]),
+    package_data={"components.evaluator_gate": ["templates/*.html.j2"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow>=2.16,<2.17",
@@ -25,6 +26,7 @@ setup(
         "tabulate",
         "pyyaml",
         "matplotlib>=3.8,<3.10",
+        "jinja2>=3,<4",
     ],
     extras_require={"dev": ["pytest", "ruff", "scikit-learn"]},
     entry_points={"console_scripts": ["prune-pipeline=pipelines.cli:main"]},

@@ -11,10 +11,18 @@ from tfx.types import artifact_utils
 
 
 def write_text(directory: str, name: str, text: str) -> str:
+    return _write(directory, name, text, "w")
+
+
+def write_bytes(directory: str, name: str, data: bytes) -> str:
+    return _write(directory, name, data, "wb")
+
+
+def _write(directory: str, name: str, content, mode: str) -> str:
     tf.io.gfile.makedirs(directory)
     path = os.path.join(directory, name)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
+    with tf.io.gfile.GFile(path, mode) as f:
+        f.write(content)
     return path
 
 

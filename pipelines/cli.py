@@ -22,8 +22,27 @@ EXIT_NOT_PUSHED = 3
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    gate = argparse.ArgumentParser(add_help=False)
+    gate.add_argument("--metric", default="SparseCategoricalAccuracy", help="Keras metric class the gate checks")
+    gate.add_argument("--min-metric", type=float, default=0.9, help="absolute lower bound on --metric")
+    gate.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of --metric vs each baseline")
+    gate.add_argument(
+        "--compare-with",
+        choices=["parent", "serving", "both"],
+        default="both",
+        help="gate baselines: the unpruned parent model, the newest pushed version, or both",
+    )
+    gate.add_argument(
+        "--slice-feature", default="species", help="check --slice-min-metric per value of this feature ('' for none)"
+    )
+    gate.add_argument("--slice-min-metric", type=float, default=0.8, help="lower bound on --metric in every slice")
+    gate.add_argument(
+        "--slice-max-drop", type=float, default=0.05, help="largest allowed drop of --metric in any slice"
+    )
+
     local = commands.add_parser(
         "run-local",
+        parents=[gate],
         help="train a baseline (or import one), prune, fine-tune, gate and push, on this machine",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -48,13 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fine-tune with knowledge distillation from the baseline (T=4, alpha=0.5)",
     )
-    local.add_argument("--metric", default="SparseCategoricalAccuracy", help="Keras metric class the gate checks")
-    local.add_argument("--min-metric", type=float, default=0.9, help="absolute lower bound on --metric")
-    local.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of --metric vs the baseline")
     local.add_argument("--min-sparsity", type=float, default=None, help="default: the target sparsity")
 
     kubeflow = commands.add_parser(
         "compile",
+        parents=[gate],
         help="compile the pipeline for Kubeflow Pipelines v2 (PipelineJob JSON + bare pipeline-spec YAML)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -68,8 +85,6 @@ def _parser() -> argparse.ArgumentParser:
     kubeflow.add_argument("--label-key", default="species")
     kubeflow.add_argument("--target-sparsity", type=float, default=0.8)
     kubeflow.add_argument("--epochs", type=int, default=20)
-    kubeflow.add_argument("--min-metric", type=float, default=0.9)
-    kubeflow.add_argument("--max-drop", type=float, default=0.01)
     kubeflow.add_argument(
         "--beam-arg",
         action="append",
@@ -204,6 +219,23 @@ def _prune_args(args: argparse.Namespace) -> dict:
     return {**common, "target_sparsity": args.target_sparsity}
 
 
+def _gate_args(args: argparse.Namespace, min_sparsity) -> dict:
+    gate_args = {
+        "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
+        "min_sparsity": min_sparsity,
+    }
+    if args.slice_feature:
+        gate_args["slice_feature"] = args.slice_feature
+        gate_args["slice_thresholds"] = [
+            {"metric": args.metric, "lower_bound": args.slice_min_metric, "max_absolute_drop": args.slice_max_drop}
+        ]
+    return gate_args
+
+
+def _compare_with(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("parent", "serving") if args.compare_with == "both" else (args.compare_with,)
+
+
 def _min_sparsity(args: argparse.Namespace):
     if args.min_sparsity is not None:
         return args.min_sparsity
@@ -237,10 +269,8 @@ def run_local(args: argparse.Namespace) -> int:
             "learning_rate": args.learning_rate,
             "distillation": {"temperature": 4.0, "alpha": 0.5} if args.distill else None,
         },
-        gate_args={
-            "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
-            "min_sparsity": _min_sparsity(args),
-        },
+        gate_args=_gate_args(args, _min_sparsity(args)),
+        compare_with=_compare_with(args),
         metadata_path=metadata_path,
         push_root=output_dir,
     )
@@ -253,9 +283,13 @@ def run_local(args: argparse.Namespace) -> int:
     print()
     for check in result.gate_result["checks"]:
         verdict = "PASS" if check["passed"] else "FAIL"
-        print(f"  {verdict}  {check['name']}: measured {check['measured']}, bound {check['bound']}")
+        if check["measured"] is None:
+            print(f"  {verdict}  {check['name']}: {check['detail']}")
+        else:
+            print(f"  {verdict}  {check['name']}: measured {check['measured']:.6g}, bound {check['bound']:.6g}")
     print(f"\nPruning report:      {result.pruning_report_path}")
     print(f"Release gate report: {result.gate_summary_path}")
+    print(f"                     {result.gate_html_path} (open in a browser)")
     if result.pushed:
         print(f"\nBLESSED and pushed to {result.pushed_destination}")
         return 0
@@ -274,16 +308,8 @@ def compile_kubeflow(args: argparse.Namespace) -> int:
         label_key=args.label_key,
         prune_args={"target_sparsity": args.target_sparsity},
         retrain_args={"epochs": args.epochs},
-        gate_args={
-            "thresholds": [
-                {
-                    "metric": "SparseCategoricalAccuracy",
-                    "lower_bound": args.min_metric,
-                    "max_absolute_drop": args.max_drop,
-                }
-            ],
-            "min_sparsity": args.target_sparsity,
-        },
+        gate_args=_gate_args(args, args.target_sparsity),
+        compare_with=_compare_with(args),
         beam_pipeline_args=args.beam_arg,
     )
     job, spec = kubeflow.compile_pipeline(

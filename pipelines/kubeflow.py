@@ -43,6 +43,7 @@ def kubeflow_pipeline(
     gate_args: Mapping[str, Any],
     train_steps: int = 500,
     beam_pipeline_args: Sequence[str] = (),
+    compare_with: Sequence[str] = ("parent", "serving"),
 ) -> tfx.dsl.Pipeline:
     """The pruning pipeline as it runs on Kubeflow: data root at run time, Trainer by run_fn."""
     data_root = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=default_data_root)
@@ -58,6 +59,7 @@ def kubeflow_pipeline(
         trainer_run_fn=TRAINER_RUN_FN,
         train_steps=train_steps,
         beam_pipeline_args=beam_pipeline_args,
+        compare_with=compare_with,
     )
 
 

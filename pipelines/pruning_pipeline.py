@@ -63,6 +63,7 @@ def create_pipeline(
     beam_pipeline_args: Sequence[str] = IN_MEMORY_BEAM_ARGS,
     enable_cache: bool = False,
     push_root: Optional[str] = None,
+    compare_with: Sequence[str] = ("parent",),
 ) -> tfx.dsl.Pipeline:
     """Builds the pruning pipeline; every component validates its arguments here.
 
@@ -72,6 +73,8 @@ def create_pipeline(
     when ``baseline_model_uri`` is given, from an ``Importer`` of that existing SavedModel.
     ``data_root`` may be a ``RuntimeParameter`` so scheduled runs can point at new data.
     With ``push_root``, ``serving_model_dir`` must lie inside it (no ``..`` escapes).
+    ``compare_with`` picks the gate's baselines: ``"parent"`` (the unpruned model) and/or
+    ``"serving"`` (the newest version under ``serving_model_dir``, found at run time, no Resolver).
 
     Example::
 
@@ -87,6 +90,9 @@ def create_pipeline(
         tfx.orchestration.LocalDagRunner().run(pipeline)
     """
     check_push_destination(serving_model_dir, push_root)
+    unknown = sorted(set(compare_with) - {"parent", "serving"})
+    if unknown or not compare_with:
+        raise ValueError(f"compare_with takes 'parent' and/or 'serving', got {list(compare_with)}")
     sources = [trainer_module_file, trainer_run_fn, baseline_model_uri]
     if sum(source is not None for source in sources) != 1:
         raise ValueError(
@@ -130,8 +136,15 @@ def create_pipeline(
     if retrain_options.get("distillation") is not None:
         retrain_options.setdefault("teacher_model", baseline)  # the unpruned model teaches
     retrain = RetrainComponent(model=prune.outputs["model"], examples=examples, label_key=label_key, **retrain_options)
+    gate_options = dict(gate_args)
+    if "serving" in compare_with:
+        gate_options["serving_model_dir"] = serving_model_dir
     gate = EvaluatorGate(
-        model=retrain.outputs["model"], baseline_model=baseline, examples=examples, label_key=label_key, **gate_args
+        model=retrain.outputs["model"],
+        baseline_model=baseline if "parent" in compare_with else None,
+        examples=examples,
+        label_key=label_key,
+        **gate_options,
     )
     pusher = AtomicPusher(
         model=retrain.outputs["model"],

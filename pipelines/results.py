@@ -18,6 +18,7 @@ class RunResult:
     gate_summary: str
     pruning_report_path: str
     gate_summary_path: str
+    gate_html_path: str
     blessed: bool
     pushed: bool
     pushed_destination: Optional[str]
@@ -65,6 +66,7 @@ def latest_run_result(metadata_path: str) -> RunResult:
         gate_summary=_read(os.path.join(evaluation.uri, "summary.md")),
         pruning_report_path=os.path.join(report.uri, "summary.md"),
         gate_summary_path=os.path.join(evaluation.uri, "summary.md"),
+        gate_html_path=os.path.join(evaluation.uri, "report.html"),
         blessed=blessing.custom_properties["blessed"].int_value == 1,
         pushed=was_pushed,
         pushed_destination=props["pushed_destination"].string_value if was_pushed else None,

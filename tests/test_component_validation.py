@@ -71,10 +71,20 @@ def test_gate_rejects_an_unknown_metric_and_a_drop_without_baseline():
         EvaluatorGate(
             model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": "Acuracy", "lower_bound": 0}]
         )
-    with pytest.raises(ValueError, match="a drop bound needs a baseline_model"):
+    with pytest.raises(ValueError, match="a drop bound needs a baseline_model or a serving_model_dir"):
         EvaluatorGate(
             model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": ACCURACY, "max_absolute_drop": 0.01}]
         )
+    with pytest.raises(ValueError, match="a drop bound needs"):
+        EvaluatorGate(
+            model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": ACCURACY, "lower_bound": 0.5}],
+            slice_feature="island", slice_thresholds=[{"metric": ACCURACY, "max_absolute_drop": 0.1}],
+        )  # fmt: skip
+    serving_only = EvaluatorGate(
+        model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": ACCURACY, "max_absolute_drop": 0.01}],
+        serving_model_dir="/serving/penguin",
+    )  # fmt: skip
+    assert '"serving_model_dir":"/serving/penguin"' in serving_only.exec_properties["gate_config"]
     with pytest.raises(ValidationError, match="min_sparsity"):
         EvaluatorGate(
             model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": ACCURACY, "lower_bound": 0}],

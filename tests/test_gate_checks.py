@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.evaluator_gate.checks import is_blessed, run_checks
+from components.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
 from components.evaluator_gate.config import GateConfig, MetricThreshold
 
 NAMES = {"SparseCategoricalAccuracy": "sparse_categorical_accuracy"}
@@ -69,3 +69,73 @@ def test_missing_measurements_fail_closed():
         "CPU latency (ms, batch 1) <= max_latency_ms",
         "size reduction vs baseline",
     }
+
+
+SLICE_THRESHOLD = MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.5, max_absolute_drop=0.1)
+
+
+def _slices(**accuracy_and_count):
+    return {
+        label: {
+            "candidate": {"sparse_categorical_accuracy": acc, "example_count": n},
+            "baseline": {"sparse_categorical_accuracy": 0.9, "example_count": n},
+        }
+        for label, (acc, n) in accuracy_and_count.items()
+    }
+
+
+def test_drops_are_checked_against_the_serving_model_too():
+    config = _config(serving_model_dir="/serving")
+    results = run_checks(
+        config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.95},
+        100, 0.8, EFFICIENCY, serving={"sparse_categorical_accuracy": 0.99},
+    )  # fmt: skip
+    assert [r.name for r in results if not r.passed] == [
+        "sparse_categorical_accuracy drop vs serving model <= max_absolute_drop"
+    ]
+    (failed,) = [r for r in results if not r.passed]
+    assert failed.measured == pytest.approx(0.04) and "serving model 0.99" in failed.detail
+
+
+def test_no_serving_model_passes_only_when_not_required():
+    for required in (False, True):
+        config = _config(serving_model_dir="/serving", require_serving_model=required)
+        results = _run(config)
+        (check,) = [r for r in results if r.name == "a model is serving"]
+        assert check.passed is (not required)
+        assert is_blessed(results) is (not required)
+
+
+def test_small_slices_are_listed_not_checked_and_a_missing_slice_feature_refuses():
+    config = _config(slice_feature="island", slice_thresholds=[SLICE_THRESHOLD], min_slice_examples=5)
+    slices = _slices(**{"island=a": (0.95, 40), "island=b": (0.0, 3)})
+    results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
+                         100, 0.8, EFFICIENCY, slices=slices)  # fmt: skip
+    assert is_blessed(results)
+    assert not [r for r in results if "island=b" in r.name]
+    assert unchecked_slices(config, slices) == {"island=b": 3}
+
+    slices["island=b"]["candidate"]["example_count"] = 5
+    results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
+                         100, 0.8, EFFICIENCY, slices=slices)  # fmt: skip
+    assert [r.name for r in results if not r.passed] == [
+        "[island=b] sparse_categorical_accuracy >= lower_bound",
+        "[island=b] sparse_categorical_accuracy drop vs baseline <= max_absolute_drop",
+    ]
+    results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
+                         100, 0.8, EFFICIENCY, slices={})  # fmt: skip
+    assert [r.name for r in results if not r.passed] == ["slices by island computed"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"slice_thresholds": [SLICE_THRESHOLD]}, "slice_thresholds need a slice_feature"),
+        ({"slice_feature": "island"}, "no slice_thresholds"),
+        ({"require_serving_model": True}, "require_serving_model needs serving_model_dir"),
+        ({"slice_feature": "island", "slice_thresholds": [SLICE_THRESHOLD, SLICE_THRESHOLD]}, "more than one entry"),
+    ],
+)
+def test_inconsistent_slice_and_serving_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**kwargs)

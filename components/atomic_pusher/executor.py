@@ -24,6 +24,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from components.serving_versions import numeric_versions
+
 STAGING_PREFIX = ".staging-"
 
 
@@ -37,7 +39,7 @@ def publish_version(model_dir: str, base_directory: str) -> tuple[str, str]:
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=base_directory)
     try:
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-        existing = [int(name) for name in os.listdir(base_directory) if name.isdigit()]
+        existing = numeric_versions(base_directory)
         version = max([int(time.time()), *(v + 1 for v in existing)])
         while True:
             target = os.path.join(base_directory, str(version))

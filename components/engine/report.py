@@ -85,6 +85,23 @@ def weights_gzip_size(model: keras.Model) -> int:
     return len(gzip.compress(raw, compresslevel=9, mtime=0))
 
 
+def layer_table(model: keras.Model) -> list[dict[str, Any]]:
+    """Each prunable weight's shape, width (output units/filters) and measured sparsity."""
+    rows = []
+    for weight in iter_prunable_weights(model):
+        values = weight.variable.numpy()
+        rows.append(
+            {
+                "layer": weight.layer_name,
+                "weight": weight.attribute,
+                "shape": list(values.shape),
+                "width": int(values.shape[-1]) if values.ndim else 1,
+                "sparsity": float(np.count_nonzero(values == 0) / values.size) if values.size else 0.0,
+            }
+        )
+    return rows
+
+
 def layer_rows(weights: Iterable[PrunableWeight], nonzeros_before: dict[str, int]) -> list[dict[str, Any]]:
     rows = []
     for weight in weights:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
-from components.evaluator_gate.config import GateConfig
+from components.evaluator_gate.config import GateConfig, MetricThreshold
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,9 @@ class CheckResult:
         return asdict(self)
 
 
+SERVING = "serving model"
+
+
 def run_checks(
     config: GateConfig,
     metric_names: Mapping[str, str],
@@ -28,16 +31,23 @@ def run_checks(
     example_count: float,
     sparsity: float,
     efficiency: Optional[Mapping[str, Mapping[str, float]]] = None,
+    serving: Optional[Mapping[str, float]] = None,
+    slices: Optional[Mapping[str, Mapping[str, Mapping[str, float]]]] = None,
 ) -> list[CheckResult]:
     """Applies every threshold of ``config``.
 
     Args:
       metric_names: threshold metric (Keras class name) -> name of its value in the metrics.
-      candidate, baseline: metric name -> value on the eval split (baseline may be None).
+      candidate, baseline: metric name -> value on the eval split (baseline None when no parent
+        model is connected).
       example_count: examples the candidate was evaluated on.
       sparsity: measured fraction of zeros in the candidate's pruned layers.
       efficiency: per model ("candidate", "baseline") its measured ``saved_model_bytes``,
         ``weights_gzip_bytes``, ``params``, ``flops`` and ``latency_ms``.
+      serving: metrics of the model now serving (None when ``config.serving_model_dir`` holds
+        no version yet, or is not set).
+      slices: slice label (``"species=2"``) -> model ("candidate", "baseline", "serving") ->
+        metrics on that slice, ``example_count`` included.
     """
     results = [
         CheckResult(
@@ -48,51 +58,29 @@ def run_checks(
             "an empty eval split proves nothing, so it never blesses",
         )
     ]
-    for threshold in config.thresholds:
-        name = metric_names[threshold.metric]
-        value = candidate.get(name)
-        if value is None:
-            results.append(CheckResult(f"{name} computed", False, None, None, "TFMA produced no value"))
-            continue
-        if threshold.lower_bound is not None:
-            results.append(
-                CheckResult(f"{name} >= lower_bound", value >= threshold.lower_bound, value, threshold.lower_bound, "")
-            )
-        if threshold.upper_bound is not None:
-            results.append(
-                CheckResult(f"{name} <= upper_bound", value <= threshold.upper_bound, value, threshold.upper_bound, "")
-            )
-        if threshold.max_absolute_drop is None and threshold.max_relative_drop is None:
-            continue
-        reference = None if baseline is None else baseline.get(name)
-        if reference is None:
-            results.append(
-                CheckResult(f"{name} baseline available", False, None, None, "a drop bound needs a baseline value")
-            )
-            continue
-        drop = (reference - value) if threshold.higher_is_better else (value - reference)
-        if threshold.max_absolute_drop is not None:
+    references: list[tuple[str, Optional[Mapping[str, float]]]] = []
+    if baseline is not None:
+        references.append(("baseline", baseline))
+    if config.serving_model_dir is not None:
+        if serving is None:
             results.append(
                 CheckResult(
-                    f"{name} drop vs baseline <= max_absolute_drop",
-                    # 1e-9: accuracies like 0.98 - 0.97 are not exact in binary floating point.
-                    drop <= threshold.max_absolute_drop + 1e-9,
-                    drop,
-                    threshold.max_absolute_drop,
-                    f"baseline {reference:.6g}, candidate {value:.6g}",
+                    "a model is serving",
+                    not config.require_serving_model,
+                    None,
+                    None,
+                    f"no version under {config.serving_model_dir} yet"
+                    + ("" if config.require_serving_model else ": first release, no serving model to compare with"),
                 )
             )
-        if threshold.max_relative_drop is not None:
-            relative = drop / abs(reference) if reference else (0.0 if drop <= 0 else float("inf"))
-            results.append(
-                CheckResult(
-                    f"{name} relative drop vs baseline <= max_relative_drop",
-                    relative <= threshold.max_relative_drop + 1e-9,
-                    relative,
-                    threshold.max_relative_drop,
-                    f"baseline {reference:.6g}, candidate {value:.6g}",
-                )
-            )
+        else:
+            references.append((SERVING, serving))
+    no_reference_is_expected = config.serving_model_dir is not None and serving is None and baseline is None
+    results += _metric_checks(
+        config.thresholds, metric_names, candidate, references, prefix="", skip_drops=no_reference_is_expected
+    )
+    if config.slice_feature is not None:
+        results += _slice_checks(config, metric_names, slices or {}, no_reference_is_expected)
     if config.min_sparsity is not None:
         results.append(
             CheckResult(
@@ -104,6 +92,136 @@ def run_checks(
             )
         )
     results += _efficiency_checks(config, efficiency or {})
+    return results
+
+
+def unchecked_slices(config: GateConfig, slices: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
+    """Slices too small to check (label -> example count), shown in the report, never hidden."""
+    return {
+        label: models["candidate"].get("example_count", 0.0)
+        for label, models in sorted(slices.items())
+        if models.get("candidate", {}).get("example_count", 0.0) < config.min_slice_examples
+    }
+
+
+def _slice_checks(
+    config: GateConfig,
+    metric_names: Mapping[str, str],
+    slices: Mapping[str, Mapping[str, Mapping[str, float]]],
+    skip_drops: bool,
+) -> list[CheckResult]:
+    if not slices:
+        return [
+            CheckResult(
+                f"slices by {config.slice_feature} computed",
+                False,
+                0,
+                None,
+                f"TFMA found no values of {config.slice_feature!r} in the eval split",
+            )
+        ]
+    too_small = unchecked_slices(config, slices)
+    results = []
+    for label, models in sorted(slices.items()):
+        if label in too_small:
+            continue
+        references = [(name, models.get(key)) for name, key in (("baseline", "baseline"), (SERVING, "serving"))]
+        references = [(name, metrics) for name, metrics in references if metrics is not None]
+        results += _metric_checks(
+            config.slice_thresholds,
+            metric_names,
+            models.get("candidate", {}),
+            references,
+            prefix=f"[{label}] ",
+            skip_drops=skip_drops,
+        )
+    return results
+
+
+def _metric_checks(
+    thresholds: list[MetricThreshold],
+    metric_names: Mapping[str, str],
+    candidate: Mapping[str, float],
+    references: list[tuple[str, Optional[Mapping[str, float]]]],
+    prefix: str,
+    skip_drops: bool,
+) -> list[CheckResult]:
+    results = []
+    for threshold in thresholds:
+        name = metric_names[threshold.metric]
+        value = candidate.get(name)
+        if value is None:
+            results.append(CheckResult(f"{prefix}{name} computed", False, None, None, "TFMA produced no value"))
+            continue
+        if threshold.lower_bound is not None:
+            results.append(
+                CheckResult(
+                    f"{prefix}{name} >= lower_bound", value >= threshold.lower_bound, value, threshold.lower_bound, ""
+                )
+            )
+        if threshold.upper_bound is not None:
+            results.append(
+                CheckResult(
+                    f"{prefix}{name} <= upper_bound", value <= threshold.upper_bound, value, threshold.upper_bound, ""
+                )
+            )
+        if (threshold.max_absolute_drop is None and threshold.max_relative_drop is None) or skip_drops:
+            continue
+        if not references:
+            results.append(
+                CheckResult(
+                    f"{prefix}{name} baseline available", False, None, None, "a drop bound needs a baseline value"
+                )
+            )
+        for reference_name, reference_metrics in references:
+            results += _drop_checks(threshold, name, value, reference_name, reference_metrics, prefix)
+    return results
+
+
+def _drop_checks(
+    threshold: MetricThreshold,
+    name: str,
+    value: float,
+    reference_name: str,
+    reference_metrics: Optional[Mapping[str, float]],
+    prefix: str,
+) -> list[CheckResult]:
+    reference = None if reference_metrics is None else reference_metrics.get(name)
+    if reference is None:
+        return [
+            CheckResult(
+                f"{prefix}{name} {reference_name} value available",
+                False,
+                None,
+                None,
+                "a drop bound needs the reference's value",
+            )
+        ]
+    drop = (reference - value) if threshold.higher_is_better else (value - reference)
+    detail = f"{reference_name} {reference:.6g}, candidate {value:.6g}"
+    results = []
+    if threshold.max_absolute_drop is not None:
+        results.append(
+            CheckResult(
+                f"{prefix}{name} drop vs {reference_name} <= max_absolute_drop",
+                # 1e-9: accuracies like 0.98 - 0.97 are not exact in binary floating point.
+                drop <= threshold.max_absolute_drop + 1e-9,
+                drop,
+                threshold.max_absolute_drop,
+                detail,
+            )
+        )
+    if threshold.max_relative_drop is not None:
+        relative = drop / abs(reference) if reference else (0.0 if drop <= 0 else float("inf"))
+        results.append(
+            CheckResult(
+                f"{prefix}{name} relative drop vs {reference_name} <= max_relative_drop",
+                relative <= threshold.max_relative_drop + 1e-9,
+                relative,
+                threshold.max_relative_drop,
+                detail,
+            )
+        )
     return results
 
 

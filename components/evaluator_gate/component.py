@@ -31,15 +31,18 @@ class EvaluatorGateSpec(ComponentSpec):
 
 
 class EvaluatorGate(base_beam_component.BaseBeamComponent):
-    """Evaluates a model and its baseline with TFMA on Beam and blesses it only if every check passes.
+    """Evaluates a model and its baselines with TFMA on Beam and blesses it only if every check passes.
 
-    Checks: absolute bounds on metrics, the largest allowed drop versus ``baseline_model``
-    (absolute and/or relative), at least one eval example, and a minimum sparsity measured from
-    the candidate's weights. ``blessing`` is a standard ``ModelBlessing`` (``BLESSED`` /
-    ``NOT_BLESSED`` file and the ``blessed`` property), so the stock Pusher obeys it. It fails
+    Checks: absolute bounds on metrics, overall and per slice; the largest allowed drop versus
+    ``baseline_model`` and/or the model now serving (absolute and/or relative); at least one
+    eval example; a minimum sparsity measured from the candidate's weights; and efficiency
+    bounds (size on disk, size reduction, parameters, FLOPs, CPU latency). ``blessing`` is a
+    standard ``ModelBlessing`` (``BLESSED`` / ``NOT_BLESSED`` file and the ``blessed``
+    property), so the stock Pusher obeys it. It fails
     closed: any error leaves ``NOT_BLESSED`` and fails the run. ``evaluation`` holds TFMA's
-    output (``tfma/``), ``gate_result.json`` (metrics of both models, every check with its
-    measured value and bound) and ``summary.md``.
+    output (``tfma/``), ``gate_result.json`` (metrics of every model overall and per slice,
+    every check with its measured value and bound), ``summary.md``, and ``report.html`` with
+    its plots in ``report.png``: what a person opens to see why a model was or was not released.
 
     Usage::
 
@@ -50,6 +53,10 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
             label_key="species",
             thresholds=[{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.9, "max_absolute_drop": 0.01}],
             min_sparsity=0.8,
+            slice_feature="species",
+            slice_thresholds=[{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.85, "max_absolute_drop": 0.05}],
+            serving_model_dir="/serving/penguin",
+            max_latency_ms=5.0,
         )
         pusher = tfx.components.Pusher(model=retrain.outputs["model"], model_blessing=gate.outputs["blessing"], ...)
 
@@ -70,6 +77,17 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
       max_latency_ms, latency_batch_size: Upper bound on the candidate's median CPU latency,
         measured on the machine the gate runs on.
       eval_split, signature_name: Which split to evaluate and which signature TFMA calls.
+      slice_feature, slice_thresholds: Check ``slice_thresholds`` on every value of
+        ``slice_feature`` on its own (TFMA slicing; drops are against the same slice of each
+        baseline), so a model that holds its overall accuracy but collapses on one slice is
+        refused. Slicing by the label checks each class.
+      min_slice_examples: Slices with fewer eval examples are listed in the report, not checked.
+      serving_model_dir: The push destination. Its newest version (the model serving now) is
+        evaluated too and every drop bound applies against it as well as against
+        ``baseline_model``; either baseline can be used alone. No Resolver is involved, so this
+        runs on open-source Kubeflow Pipelines.
+      require_serving_model: Refuse when ``serving_model_dir`` holds no version yet. Off by
+        default, so the first release can pass (the report says there was nothing to compare).
       allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
         runs code shipped with the model. Off by default: such models are refused.
 
@@ -99,6 +117,11 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         max_flops: Optional[int] = None,
         eval_split: str = "eval",
         signature_name: str = "serving_default",
+        slice_feature: Optional[str] = None,
+        slice_thresholds: Sequence[Union[MetricThreshold, Mapping]] = (),
+        min_slice_examples: int = 1,
+        serving_model_dir: Optional[str] = None,
+        require_serving_model: bool = False,
         allow_unsafe_layers: bool = False,
     ):
         config = GateConfig(
@@ -113,13 +136,19 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
             max_flops=max_flops,
             eval_split=eval_split,
             signature_name=signature_name,
+            slice_feature=slice_feature,
+            slice_thresholds=[
+                MetricThreshold.model_validate(t) if isinstance(t, Mapping) else t for t in slice_thresholds
+            ],
+            min_slice_examples=min_slice_examples,
+            serving_model_dir=serving_model_dir,
+            require_serving_model=require_serving_model,
         )
-        for threshold in config.thresholds:
+        for threshold in config.all_thresholds:
             metric_output_name(threshold.metric)
-            if baseline_model is None and (
-                threshold.max_absolute_drop is not None or threshold.max_relative_drop is not None
-            ):
-                raise ValueError(f"{threshold.metric}: a drop bound needs a baseline_model")
+            has_drop_bound = threshold.max_absolute_drop is not None or threshold.max_relative_drop is not None
+            if has_drop_bound and baseline_model is None and serving_model_dir is None:
+                raise ValueError(f"{threshold.metric}: a drop bound needs a baseline_model or a serving_model_dir")
         if config.min_size_reduction is not None and baseline_model is None:
             raise ValueError("min_size_reduction is measured against a baseline_model; connect one")
         super().__init__(

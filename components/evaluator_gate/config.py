@@ -57,6 +57,9 @@ class GateConfig(_StrictModel):
             label_key="species",
             thresholds=[MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.9, max_absolute_drop=0.01)],
             min_sparsity=0.8,
+            slice_feature="species",  # per class; any feature in the examples works
+            slice_thresholds=[MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.85)],
+            serving_model_dir="/serving/penguin",  # the model now serving is a baseline too
         )
     """
 
@@ -79,11 +82,39 @@ class GateConfig(_StrictModel):
     max_flops: Optional[int] = Field(default=None, ge=1)
     eval_split: str = "eval"
     signature_name: str = "serving_default"
+    slice_feature: Optional[str] = Field(
+        default=None, min_length=1, description="Feature whose every value is a slice checked on its own (TFMA)."
+    )
+    slice_thresholds: list[MetricThreshold] = Field(
+        default_factory=list, description="Bounds each slice must meet; drops are against the same slice."
+    )
+    min_slice_examples: int = Field(
+        default=1, ge=1, description="Slices with fewer eval examples are reported but not checked."
+    )
+    serving_model_dir: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        description="Push destination: its newest version, the model now serving, is a second baseline.",
+    )
+    require_serving_model: bool = Field(
+        default=False, description="Refuse when no model is serving yet (otherwise the first release passes)."
+    )
 
     @model_validator(mode="after")
-    def _unique_metrics(self) -> GateConfig:
-        names = [threshold.metric for threshold in self.thresholds]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"more than one threshold for {duplicates}; merge them into one")
+    def _consistent(self) -> GateConfig:
+        for field_name in ("thresholds", "slice_thresholds"):
+            names = [threshold.metric for threshold in getattr(self, field_name)]
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise ValueError(f"more than one entry in {field_name} for {duplicates}; merge them into one")
+        if self.slice_thresholds and self.slice_feature is None:
+            raise ValueError("slice_thresholds need a slice_feature to slice by")
+        if self.slice_feature is not None and not self.slice_thresholds:
+            raise ValueError(f"slice_feature {self.slice_feature!r} is set but no slice_thresholds say what to check")
+        if self.require_serving_model and self.serving_model_dir is None:
+            raise ValueError("require_serving_model needs serving_model_dir")
         return self
+
+    @property
+    def all_thresholds(self) -> list[MetricThreshold]:
+        return [*self.thresholds, *self.slice_thresholds]

@@ -13,21 +13,23 @@ import apache_beam as beam
 import tensorflow_model_analysis as tfma
 from absl import logging
 from google.protobuf.wrappers_pb2 import BoolValue
+from tensorflow_model_analysis.slicer import slicer_lib
 from tfx import types
 from tfx.components.evaluator import constants
 from tfx.components.util import tfxio_utils
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from components._io import split_patterns, write_json, write_text
+from components._io import split_patterns, write_bytes, write_json, write_text
 from components.engine.efficiency import count_flops, cpu_latency_ms
 from components.engine.prune import size_stats
-from components.engine.report import weight_stats
+from components.engine.report import layer_table, weight_stats
 from components.engine.saved_model import load_keras_model
-from components.evaluator_gate.checks import is_blessed, run_checks
+from components.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
 from components.evaluator_gate.config import GateConfig
 from components.evaluator_gate.metrics import metric_output_name
-from components.evaluator_gate.report import summary_markdown
+from components.evaluator_gate.report import release_report_html, release_report_png, summary_markdown
+from components.serving_versions import latest_version_dir
 
 MODEL_KEY = "model"
 BASELINE_MODEL_KEY = "baseline_model"
@@ -37,8 +39,11 @@ EVALUATION_KEY = "evaluation"
 GATE_CONFIG_KEY = "gate_config"
 GATE_RESULT_JSON = "gate_result.json"
 GATE_SUMMARY_MARKDOWN = "summary.md"
+REPORT_HTML = "report.html"
+REPORT_PNG = "report.png"
 TFMA_SUBDIR = "tfma"
-CANDIDATE, BASELINE = "candidate", "baseline"
+CANDIDATE, BASELINE, SERVING = "candidate", "baseline", "serving"
+OVERALL = "Overall"
 ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
 
 
@@ -60,12 +65,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             config = GateConfig.model_validate_json(exec_properties[GATE_CONFIG_KEY])
             allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
             result = self._evaluate(config, candidate, baseline, input_dict[EXAMPLES_KEY], evaluation.uri, allow_unsafe)
+            write_json(evaluation.uri, GATE_RESULT_JSON, result)
+            write_text(evaluation.uri, GATE_SUMMARY_MARKDOWN, summary_markdown(result))
+            png = release_report_png(result)
+            write_bytes(evaluation.uri, REPORT_PNG, png)
+            write_text(evaluation.uri, REPORT_HTML, release_report_html(result, png))
         except Exception as err:
-            write_json(evaluation.uri, GATE_RESULT_JSON, {"blessed": False, "error": repr(err)})
+            failure = {"blessed": False, "error": repr(err)}
+            write_json(evaluation.uri, GATE_RESULT_JSON, failure)
+            write_text(evaluation.uri, REPORT_HTML, release_report_html(failure))
             _write_blessing(blessing, blessed=False)
             raise
-        write_json(evaluation.uri, GATE_RESULT_JSON, result)
-        write_text(evaluation.uri, GATE_SUMMARY_MARKDOWN, summary_markdown(result))
         _write_blessing(blessing, blessed=result["blessed"])
         logging.info("EvaluatorGate: %s", "BLESSED" if result["blessed"] else "NOT_BLESSED")
 
@@ -81,9 +91,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         models = {CANDIDATE: load_keras_model(candidate.uri, allow_unsafe_layers)}
         if baseline is not None:
             models[BASELINE] = load_keras_model(baseline.uri, allow_unsafe_layers)
+        serving_dir = latest_version_dir(config.serving_model_dir) if config.serving_model_dir else None
+        if serving_dir is not None:
+            models[SERVING] = load_keras_model(serving_dir, allow_unsafe_layers)
         eval_patterns = split_patterns(examples, config.eval_split)
-        metric_names = {t.metric: metric_output_name(t.metric) for t in config.thresholds}
-        eval_config = _eval_config(config, with_baseline=baseline is not None)
+        metric_names = {t.metric: metric_output_name(t.metric) for t in config.all_thresholds}
+        eval_config = _eval_config(config, list(models))
         tfma_dir = os.path.join(evaluation_uri, TFMA_SUBDIR)
         shared_models = [
             tfma.default_eval_shared_model(eval_saved_model_path=loaded.path, model_name=name, eval_config=eval_config)
@@ -111,11 +124,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                     output_path=tfma_dir,
                 )
             )
-        metrics = _overall_metrics(tfma_dir, list(models))
+        by_slice = _metrics_by_slice(tfma_dir, list(models))
+        metrics = by_slice.pop(OVERALL, {name: {} for name in models})
         stats = {
             name: {**weight_stats(loaded.model, loaded.masks or None), **size_stats(loaded.path)}
             for name, loaded in models.items()
         }
+        layers = {name: layer_table(loaded.model) for name, loaded in models.items()}
         for name, loaded in models.items():
             stats[name]["flops"] = count_flops(loaded.model)
             if config.max_latency_ms is not None:
@@ -128,51 +143,70 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             example_count=metrics.get(CANDIDATE, {}).get("example_count", 0.0),
             sparsity=stats[CANDIDATE]["masked_sparsity"],
             efficiency=stats,
+            serving=metrics.get(SERVING),
+            slices=by_slice,
         )
         return {
             "blessed": is_blessed(checks),
             "config": config.model_dump(),
             "models": {name: loaded.path for name, loaded in models.items()},
             "metrics": metrics,
+            "slices": by_slice,
+            "unchecked_slices": unchecked_slices(config, by_slice),
             "weights": stats,
+            "layers": layers,
             "checks": [check.as_dict() for check in checks],
             "failed_checks": [check.name for check in checks if not check.passed],
         }
 
 
-def _eval_config(config: GateConfig, with_baseline: bool) -> tfma.EvalConfig:
-    model_specs = [tfma.ModelSpec(name=CANDIDATE, label_key=config.label_key, signature_name=config.signature_name)]
-    if with_baseline:
-        model_specs.append(
-            tfma.ModelSpec(
-                name=BASELINE, label_key=config.label_key, signature_name=config.signature_name, is_baseline=True
-            )
+def _eval_config(config: GateConfig, model_names: list[str]) -> tfma.EvalConfig:
+    # One baseline at most for TFMA's diffs: the parent model if there is one, else the serving one.
+    tfma_baseline = BASELINE if BASELINE in model_names else SERVING
+    model_specs = [
+        tfma.ModelSpec(
+            name=name,
+            label_key=config.label_key,
+            signature_name=config.signature_name,
+            is_baseline=name == tfma_baseline,
         )
-    metrics = [tfma.MetricConfig(class_name="ExampleCount")]
-    metrics += [tfma.MetricConfig(class_name=threshold.metric) for threshold in config.thresholds]
+        for name in model_names
+    ]
+    metric_classes = dict.fromkeys(["ExampleCount", *(threshold.metric for threshold in config.all_thresholds)])
+    slicing_specs = [tfma.SlicingSpec()]
+    if config.slice_feature is not None:
+        slicing_specs.append(tfma.SlicingSpec(feature_keys=[config.slice_feature]))
     return tfma.EvalConfig(
         model_specs=model_specs,
-        slicing_specs=[tfma.SlicingSpec()],
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+        slicing_specs=slicing_specs,
+        metrics_specs=[tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name=name) for name in metric_classes])],
         # Only what the thresholds name: compiled metrics differ between models and would
         # make the comparison uneven.
         options=tfma.Options(include_default_metrics=BoolValue(value=False)),
     )
 
 
-def _overall_metrics(tfma_dir: str, model_names: list[str]) -> dict[str, dict[str, float]]:
-    """Metric values of the overall slice, per model (TFMA's diff entries left out)."""
-    metrics: dict[str, dict[str, float]] = {name: {} for name in model_names}
+def _slice_label(slice_key) -> str:
+    parts = []
+    for column, value in slice_key:
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        parts.append(f"{column}={value}")
+    return ", ".join(parts) or OVERALL
+
+
+def _metrics_by_slice(tfma_dir: str, model_names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """slice label -> model -> metric -> value, TFMA's diff entries left out."""
+    by_slice: dict[str, dict[str, dict[str, float]]] = {}
     for metrics_for_slice in tfma.load_metrics(tfma_dir):
-        if metrics_for_slice.slice_key.single_slice_keys:
-            continue
+        key = slicer_lib.deserialize_slice_key(metrics_for_slice.slice_key)
+        models = by_slice.setdefault(_slice_label(key), {name: {} for name in model_names})
         for entry in metrics_for_slice.metric_keys_and_values:
-            if entry.key.is_diff:
+            if entry.key.is_diff or not entry.value.HasField("double_value"):
                 continue
-            if entry.value.HasField("double_value"):
-                model_name = entry.key.model_name or model_names[0]
-                metrics.setdefault(model_name, {})[entry.key.name] = entry.value.double_value.value
-    return metrics
+            model_name = entry.key.model_name or model_names[0]
+            models.setdefault(model_name, {})[entry.key.name] = entry.value.double_value.value
+    return by_slice
 
 
 def _write_blessing(blessing: types.Artifact, blessed: bool) -> None:

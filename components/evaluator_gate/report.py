@@ -1,10 +1,22 @@
-"""A readable rendering of the gate's result: why a model was or was not released."""
+"""Readable renderings of the gate's result: why a model was or was not released.
+
+``summary.md`` for logs and terminals; ``report.html`` with ``report.png`` for people deciding
+on a release. Everything shown comes from the gate's result dict, so the page cannot disagree
+with the blessing.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
+import jinja2
 from tabulate import tabulate
+
+MODEL_ORDER = ("baseline", "serving", "candidate")
+MODEL_LABELS = {"baseline": "baseline (parent)", "serving": "serving now", "candidate": "candidate"}
+MODEL_COLORS = {"baseline": "#9e9e9e", "serving": "#5c85d6", "candidate": "#e08a2e"}
 
 
 def _fmt(value: Any) -> str:
@@ -18,8 +30,8 @@ def _fmt(value: Any) -> str:
 
 
 def comparison_rows(result: dict[str, Any]) -> list[list[str]]:
-    """Baseline vs candidate: each metric, sparsity, params and compressed size."""
-    names = [name for name in ("baseline", "candidate") if name in result["weights"]]
+    """Baselines vs candidate: each metric, sparsity, params, sizes, FLOPs and latency."""
+    names = [name for name in MODEL_ORDER if name in result["weights"]]
     metric_names = sorted({key for name in names for key in result["metrics"].get(name, {})})
     rows = [[metric] + [_fmt(result["metrics"].get(name, {}).get(metric)) for name in names] for metric in metric_names]
     for label, key in (
@@ -69,4 +81,177 @@ def summary_markdown(result: dict[str, Any]) -> str:
             ),
             "",
         ]
+    )
+
+
+def _models(result: dict[str, Any]) -> list[str]:
+    return [name for name in MODEL_ORDER if name in result["weights"]]
+
+
+def _threshold_metrics(result: dict[str, Any]) -> list[str]:
+    """Output names of the metrics the thresholds bound, in the order the config gives them."""
+    names = []
+    for check in result["checks"]:
+        name = check["name"].split("] ")[-1].split(" ")[0]
+        if name not in names and any(name in metrics for metrics in result["metrics"].values()):
+            names.append(name)
+    return names
+
+
+def release_report_png(result: dict[str, Any]) -> bytes:
+    """The report's plots: metric per slice, size and speed relative to the baseline, per-layer
+    sparsity and width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = _models(result)
+    metric = (_threshold_metrics(result) or ["example_count"])[0]
+    slice_labels = ["Overall", *sorted(result.get("slices", {}))]
+    figure, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+
+    ax = axes[0][0]
+    width = 0.8 / len(models)
+    x = np.arange(len(slice_labels))
+    for index, name in enumerate(models):
+        values = [
+            (result["metrics"] if label == "Overall" else result["slices"][label]).get(name, {}).get(metric, np.nan)
+            for label in slice_labels
+        ]
+        bars = ax.bar(x + index * width, values, width, label=MODEL_LABELS[name], color=MODEL_COLORS[name])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    for bound in {c["bound"] for c in result["checks"] if c["name"].endswith(f"{metric} >= lower_bound")}:
+        ax.axhline(bound, color="#c62828", linestyle="--", linewidth=1, label=f"lower bound {bound:g}")
+    ax.set_xticks(x + width * (len(models) - 1) / 2, slice_labels, rotation=20, ha="right")
+    ax.set_title(f"{metric} per slice")
+    ax.set_ylim(0, max(1.0, ax.get_ylim()[1]) * 1.25)  # headroom for the legend above the bars
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
+
+    ax = axes[0][1]
+    reference = "baseline" if "baseline" in models else ("serving" if "serving" in models else None)
+    quantities = [
+        ("params", "params"),
+        ("non-zero params", "nonzero_params"),
+        ("gzip weights", "weights_gzip_bytes"),
+        ("SavedModel bytes", "saved_model_bytes"),
+        ("FLOPs", "flops"),
+        ("CPU latency", "latency_ms"),
+    ]
+    weights = result["weights"]
+    if reference is None:
+        ax.text(0.5, 0.5, "no baseline to compare sizes with", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        shown = [
+            (label, key) for label, key in quantities if weights[reference].get(key) and key in weights["candidate"]
+        ]
+        ratios = [weights["candidate"][key] / weights[reference][key] for _, key in shown]
+        ax.barh([label for label, _ in shown], ratios, color=MODEL_COLORS["candidate"])
+        ax.axvline(1.0, color="black", linewidth=1)
+        for y, ratio in enumerate(ratios):
+            ax.text(ratio, y, f" {ratio:.2f}", va="center", fontsize=8)
+        ax.set_title(f"candidate / {MODEL_LABELS[reference]} (lower is smaller or faster)")
+        ax.invert_yaxis()
+
+    layers = result.get("layers", {})
+    for ax, key, title in ((axes[1][0], "sparsity", "per-layer sparsity"), (axes[1][1], "width", "per-layer width")):
+        names = [
+            row["layer"] + ("" if row["weight"] == "kernel" else f"/{row['weight']}")
+            for row in layers.get("candidate", [])
+        ]
+        y = np.arange(len(names))
+        height = 0.8 / max(len(models), 1)
+        for index, name in enumerate(models):
+            by_layer = {
+                row["layer"] + ("" if row["weight"] == "kernel" else f"/{row['weight']}"): row[key]
+                for row in layers.get(name, [])
+            }
+            ax.barh(
+                y + index * height,
+                [by_layer.get(n, np.nan) for n in names],
+                height,
+                label=MODEL_LABELS[name],
+                color=MODEL_COLORS[name],
+            )
+        ax.set_yticks(y + height * (len(models) - 1) / 2, names, fontsize=8)
+        if key == "sparsity":
+            ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+    verdict = "BLESSED" if result["blessed"] else "NOT BLESSED"
+    figure.suptitle(f"Release gate: {verdict}", color="#2e7d32" if result["blessed"] else "#c62828", fontsize=14)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+# The template ships inside the package (setup.py package_data), so pods and wheels have it.
+_HTML = jinja2.Environment(
+    loader=jinja2.PackageLoader("components.evaluator_gate", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+).get_template("release_report.html.j2")
+
+
+def release_report_html(result: dict[str, Any], png: bytes = b"") -> str:
+    """A self-contained page (plots embedded) with the verdict, every check and the comparisons."""
+    if "checks" not in result:  # the evaluation itself failed: say so, nothing else is known
+        return _HTML.render(
+            verdict="NOT BLESSED", blessed=False, failed=[], error=result.get("error", "unknown"), checks=[],
+            png="", comparison=[[""]], slices=[], unchecked=[], min_slice_examples=0, layers=[], models=[],
+            labels=MODEL_LABELS, paths=[],
+        )  # fmt: skip
+    models = _models(result)
+    metrics = _threshold_metrics(result) + ["example_count"]
+    slice_rows = []
+    for label in ["Overall", *sorted(result.get("slices", {}))]:
+        values = result["metrics"] if label == "Overall" else result["slices"][label]
+        for metric in metrics:
+            slice_rows.append([label, metric, *(_fmt(values.get(name, {}).get(metric)) for name in models)])
+    layer_rows, by_model = (
+        [],
+        {
+            name: {row["layer"] + "/" + row["weight"]: row for row in result.get("layers", {}).get(name, [])}
+            for name in models
+        },
+    )
+    for key in by_model.get("candidate", {}):
+        cells = [key.removesuffix("/kernel")]
+        for name in models:
+            row = by_model[name].get(key)
+            cells += ["×".join(map(str, row["shape"])), _fmt(row["sparsity"])] if row else ["-", "-"]
+        layer_rows.append(cells)
+    return _HTML.render(
+        verdict="BLESSED" if result["blessed"] else "NOT BLESSED",
+        blessed=result["blessed"],
+        failed=result["failed_checks"],
+        error=result.get("error"),
+        checks=[
+            {
+                **check,
+                "verdict": "PASS" if check["passed"] else "FAIL",
+                "measured": _fmt(check["measured"]),
+                "bound": _fmt(check["bound"]),
+            }
+            for check in result["checks"]
+        ],  # fmt: skip
+        png=base64.b64encode(png).decode("ascii"),
+        comparison=[
+            [MODEL_LABELS.get(cell, cell) for cell in comparison_rows(result)[0]],
+            *comparison_rows(result)[1:],
+        ],
+        slices=slice_rows if result.get("slices") else [],
+        unchecked=sorted(result.get("unchecked_slices", {}).items()),
+        min_slice_examples=result["config"].get("min_slice_examples", 1),
+        layers=layer_rows,
+        models=models,
+        labels=MODEL_LABELS,
+        paths=[(name, result["models"][name]) for name in models if name in result["models"]],
     )
