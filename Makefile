@@ -5,8 +5,10 @@ VENV ?= .venv
 PYTHON_310 ?= $(shell pyenv which python 2>/dev/null || command -v python3.10)
 PIP_CACHE ?= $(HOME)/.cache/pip
 OUTPUT_DIR ?= runs/penguin
+VERSION := $(shell sed -n 's/.*version="\([^"]*\)".*/\1/p' setup.py)
+IMAGE_TAG ?= tfx-model-pruning:$(VERSION)
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test bench lint clean image
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -n "$(PYTHON_310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON_310" >&2; exit 1; }
@@ -28,6 +30,10 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python bench/digits_pruning.py --seeds 3
+
+# Needs a Docker engine (the development machines have none). Tag = the compiled pipeline's default image.
+image:
+	docker build -t $(IMAGE_TAG) .
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--scope", choices=["global", "per_layer"], default=None, help="default: the method's")
     local.add_argument("--protected-layer", action="append", default=[], help="layer name or regex; repeatable")
     local.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs")
+    local.add_argument(
+        "--enable-cache",
+        action="store_true",
+        help="reuse outputs of components whose inputs and settings are unchanged (resume after a killed run)",
+    )
     local.add_argument("--learning-rate", type=float, default=1e-3)
     local.add_argument(
         "--distill",
@@ -273,6 +278,7 @@ def run_local(args: argparse.Namespace) -> int:
         compare_with=_compare_with(args),
         metadata_path=metadata_path,
         push_root=output_dir,
+        enable_cache=args.enable_cache,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 

@@ -122,3 +122,57 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     head = "\n".join(_read("README.md").splitlines()[:12])
     assert "make run" in head and "make test" in head
     assert "make test" in _read(".ci/run")
+
+
+@pytest.fixture(scope="module")
+def wheel_files(tmp_path_factory):
+    """The files of the wheel the Dockerfile's `pip install .` builds (not the editable dev install,
+    which would hide a module or template missing from the package)."""
+    import zipfile
+
+    out = tmp_path_factory.mktemp("wheel")
+    build_dir = tmp_path_factory.mktemp("src")
+    for name in ("setup.py", "README.md", "constraints.txt"):
+        subprocess.run(["cp", os.path.join(ROOT, name), str(build_dir)], check=True)
+    for package in ("components", "pipelines"):  # what .dockerignore lets into the build context
+        subprocess.run(["cp", "-r", os.path.join(ROOT, package), str(build_dir)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), "."],
+        cwd=build_dir,
+        check=True,
+    )
+    (wheel,) = out.glob("*.whl")
+    return set(zipfile.ZipFile(wheel).namelist())
+
+
+def test_the_image_package_holds_every_module_the_compiled_pipeline_names(tmp_path, wheel_files):
+    import yaml
+
+    from pipelines import cli, kubeflow
+
+    out = tmp_path / "kfp"
+    args = ["compile", "--output-dir", str(out), "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving"]
+    assert cli.main([*args, "--data-root", "gs://b/data"]) == 0
+    spec = yaml.safe_load((out / "penguin-pruning.yaml").read_text())
+    modules = {"pipelines/penguin_trainer.py"}  # the Trainer's run_fn
+    for executor in spec["deploymentSpec"]["executors"].values():
+        container = executor["container"]
+        assert container["image"] == kubeflow.default_image()
+        container_args = container["args"]
+        if "--executor_class_path" in container_args:
+            path = container_args[container_args.index("--executor_class_path") + 1]
+            if path.startswith(("components.", "pipelines.")):
+                modules.add(path.rsplit(".", 1)[0].replace(".", "/") + ".py")
+    assert {"components/evaluator_gate/executor.py", "components/atomic_pusher/executor.py"} <= modules
+    missing = sorted(modules - wheel_files)
+    assert not missing, f"the image would lack {missing}"
+    assert "components/evaluator_gate/templates/release_report.html.j2" in wheel_files
+    assert "components/artifacts.py" in wheel_files  # TFX's entrypoint imports the custom type by its title
+
+
+def test_the_documented_image_tag_is_the_compiled_default():
+    from pipelines import kubeflow
+
+    tag = kubeflow.default_image()
+    assert f"docker build -t {tag} ." in _read("README.md")
+    assert "IMAGE_TAG ?= tfx-model-pruning:$(VERSION)" in _read("Makefile")
