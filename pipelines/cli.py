@@ -22,6 +22,16 @@ EXIT_NOT_PUSHED = 3
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument(
+        "--split-pattern",
+        action="append",
+        default=[],
+        metavar="SPLIT=GLOB",
+        help="files of a split under the data root; with {SPAN} the newest span is read at run time, e.g. "
+        "train=span-{SPAN}/Split-train/* (default: train=Split-train/* eval=Split-eval/*)",
+    )
+
     gate = argparse.ArgumentParser(add_help=False)
     gate.add_argument("--metric", default="SparseCategoricalAccuracy", help="Keras metric class the gate checks")
     gate.add_argument("--min-metric", type=float, default=0.9, help="absolute lower bound on --metric")
@@ -42,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     local = commands.add_parser(
         "run-local",
-        parents=[gate],
+        parents=[data, gate],
         help="train a baseline (or import one), prune, fine-tune, gate and push, on this machine",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -76,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     kubeflow = commands.add_parser(
         "compile",
-        parents=[gate],
+        parents=[data, gate],
         help="compile the pipeline for Kubeflow Pipelines v2 (PipelineJob JSON + bare pipeline-spec YAML)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -158,14 +168,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parameters(pairs: Sequence[str]) -> dict[str, str]:
+def _pairs(pairs: Sequence[str], flag: str = "--param") -> dict[str, str]:
     parameters = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--param takes NAME=VALUE, got {pair!r}")
+        if not sep or not name or not value:
+            raise SystemExit(f"{flag} takes NAME=VALUE, got {pair!r}")
         parameters[name] = value
     return parameters
+
+
+def _split_patterns(args: argparse.Namespace) -> dict[str, str]:
+    from pipelines.pruning_pipeline import DEFAULT_SPLIT_PATTERNS
+
+    patterns = _pairs(args.split_pattern, "--split-pattern") or dict(DEFAULT_SPLIT_PATTERNS)
+    missing = sorted({"train", "eval"} - set(patterns))
+    if missing:
+        raise SystemExit(f"--split-pattern must name the train and eval splits; missing {missing}")
+    return patterns
 
 
 def kubeflow_command(args: argparse.Namespace) -> int:
@@ -191,7 +211,7 @@ def kubeflow_command(args: argparse.Namespace) -> int:
             args.spec,
             experiment=args.experiment,
             run_name=run_name,
-            parameters=_parameters(args.param),
+            parameters=_pairs(args.param),
             namespace=namespace,
             enable_caching=args.enable_caching,
         )
@@ -203,7 +223,7 @@ def kubeflow_command(args: argparse.Namespace) -> int:
             experiment=args.experiment,
             schedule_name=args.name,
             cron=args.cron,
-            parameters=_parameters(args.param),
+            parameters=_pairs(args.param),
             namespace=namespace,
         )
         print(f"schedule {args.name} ({args.cron}): {schedule_id}")
@@ -276,6 +296,7 @@ def run_local(args: argparse.Namespace) -> int:
         },
         gate_args=_gate_args(args, _min_sparsity(args)),
         compare_with=_compare_with(args),
+        split_patterns=_split_patterns(args),
         metadata_path=metadata_path,
         push_root=output_dir,
         enable_cache=args.enable_cache,
@@ -316,6 +337,7 @@ def compile_kubeflow(args: argparse.Namespace) -> int:
         retrain_args={"epochs": args.epochs},
         gate_args=_gate_args(args, args.target_sparsity),
         compare_with=_compare_with(args),
+        split_patterns=_split_patterns(args),
         beam_pipeline_args=args.beam_arg,
     )
     job, spec = kubeflow.compile_pipeline(

@@ -44,8 +44,14 @@ def kubeflow_pipeline(
     train_steps: int = 500,
     beam_pipeline_args: Sequence[str] = (),
     compare_with: Sequence[str] = ("parent", "serving"),
+    split_patterns: Mapping[str, str] = pruning_pipeline.DEFAULT_SPLIT_PATTERNS,
 ) -> tfx.dsl.Pipeline:
-    """The pruning pipeline as it runs on Kubeflow: data root at run time, Trainer by run_fn."""
+    """The pruning pipeline as it runs on Kubeflow: data root at run time, Trainer by run_fn.
+
+    Scheduled runs see new data two ways: ``data_root`` is a runtime parameter, and split
+    patterns with ``{SPAN}`` (``span-{SPAN}/Split-train/*``) make ImportExampleGen read the
+    newest span under it at run time.
+    """
     data_root = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=default_data_root)
     return pruning_pipeline.create_pipeline(
         pipeline_name=pipeline_name,
@@ -60,6 +66,7 @@ def kubeflow_pipeline(
         train_steps=train_steps,
         beam_pipeline_args=beam_pipeline_args,
         compare_with=compare_with,
+        split_patterns=split_patterns,
     )
 
 
