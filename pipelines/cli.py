@@ -195,8 +195,11 @@ def kubeflow_command(args: argparse.Namespace) -> int:
 
     from pipelines import kfp_runs
 
+    # Before connecting: a typo in the cron, the file or a parameter needs no cluster to be found.
     if args.command == "schedule" and args.schedule_command == "create":
-        kfp_runs.validate_cron(args.cron)  # before connecting: a typo needs no cluster to be found
+        kfp_runs.validate_cron(args.cron)
+    if args.command == "submit" or args.schedule_command == "create":
+        kfp_runs.read_spec(args.spec, _pairs(args.param))
     namespace = getattr(args, "namespace", None)
     client = kfp_runs.connect(
         host=getattr(args, "host", None),

@@ -126,7 +126,7 @@ def connect(
         return kfp.Client(**kwargs)
 
 
-def _read_spec(spec_path: str, parameters: Optional[Mapping[str, Any]] = None) -> tuple[str, bytes]:
+def read_spec(spec_path: str, parameters: Optional[Mapping[str, Any]] = None) -> tuple[str, bytes]:
     """The pipeline name in the spec and the spec's bytes.
 
     Refuses the PipelineJob wrapper and parameters the pipeline does not declare, before
@@ -160,7 +160,7 @@ def ensure_pipeline_version(
     parameters: Optional[Mapping[str, Any]] = None,
 ) -> PipelineVersion:
     """Uploads the spec unless a version with the same content exists; returns the version to run."""
-    spec_name, content = _read_spec(spec_path, parameters)
+    spec_name, content = read_spec(spec_path, parameters)
     pipeline_name = pipeline_name or spec_name
     version_name = f"{pipeline_name}-{hashlib.sha256(content).hexdigest()[:12]}"
     pipeline_id = client.get_pipeline_id(pipeline_name)
@@ -188,8 +188,9 @@ def submit_run(
     enable_caching: Optional[bool] = None,
 ) -> str:
     """Creates one run of the (uploaded or reused) pipeline version in ``experiment``; returns its id."""
-    version = ensure_pipeline_version(client, spec_path, parameters=parameters)
+    read_spec(spec_path, parameters)  # a wrong file or parameter fails before any request
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+    version = ensure_pipeline_version(client, spec_path, parameters=parameters)
     run = client.run_pipeline(
         experiment_id=experiment_id,
         job_name=run_name,
@@ -219,13 +220,14 @@ def schedule_run(
     experiment is an error, so re-running a deploy script does not double the retraining.
     """
     cron = validate_cron(cron)
-    version = ensure_pipeline_version(client, spec_path, parameters=parameters)
+    read_spec(spec_path, parameters)  # a wrong file or parameter fails before any request
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
     for existing in list_schedules(client, experiment=experiment, namespace=namespace):
         if existing["name"] == schedule_name and existing["enabled"]:
             raise ValueError(
                 f"schedule {schedule_name!r} already exists and is enabled (id {existing['id']}); disable it first"
             )
+    version = ensure_pipeline_version(client, spec_path, parameters=parameters)
     recurring = client.create_recurring_run(
         experiment_id=experiment_id,
         job_name=schedule_name,

@@ -189,6 +189,8 @@ def test_gate_fails_closed_when_evaluation_breaks(tmp_path, penguin_baseline, pe
     assert blessing.get_int_custom_property("blessed") == 0
     assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
     assert result["blessed"] is False and "could not load" in result["error"]
+    html = (tmp_path / "evaluation" / "report.html").read_text()
+    assert "NOT BLESSED" in html and "The evaluation failed" in html and "could not load" in html
 
 
 def test_gate_can_run_without_a_baseline(tmp_path, pruned, penguin_data):

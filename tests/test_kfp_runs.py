@@ -97,8 +97,10 @@ def test_schedule_create_sends_cron_one_at_a_time_and_no_catchup(kfp_api, spec_p
 def test_schedule_list_and_disable(kfp_api, spec_path, capsys):
     create = ["schedule", "create", "--host", kfp_api.host, "--spec", spec_path, "--cron", "@daily"]
     assert cli.main([*create, "--name", "nightly"]) == 0
+    uploads = len(kfp_api.calls("POST", "/pipelines/upload_version"))
     with pytest.raises(ValueError, match="already exists and is enabled"):
         cli.main([*create, "--name", "nightly"])
+    assert len(kfp_api.calls("POST", "/pipelines/upload_version")) == uploads, "refused before uploading"
     (schedule_id,) = kfp_api.recurring_runs
     capsys.readouterr()
     assert cli.main(["schedule", "list", "--host", kfp_api.host]) == 0
@@ -141,7 +143,7 @@ def test_unknown_parameter_or_job_wrapper_is_refused_before_upload(kfp_api, spec
     job_path = spec_path.replace(".yaml", "_job.json")
     with pytest.raises(ValueError, match="PipelineJob wrapper"):
         _cli(kfp_api, "submit", "--spec", job_path)
-    assert not kfp_api.calls("POST", "/pipelines/upload")
+    assert kfp_api.requests == [], "refused before any request"
 
 
 def test_host_and_token_come_from_the_environment(kfp_api, spec_path, monkeypatch, capsys):
