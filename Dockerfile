@@ -21,7 +21,7 @@ RUN mkdir -p components pipelines \
 
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install --no-deps -c constraints.txt . && rm -rf build *.egg-info
+RUN pip install --no-deps -c constraints.txt . && rm -rf build *.egg-info && pip check
 
 RUN useradd --create-home --uid 1000 pruner
 USER pruner

@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         "--pipeline-root", required=True, help="shared storage for artifacts, e.g. gs://... or s3://..."
     )
     kubeflow.add_argument("--serving-dir", required=True, help="push destination the serving system watches")
+    kubeflow.add_argument(
+        "--push-root", default=None, help="refuse a --serving-dir outside this root (e.g. gs://bucket/serving)"
+    )
     kubeflow.add_argument("--data-root", required=True, help="default of the data_root runtime parameter")
     kubeflow.add_argument("--label-key", default="species")
     kubeflow.add_argument("--target-sparsity", type=float, default=0.8)
@@ -341,6 +344,7 @@ def compile_kubeflow(args: argparse.Namespace) -> int:
         gate_args=_gate_args(args, args.target_sparsity),
         compare_with=_compare_with(args),
         split_patterns=_split_patterns(args),
+        push_root=args.push_root,
         beam_pipeline_args=args.beam_arg,
     )
     job, spec = kubeflow.compile_pipeline(

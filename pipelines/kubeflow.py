@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from importlib import metadata
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 from tfx import v1 as tfx
@@ -45,6 +45,7 @@ def kubeflow_pipeline(
     beam_pipeline_args: Sequence[str] = (),
     compare_with: Sequence[str] = ("parent", "serving"),
     split_patterns: Mapping[str, str] = pruning_pipeline.DEFAULT_SPLIT_PATTERNS,
+    push_root: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
     """The pruning pipeline as it runs on Kubeflow: data root at run time, Trainer by run_fn.
 
@@ -67,6 +68,7 @@ def kubeflow_pipeline(
         beam_pipeline_args=beam_pipeline_args,
         compare_with=compare_with,
         split_patterns=split_patterns,
+        push_root=push_root,
     )
 
 

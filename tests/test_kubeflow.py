@@ -3,6 +3,7 @@
 import importlib
 import json
 
+import pytest
 import yaml
 from kfp import components as kfp_components
 
@@ -62,3 +63,12 @@ def test_kfp_sdk_loads_the_spec_and_the_image_can_run_every_executor(tmp_path):
             path = args[args.index("--executor_class_path") + 1]
             module, name = path.rsplit(".", 1)
             assert hasattr(importlib.import_module(module), name), path
+
+
+def test_compile_refuses_a_serving_dir_that_escapes_the_push_root(tmp_path):
+    args = ["compile", "--output-dir", str(tmp_path), "--pipeline-root", "gs://b/root", "--data-root", "gs://b/data"]
+    args += ["--push-root", "gs://b/serving"]
+    assert cli.main([*args, "--serving-dir", "gs://b/serving/penguin"]) == 0
+    for escaping in ("gs://b/serving/../models", "gs://other/serving/penguin"):
+        with pytest.raises(ValueError, match="outside the push root"):
+            cli.main([*args, "--serving-dir", escaping])

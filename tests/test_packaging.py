@@ -67,6 +67,13 @@ def test_installed_versions_match_the_pins():
         assert metadata.version(package) == pins[package], package
 
 
+def test_pinned_environment_has_no_broken_requirements():
+    # The image runs the same `pip check` after installing; a conflict would fail its build.
+    done = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "pip check" in _read("Dockerfile")
+
+
 def test_console_entry_point_is_installed_and_runs():
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
     assert scripts["prune-pipeline"] == "pipelines.cli:main"
