@@ -16,13 +16,23 @@ from pipelines import cli
 
 
 @pytest.fixture(scope="module")
-def containers(tmp_path_factory):
+def compiled(tmp_path_factory):
+    """Container commands, compiled parameter constants and serving dir of the compiled spec."""
     out = tmp_path_factory.mktemp("kfp")
     args = ["compile", "--output-dir", str(out), "--pipeline-root", str(out / "root"), "--serving-dir", str(out)]
     args += ["--data-root", str(out), "--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
     assert cli.main(args) == 0
     spec = yaml.safe_load((out / "penguin-pruning.yaml").read_text())
-    return {name: e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    containers = {name: e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    parameters = {
+        task: {
+            name: value["runtimeValue"]["constant"]
+            for name, value in definition["inputs"].get("parameters", {}).items()
+            if "runtimeValue" in value
+        }
+        for task, definition in spec["root"]["dag"]["tasks"].items()
+    }
+    return {"containers": containers, "parameters": parameters, "serving_dir": str(out)}
 
 
 def _artifact(uri, type_name, metadata=None):
@@ -45,13 +55,13 @@ def _run_pod(container, inputs, outputs, parameters, task_dir):
         return json.load(f)
 
 
-def test_prune_retrain_and_gate_pods(tmp_path, containers, penguin_baseline, penguin_data):
+def test_prune_retrain_gate_and_pusher_pods(tmp_path, compiled, penguin_baseline, penguin_data):
     examples = _artifact(penguin_data, "tfx.Examples", {"split_names": '["train", "eval"]'})
     baseline = _artifact(penguin_baseline, "tfx.Model")
 
     pruned_uri, report_uri = tmp_path / "pruned", tmp_path / "report"
     output = _run_pod(
-        containers["PruneComponent_executor"],
+        compiled["containers"]["PruneComponent_executor"],
         {"input_model": baseline, "examples": examples},
         {
             "model": _artifact(pruned_uri, "tfx.Model"),
@@ -65,7 +75,7 @@ def test_prune_retrain_and_gate_pods(tmp_path, containers, penguin_baseline, pen
 
     retrained_uri = tmp_path / "retrained"
     _run_pod(
-        containers["RetrainComponent_executor"],
+        compiled["containers"]["RetrainComponent_executor"],
         {"input_model": _artifact(pruned_uri, "tfx.Model"), "examples": examples},
         {"model": _artifact(retrained_uri, "tfx.Model")},
         {"fine_tune_config": '{"label_key": "species", "epochs": 2}'},
@@ -75,14 +85,20 @@ def test_prune_retrain_and_gate_pods(tmp_path, containers, penguin_baseline, pen
     for key, mask in retrained.masks.items():
         assert np.all(retrained.model.get_layer(key.split("::")[0]).kernel.numpy()[~mask] == 0)
 
+    compiled_gate = json.loads(compiled["parameters"]["EvaluatorGate"]["gate_config"])
+    assert compiled_gate["serving_model_dir"] == compiled["serving_dir"], "compile wires the serving baseline"
+    assert compiled_gate["slice_feature"] == "species"
     blessing_uri = tmp_path / "blessing"
     gate = {
         "label_key": "species",
         "thresholds": [{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.5, "max_absolute_drop": 0.5}],
         "min_sparsity": 0.79,
+        "slice_feature": "species",
+        "slice_thresholds": [{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.3}],
+        "serving_model_dir": compiled["serving_dir"],
     }
     output = _run_pod(
-        containers["EvaluatorGate_executor"],
+        compiled["containers"]["EvaluatorGate_executor"],
         {"model": _artifact(retrained_uri, "tfx.Model"), "baseline_model": baseline, "examples": examples},
         {
             "blessing": _artifact(blessing_uri, "tfx.ModelBlessing"),
@@ -92,4 +108,25 @@ def test_prune_retrain_and_gate_pods(tmp_path, containers, penguin_baseline, pen
         tmp_path,
     )
     assert os.listdir(blessing_uri) == ["BLESSED"]
-    assert output["artifacts"]["blessing"]["artifacts"][0]["metadata"]["blessed"] == 1
+    blessing_metadata = output["artifacts"]["blessing"]["artifacts"][0]["metadata"]
+    assert blessing_metadata["blessed"] == 1
+    assert os.path.isfile(tmp_path / "evaluation" / "report.html")
+
+    # The Pusher pod runs this project's executor with the push destination compiled into the spec,
+    # and reads the blessing the way KFP hands it over: as the gate's output metadata.
+    pusher_parameters = compiled["parameters"]["Pusher"]
+    output = _run_pod(
+        compiled["containers"]["Pusher_executor"],
+        {
+            "model": _artifact(retrained_uri, "tfx.Model"),
+            "model_blessing": _artifact(blessing_uri, "tfx.ModelBlessing", blessing_metadata),
+        },
+        {"pushed_model": _artifact(tmp_path / "pushed", "tfx.PushedModel")},
+        pusher_parameters,
+        tmp_path,
+    )
+    pushed = output["artifacts"]["pushed_model"]["artifacts"][0]["metadata"]
+    assert pushed["pushed"] == 1
+    versions = [name for name in os.listdir(compiled["serving_dir"]) if name.isdigit()]
+    assert [os.path.join(compiled["serving_dir"], v) for v in versions] == [pushed["pushed_destination"]]
+    assert load_keras_model(pushed["pushed_destination"]).signatures
