@@ -163,6 +163,8 @@ def test_gate_refuses_an_unreachable_threshold(tmp_path, pruned, penguin_baselin
     assert blessing.get_int_custom_property("blessed") == 0
     assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
     assert "NOT BLESSED: sparsity >= min_sparsity" in open(tmp_path / "evaluation" / "summary.md").read()
+    html = open(tmp_path / "evaluation" / "report.html").read()
+    assert "Refused because: <code>sparsity &gt;= min_sparsity</code>" in html
 
 
 def test_gate_refuses_an_empty_eval_split(tmp_path, pruned, penguin_baseline, examples_with_empty_eval):
@@ -232,3 +234,6 @@ def test_gate_refuses_on_efficiency_and_reports_the_measurements(tmp_path, prune
     assert candidate["params"] == 4675 and candidate["latency_ms"] > 0 and candidate["flops"] > 0
     summary = open(tmp_path / "evaluation" / "summary.md").read()
     assert "FAIL      | params <= max_params" in summary and "CPU latency (ms)" in summary
+    html = open(tmp_path / "evaluation" / "report.html").read()
+    assert "Refused because: <code>params &lt;= max_params</code>" in html
+    assert '<td class="FAIL">FAIL</td><td>params &lt;= max_params</td>' in html
