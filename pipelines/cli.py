@@ -358,13 +358,23 @@ def compile_kubeflow(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "run-local":
         return run_local(args)
     if args.command == "compile":
         return compile_kubeflow(args)
     if args.command in ("submit", "schedule"):
-        return kubeflow_command(args)
+        from kfp_server_api import ApiException
+
+        try:
+            return kubeflow_command(args)
+        except (ValueError, OSError) as err:  # bad cron, spec file or parameter; a clash with what exists
+            parser.exit(2, f"prune-pipeline {args.command}: error: {err}\n")
+        except ApiException as err:  # the API server's own answer, without the SDK's traceback
+            parser.exit(
+                1, f"prune-pipeline {args.command}: the KFP API answered {err.status} {err.reason}: {err.body}\n"
+            )
     raise AssertionError(args.command)
 
 

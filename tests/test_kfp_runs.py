@@ -1,6 +1,7 @@
 """Submitting and scheduling on Kubeflow, tested at the HTTP boundary against a local KFP API."""
 
 import json
+import re
 
 import kfp_api_server
 import pytest
@@ -53,6 +54,26 @@ def test_submit_uploads_the_spec_creates_the_experiment_and_the_run(kfp_api, spe
     assert run_id in capsys.readouterr().out
 
 
+def _refused(call, message, capsys):
+    """The CLI exits with status 2 and a one-line reason, not a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_an_api_error_is_reported_with_the_server_answer(kfp_api, spec_path, capsys):
+    args = ["schedule", "disable", "--host", kfp_api.host, "no-such-id"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "the KFP API answered 404" in err and "recurring run not found" in err, err
+    assert kfp_api.calls("POST", "/recurringruns/no-such-id:disable")
+
+
 def experiment_id(api):
     (experiment,) = api.experiments.values()
     return experiment["experiment_id"]
@@ -98,8 +119,7 @@ def test_schedule_list_and_disable(kfp_api, spec_path, capsys):
     create = ["schedule", "create", "--host", kfp_api.host, "--spec", spec_path, "--cron", "@daily"]
     assert cli.main([*create, "--name", "nightly"]) == 0
     uploads = len(kfp_api.calls("POST", "/pipelines/upload_version"))
-    with pytest.raises(ValueError, match="already exists and is enabled"):
-        cli.main([*create, "--name", "nightly"])
+    _refused(lambda: cli.main([*create, "--name", "nightly"]), "already exists and is enabled", capsys)
     assert len(kfp_api.calls("POST", "/pipelines/upload_version")) == uploads, "refused before uploading"
     (schedule_id,) = kfp_api.recurring_runs
     capsys.readouterr()
@@ -126,9 +146,11 @@ def test_schedule_list_and_disable(kfp_api, spec_path, capsys):
         ("@fortnightly", "unknown cron descriptor"),
     ],
 )
-def test_bad_cron_is_refused_before_any_request(kfp_api, spec_path, cron, message):
+def test_bad_cron_is_refused_before_any_request(kfp_api, spec_path, cron, message, capsys):
     with pytest.raises(kfp_runs.CronError, match=message):
-        cli.main(["schedule", "create", "--host", kfp_api.host, "--spec", spec_path, "--name", "n", "--cron", cron])
+        kfp_runs.validate_cron(cron)
+    args = ["schedule", "create", "--host", kfp_api.host, "--spec", spec_path, "--name", "n", "--cron", cron]
+    _refused(lambda: cli.main(args), message, capsys)
     assert kfp_api.requests == []
 
 
@@ -137,12 +159,11 @@ def test_valid_kfp_cron_expressions_pass(cron):
     assert kfp_runs.validate_cron(cron) == cron
 
 
-def test_unknown_parameter_or_job_wrapper_is_refused_before_upload(kfp_api, spec_path):
-    with pytest.raises(ValueError, match=r"declares no parameter \['data_rot'\]; it takes \['data_root'\]"):
-        _cli(kfp_api, "submit", "--spec", spec_path, "--param", "data_rot=gs://x")
+def test_unknown_parameter_or_job_wrapper_is_refused_before_upload(kfp_api, spec_path, capsys):
+    message = r"declares no parameter \['data_rot'\]; it takes \['data_root'\]"
+    _refused(lambda: _cli(kfp_api, "submit", "--spec", spec_path, "--param", "data_rot=gs://x"), message, capsys)
     job_path = spec_path.replace(".yaml", "_job.json")
-    with pytest.raises(ValueError, match="PipelineJob wrapper"):
-        _cli(kfp_api, "submit", "--spec", job_path)
+    _refused(lambda: _cli(kfp_api, "submit", "--spec", job_path), "PipelineJob wrapper", capsys)
     assert kfp_api.requests == [], "refused before any request"
 
 
