@@ -20,7 +20,8 @@ class CheckResult:
         return asdict(self)
 
 
-SERVING = "serving model"
+# How check names and details call the model now serving.
+SERVING_LABEL = "serving model"
 
 
 def run_checks(
@@ -58,7 +59,7 @@ def run_checks(
             "an empty eval split proves nothing, so it never blesses",
         )
     ]
-    references: list[tuple[str, Optional[Mapping[str, float]]]] = []
+    references: list[tuple[str, Mapping[str, float]]] = []
     if baseline is not None:
         references.append(("baseline", baseline))
     if config.serving_model_dir is not None:
@@ -74,7 +75,7 @@ def run_checks(
                 )
             )
         else:
-            references.append((SERVING, serving))
+            references.append((SERVING_LABEL, serving))
     no_reference_is_expected = config.serving_model_dir is not None and serving is None and baseline is None
     results += _metric_checks(
         config.thresholds, metric_names, candidate, references, prefix="", skip_drops=no_reference_is_expected
@@ -125,8 +126,11 @@ def _slice_checks(
     for label, models in sorted(slices.items()):
         if label in too_small:
             continue
-        references = [(name, models.get(key)) for name, key in (("baseline", "baseline"), (SERVING, "serving"))]
-        references = [(name, metrics) for name, metrics in references if metrics is not None]
+        references = [
+            (label, models[model])
+            for label, model in (("baseline", "baseline"), (SERVING_LABEL, "serving"))
+            if model in models
+        ]
         results += _metric_checks(
             config.slice_thresholds,
             metric_names,
@@ -142,7 +146,7 @@ def _metric_checks(
     thresholds: list[MetricThreshold],
     metric_names: Mapping[str, str],
     candidate: Mapping[str, float],
-    references: list[tuple[str, Optional[Mapping[str, float]]]],
+    references: list[tuple[str, Mapping[str, float]]],
     prefix: str,
     skip_drops: bool,
 ) -> list[CheckResult]:
@@ -183,10 +187,10 @@ def _drop_checks(
     name: str,
     value: float,
     reference_name: str,
-    reference_metrics: Optional[Mapping[str, float]],
+    reference_metrics: Mapping[str, float],
     prefix: str,
 ) -> list[CheckResult]:
-    reference = None if reference_metrics is None else reference_metrics.get(name)
+    reference = reference_metrics.get(name)
     if reference is None:
         return [
             CheckResult(

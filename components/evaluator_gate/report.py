@@ -14,6 +14,8 @@ from typing import Any
 import jinja2
 from tabulate import tabulate
 
+from components.evaluator_gate.metrics import metric_output_name
+
 MODEL_ORDER = ("baseline", "serving", "candidate")
 MODEL_LABELS = {"baseline": "baseline (parent)", "serving": "serving now", "candidate": "candidate"}
 MODEL_COLORS = {"baseline": "#9e9e9e", "serving": "#5c85d6", "candidate": "#e08a2e"}
@@ -90,12 +92,9 @@ def _models(result: dict[str, Any]) -> list[str]:
 
 def _threshold_metrics(result: dict[str, Any]) -> list[str]:
     """Output names of the metrics the thresholds bound, in the order the config gives them."""
-    names = []
-    for check in result["checks"]:
-        name = check["name"].split("] ")[-1].split(" ")[0]
-        if name not in names and any(name in metrics for metrics in result["metrics"].values()):
-            names.append(name)
-    return names
+    config = result["config"]
+    classes = dict.fromkeys(t["metric"] for t in [*config["thresholds"], *config["slice_thresholds"]])
+    return [metric_output_name(name) for name in classes]
 
 
 def release_report_png(result: dict[str, Any]) -> bytes:
