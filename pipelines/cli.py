@@ -199,10 +199,13 @@ def kubeflow_command(args: argparse.Namespace) -> int:
     from pipelines import kfp_runs
 
     # Before connecting: a typo in the cron, the file or a parameter needs no cluster to be found.
-    if args.command == "schedule" and args.schedule_command == "create":
-        kfp_runs.validate_cron(args.cron)
-    if args.command == "submit" or args.schedule_command == "create":
-        kfp_runs.read_spec(args.spec, _pairs(args.param))
+    starts_runs = args.command == "submit" or args.schedule_command == "create"
+    if starts_runs:
+        if args.command == "schedule":
+            kfp_runs.validate_cron(args.cron)
+        spec = kfp_runs.read_spec(args.spec)
+        parameters = _pairs(args.param)
+        spec.check_parameters(parameters)
     namespace = getattr(args, "namespace", None)
     client = kfp_runs.connect(
         host=getattr(args, "host", None),
@@ -214,10 +217,10 @@ def kubeflow_command(args: argparse.Namespace) -> int:
         run_name = args.run_name or f"{args.experiment}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
         run_id = kfp_runs.submit_run(
             client,
-            args.spec,
+            spec,
             experiment=args.experiment,
             run_name=run_name,
-            parameters=_pairs(args.param),
+            parameters=parameters,
             namespace=namespace,
             enable_caching=args.enable_caching,
         )
@@ -225,11 +228,11 @@ def kubeflow_command(args: argparse.Namespace) -> int:
     elif args.schedule_command == "create":
         schedule_id = kfp_runs.schedule_run(
             client,
-            args.spec,
+            spec,
             experiment=args.experiment,
             schedule_name=args.name,
             cron=args.cron,
-            parameters=_pairs(args.param),
+            parameters=parameters,
             namespace=namespace,
         )
         print(f"schedule {args.name} ({args.cron}): {schedule_id}")

@@ -7,11 +7,11 @@ pipeline.
 
 Example::
 
+    spec = read_spec("build/kubeflow/penguin-pruning.yaml")
     client = connect(host="http://localhost:8080")
-    run_id = submit_run(client, "build/kubeflow/penguin-pruning.yaml", experiment="pruning",
-                        run_name="manual", parameters={"data_root": "gs://bucket/data/span-7"})
-    schedule_id = schedule_run(client, "build/kubeflow/penguin-pruning.yaml", experiment="pruning",
-                               schedule_name="nightly", cron="0 0 2 * * *")
+    run_id = submit_run(client, spec, experiment="pruning", run_name="manual",
+                        parameters={"data_root": "gs://bucket/data/span-7"})
+    schedule_id = schedule_run(client, spec, experiment="pruning", schedule_name="nightly", cron="0 0 2 * * *")
 """
 
 from __future__ import annotations
@@ -126,12 +126,25 @@ def connect(
         return kfp.Client(**kwargs)
 
 
-def read_spec(spec_path: str, parameters: Optional[Mapping[str, Any]] = None) -> tuple[str, bytes]:
-    """The pipeline name in the spec and the spec's bytes.
+@dataclass(frozen=True)
+class PipelineSpecFile:
+    """A compiled pipeline spec read from disk: what gets uploaded, and what it accepts."""
 
-    Refuses the PipelineJob wrapper and parameters the pipeline does not declare, before
-    anything is uploaded.
-    """
+    path: str
+    pipeline_name: str
+    content: bytes
+    declared_parameters: frozenset[str]
+
+    def check_parameters(self, parameters: Optional[Mapping[str, Any]]) -> None:
+        unknown = sorted(set(parameters or {}) - self.declared_parameters)
+        if unknown:
+            raise ValueError(
+                f"{self.path} declares no parameter {unknown}; it takes {sorted(self.declared_parameters)}"
+            )
+
+
+def read_spec(spec_path: str) -> PipelineSpecFile:
+    """Reads the bare pipeline-spec YAML that ``compile`` writes; refuses the PipelineJob wrapper."""
     with open(spec_path, "rb") as f:
         content = f.read()
     spec = yaml.safe_load(content)
@@ -143,29 +156,20 @@ def read_spec(spec_path: str, parameters: Optional[Mapping[str, Any]] = None) ->
         )
         raise ValueError(f"{spec_path} is not a KFP pipeline spec{hint}")
     declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
-    unknown = sorted(set(parameters or {}) - set(declared))
-    if unknown:
-        raise ValueError(f"{spec_path} declares no parameter {unknown}; it takes {sorted(declared)}")
-    return spec["pipelineInfo"]["name"], content
+    return PipelineSpecFile(spec_path, spec["pipelineInfo"]["name"], content, frozenset(declared))
 
 
 def _equals_filter(key: str, value: str) -> str:
     return json.dumps({"predicates": [{"operation": "EQUALS", "key": key, "stringValue": value}]})
 
 
-def ensure_pipeline_version(
-    client: kfp.Client,
-    spec_path: str,
-    pipeline_name: Optional[str] = None,
-    parameters: Optional[Mapping[str, Any]] = None,
-) -> PipelineVersion:
+def ensure_pipeline_version(client: kfp.Client, spec: PipelineSpecFile) -> PipelineVersion:
     """Uploads the spec unless a version with the same content exists; returns the version to run."""
-    spec_name, content = read_spec(spec_path, parameters)
-    pipeline_name = pipeline_name or spec_name
-    version_name = f"{pipeline_name}-{hashlib.sha256(content).hexdigest()[:12]}"
+    pipeline_name = spec.pipeline_name
+    version_name = f"{pipeline_name}-{hashlib.sha256(spec.content).hexdigest()[:12]}"
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
-        pipeline = client.upload_pipeline(spec_path, pipeline_name=pipeline_name)
+        pipeline = client.upload_pipeline(spec.path, pipeline_name=pipeline_name)
         pipeline_id = pipeline.pipeline_id
     else:
         existing = client.list_pipeline_versions(
@@ -173,13 +177,13 @@ def ensure_pipeline_version(
         ).pipeline_versions
         if existing:
             return PipelineVersion(pipeline_id, existing[0].pipeline_version_id, version_name, uploaded=False)
-    version = client.upload_pipeline_version(spec_path, version_name, pipeline_id=pipeline_id)
+    version = client.upload_pipeline_version(spec.path, version_name, pipeline_id=pipeline_id)
     return PipelineVersion(pipeline_id, version.pipeline_version_id, version_name, uploaded=True)
 
 
 def submit_run(
     client: kfp.Client,
-    spec_path: str,
+    spec: PipelineSpecFile,
     *,
     experiment: str,
     run_name: str,
@@ -188,9 +192,9 @@ def submit_run(
     enable_caching: Optional[bool] = None,
 ) -> str:
     """Creates one run of the (uploaded or reused) pipeline version in ``experiment``; returns its id."""
-    read_spec(spec_path, parameters)  # a wrong file or parameter fails before any request
+    spec.check_parameters(parameters)  # before any request
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
-    version = ensure_pipeline_version(client, spec_path, parameters=parameters)
+    version = ensure_pipeline_version(client, spec)
     run = client.run_pipeline(
         experiment_id=experiment_id,
         job_name=run_name,
@@ -204,7 +208,7 @@ def submit_run(
 
 def schedule_run(
     client: kfp.Client,
-    spec_path: str,
+    spec: PipelineSpecFile,
     *,
     experiment: str,
     schedule_name: str,
@@ -220,14 +224,14 @@ def schedule_run(
     experiment is an error, so re-running a deploy script does not double the retraining.
     """
     cron = validate_cron(cron)
-    read_spec(spec_path, parameters)  # a wrong file or parameter fails before any request
+    spec.check_parameters(parameters)  # before any request
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
     for existing in list_schedules(client, experiment=experiment, namespace=namespace):
         if existing["name"] == schedule_name and existing["enabled"]:
             raise ValueError(
                 f"schedule {schedule_name!r} already exists and is enabled (id {existing['id']}); disable it first"
             )
-    version = ensure_pipeline_version(client, spec_path, parameters=parameters)
+    version = ensure_pipeline_version(client, spec)
     recurring = client.create_recurring_run(
         experiment_id=experiment_id,
         job_name=schedule_name,
