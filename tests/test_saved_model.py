@@ -119,3 +119,32 @@ def test_masks_are_stored_where_serving_ignores_them(tmp_path, penguin_baseline)
     prune_saved_model(penguin_baseline, str(out), PruningConfig(target_sparsity=0.5))
     assert (out / MASKS_RELATIVE_PATH).is_file()
     assert MASKS_RELATIVE_PATH.startswith("assets.extra")
+
+
+def _raw_tensor_model(input_order):
+    inputs = {name: keras.Input((1,), name=name) for name in input_order}
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Concatenate()(list(inputs.values())))
+    outputs = {
+        "score": keras.layers.Dense(1, name="score")(hidden),
+        "logits": keras.layers.Dense(3, name="logits")(hidden),
+    }
+    return keras.Model(inputs, outputs)
+
+
+def test_signatures_compare_by_name_not_by_key_order(tmp_path):
+    # The same inputs and outputs, declared in another order: the same serving interface.
+    first, second = _raw_tensor_model(["b", "a", "c"]), _raw_tensor_model(["c", "b", "a"])
+    first.save(str(tmp_path / "first"), save_format="tf")
+    second.save(str(tmp_path / "second"), save_format="tf")
+    verify_signatures_preserved(str(tmp_path / "first"), str(tmp_path / "second"))
+
+
+def test_a_raw_tensor_signature_with_several_inputs_and_outputs_is_kept(tmp_path):
+    model = _raw_tensor_model(["culmen_length_mm", "flipper_length_mm", "body_mass_g"])
+    model.save(str(tmp_path / "model"), save_format="tf")
+    out = str(tmp_path / "pruned")
+    prune_saved_model(str(tmp_path / "model"), out, PruningConfig(target_sparsity=0.5, protect_output_layer=False))
+    verify_signatures_preserved(str(tmp_path / "model"), out)
+    signature = tf.saved_model.load(out).signatures["serving_default"]
+    assert sorted(signature.structured_input_signature[1]) == ["body_mass_g", "culmen_length_mm", "flipper_length_mm"]
+    assert sorted(signature.structured_outputs) == ["logits", "score"]

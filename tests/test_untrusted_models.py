@@ -1,5 +1,7 @@
 """Models whose loading would run code shipped with them are refused unless explicitly allowed."""
 
+import os
+
 import pytest
 import tf_keras as keras
 from tfx.types import standard_artifacts
@@ -56,3 +58,71 @@ def test_prune_executor_refuses_an_unsafe_model_by_default(tmp_path):
         {"pruning_config": config, "allow_unsafe_layers": 1},
     )
     assert load_keras_model(out.uri, allow_unsafe_layers=True).masks
+
+
+def _side_effect_lambda(marker):
+    # Writes the marker when called: the proof that shipped bytecode ran.
+    return lambda t, path=str(marker): (open(path, "w").write("ran"), t)[1]
+
+
+def _save_hidden_lambda(path, marker, hiding):
+    inputs = keras.Input((2, 3), name="x")
+    if hiding == "time_distributed":
+        hidden = keras.layers.TimeDistributed(keras.layers.Lambda(_side_effect_lambda(marker), name="inner"))(inputs)
+    else:  # a nested Sequential block
+        block = keras.Sequential([keras.layers.Lambda(_side_effect_lambda(marker), name="inner")], name="block")
+        hidden = block(inputs)
+    outputs = keras.layers.Dense(2, name="out")(keras.layers.Flatten()(hidden))
+    keras.Model(inputs, outputs).save(str(path), save_format="tf")
+    os.remove(marker)  # saving traced the lambda; only a load may write it again
+    return str(path)
+
+
+def _rename_lambda_metadata(path):
+    """Renames the Lambda's metadata node and class the way an attacker would hide it."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    metadata_path = os.path.join(path, "keras_metadata.pb")
+    metadata = saved_metadata_pb2.SavedMetadata()
+    with open(metadata_path, "rb") as f:
+        metadata.ParseFromString(f.read())
+    renamed = 0
+    for node in metadata.nodes:
+        text = node.metadata.replace('"class_name": "Lambda"', '"class_name": "Activation"')
+        text = text.replace('"function_type": "lambda", ', "").replace('"inner"', '"relu"')
+        renamed += text != node.metadata
+        node.metadata = text
+    assert renamed, "the test model has no Lambda metadata to rename"
+    with open(metadata_path, "wb") as f:
+        f.write(metadata.SerializeToString())
+
+
+@pytest.mark.parametrize("hiding", ["time_distributed", "nested_sequential", "renamed"])
+def test_hidden_lambda_is_refused_before_its_code_runs(tmp_path, hiding):
+    marker = tmp_path / "bytecode_ran"
+    path = _save_hidden_lambda(tmp_path / "model", marker, "nested_sequential" if hiding == "renamed" else hiding)
+    if hiding == "renamed":
+        _rename_lambda_metadata(path)
+        assert not any("(Lambda)" in entry for entry in unsafe_layers(path))
+    findings = unsafe_layers(path)
+    assert findings, "the hidden Lambda was not found"
+    if hiding == "renamed":
+        assert any("marshalled Python bytecode" in entry for entry in findings), findings
+    with pytest.raises(UnsafeModelError, match="runs code shipped with the model"):
+        load_keras_model(path)
+    assert not marker.exists(), "the model's bytecode ran although the model was refused"
+
+
+def test_a_wrapped_lambda_does_run_when_allowed(tmp_path):
+    # Shows the side effect above is real: the same model loaded with consent runs its code.
+    marker = tmp_path / "bytecode_ran"
+    path = _save_hidden_lambda(tmp_path / "model", marker, "time_distributed")
+    load_keras_model(path, allow_unsafe_layers=True)
+    assert marker.read_text() == "ran"
+
+
+def test_stock_applications_are_not_flagged(tmp_path):
+    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=3)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(str(tmp_path / "mnv3"), save_format="tf")
+    assert unsafe_layers(str(tmp_path / "mnv3")) == []

@@ -10,11 +10,12 @@ Serving ignores), so a later fine-tuning step knows which zeros to keep.
 
 from __future__ import annotations
 
+import binascii
 import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +30,10 @@ class ModelLoadError(ValueError):
 
 class UnsafeModelError(ModelLoadError):
     """The model holds layers whose loading runs code the model author chose (Lambda, custom classes)."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A model holds NaN or infinite weights: whatever it predicts cannot be trusted."""
 
 
 class SignatureMismatchError(RuntimeError):
@@ -55,28 +60,104 @@ def resolve_saved_model_dir(path: str) -> str:
     raise ModelLoadError(f"no saved_model.pb in {path!r} or {os.path.join(path, 'Format-Serving')!r}: not a SavedModel")
 
 
-# Built-in classes that are safe to revive: their configs hold data, not code. TFOpLambda
-# names a TensorFlow API function; Lambda carries marshalled Python bytecode.
-_SAFE_EXTRA_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"}
-_KERAS_NAMESPACES = (keras.layers, keras.models, keras.metrics, keras.losses, keras.optimizers)
+# Class names the tf-keras serializer writes for plain data (shapes, tuples, bytes, type specs),
+# and built-in model classes. TFOpLambda names a TensorFlow API function; Lambda carries
+# marshalled Python bytecode.
+_SAFE_EXTRA_CLASSES = {
+    "Functional",
+    "Sequential",
+    "Model",
+    "TFOpLambda",
+    "SlicingOpLambda",
+    "TensorShape",
+    "TypeSpec",
+    "CompositeTensor",
+    "__tuple__",
+    "__ellipsis__",
+    "__bytes__",
+    # A built-in function by name (e.g. a loss); a user's function also names its module.
+    "function",
+}
+_KERAS_NAMESPACES = (
+    keras.layers,
+    keras.models,
+    keras.metrics,
+    keras.losses,
+    keras.optimizers,
+    keras.optimizers.schedules,
+    keras.initializers,
+    keras.regularizers,
+    keras.constraints,
+    keras.mixed_precision,
+)
+# A config naming a module makes Keras import it; only Keras's and TensorFlow's own are data.
+_TRUSTED_MODULE_PREFIXES = ("keras", "tf_keras", "tensorflow", "builtins")
+# marshal.dumps(code) starts with TYPE_CODE ('c'), with or without FLAG_REF (0x80).
+_MARSHALLED_CODE_MARKERS = (0x63, 0xE3)
+_BASE64_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
+
+
+def _is_keras_class(class_name: str) -> bool:
+    # tf-keras registers its own optimizers under the default package: "Custom>Adam".
+    class_name = class_name.removeprefix("Custom>")
+    return class_name in _SAFE_EXTRA_CLASSES or any(
+        isinstance(getattr(namespace, class_name, None), type) for namespace in _KERAS_NAMESPACES
+    )
+
+
+def _looks_like_marshalled_code(text: str) -> bool:
+    """True for base64 text that decodes to a marshalled code object (how Keras stores a Lambda)."""
+    if len(text) < 24 or not set(text) <= _BASE64_CHARACTERS:
+        return False
+    try:
+        raw = binascii.a2b_base64(text)
+    except binascii.Error:
+        return False
+    return bool(raw) and raw[0] in _MARSHALLED_CODE_MARKERS
+
+
+def _unsafe_in_config(value: Any, where: str) -> Iterator[str]:
+    """Everything in a (nested) Keras config whose revival would run or import code."""
+    if isinstance(value, dict):
+        config = value.get("config")
+        name = value.get("name") or (config.get("name") if isinstance(config, dict) else None)
+        here = f"{where}/{name}" if isinstance(name, str) and name else where
+        class_name = value.get("class_name")
+        if isinstance(class_name, str) and (class_name == "Lambda" or not _is_keras_class(class_name)):
+            yield f"{here} ({class_name})"
+        module = value.get("module")
+        if isinstance(module, str) and module and not module.startswith(_TRUSTED_MODULE_PREFIXES):
+            yield f"{here} (imports module {module!r})"
+        if "function_type" in value:
+            yield f"{here} (Python function of type {value['function_type']!r})"
+        for key, item in value.items():
+            yield from _unsafe_in_config(item, here if key in ("config", "layer", "layers") else f"{here}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _unsafe_in_config(item, where)
+    elif isinstance(value, str) and _looks_like_marshalled_code(value):
+        yield f"{where} (marshalled Python bytecode)"
 
 
 def unsafe_layers(model_dir: str) -> list[str]:
-    """``Lambda`` layers and classes unknown to tf-keras in a SavedModel, read from its metadata."""
+    """Everything in a SavedModel's Keras metadata whose revival runs code shipped with the model.
+
+    Every node and every nested config is read (wrappers such as ``TimeDistributed``, nested
+    models, ``layer``/``layers`` keys): ``Lambda`` layers, classes tf-keras does not know,
+    configs that name a module to import, Python functions, and marshalled bytecode wherever it
+    appears, whatever the node or class is called. Nothing is revived or unmarshalled here.
+    """
     from tf_keras.protobuf import saved_metadata_pb2
 
     metadata = saved_metadata_pb2.SavedMetadata()
     with tf.io.gfile.GFile(os.path.join(model_dir, "keras_metadata.pb"), "rb") as f:
         metadata.ParseFromString(f.read())
-    found = []
+    found: list[str] = []
     for node in metadata.nodes:
         details = json.loads(node.metadata or "{}")
-        class_name = details.get("class_name")
-        if not class_name:
-            continue
-        known = class_name in _SAFE_EXTRA_CLASSES or any(hasattr(ns, class_name) for ns in _KERAS_NAMESPACES)
-        if class_name == "Lambda" or not known:
-            found.append(f"{details.get('name', node.node_path)} ({class_name})")
+        for finding in _unsafe_in_config(details, node.node_path or "root"):
+            if finding not in found:
+                found.append(finding)
     return found
 
 
@@ -183,21 +264,58 @@ def copy_compile_settings(source: keras.Model, target: keras.Model) -> None:
     )
 
 
-def signature_specs(model_dir: str) -> dict[str, tuple[str, str]]:
-    """Maps each signature name of a SavedModel to a printable (inputs, outputs) spec."""
+def non_finite_weights(model: keras.Model) -> dict[str, int]:
+    """Weight name -> count of NaN or infinite values, for every weight that has any."""
+    found = {}
+    for variable in model.weights:
+        values = variable.numpy()
+        if np.issubdtype(values.dtype, np.floating):
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            if bad:
+                found[variable.name] = bad
+    return found
+
+
+def require_finite_weights(model: keras.Model, what: str) -> None:
+    """Raises NonFiniteWeightsError naming the weights that hold NaN or infinity."""
+    found = non_finite_weights(model)
+    if found:
+        listed = ", ".join(f"{name} ({count})" for name, count in sorted(found.items()))
+        raise NonFiniteWeightsError(f"{what} has NaN or infinite weights: {listed}")
+
+
+def _canonical_structure(structure):
+    # Dicts by sorted key: TF restores a signature's dicts in an arbitrary key order.
+    if isinstance(structure, Mapping):
+        return tuple((str(key), _canonical_structure(structure[key])) for key in sorted(structure, key=str))
+    if isinstance(structure, (list, tuple)):
+        return tuple(_canonical_structure(item) for item in structure)
+    if isinstance(structure, tf.TensorSpec):
+        shape = tuple(structure.shape.as_list()) if structure.shape.rank is not None else None
+        return (shape, structure.dtype.name)
+    return repr(structure)
+
+
+def signature_specs(model_dir: str) -> dict[str, tuple[tuple, tuple]]:
+    """Maps each signature name of a SavedModel to its canonical (inputs, outputs) spec.
+
+    Inputs and outputs are compared by name, shape and dtype, never by the order of their keys.
+    """
     loaded = tf.saved_model.load(model_dir)
     return {
-        name: (repr(fn.structured_input_signature), repr(fn.structured_outputs))
+        name: (_canonical_structure(fn.structured_input_signature), _canonical_structure(fn.structured_outputs))
         for name, fn in loaded.signatures.items()
     }
 
 
 def verify_signatures_preserved(original_dir: str, new_dir: str) -> None:
-    """Raises SignatureMismatchError unless both SavedModels expose identical signatures."""
+    """Raises SignatureMismatchError unless both SavedModels expose the same signatures."""
     before, after = signature_specs(original_dir), signature_specs(new_dir)
     if before != after:
         missing = sorted(set(before) - set(after))
         changed = sorted(name for name in set(before) & set(after) if before[name] != after[name])
+        details = "; ".join(f"{name}: {before[name]} -> {after[name]}" for name in changed)
         raise SignatureMismatchError(
             f"serving signatures changed from {original_dir!r} to {new_dir!r}: missing={missing} changed={changed}"
+            + (f" ({details})" if details else "")
         )
