@@ -27,6 +27,7 @@ setup(
         "pyyaml",
         "matplotlib>=3.8,<3.10",
         "jinja2>=3,<4",
+        "scipy",  # Wilson intervals next to the gate's accuracy bounds
     ],
     extras_require={"dev": ["pytest", "ruff", "scikit-learn"]},
     entry_points={"console_scripts": ["prune-pipeline=pipelines.cli:main"]},

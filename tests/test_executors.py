@@ -175,7 +175,7 @@ def test_gate_refuses_an_empty_eval_split(tmp_path, pruned, penguin_baseline, ex
     assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
     assert error is None, "an empty split is a refusal with a reason, not a crash"
     assert result["blessed"] is False
-    assert "eval examples > 0" in result["failed_checks"]
+    assert "eval examples >= min_eval_examples" in result["failed_checks"]
     assert result["checks"][0]["measured"] == 0
 
 

@@ -13,10 +13,15 @@ EFFICIENCY = {
 }  # fmt: skip
 
 
-def _run(config, candidate=0.95, baseline=0.96, example_count=100, sparsity=0.8, efficiency=EFFICIENCY):
+FINITE = {"weights": 0, "predictions": 0}
+
+
+def _run(
+    config, candidate=0.95, baseline=0.96, example_count=100, sparsity=0.8, efficiency=EFFICIENCY, non_finite=FINITE
+):
     return run_checks(
         config, NAMES, {"sparse_categorical_accuracy": candidate}, {"sparse_categorical_accuracy": baseline},
-        example_count, sparsity, efficiency,
+        example_count, sparsity, efficiency, non_finite=non_finite,
     )  # fmt: skip
 
 
@@ -59,8 +64,31 @@ def test_accuracy_bounds_and_empty_split_refuse():
     assert [r.name for r in _run(_config(), candidate=0.89, baseline=0.89) if not r.passed] == [
         "sparse_categorical_accuracy >= lower_bound"
     ]
-    assert "eval examples > 0" in [r.name for r in _run(_config(), example_count=0) if not r.passed]
+    assert "eval examples >= min_eval_examples" in [r.name for r in _run(_config(), example_count=0) if not r.passed]
     assert not is_blessed([])
+
+
+def test_too_few_eval_examples_refuse_even_when_every_metric_passes():
+    # One perfect example used to bless a model.
+    failed = [r for r in _run(_config(), candidate=1.0, baseline=1.0, example_count=1) if not r.passed]
+    assert [(r.name, r.measured, r.bound) for r in failed] == [("eval examples >= min_eval_examples", 1, 100)]
+    assert is_blessed(_run(_config(min_eval_examples=1), candidate=1.0, baseline=1.0, example_count=1))
+
+
+def test_accuracy_checks_carry_the_wilson_interval_of_their_sample():
+    (row,) = [r for r in _run(_config(), example_count=100) if r.name == "sparse_categorical_accuracy >= lower_bound"]
+    low, high = row.interval
+    # 95 of 100: the Wilson interval is about 0.888 to 0.978 (Wilson 1927; also scipy's binomtest).
+    assert low == pytest.approx(0.8883, abs=1e-3) and high == pytest.approx(0.9785, abs=1e-3)
+    assert "95% interval 0.888-0.978 over 100 examples" in row.detail
+    (small,) = [r for r in _run(_config(min_eval_examples=1), example_count=10) if r.name == row.name]
+    assert small.interval[1] - small.interval[0] > high - low  # fewer examples, less certainty
+
+
+def test_non_finite_weights_or_predictions_refuse():
+    for non_finite in ({"weights": 1, "predictions": 0}, {"weights": 0, "predictions": 7}, None):
+        failed = [r.name for r in _run(_config(), non_finite=non_finite) if not r.passed]
+        assert failed == ["all weights and predictions finite"], non_finite
 
 
 def test_missing_measurements_fail_closed():
@@ -88,7 +116,7 @@ def test_drops_are_checked_against_the_serving_model_too():
     config = _config(serving_model_dir="/serving")
     results = run_checks(
         config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.95},
-        100, 0.8, EFFICIENCY, serving={"sparse_categorical_accuracy": 0.99},
+        100, 0.8, EFFICIENCY, serving={"sparse_categorical_accuracy": 0.99}, non_finite=FINITE,
     )  # fmt: skip
     assert [r.name for r in results if not r.passed] == [
         "sparse_categorical_accuracy drop vs serving model <= max_absolute_drop"
@@ -110,20 +138,20 @@ def test_small_slices_are_listed_not_checked_and_a_missing_slice_feature_refuses
     config = _config(slice_feature="island", slice_thresholds=[SLICE_THRESHOLD], min_slice_examples=5)
     slices = _slices(**{"island=a": (0.95, 40), "island=b": (0.0, 3)})
     results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
-                         100, 0.8, EFFICIENCY, slices=slices)  # fmt: skip
+                         100, 0.8, EFFICIENCY, slices=slices, non_finite=FINITE)  # fmt: skip
     assert is_blessed(results)
     assert not [r for r in results if "island=b" in r.name]
     assert unchecked_slices(config, slices) == {"island=b": 3}
 
     slices["island=b"]["candidate"]["example_count"] = 5
     results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
-                         100, 0.8, EFFICIENCY, slices=slices)  # fmt: skip
+                         100, 0.8, EFFICIENCY, slices=slices, non_finite=FINITE)  # fmt: skip
     assert [r.name for r in results if not r.passed] == [
         "[island=b] sparse_categorical_accuracy >= lower_bound",
         "[island=b] sparse_categorical_accuracy drop vs baseline <= max_absolute_drop",
     ]
     results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
-                         100, 0.8, EFFICIENCY, slices={})  # fmt: skip
+                         100, 0.8, EFFICIENCY, slices={}, non_finite=FINITE)  # fmt: skip
     assert [r.name for r in results if not r.passed] == ["slices by island computed"]
 
 

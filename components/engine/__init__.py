@@ -21,7 +21,9 @@ from components.engine.report import summary_markdown, weight_stats
 from components.engine.saved_model import (
     LoadedModel,
     ModelLoadError,
+    NonFiniteWeightsError,
     load_keras_model,
+    require_finite_weights,
     save_keras_model,
     verify_signatures_preserved,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "LayerRemovalConfig",
     "LoadedModel",
     "ModelLoadError",
+    "NonFiniteWeightsError",
     "PruningConfig",
     "PruningConfigError",
     "StructuredPruningConfig",
@@ -49,6 +52,7 @@ __all__ = [
     "prune_saved_model",
     "prune_structured",
     "remove_layers",
+    "require_finite_weights",
     "save_keras_model",
     "summary_markdown",
     "verify_signatures_preserved",

@@ -106,6 +106,12 @@ def examples_dataset(
     """Batches of ``(features, label)`` parsed from TFRecord files of tf.Examples."""
     if not file_paths:
         raise ExamplesMismatchError("no example files given")
+    if len(model.outputs) != 1:
+        names = [tensor._keras_history.layer.name for tensor in model.outputs]
+        raise ExamplesMismatchError(
+            f"the model has {len(names)} outputs {names} but label_key {label_key!r} gives one label; "
+            "fine-tune a multi-output model with a module_file whose input_fn yields a label per output"
+        )
     spec = feature_spec_for_model(model, label_key, first_example(file_paths))
     compression = _compression(file_paths[0])
     dataset = tf.data.TFRecordDataset(list(file_paths), compression_type=compression)

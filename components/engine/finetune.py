@@ -20,6 +20,25 @@ class MaskedWeightsError(ValueError):
     """Masks do not match the model they are applied to."""
 
 
+class FineTuneDataError(ValueError):
+    """Training stopped on the data: a label out of range, a feature of the wrong shape or type."""
+
+
+def root_cause(error: tf.errors.OpError) -> str:
+    """The lines of a TensorFlow runtime error that name the problem, without its graph traceback."""
+    lines = [line.strip() for line in error.message.splitlines()]
+    meaningful = [
+        line
+        for line in lines
+        if line
+        and not line.startswith(("File ", "Detected at node", "Graph execution error", "[[", "defined at"))
+        and not line.endswith(":")  # source lines of the traceback are indented code, followed by File lines
+    ]
+    cause = meaningful[-1] if meaningful else error.message.strip()
+    cause = cause.split("\t [[")[0].split(" [[")[0].strip()
+    return cause if len(cause) <= 300 else cause[:297] + "..."
+
+
 def mask_variables(model: keras.Model, masks: Mapping[str, np.ndarray]) -> list[tuple[tf.Variable, tf.Tensor]]:
     """Pairs each masked variable of ``model`` with its mask as a constant of the variable's dtype."""
     if not masks:
@@ -89,14 +108,17 @@ def fine_tune(
     if config.gradual_pruning is None and config.distillation is None:
         if config.steps_per_epoch is not None:
             train_dataset = train_dataset.repeat()
-        history = model.fit(
-            train_dataset,
-            validation_data=eval_dataset,
-            epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
-            callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks))],
-            verbose=2,
-        )
+        try:
+            history = model.fit(
+                train_dataset,
+                validation_data=eval_dataset,
+                epochs=config.epochs,
+                steps_per_epoch=config.steps_per_epoch,
+                callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks))],
+                verbose=2,
+            )
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+            raise FineTuneDataError(f"fine-tuning stopped on the data: {root_cause(err)}") from err
         return FineTuneResult(
             {name: [float(v) for v in values] for name, values in history.history.items()}, dict(masks)
         )

@@ -20,6 +20,7 @@ from components.engine.saved_model import (
     LoadedModel,
     copy_compile_settings,
     load_keras_model,
+    require_finite_weights,
     save_keras_model,
     verify_signatures_preserved,
 )
@@ -75,6 +76,7 @@ def prune_saved_model(
         report["after"]["masked_sparsity"]  # 0.8
     """
     loaded = load_keras_model(input_path, allow_unsafe_layers)
+    require_finite_weights(loaded.model, f"the model to prune ({loaded.path})")
     if isinstance(config, LayerRemovalConfig):
         return _remove_layers(loaded, output_dir, config, sample_examples, holdout_examples, latency_repeats)
     sample = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
+from scipy.stats import binomtest
+
 from components.evaluator_gate.config import GateConfig, MetricThreshold
 
 
@@ -15,9 +17,34 @@ class CheckResult:
     measured: Optional[float]
     bound: Optional[float]
     detail: str
+    # 95% Wilson interval of a proportion (accuracy) over the examples it was measured on:
+    # how much the measured value can be trusted, shown next to the bound.
+    interval: Optional[tuple[float, float]] = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Metrics that are a fraction of examples, so a binomial interval describes their uncertainty.
+_PROPORTION_METRICS = {
+    "Accuracy",
+    "BinaryAccuracy",
+    "CategoricalAccuracy",
+    "SparseCategoricalAccuracy",
+    "TopKCategoricalAccuracy",
+    "SparseTopKCategoricalAccuracy",
+}
+
+
+def wilson_interval(proportion: float, examples: float, confidence: float = 0.95) -> Optional[tuple[float, float]]:
+    """The Wilson score interval of a proportion measured on ``examples`` examples (None if none)."""
+    trials = int(round(examples))
+    if trials <= 0 or not 0.0 <= proportion <= 1.0:
+        return None
+    interval = binomtest(int(round(proportion * trials)), trials).proportion_ci(
+        confidence_level=confidence, method="wilson"
+    )
+    return (float(interval.low), float(interval.high))
 
 
 # How check names and details call the model now serving.
@@ -34,6 +61,8 @@ def run_checks(
     efficiency: Optional[Mapping[str, Mapping[str, float]]] = None,
     serving: Optional[Mapping[str, float]] = None,
     slices: Optional[Mapping[str, Mapping[str, Mapping[str, float]]]] = None,
+    non_finite: Optional[Mapping[str, int]] = None,
+    eval_features: Optional[list[str]] = None,
 ) -> list[CheckResult]:
     """Applies every threshold of ``config``.
 
@@ -49,15 +78,19 @@ def run_checks(
         no version yet, or is not set).
       slices: slice label (``"species=2"``) -> model ("candidate", "baseline", "serving") ->
         metrics on that slice, ``example_count`` included.
+      non_finite: counts of NaN/infinite values in the candidate's ``weights`` and its
+        ``predictions`` on the eval split; what is not measured refuses.
+      eval_features: feature names of the eval examples, named when ``slice_feature`` is not one.
     """
     results = [
         CheckResult(
-            "eval examples > 0",
-            example_count > 0,
+            "eval examples >= min_eval_examples",
+            example_count >= config.min_eval_examples,
             example_count,
-            0,
-            "an empty eval split proves nothing, so it never blesses",
-        )
+            config.min_eval_examples,
+            "a handful of examples proves nothing (see the intervals next to each metric)",
+        ),
+        _finite_check(non_finite),
     ]
     references: list[tuple[str, Mapping[str, float]]] = []
     if baseline is not None:
@@ -78,10 +111,16 @@ def run_checks(
             references.append((SERVING_LABEL, serving))
     no_reference_is_expected = config.serving_model_dir is not None and serving is None and baseline is None
     results += _metric_checks(
-        config.thresholds, metric_names, candidate, references, prefix="", skip_drops=no_reference_is_expected
+        config.thresholds,
+        metric_names,
+        candidate,
+        references,
+        prefix="",
+        skip_drops=no_reference_is_expected,
+        examples=example_count,
     )
     if config.slice_feature is not None:
-        results += _slice_checks(config, metric_names, slices or {}, no_reference_is_expected)
+        results += _slice_checks(config, metric_names, slices or {}, no_reference_is_expected, eval_features)
     if config.min_sparsity is not None:
         results.append(
             CheckResult(
@@ -110,17 +149,16 @@ def _slice_checks(
     metric_names: Mapping[str, str],
     slices: Mapping[str, Mapping[str, Mapping[str, float]]],
     skip_drops: bool,
+    eval_features: Optional[list[str]] = None,
 ) -> list[CheckResult]:
     if not slices:
-        return [
-            CheckResult(
-                f"slices by {config.slice_feature} computed",
-                False,
-                0,
-                None,
-                f"TFMA found no values of {config.slice_feature!r} in the eval split",
-            )
-        ]
+        absent = eval_features is not None and config.slice_feature not in eval_features
+        detail = (
+            f"the eval examples have no feature {config.slice_feature!r}; they have {eval_features}"
+            if absent
+            else f"TFMA found no values of {config.slice_feature!r} in the eval split"
+        )
+        return [CheckResult(f"slices by {config.slice_feature} computed", False, 0, None, detail)]
     too_small = unchecked_slices(config, slices)
     results = []
     for label, models in sorted(slices.items()):
@@ -138,8 +176,21 @@ def _slice_checks(
             references,
             prefix=f"[{label}] ",
             skip_drops=skip_drops,
+            examples=models.get("candidate", {}).get("example_count", 0.0),
         )
     return results
+
+
+def _finite_check(non_finite: Optional[Mapping[str, int]]) -> CheckResult:
+    name = "all weights and predictions finite"
+    non_finite = non_finite or {}
+    unmeasured = [what for what in ("weights", "predictions") if what not in non_finite]
+    total = sum(non_finite.values())
+    detail = ", ".join(
+        [f"{count} non-finite {what}" for what, count in sorted(non_finite.items())]
+        + [f"{what} not measured" for what in unmeasured]
+    )
+    return CheckResult(name, total == 0 and not unmeasured, total, 0, detail)
 
 
 def _metric_checks(
@@ -149,6 +200,7 @@ def _metric_checks(
     references: list[tuple[str, Mapping[str, float]]],
     prefix: str,
     skip_drops: bool,
+    examples: float,
 ) -> list[CheckResult]:
     results = []
     for threshold in thresholds:
@@ -157,16 +209,28 @@ def _metric_checks(
         if value is None:
             results.append(CheckResult(f"{prefix}{name} computed", False, None, None, "TFMA produced no value"))
             continue
+        interval = wilson_interval(value, examples) if threshold.metric in _PROPORTION_METRICS else None
+        detail = f"95% interval {interval[0]:.3f}-{interval[1]:.3f} over {int(examples)} examples" if interval else ""
         if threshold.lower_bound is not None:
             results.append(
                 CheckResult(
-                    f"{prefix}{name} >= lower_bound", value >= threshold.lower_bound, value, threshold.lower_bound, ""
+                    f"{prefix}{name} >= lower_bound",
+                    value >= threshold.lower_bound,
+                    value,
+                    threshold.lower_bound,
+                    detail,
+                    interval,
                 )
             )
         if threshold.upper_bound is not None:
             results.append(
                 CheckResult(
-                    f"{prefix}{name} <= upper_bound", value <= threshold.upper_bound, value, threshold.upper_bound, ""
+                    f"{prefix}{name} <= upper_bound",
+                    value <= threshold.upper_bound,
+                    value,
+                    threshold.upper_bound,
+                    detail,
+                    interval,
                 )
             )
         if (threshold.max_absolute_drop is None and threshold.max_relative_drop is None) or skip_drops:

@@ -88,6 +88,11 @@ class GateConfig(_StrictModel):
     slice_thresholds: list[MetricThreshold] = Field(
         default_factory=list, description="Bounds each slice must meet; drops are against the same slice."
     )
+    min_eval_examples: int = Field(
+        default=100,
+        ge=1,
+        description="Refuse when the eval split has fewer examples: a metric measured on a handful means little.",
+    )
     min_slice_examples: int = Field(
         default=1, ge=1, description="Slices with fewer eval examples are reported but not checked."
     )

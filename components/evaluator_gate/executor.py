@@ -1,7 +1,10 @@
 """EvaluatorGate executor: TFMA on candidate and baseline, then the checks, then the blessing.
 
 Fails closed: the blessing is written last, and only BLESSED when every check passed. Any
-exception leaves a NOT_BLESSED blessing and the error in the evaluation, then fails the run.
+exception leaves a NOT_BLESSED blessing and fails the execution with a one-line reason: in the
+log, and, under TFX's portable launcher (LocalDagRunner), in the execution's
+``__execution_result__`` property in ML Metadata, since the launcher deletes a failed
+execution's output files.
 """
 
 from __future__ import annotations
@@ -18,16 +21,23 @@ from tfx import types
 from tfx.components.evaluator import constants
 from tfx.components.util import tfxio_utils
 from tfx.dsl.components.base import base_beam_executor
+from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 
-from components._io import split_patterns, write_bytes, write_json, write_text
+from components._io import split_files, split_patterns, write_bytes, write_json, write_text
+from components.engine.data import ExamplesMismatchError, first_example
 from components.engine.efficiency import count_flops, cpu_latency_ms
 from components.engine.prune import size_stats
 from components.engine.report import layer_table, weight_stats
-from components.engine.saved_model import load_keras_model
+from components.engine.saved_model import load_keras_model, non_finite_weights
 from components.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
 from components.evaluator_gate.config import GateConfig
-from components.evaluator_gate.metrics import metric_output_name
+from components.evaluator_gate.metrics import (
+    NON_FINITE_PREDICTIONS,
+    metric_config,
+    metric_output_name,
+    non_finite_predictions_config,
+)
 from components.evaluator_gate.report import release_report_html, release_report_png, summary_markdown
 from components.serving_versions import latest_version_dir
 
@@ -45,6 +55,11 @@ TFMA_SUBDIR = "tfma"
 CANDIDATE, BASELINE, SERVING = "candidate", "baseline", "serving"
 OVERALL = "Overall"
 ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
+# Blessing properties the Pusher reads to re-check, at push time, that the model serving then is
+# the one this verdict compared against (a cached or slow verdict must not outlive it).
+SERVING_MODEL_DIR_PROPERTY = "serving_model_dir"
+JUDGED_SERVING_VERSION_PROPERTY = "judged_serving_version"
+FAILED_CHECKS_PROPERTY = "failed_checks"
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -53,7 +68,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         input_dict: dict[str, list[types.Artifact]],
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
-    ) -> None:
+    ) -> Optional[execution_result_pb2.ExecutorOutput]:
         blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
         candidate = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
@@ -61,6 +76,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)
         if baseline is not None:
             blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
+        config = None
         try:
             config = GateConfig.model_validate_json(exec_properties[GATE_CONFIG_KEY])
             allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
@@ -71,13 +87,30 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             write_bytes(evaluation.uri, REPORT_PNG, png)
             write_text(evaluation.uri, REPORT_HTML, release_report_html(result, png))
         except Exception as err:
+            reason = f"EvaluatorGate failed, NOT_BLESSED: {type(err).__name__}: {_one_line(err)}"
+            logging.error(reason)
+            # Kept where the executor's outputs survive (a direct call, an orchestrator that keeps them).
             failure = {"blessed": False, "error": repr(err)}
             write_json(evaluation.uri, GATE_RESULT_JSON, failure)
             write_text(evaluation.uri, REPORT_HTML, release_report_html(failure))
             _write_blessing(blessing, blessed=False)
+            if self._context is not None and self._context.executor_output_uri:
+                # The portable launcher records this message in ML Metadata, then fails the run.
+                return execution_result_pb2.ExecutorOutput(
+                    execution_result=execution_result_pb2.ExecutionResult(code=1, result_message=reason)
+                )
             raise
+        if config.serving_model_dir is not None:
+            blessing.set_string_custom_property(SERVING_MODEL_DIR_PROPERTY, config.serving_model_dir)
+            blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, result["judged_serving_version"])
+        failed = result["failed_checks"]
+        blessing.set_string_custom_property(FAILED_CHECKS_PROPERTY, "; ".join(failed))
         _write_blessing(blessing, blessed=result["blessed"])
-        logging.info("EvaluatorGate: %s", "BLESSED" if result["blessed"] else "NOT_BLESSED")
+        if result["blessed"]:
+            logging.info("EvaluatorGate: BLESSED (%d checks passed)", len(result["checks"]))
+        else:
+            logging.warning("EvaluatorGate: NOT_BLESSED; failed checks: %s", _failed_check_lines(result))
+        return None
 
     def _evaluate(
         self,
@@ -95,6 +128,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if serving_dir is not None:
             models[SERVING] = load_keras_model(serving_dir, allow_unsafe_layers)
         eval_patterns = split_patterns(examples, config.eval_split)
+        eval_features = _feature_names(examples, config.eval_split)
         metric_names = {t.metric: metric_output_name(t.metric) for t in config.all_thresholds}
         eval_config = _eval_config(config, list(models))
         tfma_dir = os.path.join(evaluation_uri, TFMA_SUBDIR)
@@ -131,6 +165,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             for name, loaded in models.items()
         }
         layers = {name: layer_table(loaded.model) for name, loaded in models.items()}
+        non_finite = {"weights": sum(non_finite_weights(models[CANDIDATE].model).values())}
+        predictions = metrics.get(CANDIDATE, {}).get(NON_FINITE_PREDICTIONS)
+        if predictions is not None:
+            non_finite["predictions"] = int(predictions)
         for name, loaded in models.items():
             stats[name]["flops"] = count_flops(loaded.model)
             if config.max_latency_ms is not None:
@@ -145,6 +183,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             efficiency=stats,
             serving=metrics.get(SERVING),
             slices=by_slice,
+            non_finite=non_finite,
+            eval_features=eval_features,
         )
         return {
             "blessed": is_blessed(checks),
@@ -157,6 +197,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             "layers": layers,
             "checks": [check.as_dict() for check in checks],
             "failed_checks": [check.name for check in checks if not check.passed],
+            "judged_serving_version": os.path.realpath(serving_dir) if serving_dir is not None else "",
         }
 
 
@@ -172,14 +213,19 @@ def _eval_config(config: GateConfig, model_names: list[str]) -> tfma.EvalConfig:
         )
         for name in model_names
     ]
-    metric_classes = dict.fromkeys(["ExampleCount", *(threshold.metric for threshold in config.all_thresholds)])
+    metric_classes = dict.fromkeys(threshold.metric for threshold in config.all_thresholds)
+    metrics = [
+        tfma.MetricConfig(class_name="ExampleCount"),
+        non_finite_predictions_config(),
+        *(metric_config(name) for name in metric_classes),
+    ]
     slicing_specs = [tfma.SlicingSpec()]
     if config.slice_feature is not None:
         slicing_specs.append(tfma.SlicingSpec(feature_keys=[config.slice_feature]))
     return tfma.EvalConfig(
         model_specs=model_specs,
         slicing_specs=slicing_specs,
-        metrics_specs=[tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name=name) for name in metric_classes])],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
         # Only what the thresholds name: compiled metrics differ between models and would
         # make the comparison uneven.
         options=tfma.Options(include_default_metrics=BoolValue(value=False)),
@@ -219,4 +265,24 @@ def _write_blessing(blessing: types.Artifact, blessed: bool) -> None:
     blessing.set_int_custom_property(
         constants.ARTIFACT_PROPERTY_BLESSED_KEY,
         constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE,
+    )
+
+
+def _feature_names(examples: list[types.Artifact], split: str) -> list[str]:
+    try:
+        return sorted(first_example(split_files(examples, split)).features.feature)
+    except ExamplesMismatchError:  # an empty split: the example-count check refuses it
+        return []
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _failed_check_lines(result: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{check['name']} (measured {check['measured']}, bound {check['bound']})"
+        for check in result["checks"]
+        if not check["passed"]
     )

@@ -17,6 +17,7 @@ from components.engine import (
     examples_dataset,
     fine_tune,
     load_keras_model,
+    require_finite_weights,
     save_keras_model,
     verify_signatures_preserved,
     weight_stats,
@@ -48,6 +49,7 @@ class Executor(base_executor.BaseExecutor):
 
         allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
         loaded = load_keras_model(artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY]), allow_unsafe)
+        require_finite_weights(loaded.model, f"the model to fine-tune ({loaded.path})")
         make_dataset = self._input_fn(exec_properties.get(MODULE_FILE_KEY))
         train = make_dataset(
             file_paths=train_files,
@@ -72,6 +74,10 @@ class Executor(base_executor.BaseExecutor):
             teacher_uri = artifact_utils.get_single_uri(input_dict[TEACHER_MODEL_KEY])
             teacher = load_keras_model(teacher_uri, allow_unsafe).model
         result = fine_tune(loaded.model, train, evaluation, config, loaded.masks, teacher=teacher)
+        # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
+        require_finite_weights(
+            loaded.model, f"the fine-tuned model (fine-tuning diverged: final loss {_final_loss(result.history)})"
+        )
 
         model_dir = path_utils.serving_model_dir(output_model.uri)
         save_keras_model(loaded.model, model_dir, loaded.signatures, result.masks)
@@ -89,3 +95,8 @@ class Executor(base_executor.BaseExecutor):
         if not os.path.exists(module_file) and "://" not in module_file:
             raise FileNotFoundError(f"module_file {module_file!r} does not exist")
         return import_utils.import_func_from_source(module_file, INPUT_FN_NAME)
+
+
+def _final_loss(history: dict[str, list[float]]) -> str:
+    losses = history.get("loss") or []
+    return f"{losses[-1]:.6g}" if losses else "not recorded"
