@@ -14,6 +14,7 @@ from tfx.proto import example_gen_pb2
 
 from components import EvaluatorGate, PruneComponent, RetrainComponent
 from components.atomic_pusher.component import AtomicPusher
+from components.serving_versions import check_push_destination
 
 PENGUIN_TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "penguin_trainer.py")
 # How TFX lays out its bundled penguin data: one folder of gzipped TFRecords per split.
@@ -26,22 +27,6 @@ def penguin_data_root() -> str:
     import tfx as tfx_package
 
     return os.path.join(os.path.dirname(tfx_package.__file__), "components", "testdata", "penguin", "data")
-
-
-def check_push_destination(serving_model_dir: str, push_root: Optional[str]) -> None:
-    """Raises ValueError unless ``serving_model_dir`` lies inside ``push_root`` (when one is set)."""
-    if push_root is None:
-        return
-    if "://" in serving_model_dir or "://" in push_root:
-        scheme_root, scheme_dir = push_root.rstrip("/") + "/", serving_model_dir
-        if not scheme_dir.startswith(scheme_root) or ".." in scheme_dir[len(scheme_root) :].split("/"):
-            raise ValueError(f"push destination {serving_model_dir!r} is outside the push root {push_root!r}")
-        return
-    root, target = os.path.realpath(push_root), os.path.realpath(serving_model_dir)
-    if os.path.commonpath([root, target]) != root or target == root:
-        raise ValueError(
-            f"push destination {serving_model_dir!r} resolves to {target!r}, outside the push root {root!r}"
-        )
 
 
 def create_pipeline(
@@ -152,6 +137,7 @@ def create_pipeline(
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),
+        push_root=push_root,
     ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

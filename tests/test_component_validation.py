@@ -9,6 +9,7 @@ from tfx.types import standard_artifacts
 
 from components import EvaluatorGate, PruneComponent, RetrainComponent
 from components.evaluator_gate.metrics import UnknownMetricError
+from components.serving_versions import check_push_destination
 from pipelines import pruning_pipeline
 
 
@@ -192,5 +193,5 @@ def test_push_destination_must_stay_inside_the_push_root(tmp_path, penguin_data)
         **_pipeline_args(tmp_path, penguin_data, serving_model_dir=str(root / "penguin"), push_root=str(root))
     )
     with pytest.raises(ValueError, match="outside the push root"):
-        pruning_pipeline.check_push_destination("gs://b/serving/../other", "gs://b/serving")
-    pruning_pipeline.check_push_destination("gs://b/serving/penguin", "gs://b/serving")
+        check_push_destination("gs://b/serving/../other", "gs://b/serving")
+    check_push_destination("gs://b/serving/penguin", "gs://b/serving")

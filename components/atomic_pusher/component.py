@@ -1,5 +1,9 @@
 """AtomicPusher: the stock TFX Pusher with versions published atomically."""
 
+from __future__ import annotations
+
+from typing import Any, Optional
+
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
@@ -11,7 +15,10 @@ class AtomicPusher(tfx.components.Pusher):
 
     On a local or mounted filesystem each pushed version is staged in a hidden directory and
     renamed into place, so it appears complete or not at all, never overwrites a version, and
-    concurrent runs get distinct versions. Other destinations use the stock behaviour.
+    concurrent runs get distinct versions. At push time it refuses a destination that resolves
+    outside ``push_root`` and a verdict judged against a model that no longer is the one
+    serving; it records, rather than duplicates, a version that already holds the model. Other
+    destinations use the stock behaviour.
 
     Usage::
 
@@ -21,7 +28,13 @@ class AtomicPusher(tfx.components.Pusher):
             push_destination=tfx.proto.PushDestination(
                 filesystem=tfx.proto.PushDestination.Filesystem(base_directory="/serving/penguin")
             ),
+            push_root="/serving",
         )
     """
 
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+
+    def __init__(self, *args: Any, push_root: Optional[str] = None, custom_config: Optional[dict] = None, **kwargs):
+        if push_root is not None:
+            custom_config = {**(custom_config or {}), executor.PUSH_ROOT_KEY: push_root}
+        super().__init__(*args, custom_config=custom_config, **kwargs)

@@ -1,21 +1,35 @@
-"""Pusher executor whose versions appear complete or not at all, and never collide.
+"""Pusher executor whose versions appear complete or not at all, never collide, and never go stale.
 
 The stock executor copies files into ``<base>/<unix seconds>``: a reader can see a half-copied
 version, and two runs in the same second end up claiming the same version. Here the model is
 copied into a hidden staging directory beside the versions (TF Serving only loads numeric
 directories) and renamed into place; ``rename`` is atomic on a POSIX filesystem and fails if the
-version exists, in which case the next number is tried. Blessing checks and the metadata the
-Pusher records are the stock executor's.
+version exists, in which case the next number is tried.
+
+At push time, under a lock on the destination, it also:
+- refuses a destination that resolves outside the configured push root (a symlink planted after
+  the pipeline was built);
+- refuses when the model serving now is not the one the gate compared against (a cached or
+  slow verdict must not push a model over a better one that landed since);
+- records the newest version as the push when it already holds this very model (a run killed
+  right after its rename and resumed), instead of publishing a duplicate;
+- removes staging directories that killed pushes left behind.
+Blessing checks and the metadata the Pusher records are the stock executor's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import filecmp
+import json
 import os
 import shutil
+import socket
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator, Optional
 
 from absl import logging
 from tfx import types
@@ -24,35 +38,134 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from components.serving_versions import numeric_versions
+from components.serving_versions import (
+    JUDGED_SERVING_VERSION_PROPERTY,
+    SERVING_MODEL_DIR_PROPERTY,
+    check_push_destination,
+    latest_version_dir,
+    numeric_versions,
+)
 
 STAGING_PREFIX = ".staging-"
+LOCK_FILE = ".push.lock"
+PUSH_ROOT_KEY = "push_root"
+# A staging directory of another host is only removed once no copy could still be running.
+STALE_STAGING_SECONDS = 6 * 3600
 
 
-def publish_version(model_dir: str, base_directory: str) -> tuple[str, str]:
+class StaleVerdictError(RuntimeError):
+    """The model serving now is not the one the gate judged the candidate against."""
+
+
+def publish_version(
+    model_dir: str,
+    base_directory: str,
+    push_root: Optional[str] = None,
+    judged_serving_version: Optional[str] = None,
+) -> tuple[str, str]:
     """Copies ``model_dir`` to a new numeric version under ``base_directory`` atomically.
 
     Returns ``(version, path)``. The version is the current unix time in seconds, or the next
-    free number after it.
+    free number after it; if the newest version already holds this model, that version.
+
+    Args:
+      push_root: refuse unless ``base_directory`` resolves, now, inside this root.
+      judged_serving_version: the resolved path of the version the gate compared with (``""``:
+        none was serving); refuse if another is the newest now. ``None`` skips the check.
+
+    Raises:
+      ValueError: the destination resolves outside ``push_root``.
+      StaleVerdictError: the newest version is not the one the gate judged against.
     """
-    os.makedirs(base_directory, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=base_directory)
+    check_push_destination(base_directory, push_root)
+    base = os.path.realpath(base_directory)
+    os.makedirs(base, exist_ok=True)
+    with _exclusive_lock(base):
+        _remove_stale_staging(base)
+        existing = numeric_versions(base)
+        if existing and _same_files(model_dir, os.path.join(base, str(existing[-1]))):
+            logging.info("Version %s already holds this model; recording it as the push", existing[-1])
+            return str(existing[-1]), os.path.join(base, str(existing[-1]))
+        if judged_serving_version is not None:
+            serving_now = latest_version_dir(base)
+            serving_now = os.path.realpath(serving_now) if serving_now else ""
+            if serving_now != judged_serving_version:
+                raise StaleVerdictError(
+                    f"the gate judged this model against {judged_serving_version or 'no serving model'}, "
+                    f"but {serving_now} is serving now; not pushed. Run the pipeline again so the gate "
+                    "compares with the model serving now"
+                )
+        staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=base)
+        try:
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+            version = max([int(time.time()), *(v + 1 for v in existing)])
+            while True:
+                target = os.path.join(base, str(version))
+                try:
+                    os.rename(staging, target)
+                    return str(version), target
+                except OSError as err:
+                    if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    version += 1
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(base: str) -> Iterator[None]:
+    # Serialises pushers on this filesystem; the atomic rename still guards where locks are not shared.
+    with open(os.path.join(base, LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_stale_staging(base: str) -> None:
+    host = socket.gethostname()
+    for name in os.listdir(base):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        path = os.path.join(base, name)
+        # mkdtemp names it .staging-<host>-<pid>-<random>; its random part holds no "-".
+        owner_host, pid, _ = (name[len(STAGING_PREFIX) :].rsplit("-", 2) + ["", ""])[:3]
+        stale = time.time() - os.path.getmtime(path) > STALE_STAGING_SECONDS
+        if owner_host == host and not _process_alive(int(pid) if pid.isdigit() else -1):
+            stale = True
+        if stale:
+            logging.info("Removing %s, left by a push that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-        existing = numeric_versions(base_directory)
-        version = max([int(time.time()), *(v + 1 for v in existing)])
-        while True:
-            target = os.path.join(base_directory, str(version))
-            try:
-                os.rename(staging, target)
-                return str(version), target
-            except OSError as err:
-                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                version += 1
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _same_files(first: str, second: str) -> bool:
+    """True when both directories hold the same relative paths with the same bytes."""
+
+    def listing(root: str) -> dict[str, int]:
+        return {
+            os.path.relpath(os.path.join(folder, name), root): os.path.getsize(os.path.join(folder, name))
+            for folder, _, names in os.walk(root)
+            for name in names
+        }
+
+    files = listing(first)
+    if not files or files != listing(second):
+        return False
+    return all(filecmp.cmp(os.path.join(first, f), os.path.join(second, f), shallow=False) for f in files)
 
 
 class Executor(pusher_executor.Executor):
@@ -72,7 +185,27 @@ class Executor(pusher_executor.Executor):
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return
-        version, serving_path = publish_version(self.GetModelPath(input_dict), base)
+        custom_config = json.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null") or {}
+        version, serving_path = publish_version(
+            self.GetModelPath(input_dict),
+            base,
+            push_root=custom_config.get(PUSH_ROOT_KEY),
+            judged_serving_version=_judged_serving_version(input_dict, base),
+        )
         logging.info("Model published atomically as version %s at %s", version, serving_path)
         io_utils.copy_dir(self.GetModelPath(input_dict), model_push.uri)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+
+
+def _judged_serving_version(input_dict: dict[str, list[types.Artifact]], base: str) -> Optional[str]:
+    """What the gate compared with, if it compared with the model serving at this destination."""
+    blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or []
+    if not blessings:
+        return None
+    blessing = blessings[0]
+    if SERVING_MODEL_DIR_PROPERTY not in blessing.mlmd_artifact.custom_properties:
+        return None
+    judged_dir = blessing.get_string_custom_property(SERVING_MODEL_DIR_PROPERTY)
+    if os.path.realpath(judged_dir) != os.path.realpath(base):
+        return None
+    return blessing.get_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY)

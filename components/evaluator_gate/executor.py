@@ -39,7 +39,11 @@ from components.evaluator_gate.metrics import (
     non_finite_predictions_config,
 )
 from components.evaluator_gate.report import release_report_html, release_report_png, summary_markdown
-from components.serving_versions import latest_version_dir
+from components.serving_versions import (
+    JUDGED_SERVING_VERSION_PROPERTY,
+    SERVING_MODEL_DIR_PROPERTY,
+    latest_version_dir,
+)
 
 MODEL_KEY = "model"
 BASELINE_MODEL_KEY = "baseline_model"
@@ -55,10 +59,6 @@ TFMA_SUBDIR = "tfma"
 CANDIDATE, BASELINE, SERVING = "candidate", "baseline", "serving"
 OVERALL = "Overall"
 ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
-# Blessing properties the Pusher reads to re-check, at push time, that the model serving then is
-# the one this verdict compared against (a cached or slow verdict must not outlive it).
-SERVING_MODEL_DIR_PROPERTY = "serving_model_dir"
-JUDGED_SERVING_VERSION_PROPERTY = "judged_serving_version"
 FAILED_CHECKS_PROPERTY = "failed_checks"
 
 
