@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+EXIT_FAILED = 1
 EXIT_NOT_PUSHED = 3
 
 
@@ -83,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         help="fine-tune with knowledge distillation from the baseline (T=4, alpha=0.5)",
     )
     local.add_argument("--min-sparsity", type=float, default=None, help="default: the target sparsity")
+    local.add_argument(
+        "--min-eval-examples", type=int, default=100, help="the gate refuses an eval split with fewer examples"
+    )
+    local.add_argument(
+        "--run-id", default=None, help="name of this run in ML Metadata (default: <pipeline>-<UTC time>-<random>)"
+    )
+    local.add_argument("-v", "--verbose", action="store_true", help="print the full traceback when the run fails")
 
     kubeflow = commands.add_parser(
         "compile",
@@ -258,6 +266,8 @@ def _gate_args(args: argparse.Namespace, min_sparsity) -> dict:
         "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
         "min_sparsity": min_sparsity,
     }
+    if getattr(args, "min_eval_examples", None) is not None:
+        gate_args["min_eval_examples"] = args.min_eval_examples
     if args.slice_feature:
         gate_args["slice_feature"] = args.slice_feature
         gate_args["slice_thresholds"] = [
@@ -278,58 +288,101 @@ def _min_sparsity(args: argparse.Namespace):
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-    from tfx import v1 as tfx
+    import traceback
+    import uuid
+    from datetime import datetime, timezone
 
-    from components.evaluator_gate.report import comparison_rows
     from pipelines import pruning_pipeline
-    from pipelines.results import latest_run_result
 
     output_dir = os.path.abspath(args.output_dir)
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
-    serving_dir = os.path.join(output_dir, "serving")
-    pipeline = pruning_pipeline.create_pipeline(
-        pipeline_name="penguin-pruning",
-        pipeline_root=os.path.join(output_dir, "root"),
-        data_root=args.data_root or pruning_pipeline.penguin_data_root(),
-        serving_model_dir=serving_dir,
-        label_key=args.label_key,
-        trainer_module_file=None if args.baseline_model else pruning_pipeline.PENGUIN_TRAINER_MODULE,
-        baseline_model_uri=args.baseline_model,
-        train_steps=args.train_steps,
-        prune_args=_prune_args(args),
-        retrain_args={
-            "epochs": args.epochs,
-            "learning_rate": args.learning_rate,
-            "distillation": {"temperature": 4.0, "alpha": 0.5} if args.distill else None,
-        },
-        gate_args=_gate_args(args, _min_sparsity(args)),
-        compare_with=_compare_with(args),
-        split_patterns=_split_patterns(args),
-        metadata_path=metadata_path,
-        push_root=output_dir,
-        enable_cache=args.enable_cache,
-    )
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    run_id = args.run_id or f"penguin-pruning-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    try:
+        pipeline = pruning_pipeline.create_pipeline(
+            pipeline_name="penguin-pruning",
+            pipeline_root=os.path.join(output_dir, "root"),
+            data_root=args.data_root or pruning_pipeline.penguin_data_root(),
+            serving_model_dir=os.path.join(output_dir, "serving"),
+            label_key=args.label_key,
+            trainer_module_file=None if args.baseline_model else pruning_pipeline.PENGUIN_TRAINER_MODULE,
+            baseline_model_uri=args.baseline_model,
+            train_steps=args.train_steps,
+            prune_args=_prune_args(args),
+            retrain_args={
+                "epochs": args.epochs,
+                "learning_rate": args.learning_rate,
+                "distillation": {"temperature": 4.0, "alpha": 0.5} if args.distill else None,
+            },
+            gate_args=_gate_args(args, _min_sparsity(args)),
+            compare_with=_compare_with(args),
+            split_patterns=_split_patterns(args),
+            metadata_path=metadata_path,
+            push_root=output_dir,
+            enable_cache=args.enable_cache,
+        )
+    except (ValueError, OSError) as err:  # pydantic's ValidationError is a ValueError
+        if args.verbose:
+            traceback.print_exc()
+        print(f"prune-pipeline run-local: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    print(f"Run {run_id}")
+    try:
+        pruning_pipeline.run_locally(pipeline, run_id)
+    except Exception as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(_failure_line(metadata_path, run_id, err), file=sys.stderr)
+        print(f"NOT pushed: run {run_id} failed{'' if args.verbose else ' (-v prints the traceback)'}", file=sys.stderr)
+        return EXIT_FAILED
+    return _print_run_result(metadata_path, run_id)
 
-    result = latest_run_result(metadata_path)
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
+    """Which component failed and why, in one line: its own recorded reason, or the exception."""
+    from pipelines.results import failed_steps
+
+    try:
+        failed = failed_steps(metadata_path, run_id)
+    except Exception:  # the run may have failed before ML Metadata recorded anything
+        failed = []
+    reason = f"{type(err).__name__}: {_one_line(err)}"
+    if not failed:
+        return f"prune-pipeline run-local: error: {reason}"
+    step = failed[0]
+    if step.message:
+        reason = " ".join(step.message.split())
+    return f"prune-pipeline run-local: error: {step.component} failed: {reason}"
+
+
+def _print_run_result(metadata_path: str, run_id: str) -> int:
+    from tabulate import tabulate
+
+    from components.evaluator_gate.report import comparison_rows
+    from pipelines.results import run_result
+
+    result = run_result(metadata_path, run_id)
     header, *rows = comparison_rows(result.gate_result)
     print()
     print(tabulate(rows, headers=header, tablefmt="github", disable_numparse=True))
     print()
     for check in result.gate_result["checks"]:
         verdict = "PASS" if check["passed"] else "FAIL"
-        if check["measured"] is None:
-            print(f"  {verdict}  {check['name']}: {check['detail']}")
-        else:
-            print(f"  {verdict}  {check['name']}: measured {check['measured']:.6g}, bound {check['bound']:.6g}")
+        measured = "-" if check["measured"] is None else f"{check['measured']:.6g}"
+        bound = "-" if check["bound"] is None else f"{check['bound']:.6g}"
+        detail = f" ({check['detail']})" if check["detail"] else ""
+        print(f"  {verdict}  {check['name']}: measured {measured}, bound {bound}{detail}")
     print(f"\nPruning report:      {result.pruning_report_path}")
     print(f"Release gate report: {result.gate_summary_path}")
     print(f"                     {result.gate_html_path} (open in a browser)")
     if result.pushed:
-        print(f"\nBLESSED and pushed to {result.pushed_destination}")
+        print(f"\nRun {run_id}: BLESSED and pushed to {result.pushed_destination}")
         return 0
-    print(f"\nNOT pushed: the gate refused the model ({', '.join(result.gate_result['failed_checks'])})")
+    print(f"\nRun {run_id}: NOT pushed: the gate refused the model ({', '.join(result.gate_result['failed_checks'])})")
     return EXIT_NOT_PUSHED
 
 
@@ -369,9 +422,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return compile_kubeflow(args)
     if args.command in ("submit", "schedule"):
         from kfp_server_api import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             return kubeflow_command(args)
+        except HTTPError as err:  # no answer at all: wrong host, port, proxy or network
+            host = getattr(args, "host", None) or os.environ.get("KF_PIPELINES_ENDPOINT", "the default host")
+            parser.exit(
+                1,
+                f"prune-pipeline {args.command}: error: cannot reach the KFP API at {host}: "
+                f"{_one_line(getattr(err, 'reason', None) or err)}\n",
+            )
         except (ValueError, OSError) as err:  # bad cron, spec file or parameter; a clash with what exists
             parser.exit(2, f"prune-pipeline {args.command}: error: {err}\n")
         except ApiException as err:  # the API server's own answer, without the SDK's traceback

@@ -78,6 +78,7 @@ def _check_cron_term(term: str, name: str, low: int, high: int, names: tuple[str
         raise CronError(f"cron {name} field: '?' is only allowed for day of month or day of week")
     if span in ("*", "?"):
         return
+    numbers = []
     for value in span.split("-"):
         number = names.index(value.upper()) + low if value.upper() in names else None
         if number is None:
@@ -88,6 +89,13 @@ def _check_cron_term(term: str, name: str, low: int, high: int, names: tuple[str
             number = int(value)
         if not low <= number <= high:
             raise CronError(f"cron {name} field: {number} is outside {low}-{high}")
+        numbers.append(number)
+    if len(numbers) == 2 and numbers[0] > numbers[1]:
+        # robfig/cron refuses a reversed range at schedule time; a wrap-around needs two terms.
+        raise CronError(
+            f"cron {name} field: range {span!r} runs backwards; write it low-high, or as two terms "
+            f"'{numbers[0]}-{high},{low}-{numbers[1]}' to wrap around"
+        )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ PACKAGE = "tfx-model-pruning"
 IMAGE_REPOSITORY = "tfx-model-pruning"
 DATA_ROOT_PARAMETER = "data_root"
 TRAINER_RUN_FN = "pipelines.penguin_trainer.run_fn"
+GATE_CONFIG_PARAMETER = "gate_config"
 
 
 def default_image() -> str:
@@ -91,6 +92,11 @@ def compile_pipeline(
     )
     job = runner.run(pipeline, parameter_values=parameter_defaults, write_out=False)
     spec = job["pipelineSpec"]
+    for task in spec["root"]["dag"]["tasks"].values():
+        gate_config = task.get("inputs", {}).get("parameters", {}).get(GATE_CONFIG_PARAMETER)
+        if gate_config and pruning_pipeline.judges_against_serving(gate_config["runtimeValue"]["constant"]):
+            # Its verdict depends on the version serving at run time, which KFP's cache key omits.
+            task["cachingOptions"] = {"enableCache": False}
     for parameter, value in parameter_defaults.items():
         definition = spec["root"]["inputDefinitions"]["parameters"][parameter]
         definition.update({"defaultValue": value, "isOptional": True})

@@ -10,10 +10,15 @@ import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from tfx import v1 as tfx
+from tfx.dsl.compiler import constants as compiler_constants
+from tfx.orchestration.portable import runtime_parameter_utils, tfx_runner
 from tfx.proto import example_gen_pb2
+from tfx.proto.orchestration import pipeline_pb2
 
 from components import EvaluatorGate, PruneComponent, RetrainComponent
 from components.atomic_pusher.component import AtomicPusher
+from components.evaluator_gate import executor as gate_executor
+from components.evaluator_gate.config import GateConfig
 from components.serving_versions import check_push_destination
 
 PENGUIN_TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "penguin_trainer.py")
@@ -149,3 +154,34 @@ def create_pipeline(
         ),
         beam_pipeline_args=list(beam_pipeline_args),
     )
+
+
+def judges_against_serving(gate_config_json: str) -> bool:
+    """True when a gate compares with the model serving now, which a cached verdict cannot see change."""
+    return GateConfig.model_validate_json(gate_config_json).serving_model_dir is not None
+
+
+def local_pipeline_ir(pipeline: tfx.dsl.Pipeline, run_id: str) -> pipeline_pb2.Pipeline:
+    """The pipeline compiled for LocalDagRunner with ``run_id`` as its run's name.
+
+    A gate that compares with the serving model is never cached: its verdict depends on which
+    version is serving, which no cache key of TFX's includes.
+    """
+    # What LocalDagRunner.run does (packaging a Trainer module file included), keeping the IR
+    # in hand so the run id and per-node caching can be set.
+    ir = tfx_runner._make_pipeline_proto(pipeline)
+    runtime_parameter_utils.substitute_runtime_parameter(
+        ir, {compiler_constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id}
+    )
+    for node in ir.nodes:
+        parameters = node.pipeline_node.parameters.parameters
+        if gate_executor.GATE_CONFIG_KEY in parameters and judges_against_serving(
+            parameters[gate_executor.GATE_CONFIG_KEY].field_value.string_value
+        ):
+            node.pipeline_node.execution_options.caching_options.enable_cache = False
+    return ir
+
+
+def run_locally(pipeline: tfx.dsl.Pipeline, run_id: str) -> None:
+    """Runs ``pipeline`` on LocalDagRunner as run ``run_id`` (see ``local_pipeline_ir``)."""
+    tfx.orchestration.LocalDagRunner().run_with_ir(local_pipeline_ir(pipeline, run_id))

@@ -24,26 +24,57 @@ class RunResult:
     pushed_destination: Optional[str]
 
 
-def _latest_run_artifacts(metadata_path: str) -> dict[str, list[metadata_store_pb2.Artifact]]:
+@dataclass
+class FailedStep:
+    component: str
+    message: str
+
+
+def _store(metadata_path: str) -> metadata_store.MetadataStore:
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    runs = store.get_contexts_by_type("pipeline_run")
-    if not runs:
-        raise LookupError(f"no pipeline run recorded in {metadata_path}")
-    latest = max(runs, key=lambda context: (context.create_time_since_epoch, context.id))
+    return metadata_store.MetadataStore(config)
+
+
+def _run_context(store: metadata_store.MetadataStore, run_id: str) -> metadata_store_pb2.Context:
+    # Runs sharing one output directory share the store: read this run's context, never "the latest".
+    context = store.get_context_by_type_and_name("pipeline_run", run_id)
+    if context is None:
+        raise LookupError(f"no pipeline run {run_id!r} recorded")
+    return context
+
+
+def _run_artifacts(metadata_path: str, run_id: str) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    store = _store(metadata_path)
+    context = _run_context(store, run_id)
     type_names = {artifact_type.id: artifact_type.name for artifact_type in store.get_artifact_types()}
     by_type: dict[str, list[metadata_store_pb2.Artifact]] = {}
-    for artifact in store.get_artifacts_by_context(latest.id):
+    for artifact in store.get_artifacts_by_context(context.id):
         by_type.setdefault(type_names[artifact.type_id], []).append(artifact)
     return by_type
+
+
+def failed_steps(metadata_path: str, run_id: str) -> list[FailedStep]:
+    """The components of run ``run_id`` whose execution failed, with the reason they recorded."""
+    store = _store(metadata_path)
+    context = _run_context(store, run_id)
+    type_names = {execution_type.id: execution_type.name for execution_type in store.get_execution_types()}
+    failed = []
+    for execution in store.get_executions_by_context(context.id):
+        if execution.last_known_state != metadata_store_pb2.Execution.FAILED:
+            continue
+        recorded = execution.custom_properties.get("__execution_result__")
+        message = json.loads(recorded.string_value).get("resultMessage", "") if recorded else ""
+        component = type_names[execution.type_id].rsplit(".", 1)[-1]
+        failed.append(FailedStep(component=component, message=message))
+    return failed
 
 
 def _only(by_type: dict, type_name: str) -> metadata_store_pb2.Artifact:
     found = by_type.get(type_name, [])
     if len(found) != 1:
-        raise LookupError(f"expected one {type_name} artifact in the latest run, found {len(found)}")
+        raise LookupError(f"expected one {type_name} artifact in the run, found {len(found)}")
     return found[0]
 
 
@@ -52,8 +83,9 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def latest_run_result(metadata_path: str) -> RunResult:
-    by_type = _latest_run_artifacts(metadata_path)
+def run_result(metadata_path: str, run_id: str) -> RunResult:
+    """What run ``run_id`` pruned, judged and pushed."""
+    by_type = _run_artifacts(metadata_path, run_id)
     report = _only(by_type, "components.PruningReport")
     evaluation = _only(by_type, "ModelEvaluation")
     blessing = _only(by_type, "ModelBlessing")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from components.atomic_pusher.executor import LOCK_FILE, STAGING_PREFIX, StaleVerdictError, publish_version
+from components.atomic_pusher.executor import STAGING_PREFIX, StaleVerdictError, publish_version
 
 
 def _fake_model(directory, payload):
@@ -27,7 +27,7 @@ def _push_many(model_dirs, base, results):
 
 
 def _entries(base):
-    return sorted(name for name in os.listdir(base) if name != LOCK_FILE)
+    return sorted(os.listdir(base))
 
 
 def test_concurrent_pushers_get_distinct_complete_versions(tmp_path):

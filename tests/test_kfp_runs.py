@@ -144,6 +144,7 @@ def test_schedule_list_and_disable(kfp_api, spec_path, capsys):
         ("0 */0 * * * *", "step 0"),
         ("? 0 2 * * *", "only allowed for day of month or day of week"),
         ("@fortnightly", "unknown cron descriptor"),
+        ("0 0 2 * * 5-1", "range '5-1' runs backwards"),
     ],
 )
 def test_bad_cron_is_refused_before_any_request(kfp_api, spec_path, cron, message, capsys):
@@ -157,6 +158,20 @@ def test_bad_cron_is_refused_before_any_request(kfp_api, spec_path, cron, messag
 @pytest.mark.parametrize("cron", ["0 0 2 * * *", "0 0 9 ? * 2-6", "0 */15 * * * *", "0 0 3 1 JAN,JUL *", "@every 6h"])
 def test_valid_kfp_cron_expressions_pass(cron):
     assert kfp_runs.validate_cron(cron) == cron
+
+
+def test_an_unreachable_host_is_one_line_not_a_traceback(spec_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["schedule", "list", "--host", f"http://127.0.0.1:{port}"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"prune-pipeline schedule: error: cannot reach the KFP API at http://127.0.0.1:{port}")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_parameter_or_job_wrapper_is_refused_before_upload(kfp_api, spec_path, capsys):

@@ -15,7 +15,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.engine import load_keras_model
-from pipelines.results import latest_run_result
+from pipelines.results import run_result
 
 UPSTREAM = ("ImportExampleGen", "Trainer", "PruneComponent")
 
@@ -102,7 +102,7 @@ def test_killed_run_resumes_from_cache_without_a_finished_looking_partial(tmp_pa
     assert not judged & set(half_written), "the gate judged the re-run's model, not the killed one's"
     assert any("RetrainComponent" in uri for uri in judged)
 
-    result = latest_run_result(str(out / "metadata.sqlite"))
+    result = run_result(str(out / "metadata.sqlite"), second.name)
     assert result.blessed and result.pushed
     versions = os.listdir(out / "serving")
     assert [os.path.join(out / "serving", v) for v in versions] == [result.pushed_destination]

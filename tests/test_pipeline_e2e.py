@@ -7,16 +7,18 @@ import numpy as np
 
 from components.engine import load_keras_model
 from pipelines import cli
-from pipelines.results import latest_run_result
+from pipelines.results import run_result
 
 
 def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["run-local", "--output-dir", str(out), "--train-steps", "300", "--epochs", "10"])
+    code = cli.main(
+        ["run-local", "--output-dir", str(out), "--run-id", "e2e", "--train-steps", "300", "--epochs", "10"]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
 
-    result = latest_run_result(str(out / "metadata.sqlite"))
+    result = run_result(str(out / "metadata.sqlite"), "e2e")
     assert result.blessed and result.pushed
     versions = os.listdir(out / "serving")
     assert len(versions) == 1 and result.pushed_destination == str(out / "serving" / versions[0])
@@ -38,12 +40,22 @@ def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, ca
 def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(tmp_path, penguin_baseline, capsys):
     out = tmp_path / "run"
     code = cli.main(
-        ["run-local", "--output-dir", str(out), "--baseline-model", penguin_baseline, "--epochs", "2"]
+        [
+            "run-local",
+            "--output-dir",
+            str(out),
+            "--run-id",
+            "e2e",
+            "--baseline-model",
+            penguin_baseline,
+            "--epochs",
+            "2",
+        ]
         + ["--target-sparsity", "0.5", "--min-sparsity", "0.99"]
     )
     printed = capsys.readouterr().out
     assert code == cli.EXIT_NOT_PUSHED, printed
-    result = latest_run_result(str(out / "metadata.sqlite"))
+    result = run_result(str(out / "metadata.sqlite"), "e2e")
     assert not result.blessed and not result.pushed
     assert result.gate_result["failed_checks"] == ["sparsity >= min_sparsity"]
     assert not (out / "serving").exists() or os.listdir(out / "serving") == []
@@ -55,12 +67,22 @@ def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(t
 def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):
     out = tmp_path / "run"
     code = cli.main(
-        ["run-local", "--output-dir", str(out), "--baseline-model", penguin_baseline, "--epochs", "10"]
+        [
+            "run-local",
+            "--output-dir",
+            str(out),
+            "--run-id",
+            "e2e",
+            "--baseline-model",
+            penguin_baseline,
+            "--epochs",
+            "10",
+        ]
         + ["--method", "structured", "--prune-fraction", "0.5", "--distill"]
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
-    result = latest_run_result(str(out / "metadata.sqlite"))
+    result = run_result(str(out / "metadata.sqlite"), "e2e")
     assert result.blessed and result.pushed
     pushed = load_keras_model(result.pushed_destination)
     baseline = load_keras_model(penguin_baseline)

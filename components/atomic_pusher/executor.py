@@ -47,7 +47,6 @@ from components.serving_versions import (
 )
 
 STAGING_PREFIX = ".staging-"
-LOCK_FILE = ".push.lock"
 PUSH_ROOT_KEY = "push_root"
 # A staging directory of another host is only removed once no copy could still be running.
 STALE_STAGING_SECONDS = 6 * 3600
@@ -115,13 +114,14 @@ def publish_version(
 
 @contextlib.contextmanager
 def _exclusive_lock(base: str) -> Iterator[None]:
-    # Serialises pushers on this filesystem; the atomic rename still guards where locks are not shared.
-    with open(os.path.join(base, LOCK_FILE), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # A lock on the destination directory itself (no lock file beside the versions) serialises
+    # pushers on this filesystem; the atomic rename still guards where locks are not shared.
+    descriptor = os.open(base, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _remove_stale_staging(base: str) -> None:

@@ -33,13 +33,16 @@ class EvaluatorGateSpec(ComponentSpec):
 class EvaluatorGate(base_beam_component.BaseBeamComponent):
     """Evaluates a model and its baselines with TFMA on Beam and blesses it only if every check passes.
 
-    Checks: absolute bounds on metrics, overall and per slice; the largest allowed drop versus
-    ``baseline_model`` and/or the model now serving (absolute and/or relative); at least one
-    eval example; a minimum sparsity measured from the candidate's weights; and efficiency
-    bounds (size on disk, size reduction, parameters, FLOPs, CPU latency). ``blessing`` is a
+    Checks: absolute bounds on metrics, overall and per slice (accuracies with their 95% Wilson
+    interval beside them); the largest allowed drop versus ``baseline_model`` and/or the model
+    now serving (absolute and/or relative); at least ``min_eval_examples`` eval examples; finite
+    weights and predictions; a minimum sparsity measured from the candidate's weights; and
+    efficiency bounds (size on disk, size reduction, parameters, FLOPs, CPU latency). ``blessing`` is a
     standard ``ModelBlessing`` (``BLESSED`` / ``NOT_BLESSED`` file and the ``blessed``
     property), so the stock Pusher obeys it. It fails
-    closed: any error leaves ``NOT_BLESSED`` and fails the run. ``evaluation`` holds TFMA's
+    closed: any error leaves ``NOT_BLESSED`` and fails the run, with the reason in the log and, on
+    TFX's local runner, in the execution's ML Metadata record (TFX deletes a failed
+    execution's output files). ``evaluation`` holds TFMA's
     output (``tfma/``), ``gate_result.json`` (metrics of every model overall and per slice,
     every check with its measured value and bound), ``summary.md``, and ``report.html`` with
     its plots in ``report.png``: what a person opens to see why a model was or was not released.
@@ -67,7 +70,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         Drop bounds need it.
       examples: ``Examples`` with an ``eval_split``.
       label_key: Label feature name.
-      thresholds: ``MetricThreshold``s or dicts: ``metric`` (Keras metric class name),
+      thresholds: ``MetricThreshold``s or dicts: ``metric`` (Keras metric class name; TFMA is
+        told to name it ``snake_case`` of the class, e.g. ``AUC`` -> ``auc``, whatever else runs),
         ``lower_bound``, ``upper_bound``, ``max_absolute_drop``, ``max_relative_drop``,
         ``higher_is_better``.
       min_sparsity: Least fraction of exact zeros in the candidate's pruned layers.
@@ -81,6 +85,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         ``slice_feature`` on its own (TFMA slicing; drops are against the same slice of each
         baseline), so a model that holds its overall accuracy but collapses on one slice is
         refused. Slicing by the label checks each class.
+      min_eval_examples: Refuse when the eval split has fewer examples (default 100): an
+        accuracy measured on a handful of examples means little.
       min_slice_examples: Slices with fewer eval examples are listed in the report, not checked.
       serving_model_dir: The push destination. Its newest version (the model serving now) is
         evaluated too and every drop bound applies against it as well as against
@@ -119,6 +125,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         signature_name: str = "serving_default",
         slice_feature: Optional[str] = None,
         slice_thresholds: Sequence[Union[MetricThreshold, Mapping]] = (),
+        min_eval_examples: int = 100,
         min_slice_examples: int = 1,
         serving_model_dir: Optional[str] = None,
         require_serving_model: bool = False,
@@ -140,6 +147,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
             slice_thresholds=[
                 MetricThreshold.model_validate(t) if isinstance(t, Mapping) else t for t in slice_thresholds
             ],
+            min_eval_examples=min_eval_examples,
             min_slice_examples=min_slice_examples,
             serving_model_dir=serving_model_dir,
             require_serving_model=require_serving_model,
