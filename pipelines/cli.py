@@ -331,7 +331,7 @@ def run_local(args: argparse.Namespace) -> int:
     except Exception as err:
         if args.verbose:
             traceback.print_exc()
-        print(_failure_line(metadata_path, run_id, err), file=sys.stderr)
+        print(failure_line(metadata_path, run_id, err), file=sys.stderr)
         print(f"NOT pushed: run {run_id} failed{'' if args.verbose else ' (-v prints the traceback)'}", file=sys.stderr)
         return EXIT_FAILED
     return _print_run_result(metadata_path, run_id)
@@ -342,7 +342,7 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 600 else text[:597] + "..."
 
 
-def _failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
+def failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
     """Which component failed and why, in one line: its own recorded reason, or the exception."""
     from pipelines.results import failed_steps
 
@@ -359,6 +359,18 @@ def _failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
     return f"prune-pipeline run-local: error: {step.component} failed: {reason}"
 
 
+def check_lines(gate_result: dict) -> list[str]:
+    """One line per gate check: verdict, name, measured value, bound and detail."""
+    lines = []
+    for check in gate_result["checks"]:
+        verdict = "PASS" if check["passed"] else "FAIL"
+        measured = "-" if check["measured"] is None else f"{check['measured']:.6g}"
+        bound = "-" if check["bound"] is None else f"{check['bound']:.6g}"
+        detail = f" ({check['detail']})" if check["detail"] else ""
+        lines.append(f"  {verdict}  {check['name']}: measured {measured}, bound {bound}{detail}")
+    return lines
+
+
 def _print_run_result(metadata_path: str, run_id: str) -> int:
     from tabulate import tabulate
 
@@ -370,12 +382,7 @@ def _print_run_result(metadata_path: str, run_id: str) -> int:
     print()
     print(tabulate(rows, headers=header, tablefmt="github", disable_numparse=True))
     print()
-    for check in result.gate_result["checks"]:
-        verdict = "PASS" if check["passed"] else "FAIL"
-        measured = "-" if check["measured"] is None else f"{check['measured']:.6g}"
-        bound = "-" if check["bound"] is None else f"{check['bound']:.6g}"
-        detail = f" ({check['detail']})" if check["detail"] else ""
-        print(f"  {verdict}  {check['name']}: measured {measured}, bound {bound}{detail}")
+    print("\n".join(check_lines(result.gate_result)))
     print(f"\nPruning report:      {result.pruning_report_path}")
     print(f"Release gate report: {result.gate_summary_path}")
     print(f"                     {result.gate_html_path} (open in a browser)")

@@ -127,3 +127,40 @@ def test_a_verdict_judged_against_another_serving_model_is_not_pushed(tmp_path):
     assert _entries(base) == sorted([judged, newer])
     version, _ = publish_version(candidate, str(base), judged_serving_version=os.path.realpath(base / newer))
     assert _entries(base) == sorted([judged, newer, version])
+
+
+def test_the_pusher_reads_what_the_gate_judged_from_the_blessing(tmp_path):
+    from tfx.proto import pusher_pb2
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+
+    from components.atomic_pusher.executor import Executor
+    from components.serving_versions import JUDGED_SERVING_VERSION_PROPERTY, SERVING_MODEL_DIR_PROPERTY
+
+    base = tmp_path / "serving"
+    landed, _ = publish_version(_fake_model(str(tmp_path / "better"), b"B"), str(base))
+    model = standard_artifacts.Model()
+    model.uri = str(tmp_path / "candidate_artifact")
+    _fake_model(os.path.join(model.uri, "Format-Serving"), b"C")
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / "blessing")
+    os.makedirs(blessing.uri)
+    open(os.path.join(blessing.uri, "BLESSED"), "w").close()
+    blessing.set_int_custom_property("blessed", 1)
+    # A cached verdict from before the better model landed: nothing was serving then.
+    blessing.set_string_custom_property(SERVING_MODEL_DIR_PROPERTY, str(base))
+    blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, "")
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / "pushed")
+    destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(base)))
+    call = (
+        {"model": [model], "model_blessing": [blessing]},
+        {"pushed_model": [pushed]},
+        {"push_destination": proto_utils.proto_to_json(destination), "custom_config": "null"},
+    )
+    with pytest.raises(StaleVerdictError, match=f"{landed} is serving now"):
+        Executor().Do(*call)
+    assert _entries(base) == [landed]
+    blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, os.path.realpath(base / landed))
+    Executor().Do(*call)
+    assert len(_entries(base)) == 2 and pushed.get_int_custom_property("pushed") == 1

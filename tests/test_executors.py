@@ -6,70 +6,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfx.dsl.components.base import base_beam_executor
-from tfx.types import artifact_utils, standard_artifacts
+from executor_calls import artifact, examples_artifact, run_gate, run_prune, run_retrain
+from tfx.types import standard_artifacts
 
 from components.artifacts import PruningReport
-from components.engine import ExamplesMismatchError, FineTuneConfig, PruningConfig, load_keras_model
-from components.evaluator_gate import executor as gate_executor
+from components.engine import ExamplesMismatchError, load_keras_model
 from components.evaluator_gate.config import GateConfig, MetricThreshold
 from components.prune import executor as prune_executor
-from components.retrain import executor as retrain_executor
-from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS
-
-
-def _artifact(artifact_type, uri):
-    artifact = artifact_type()
-    artifact.uri = str(uri)
-    return artifact
-
-
-def _examples(uri, splits=("train", "eval")):
-    examples = _artifact(standard_artifacts.Examples, uri)
-    examples.split_names = artifact_utils.encode_split_names(list(splits))
-    return examples
-
-
-def _prune(baseline_uri, out_dir, **config):
-    model = _artifact(standard_artifacts.Model, out_dir / "model")
-    report = _artifact(PruningReport, out_dir / "report")
-    prune_executor.Executor().Do(
-        {"input_model": [_artifact(standard_artifacts.Model, baseline_uri)]},
-        {"model": [model], "pruning_report": [report]},
-        {"pruning_config": PruningConfig(**config).model_dump_json()},
-    )
-    return model, report
-
-
-def _retrain(model_uri, examples_uri, out_dir, module_file=None, **config):
-    model = _artifact(standard_artifacts.Model, out_dir)
-    retrain_executor.Executor().Do(
-        {"input_model": [_artifact(standard_artifacts.Model, model_uri)], "examples": [_examples(examples_uri)]},
-        {"model": [model]},
-        {"fine_tune_config": FineTuneConfig(**config).model_dump_json(), "module_file": module_file},
-    )
-    return model
-
-
-def _gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfig):
-    blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
-    evaluation = _artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
-    inputs = {"model": [_artifact(standard_artifacts.Model, candidate_uri)], "examples": [_examples(examples_uri)]}
-    if baseline_uri:
-        inputs["baseline_model"] = [_artifact(standard_artifacts.Model, baseline_uri)]
-    context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=list(IN_MEMORY_BEAM_ARGS), tmp_dir=str(tmp_path / "tmp")
-    )
-    error = None
-    try:
-        gate_executor.Executor(context).Do(
-            inputs, {"blessing": [blessing], "evaluation": [evaluation]}, {"gate_config": config.model_dump_json()}
-        )
-    except Exception as err:  # the caller asserts on it
-        error = err
-    with open(tmp_path / "evaluation" / "gate_result.json") as f:
-        result = json.load(f)
-    return blessing, result, error
 
 
 def _accuracy_gate(min_sparsity=None, efficiency=None, **bounds):
@@ -83,7 +26,7 @@ def _accuracy_gate(min_sparsity=None, efficiency=None, **bounds):
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory, penguin_baseline):
-    return _prune(penguin_baseline, tmp_path_factory.mktemp("prune"), target_sparsity=0.8)
+    return run_prune(penguin_baseline, tmp_path_factory.mktemp("prune"), target_sparsity=0.8)
 
 
 def test_prune_executor_writes_model_report_and_properties(pruned):
@@ -100,7 +43,7 @@ def test_prune_executor_writes_model_report_and_properties(pruned):
 
 
 def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_data):
-    model = _retrain(pruned[0].uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=2)
+    model = run_retrain(pruned[0].uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=2)
     loaded = load_keras_model(model.uri)
     assert set(loaded.masks) == {"hidden_0::kernel", "hidden_1::kernel"}
     for key, mask in loaded.masks.items():
@@ -125,19 +68,19 @@ def input_fn(file_paths, model, label_key, batch_size, shuffle_buffer, seed):
     return examples_dataset(file_paths, model, label_key, batch_size, shuffle_buffer, seed)
 """
     )
-    _retrain(pruned[0].uri, penguin_data, tmp_path / "out", module_file=str(module), label_key="species", epochs=1)
+    run_retrain(pruned[0].uri, penguin_data, tmp_path / "out", module_file=str(module), label_key="species", epochs=1)
     assert calls.read_text().splitlines() == ["1 32", "1 32"]  # train and eval
 
 
 def test_retrain_executor_rejects_an_absent_label_key(tmp_path, pruned, penguin_data):
     with pytest.raises(ExamplesMismatchError, match="label_key 'island'"):
-        _retrain(pruned[0].uri, penguin_data, tmp_path / "out", label_key="island", epochs=1)
+        run_retrain(pruned[0].uri, penguin_data, tmp_path / "out", label_key="island", epochs=1)
     assert not (tmp_path / "out" / "Format-Serving").exists()
 
 
 def test_gate_blesses_a_model_within_its_bounds(tmp_path, pruned, penguin_baseline, penguin_data):
     config = _accuracy_gate(lower_bound=0.5, max_absolute_drop=0.5, max_relative_drop=0.5, min_sparsity=0.79)
-    blessing, result, error = _gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
+    blessing, result, error = run_gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
     assert error is None
     assert result["blessed"] is True and result["failed_checks"] == []
     assert blessing.get_int_custom_property("blessed") == 1
@@ -157,7 +100,7 @@ def test_gate_blesses_a_model_within_its_bounds(tmp_path, pruned, penguin_baseli
 
 def test_gate_refuses_an_unreachable_threshold(tmp_path, pruned, penguin_baseline, penguin_data):
     config = _accuracy_gate(lower_bound=0.5, min_sparsity=0.99)
-    blessing, result, error = _gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
+    blessing, result, error = run_gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
     assert error is None
     assert result["blessed"] is False and result["failed_checks"] == ["sparsity >= min_sparsity"]
     assert blessing.get_int_custom_property("blessed") == 0
@@ -168,7 +111,7 @@ def test_gate_refuses_an_unreachable_threshold(tmp_path, pruned, penguin_baselin
 
 
 def test_gate_refuses_an_empty_eval_split(tmp_path, pruned, penguin_baseline, examples_with_empty_eval):
-    blessing, result, error = _gate(
+    blessing, result, error = run_gate(
         tmp_path, pruned[0].uri, penguin_baseline, examples_with_empty_eval, _accuracy_gate(lower_bound=0.0)
     )
     assert blessing.get_int_custom_property("blessed") == 0
@@ -184,7 +127,7 @@ def test_gate_fails_closed_when_evaluation_breaks(tmp_path, penguin_baseline, pe
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"garbage")
     (broken / "keras_metadata.pb").write_bytes(b"garbage")
-    blessing, result, error = _gate(
+    blessing, result, error = run_gate(
         tmp_path, str(tmp_path / "broken"), penguin_baseline, penguin_data, _accuracy_gate(lower_bound=0.0)
     )
     assert error is not None and "could not load" in str(error)
@@ -196,7 +139,7 @@ def test_gate_fails_closed_when_evaluation_breaks(tmp_path, penguin_baseline, pe
 
 
 def test_gate_can_run_without_a_baseline(tmp_path, pruned, penguin_data):
-    blessing, result, error = _gate(tmp_path, pruned[0].uri, None, penguin_data, _accuracy_gate(lower_bound=0.5))
+    blessing, result, error = run_gate(tmp_path, pruned[0].uri, None, penguin_data, _accuracy_gate(lower_bound=0.5))
     assert error is None and result["blessed"] is True
     assert set(result["metrics"]) == {"candidate"}
 
@@ -207,11 +150,14 @@ def test_empty_split_file_is_really_empty(examples_with_empty_eval):
 
 
 def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_baseline, penguin_data):
-    model = _artifact(standard_artifacts.Model, tmp_path / "model")
-    report = _artifact(PruningReport, tmp_path / "report")
+    model = artifact(standard_artifacts.Model, tmp_path / "model")
+    report = artifact(PruningReport, tmp_path / "report")
     config = '{"method": "structured", "prune_fraction": 0.25}'
     prune_executor.Executor().Do(
-        {"input_model": [_artifact(standard_artifacts.Model, penguin_baseline)], "examples": [_examples(penguin_data)]},
+        {
+            "input_model": [artifact(standard_artifacts.Model, penguin_baseline)],
+            "examples": [examples_artifact(penguin_data)],
+        },
         {"model": [model], "pruning_report": [report]},
         {"pruning_config": config},
     )
@@ -226,7 +172,7 @@ def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_basel
 def test_gate_refuses_on_efficiency_and_reports_the_measurements(tmp_path, pruned, penguin_baseline, penguin_data):
     efficiency = {"max_params": 1000, "max_latency_ms": 10_000.0, "min_size_reduction": 0.5}
     config = _accuracy_gate(lower_bound=0.5, efficiency=efficiency)
-    blessing, result, error = _gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
+    blessing, result, error = run_gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
     assert error is None
     assert result["failed_checks"] == ["params <= max_params"]
     assert os.listdir(blessing.uri) == ["NOT_BLESSED"]

@@ -1,0 +1,71 @@
+"""Calling the component executors the way a TFX launcher calls them, for the tests."""
+
+import json
+
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils, standard_artifacts
+
+from components.artifacts import PruningReport
+from components.engine import FineTuneConfig, PruningConfig
+from components.evaluator_gate import executor as gate_executor
+from components.evaluator_gate.config import GateConfig
+from components.prune import executor as prune_executor
+from components.retrain import executor as retrain_executor
+from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS
+
+
+def artifact(artifact_type, uri):
+    artifact = artifact_type()
+    artifact.uri = str(uri)
+    return artifact
+
+
+def examples_artifact(uri, splits=("train", "eval")):
+    examples = artifact(standard_artifacts.Examples, uri)
+    examples.split_names = artifact_utils.encode_split_names(list(splits))
+    return examples
+
+
+def run_prune(baseline_uri, out_dir, **config):
+    model = artifact(standard_artifacts.Model, out_dir / "model")
+    report = artifact(PruningReport, out_dir / "report")
+    prune_executor.Executor().Do(
+        {"input_model": [artifact(standard_artifacts.Model, baseline_uri)]},
+        {"model": [model], "pruning_report": [report]},
+        {"pruning_config": PruningConfig(**config).model_dump_json()},
+    )
+    return model, report
+
+
+def run_retrain(model_uri, examples_uri, out_dir, module_file=None, **config):
+    model = artifact(standard_artifacts.Model, out_dir)
+    retrain_executor.Executor().Do(
+        {"input_model": [artifact(standard_artifacts.Model, model_uri)], "examples": [examples_artifact(examples_uri)]},
+        {"model": [model]},
+        {"fine_tune_config": FineTuneConfig(**config).model_dump_json(), "module_file": module_file},
+    )
+    return model
+
+
+def run_gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfig):
+    blessing = artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
+    evaluation = artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
+    inputs = {
+        "model": [artifact(standard_artifacts.Model, candidate_uri)],
+        "examples": [examples_artifact(examples_uri)],
+    }
+    if baseline_uri:
+        inputs["baseline_model"] = [artifact(standard_artifacts.Model, baseline_uri)]
+    context = base_beam_executor.BaseBeamExecutor.Context(
+        beam_pipeline_args=list(IN_MEMORY_BEAM_ARGS), tmp_dir=str(tmp_path / "tmp")
+    )
+    error = None
+    try:
+        gate_executor.Executor(context).Do(
+            inputs, {"blessing": [blessing], "evaluation": [evaluation]}, {"gate_config": config.model_dump_json()}
+        )
+    except Exception as err:  # the caller asserts on it
+        error = err
+    with open(tmp_path / "evaluation" / "gate_result.json") as f:
+        result = json.load(f)
+    return blessing, result, error
