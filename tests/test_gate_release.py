@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_executors import _gate, _prune
+from executor_calls import run_gate, run_prune
 
 from components.engine import load_keras_model
 from components.engine.saved_model import save_keras_model
@@ -52,7 +52,7 @@ def _config(**kwargs):
 def test_a_model_that_holds_overall_but_collapses_on_a_slice_is_refused(
     tmp_path, blind_to_chinstrap, penguin_baseline, penguin_data, serving_dir
 ):
-    blessing, result, error = _gate(
+    blessing, result, error = run_gate(
         tmp_path, blind_to_chinstrap, penguin_baseline, penguin_data, _config(serving_model_dir=serving_dir)
     )
     assert error is None
@@ -85,7 +85,7 @@ def test_a_model_that_holds_overall_but_collapses_on_a_slice_is_refused(
 
 def test_serving_baseline_alone_and_the_first_release(tmp_path, penguin_baseline, penguin_data):
     empty_serving = tmp_path / "serving"
-    _, first, _ = _gate(
+    _, first, _ = run_gate(
         tmp_path / "first", penguin_baseline, None, penguin_data, _config(serving_model_dir=str(empty_serving))
     )
     assert first["blessed"], first["failed_checks"]
@@ -93,7 +93,7 @@ def test_serving_baseline_alone_and_the_first_release(tmp_path, penguin_baseline
     assert serving_check["passed"] and "first release" in serving_check["detail"]
     assert not [c for c in first["checks"] if "drop vs" in c["name"]], "nothing to compare with, and it says so"
 
-    _, required, _ = _gate(
+    _, required, _ = run_gate(
         tmp_path / "required",
         penguin_baseline,
         None,
@@ -104,8 +104,8 @@ def test_serving_baseline_alone_and_the_first_release(tmp_path, penguin_baseline
 
 
 def test_layer_widths_and_sparsity_reach_the_report(tmp_path, penguin_baseline, penguin_data):
-    pruned, _ = _prune(penguin_baseline, tmp_path / "pruned", target_sparsity=0.8)
-    _, result, error = _gate(tmp_path, pruned.uri, penguin_baseline, penguin_data, _config())
+    pruned, _ = run_prune(penguin_baseline, tmp_path / "pruned", target_sparsity=0.8)
+    _, result, error = run_gate(tmp_path, pruned.uri, penguin_baseline, penguin_data, _config())
     assert error is None
     layers = {row["layer"]: row for row in result["layers"]["candidate"]}
     assert layers["hidden_0"]["width"] == 64

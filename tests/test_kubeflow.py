@@ -33,6 +33,9 @@ def test_compiled_spec_has_every_component_edge_image_and_runtime_parameter(tmp_
     assert set(tasks["EvaluatorGate"]["dependentTasks"]) == {"ImportExampleGen", "RetrainComponent", "Trainer"}
     assert set(tasks["Pusher"]["dependentTasks"]) == {"EvaluatorGate", "RetrainComponent"}
     assert not [name for name in tasks if "Resolver" in name], "open-source KFP cannot run Resolver nodes"
+    # The gate compares with the model serving at run time, which KFP's cache key cannot see.
+    assert tasks["EvaluatorGate"]["cachingOptions"] == {"enableCache": False}
+    assert [name for name in tasks if "cachingOptions" in tasks[name]] == ["EvaluatorGate"]
 
     data_root = spec["root"]["inputDefinitions"]["parameters"]["data_root"]
     assert data_root == {"parameterType": "STRING", "defaultValue": "gs://bucket/data/span-1", "isOptional": True}
@@ -47,6 +50,11 @@ def test_compiled_spec_has_every_component_edge_image_and_runtime_parameter(tmp_
     assert prune["command"][-1] == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     report = spec["components"]["PruneComponent"]["outputDefinitions"]["artifacts"]["pruning_report"]
     assert report["artifactType"]["instanceSchema"].startswith("title: components.PruningReport")
+
+
+def test_a_gate_without_a_serving_baseline_may_be_cached(tmp_path):
+    spec = yaml.safe_load((_compile(tmp_path, "--compare-with", "parent") / "penguin-pruning.yaml").read_text())
+    assert "cachingOptions" not in spec["root"]["dag"]["tasks"]["EvaluatorGate"]
 
 
 def test_kfp_sdk_loads_the_spec_and_the_image_can_run_every_executor(tmp_path):

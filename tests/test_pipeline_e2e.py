@@ -37,22 +37,14 @@ def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, ca
     assert result.pruning_report["after"]["masked_sparsity"] >= 0.8
 
 
+def _imported_baseline_run(out, baseline, epochs):
+    return ["run-local", "--output-dir", str(out), "--run-id", "e2e", "--baseline-model", baseline, "--epochs", epochs]
+
+
 def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(tmp_path, penguin_baseline, capsys):
     out = tmp_path / "run"
-    code = cli.main(
-        [
-            "run-local",
-            "--output-dir",
-            str(out),
-            "--run-id",
-            "e2e",
-            "--baseline-model",
-            penguin_baseline,
-            "--epochs",
-            "2",
-        ]
-        + ["--target-sparsity", "0.5", "--min-sparsity", "0.99"]
-    )
+    extra = ["--target-sparsity", "0.5", "--min-sparsity", "0.99"]
+    code = cli.main(_imported_baseline_run(out, penguin_baseline, "2") + extra)
     printed = capsys.readouterr().out
     assert code == cli.EXIT_NOT_PUSHED, printed
     result = run_result(str(out / "metadata.sqlite"), "e2e")
@@ -66,20 +58,8 @@ def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(t
 
 def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):
     out = tmp_path / "run"
-    code = cli.main(
-        [
-            "run-local",
-            "--output-dir",
-            str(out),
-            "--run-id",
-            "e2e",
-            "--baseline-model",
-            penguin_baseline,
-            "--epochs",
-            "10",
-        ]
-        + ["--method", "structured", "--prune-fraction", "0.5", "--distill"]
-    )
+    extra = ["--method", "structured", "--prune-fraction", "0.5", "--distill"]
+    code = cli.main(_imported_baseline_run(out, penguin_baseline, "10") + extra)
     printed = capsys.readouterr().out
     assert code == 0, printed
     result = run_result(str(out / "metadata.sqlite"), "e2e")

@@ -113,6 +113,9 @@ class PruneComponent(base_component.BaseComponent):
         both or neither of ``target_sparsity`` and ``magnitude_threshold``, an option of the
         other method, or an invalid regex.
       ValueError: structured pruning without ``examples``.
+
+    At run time the input model is refused, before any work, when it is unreadable, holds code
+    (``allow_unsafe_layers``) or has NaN or infinite weights (``NonFiniteWeightsError``).
     """
 
     SPEC_CLASS = PruneComponentSpec

@@ -45,6 +45,11 @@ class RetrainComponent(base_component.BaseComponent):
     step. The output keeps the input's serving signatures; ``fine_tuning.json`` next to it
     holds the training history.
 
+    Fails, and saves nothing, when the input or the fine-tuned weights hold NaN or infinity (a
+    diverged fine-tune: ``NonFiniteWeightsError`` with the final loss), when the data stop
+    training (``FineTuneDataError``: a label out of range, in one line), or when a model with
+    several outputs has no ``module_file`` to give it a label per output.
+
     Usage::
 
         retrain = RetrainComponent(
