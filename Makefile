@@ -26,7 +26,7 @@ run: setup
 
 test: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 tests  # two workers: one per core of these machines
 
 bench: setup
 	$(VENV)/bin/python bench/digits_pruning.py --seeds 3

@@ -29,6 +29,6 @@ setup(
         "jinja2>=3,<4",
         "scipy",  # Wilson intervals next to the gate's accuracy bounds
     ],
-    extras_require={"dev": ["pytest", "ruff", "scikit-learn"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "scikit-learn"]},
     entry_points={"console_scripts": ["prune-pipeline=pipelines.cli:main"]},
 )
