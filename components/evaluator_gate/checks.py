@@ -88,7 +88,7 @@ def run_checks(
             example_count >= config.min_eval_examples,
             example_count,
             config.min_eval_examples,
-            "a handful of examples proves nothing (see the intervals next to each metric)",
+            "a metric measured on a handful of examples means little",
         ),
         _finite_check(non_finite),
     ]
