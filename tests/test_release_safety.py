@@ -311,3 +311,13 @@ def test_slice_values_are_escaped_in_the_html_report():
     }
     html = release_report_html(result, b"png")
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html
+
+
+def test_the_distillation_loop_names_bad_labels_in_one_line_too(penguin_baseline, penguin_files):
+    from components.engine import FineTuneConfig, examples_dataset, fine_tune
+
+    student, teacher = load_keras_model(penguin_baseline).model, load_keras_model(penguin_baseline).model
+    shifted = examples_dataset(penguin_files["train"], student, "species", 32).map(lambda x, y: (x, y + 3))
+    config = FineTuneConfig(label_key="species", epochs=1, distillation={"temperature": 2.0, "alpha": 0.5})
+    with pytest.raises(FineTuneDataError, match="^fine-tuning stopped on the data: .*label value of [345]"):
+        fine_tune(student, shifted, None, config, {}, teacher=teacher)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -108,7 +109,7 @@ def fine_tune(
     if config.gradual_pruning is None and config.distillation is None:
         if config.steps_per_epoch is not None:
             train_dataset = train_dataset.repeat()
-        try:
+        with _data_errors_named():
             history = model.fit(
                 train_dataset,
                 validation_data=eval_dataset,
@@ -117,8 +118,6 @@ def fine_tune(
                 callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks))],
                 verbose=2,
             )
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
-            raise FineTuneDataError(f"fine-tuning stopped on the data: {root_cause(err)}") from err
         return FineTuneResult(
             {name: [float(v) for v in values] for name, values in history.history.items()}, dict(masks)
         )
@@ -135,17 +134,18 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
         config.gradual_pruning.check_fits(total_steps)
         weights = find_prunable_weights(model, config.gradual_pruning.as_pruning_config())
         pruner = GradualPruner(weights, config.gradual_pruning)
-    losses = masked_train_loop(
-        model,
-        train_dataset.repeat(),
-        total_steps,
-        loss,
-        model.optimizer,
-        fixed_masks=mask_variables(model, masks),
-        pruner=pruner,
-        teacher=teacher,
-        distillation=config.distillation,
-    )
+    with _data_errors_named():
+        losses = masked_train_loop(
+            model,
+            train_dataset.repeat(),
+            total_steps,
+            loss,
+            model.optimizer,
+            fixed_masks=mask_variables(model, masks),
+            pruner=pruner,
+            teacher=teacher,
+            distillation=config.distillation,
+        )
     history = {
         "loss": [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, total_steps, steps_per_epoch)]
     }
@@ -157,6 +157,15 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
         for key, mask in pruner.numpy_masks().items():
             combined[key] = mask & combined[key] if key in combined else mask
     return FineTuneResult(history, combined)
+
+
+@contextlib.contextmanager
+def _data_errors_named() -> Iterator[None]:
+    """Turns TensorFlow's runtime errors about the data into one line naming the cause."""
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+        raise FineTuneDataError(f"fine-tuning stopped on the data: {root_cause(err)}") from err
 
 
 def _loss_for(model: keras.Model, config: FineTuneConfig):
