@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument(
         "--slice-feature", default="species", help="check --slice-min-metric per value of this feature ('' for none)"
     )
+    gate.add_argument(
+        "--min-eval-examples", type=int, default=100, help="the gate refuses an eval split with fewer examples"
+    )
     gate.add_argument("--slice-min-metric", type=float, default=0.8, help="lower bound on --metric in every slice")
     gate.add_argument(
         "--slice-max-drop", type=float, default=0.05, help="largest allowed drop of --metric in any slice"
@@ -84,9 +87,6 @@ def _parser() -> argparse.ArgumentParser:
         help="fine-tune with knowledge distillation from the baseline (T=4, alpha=0.5)",
     )
     local.add_argument("--min-sparsity", type=float, default=None, help="default: the target sparsity")
-    local.add_argument(
-        "--min-eval-examples", type=int, default=100, help="the gate refuses an eval split with fewer examples"
-    )
     local.add_argument(
         "--run-id", default=None, help="name of this run in ML Metadata (default: <pipeline>-<UTC time>-<random>)"
     )
@@ -265,9 +265,8 @@ def _gate_args(args: argparse.Namespace, min_sparsity) -> dict:
     gate_args = {
         "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
         "min_sparsity": min_sparsity,
+        "min_eval_examples": args.min_eval_examples,
     }
-    if getattr(args, "min_eval_examples", None) is not None:
-        gate_args["min_eval_examples"] = args.min_eval_examples
     if args.slice_feature:
         gate_args["slice_feature"] = args.slice_feature
         gate_args["slice_thresholds"] = [

@@ -76,7 +76,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)
         if baseline is not None:
             blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
-        config = None
         try:
             config = GateConfig.model_validate_json(exec_properties[GATE_CONFIG_KEY])
             allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
