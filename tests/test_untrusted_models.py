@@ -1,5 +1,6 @@
 """Models whose loading would run code shipped with them are refused unless explicitly allowed."""
 
+import json
 import os
 
 import pytest
@@ -78,6 +79,25 @@ def _save_hidden_lambda(path, marker, hiding):
     return str(path)
 
 
+def _disguise_lambda_node(path):
+    """Makes the Lambda's own metadata node look like a built-in layer; the wrapper's config keeps the Lambda."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    metadata_path = os.path.join(path, "keras_metadata.pb")
+    metadata = saved_metadata_pb2.SavedMetadata()
+    with open(metadata_path, "rb") as f:
+        metadata.ParseFromString(f.read())
+    disguised = 0
+    for node in metadata.nodes:
+        details = json.loads(node.metadata or "{}")
+        if details.get("class_name") == "Lambda":
+            node.metadata = json.dumps({"class_name": "Activation", "name": "relu", "config": {"name": "relu"}})
+            disguised += 1
+    assert disguised, "the test model has no Lambda node"
+    with open(metadata_path, "wb") as f:
+        f.write(metadata.SerializeToString())
+
+
 def _rename_lambda_metadata(path):
     """Renames the Lambda's metadata node and class the way an attacker would hide it."""
     from tf_keras.protobuf import saved_metadata_pb2
@@ -97,13 +117,17 @@ def _rename_lambda_metadata(path):
         f.write(metadata.SerializeToString())
 
 
-@pytest.mark.parametrize("hiding", ["time_distributed", "nested_sequential", "renamed"])
+@pytest.mark.parametrize("hiding", ["time_distributed", "nested_sequential", "renamed", "only_in_wrapper_config"])
 def test_hidden_lambda_is_refused_before_its_code_runs(tmp_path, hiding):
     marker = tmp_path / "bytecode_ran"
-    path = _save_hidden_lambda(tmp_path / "model", marker, "nested_sequential" if hiding == "renamed" else hiding)
+    built = {"renamed": "nested_sequential", "only_in_wrapper_config": "time_distributed"}.get(hiding, hiding)
+    path = _save_hidden_lambda(tmp_path / "model", marker, built)
     if hiding == "renamed":
         _rename_lambda_metadata(path)
         assert not any("(Lambda)" in entry for entry in unsafe_layers(path))
+    if hiding == "only_in_wrapper_config":
+        # Top-level nodes now all name built-in classes: only the nested configs hold the Lambda.
+        _disguise_lambda_node(path)
     findings = unsafe_layers(path)
     assert findings, "the hidden Lambda was not found"
     if hiding == "renamed":
