@@ -79,42 +79,43 @@ def _save_hidden_lambda(path, marker, hiding):
     return str(path)
 
 
-def _disguise_lambda_node(path):
-    """Makes the Lambda's own metadata node look like a built-in layer; the wrapper's config keeps the Lambda."""
+def _edit_metadata(path, edit):
+    """Rewrites each node's metadata JSON text with ``edit``; returns how many changed."""
     from tf_keras.protobuf import saved_metadata_pb2
 
     metadata_path = os.path.join(path, "keras_metadata.pb")
     metadata = saved_metadata_pb2.SavedMetadata()
     with open(metadata_path, "rb") as f:
         metadata.ParseFromString(f.read())
-    disguised = 0
+    changed = 0
     for node in metadata.nodes:
-        details = json.loads(node.metadata or "{}")
-        if details.get("class_name") == "Lambda":
-            node.metadata = json.dumps({"class_name": "Activation", "name": "relu", "config": {"name": "relu"}})
-            disguised += 1
-    assert disguised, "the test model has no Lambda node"
+        text = edit(node.metadata)
+        changed += text != node.metadata
+        node.metadata = text
     with open(metadata_path, "wb") as f:
         f.write(metadata.SerializeToString())
+    return changed
+
+
+def _disguise_lambda_node(path):
+    """Makes the Lambda's own metadata node look like a built-in layer; the wrapper's config keeps the Lambda."""
+
+    def disguise(text):
+        if json.loads(text or "{}").get("class_name") != "Lambda":
+            return text
+        return json.dumps({"class_name": "Activation", "name": "relu", "config": {"name": "relu"}})
+
+    assert _edit_metadata(path, disguise), "the test model has no Lambda node"
 
 
 def _rename_lambda_metadata(path):
     """Renames the Lambda's metadata node and class the way an attacker would hide it."""
-    from tf_keras.protobuf import saved_metadata_pb2
 
-    metadata_path = os.path.join(path, "keras_metadata.pb")
-    metadata = saved_metadata_pb2.SavedMetadata()
-    with open(metadata_path, "rb") as f:
-        metadata.ParseFromString(f.read())
-    renamed = 0
-    for node in metadata.nodes:
-        text = node.metadata.replace('"class_name": "Lambda"', '"class_name": "Activation"')
-        text = text.replace('"function_type": "lambda", ', "").replace('"inner"', '"relu"')
-        renamed += text != node.metadata
-        node.metadata = text
-    assert renamed, "the test model has no Lambda metadata to rename"
-    with open(metadata_path, "wb") as f:
-        f.write(metadata.SerializeToString())
+    def rename(text):
+        text = text.replace('"class_name": "Lambda"', '"class_name": "Activation"')
+        return text.replace('"function_type": "lambda", ', "").replace('"inner"', '"relu"')
+
+    assert _edit_metadata(path, rename), "the test model has no Lambda metadata to rename"
 
 
 @pytest.mark.parametrize("hiding", ["time_distributed", "nested_sequential", "renamed", "only_in_wrapper_config"])
