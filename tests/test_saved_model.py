@@ -10,9 +10,9 @@ import tf_keras as keras
 from components.engine import (
     ModelLoadError,
     PruningConfig,
-    load_keras_model,
+    load_model,
     prune_saved_model,
-    save_keras_model,
+    save_model,
 )
 from components.engine.saved_model import MASKS_RELATIVE_PATH, SignatureMismatchError, verify_signatures_preserved
 
@@ -36,7 +36,7 @@ def test_pruned_model_reloads_with_identical_signatures_and_consistent_outputs(
     examples = _serialized_examples(penguin_files["eval"])
     served_logits = served.signatures["serving_default"](examples=examples)["outputs"].numpy()
 
-    reloaded = load_keras_model(out)
+    reloaded = load_model(out)
     assert set(reloaded.masks) == {"hidden_0::kernel", "hidden_1::kernel"}
     for key, mask in reloaded.masks.items():
         kernel = reloaded.model.get_layer(key.split("::")[0]).kernel.numpy()
@@ -66,13 +66,13 @@ def test_report_counts_and_sizes(tmp_path, penguin_baseline):
 
 def test_missing_model_directory(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_keras_model(str(tmp_path / "nowhere"))
+        load_model(str(tmp_path / "nowhere"))
 
 
 def test_directory_without_a_saved_model(tmp_path):
     (tmp_path / "Format-Serving").mkdir()
     with pytest.raises(ModelLoadError, match="no saved_model.pb"):
-        load_keras_model(str(tmp_path))
+        load_model(str(tmp_path))
 
 
 def test_corrupt_saved_model(tmp_path, penguin_baseline):
@@ -82,10 +82,10 @@ def test_corrupt_saved_model(tmp_path, penguin_baseline):
     shutil.copytree(os.path.join(penguin_baseline, "Format-Serving"), broken)
     (broken / "saved_model.pb").write_bytes(b"this is not a protobuf")
     with pytest.raises(ModelLoadError, match="could not load"):
-        load_keras_model(str(broken))
+        load_model(str(broken))
 
 
-def test_saved_model_that_is_not_keras(tmp_path):
+def test_saved_model_without_keras_metadata_or_variables_is_refused(tmp_path):
     class Doubler(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
         def __call__(self, x):
@@ -93,8 +93,8 @@ def test_saved_model_that_is_not_keras(tmp_path):
 
     path = str(tmp_path / "plain")
     tf.saved_model.save(Doubler(), path)
-    with pytest.raises(ModelLoadError, match="not a Keras one"):
-        load_keras_model(path)
+    with pytest.raises(ModelLoadError, match="neither Keras metadata nor trainable variables"):
+        load_model(path)
 
 
 def test_signature_check_catches_a_changed_signature(tmp_path):
@@ -108,8 +108,8 @@ def test_signature_check_catches_a_changed_signature(tmp_path):
 
         return {"serving_default": serve}
 
-    save_keras_model(model, str(tmp_path / "a"), signature(model, tf.float32))
-    save_keras_model(model, str(tmp_path / "b"), signature(model, tf.float64))
+    save_model(model, str(tmp_path / "a"), signature(model, tf.float32))
+    save_model(model, str(tmp_path / "b"), signature(model, tf.float64))
     with pytest.raises(SignatureMismatchError, match="changed=\\['serving_default'\\]"):
         verify_signatures_preserved(str(tmp_path / "a"), str(tmp_path / "b"))
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from components.engine.data import model_features, model_input_specs
+from components.engine.restored import call, is_restored
 
 L = keras.layers
 
@@ -39,30 +42,33 @@ def layer_macs(layer) -> int:
     return 0
 
 
-def count_flops(model: keras.Model) -> int:
-    """FLOPs of one example's forward pass through the matrix layers (2 per multiply-accumulate)."""
+def count_flops(model: Any) -> Optional[int]:
+    """FLOPs of one example's forward pass through the matrix layers (2 per multiply-accumulate).
+
+    None for a model restored without its Keras layers: their input shapes are not known.
+    """
+    if is_restored(model):
+        return None
     total = 0
     for layer in model.layers:
         total += count_flops(layer) if isinstance(layer, keras.Model) else 2 * layer_macs(layer)
     return total
 
 
-def _random_inputs(model: keras.Model, batch_size: int):
+def _random_inputs(model: Any, batch_size: int):
     rng = np.random.default_rng(0)
     inputs = {}
-    for tensor in model.inputs:
-        shape = [batch_size] + [d if d is not None else 1 for d in tensor.shape[1:]]
-        values = rng.normal(size=shape) if tensor.dtype.is_floating else rng.integers(0, 2, size=shape)
-        inputs[tensor._keras_history.layer.name] = tf.constant(values, dtype=tensor.dtype)
-    if len(inputs) == 1 and not isinstance(model.input, dict):
-        return next(iter(inputs.values()))
-    return inputs
+    for name, spec in model_input_specs(model).items():
+        shape = [batch_size] + [d if d is not None else 1 for d in spec.shape[1:]]
+        values = rng.normal(size=shape) if spec.dtype.is_floating else rng.integers(0, 2, size=shape)
+        inputs[name] = tf.constant(values, dtype=spec.dtype)
+    return model_features(model, inputs)
 
 
-def cpu_latency_ms(model: keras.Model, batch_size: int, repeats: int = 30, warmup: int = 5) -> float:
+def cpu_latency_ms(model: Any, batch_size: int, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time (ms) of a compiled forward pass on ``batch_size`` random examples."""
     inputs = _random_inputs(model, batch_size)
-    forward = tf.function(lambda x: model(x, training=False))
+    forward = tf.function(lambda x: call(model, x, training=False))
     for _ in range(warmup):
         forward(inputs)
     timings = []
@@ -74,7 +80,7 @@ def cpu_latency_ms(model: keras.Model, batch_size: int, repeats: int = 30, warmu
     return float(np.median(timings))
 
 
-def latency_ratio(model: keras.Model, reference: keras.Model, batch_size: int, repeats: int = 50) -> float:
+def latency_ratio(model: Any, reference: Any, batch_size: int, repeats: int = 50) -> float:
     """Median latency of ``model`` over that of ``reference``, timed in alternation.
 
     Alternating the two cancels the drift (frequency scaling, caches, other load) that makes
@@ -83,7 +89,7 @@ def latency_ratio(model: keras.Model, reference: keras.Model, batch_size: int, r
     runs = []
     for candidate in (model, reference):
         inputs = _random_inputs(candidate, batch_size)
-        forward = tf.function(lambda x, m=candidate: m(x, training=False))
+        forward = tf.function(lambda x, m=candidate: call(m, x, training=False))
         for _ in range(5):
             forward(inputs)
         runs.append((forward, inputs, []))
@@ -95,7 +101,7 @@ def latency_ratio(model: keras.Model, reference: keras.Model, batch_size: int, r
     return float(np.median(runs[0][2]) / np.median(runs[1][2]))
 
 
-def efficiency_stats(model: keras.Model, batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 30) -> dict[str, Any]:
+def efficiency_stats(model: Any, batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 30) -> dict[str, Any]:
     stats: dict[str, Any] = {"flops": count_flops(model)}
     for batch_size in batch_sizes:
         stats[f"latency_ms_batch_{batch_size}"] = cpu_latency_ms(model, batch_size, repeats=repeats)

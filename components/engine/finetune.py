@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -14,6 +14,7 @@ import tf_keras as keras
 from components.engine.config import FineTuneConfig
 from components.engine.gradual import GradualPruner, masked_train_loop
 from components.engine.magnitude import find_prunable_weights, iter_prunable_weights
+from components.engine.restored import call, is_restored, require_keras, trainable_variables
 from components.engine.saved_model import compiled_metrics
 
 
@@ -40,7 +41,7 @@ def root_cause(error: tf.errors.OpError) -> str:
     return cause if len(cause) <= 300 else cause[:297] + "..."
 
 
-def mask_variables(model: keras.Model, masks: Mapping[str, np.ndarray]) -> list[tuple[tf.Variable, tf.Tensor]]:
+def mask_variables(model: Any, masks: Mapping[str, np.ndarray]) -> list[tuple[tf.Variable, tf.Tensor]]:
     """Pairs each masked variable of ``model`` with its mask as a constant of the variable's dtype."""
     if not masks:
         return []
@@ -87,7 +88,7 @@ class FineTuneResult:
 
 
 def fine_tune(
-    model: keras.Model,
+    model: Any,
     train_dataset: tf.data.Dataset,
     eval_dataset: Optional[tf.data.Dataset],
     config: FineTuneConfig,
@@ -99,9 +100,13 @@ def fine_tune(
     ``train_dataset`` yields ``(features, labels)`` batches. With ``config.gradual_pruning`` the
     model is pruned further on that schedule while it trains; with ``config.distillation`` the
     ``teacher`` (usually the unpruned model) supplies soft labels. Returns the history and the
-    masks the model carries afterwards.
+    masks the model carries afterwards. A model restored without its Keras classes
+    (``tf.saved_model.save``) is trained by a loop over its call function; it needs
+    ``config.loss`` (it carries none) and cannot be pruned gradually or distilled.
     """
     loss = _loss_for(model, config)
+    if is_restored(model):
+        return _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss)
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
     # "accuracy" would be resolved against logits and report nonsense downstream.
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=compiled_metrics(model))
@@ -159,6 +164,46 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
     return FineTuneResult(history, combined)
 
 
+def _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss) -> FineTuneResult:
+    if config.gradual_pruning is not None:
+        require_keras(model, "gradual pruning while fine-tuning")
+    if config.distillation is not None:
+        require_keras(model, "distillation")
+    keras.utils.set_random_seed(config.seed)
+    variables = trainable_variables(model)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    masked = mask_variables(model, masks)
+
+    def hold_masks():
+        for variable, mask in masked:
+            variable.assign(variable * mask)
+
+    @tf.function
+    def train_step(features, labels):
+        with tf.GradientTape() as tape:
+            value = loss(labels, call(model, features, training=True))
+        pairs = [(g, v) for g, v in zip(tape.gradient(value, variables), variables, strict=True) if g is not None]
+        optimizer.apply_gradients(pairs)
+        hold_masks()
+        return value
+
+    @tf.function
+    def eval_step(features, labels):
+        return loss(labels, call(model, features, training=False))
+
+    tf.function(hold_masks)()
+    history: dict[str, list[float]] = {"loss": []}
+    with _data_errors_named():
+        for _ in range(config.epochs):
+            batches = train_dataset.repeat().take(config.steps_per_epoch) if config.steps_per_epoch else train_dataset
+            history["loss"].append(float(np.mean([float(train_step(x, y)) for x, y in batches])))
+            if eval_dataset is not None:
+                history.setdefault("val_loss", []).append(
+                    float(np.mean([float(eval_step(x, y)) for x, y in eval_dataset]))
+                )
+    return FineTuneResult(history, dict(masks))
+
+
 @contextlib.contextmanager
 def _data_errors_named() -> Iterator[None]:
     """Turns TensorFlow's runtime errors about the data into one line naming the cause."""
@@ -168,9 +213,14 @@ def _data_errors_named() -> Iterator[None]:
         raise FineTuneDataError(f"fine-tuning stopped on the data: {root_cause(err)}") from err
 
 
-def _loss_for(model: keras.Model, config: FineTuneConfig):
+def _loss_for(model: Any, config: FineTuneConfig):
     if config.loss is not None:
         return make_loss(config.loss, config.from_logits)
+    if is_restored(model):
+        raise ValueError(
+            "the model was saved with tf.saved_model.save, which keeps no loss; set `loss` (and `from_logits`) "
+            "in the fine-tuning config, e.g. loss='SparseCategoricalCrossentropy', from_logits=True"
+        )
     compiled_loss = getattr(model, "loss", None)
     if compiled_loss is None:
         raise ValueError(

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from components.engine.config import PruningConfig
-
-# Weight attributes that are matrices of connections; biases, BatchNorm statistics and
-# scales are left alone because zeroing them removes no connection.
-PRUNABLE_WEIGHT_ATTRIBUTES = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
+from components.engine.restored import (
+    PRUNABLE_WEIGHT_ATTRIBUTES,
+    is_restored,
+    kernel_variables,
+    output_kernel_variables,
+)
 
 
 class PruningConfigError(ValueError):
@@ -42,8 +44,20 @@ def _leaf_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, ke
         path = f"{prefix}{layer.name}"
         if isinstance(layer, keras.Model):
             yield from _leaf_layers(layer, prefix=f"{path}/")
+        elif _wrapped_layers(layer):
+            for inner in _wrapped_layers(layer):
+                yield f"{path}/{inner.name}", inner
         else:
             yield path, layer
+
+
+def _wrapped_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers a wrapper runs: ``Bidirectional``'s two directions, ``TimeDistributed``'s layer."""
+    directions = [getattr(layer, name, None) for name in ("forward_layer", "backward_layer")]
+    if all(isinstance(direction, keras.layers.Layer) for direction in directions):
+        return directions  # Bidirectional also keeps the unbuilt template it was given as .layer
+    inner = getattr(layer, "layer", None)
+    return [inner] if isinstance(inner, keras.layers.Layer) and inner is not layer else []
 
 
 def _weights_of(layer: keras.layers.Layer) -> Iterator[tuple[str, tf.Variable]]:
@@ -70,7 +84,9 @@ def output_weight_layers(model: keras.Model) -> set[str]:
         if isinstance(layer, keras.Model):
             found |= output_weight_layers(layer)
             continue
-        if any(True for _ in _weights_of(layer)):
+        if any(True for _ in _weights_of(layer)) or any(
+            any(True for _ in _weights_of(w)) for w in _wrapped_layers(layer)
+        ):
             found.add(layer.name)
             continue
         for node in layer.inbound_nodes:
@@ -82,26 +98,40 @@ def _as_list(layers) -> list:
     return list(layers) if isinstance(layers, (list, tuple)) else [layers]
 
 
-def iter_prunable_weights(model: keras.Model) -> Iterator[PrunableWeight]:
-    """Every prunable weight of ``model`` (nested models included), unprotected."""
+def iter_prunable_weights(model: Any) -> Iterator[PrunableWeight]:
+    """Every prunable weight of ``model`` (nested models and wrapped layers included), unprotected.
+
+    A model restored without its Keras classes names its kernels by variable name instead.
+    """
+    if is_restored(model):
+        for layer_name, attribute, variable in kernel_variables(model):
+            yield PrunableWeight(f"{layer_name}::{attribute}", layer_name, attribute, variable)
+        return
     for path, layer in _leaf_layers(model):
         for attribute, variable in _weights_of(layer):
             yield PrunableWeight(f"{path}::{attribute}", path, attribute, variable)
 
 
-def find_prunable_weights(model: keras.Model, config: PruningConfig) -> list[PrunableWeight]:
+def find_prunable_weights(model: Any, config: PruningConfig) -> list[PrunableWeight]:
     """Lists every prunable weight, marking the protected ones and why.
 
     Raises:
       PruningConfigError: a protected-layer pattern matches no layer, or nothing is left to prune.
     """
     patterns = [(pattern, re.compile(pattern)) for pattern in config.protected_layers]
-    output_layers = output_weight_layers(model) if config.protect_output_layer else set()
-    layer_names = [path for path, _ in _leaf_layers(model)]
     weights = list(iter_prunable_weights(model))
+    if is_restored(model):
+        layer_names = [weight.layer_name for weight in weights]
+        output_kernels = output_kernel_variables(model) if config.protect_output_layer else set()
+        in_output_layer = {weight.key for weight in weights if id(weight.variable) in output_kernels}
+    else:
+        layer_names = [path for path, _ in _leaf_layers(model)]
+        output_layers = output_weight_layers(model) if config.protect_output_layer else set()
+        # A wrapper on the output protects what it wraps: "time_distributed/dense" under "time_distributed".
+        in_output_layer = {weight.key for weight in weights if set(weight.layer_name.split("/")) & output_layers}
     for weight in weights:
         short_name = weight.layer_name.rsplit("/", 1)[-1]
-        if short_name in output_layers:
+        if weight.key in in_output_layer:
             weight.protected_by = "output layer"
         for pattern, regex in patterns:
             if regex.fullmatch(weight.layer_name) or regex.fullmatch(short_name):
@@ -210,7 +240,7 @@ def apply_masks(weights: Iterable[PrunableWeight], masks: dict[str, np.ndarray])
 
 
 def prune_model(
-    model: keras.Model,
+    model: Any,
     config: PruningConfig,
     existing_masks: Optional[dict[str, np.ndarray]] = None,
     sample=None,

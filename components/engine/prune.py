@@ -16,12 +16,13 @@ from components.engine.importance import DATA_CRITERIA
 from components.engine.layer_removal import remove_layers
 from components.engine.magnitude import find_prunable_weights, prune_model
 from components.engine.report import directory_size, gzip_size, layer_rows, weight_stats
+from components.engine.restored import require_keras
 from components.engine.saved_model import (
     LoadedModel,
     copy_compile_settings,
-    load_keras_model,
+    load_model,
     require_finite_weights,
-    save_keras_model,
+    save_model,
     verify_signatures_preserved,
 )
 from components.engine.sensitivity import allocate, sensitivity_curves, sensitivity_report
@@ -38,7 +39,7 @@ def size_stats(model_dir: str) -> dict[str, int]:
 
 
 def model_stats(
-    model: keras.Model,
+    model: Any,
     masks: Optional[dict[str, np.ndarray]],
     signatures,
     latency_repeats: int,
@@ -50,7 +51,7 @@ def model_stats(
     """
     stats = {**weight_stats(model, masks), **efficiency_stats(model, repeats=latency_repeats)}
     with tempfile.TemporaryDirectory() as scratch:
-        save_keras_model(model, scratch, signatures, masks)
+        save_model(model, scratch, signatures, masks)
         stats.update(size_stats(scratch))
     return stats
 
@@ -75,8 +76,9 @@ def prune_saved_model(
         report = prune_saved_model("trainer/model/7", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
         report["after"]["masked_sparsity"]  # 0.8
     """
-    loaded = load_keras_model(input_path, allow_unsafe_layers)
+    loaded = load_model(input_path, allow_unsafe_layers)
     require_finite_weights(loaded.model, f"the model to prune ({loaded.path})")
+    _require_layer_graph_if_needed(loaded, config)
     if isinstance(config, LayerRemovalConfig):
         return _remove_layers(loaded, output_dir, config, sample_examples, holdout_examples, latency_repeats)
     sample = None
@@ -103,7 +105,7 @@ def prune_saved_model(
         layer_sparsity = allocate(curves, dense_loss, config.target_sparsity)
         sensitivity = sensitivity_report(dense_loss, curves, layer_sparsity)
     weights, masks = prune_model(loaded.model, config, loaded.masks, sample, layer_sparsity)
-    save_keras_model(loaded.model, output_dir, loaded.signatures, masks)
+    save_model(loaded.model, output_dir, loaded.signatures, masks, extra_assets_from=loaded.path)
     verify_signatures_preserved(loaded.path, output_dir)
     after = {**weight_stats(loaded.model, masks), **efficiency_stats(loaded.model, repeats=latency_repeats)}
     return {
@@ -111,6 +113,38 @@ def prune_saved_model(
         "layers": layer_rows(weights, nonzeros_before),
         "sensitivity": sensitivity,
     }
+
+
+class UnclonableLayerError(ValueError):
+    """A method that rebuilds the model met a layer it cannot rebuild."""
+
+
+def _require_layer_graph_if_needed(loaded: LoadedModel, config) -> None:
+    if isinstance(config, (StructuredPruningConfig, LayerRemovalConfig)):
+        what = "structured pruning" if isinstance(config, StructuredPruningConfig) else "layer removal"
+        require_keras(loaded.model, what)
+        _require_rebuildable(loaded.model, what)
+    elif config.scope == "sensitivity":
+        require_keras(loaded.model, "scope='sensitivity'")
+    if getattr(config, "criterion", None) == "taylor":
+        require_keras(loaded.model, "the taylor criterion")
+
+
+def _require_rebuildable(model: keras.Model, what: str) -> None:
+    """Fails before any work on layers that were revived without a config and cannot be cloned.
+
+    tf.Transform's ``TransformFeaturesLayer`` is the usual one: attached to the model for its
+    signatures, outside the layer graph. Rebuilding signatures around it is not supported yet.
+    """
+    for layer in model.layers:
+        try:
+            layer.get_config()
+        except NotImplementedError:
+            raise UnclonableLayerError(
+                f"{what} rebuilds the model, and layer {layer.name!r} ({type(layer).__name__}) was saved without "
+                "a config, so it cannot be rebuilt; a tf.Transform layer attached for the serving signatures is "
+                "the usual case. Use method='magnitude', which keeps the model and its signatures as they are."
+            ) from None
 
 
 def _holdout_sample(model: keras.Model, holdout_examples: Optional[tf.Tensor], config):
@@ -154,7 +188,7 @@ def _save_rebuilt(
     """Saves a rebuilt model with signatures proven on real examples; returns the common report."""
     signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
     copy_compile_settings(loaded.model, smaller)
-    save_keras_model(smaller, output_dir, signatures)
+    save_model(smaller, output_dir, signatures, extra_assets_from=loaded.path)
     verify_signatures_preserved(loaded.path, output_dir)
     after = {**weight_stats(smaller, None), **efficiency_stats(smaller, repeats=latency_repeats)}
     before["input_saved_model_bytes"] = directory_size(loaded.path)

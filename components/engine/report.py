@@ -10,10 +10,10 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 from tabulate import tabulate
 
 from components.engine.magnitude import PrunableWeight, iter_prunable_weights
+from components.engine.restored import count_params, model_variables
 from components.engine.saved_model import MASKS_RELATIVE_PATH
 
 
@@ -48,7 +48,7 @@ def directory_size(directory: str) -> int:
     )
 
 
-def weight_stats(model: keras.Model, masks: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
+def weight_stats(model: Any, masks: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
     """Sparsity of a model measured from its weights (not from what a report claims).
 
     ``masked_sparsity`` covers the weights the masks name (the pruned layers) and equals
@@ -64,28 +64,28 @@ def weight_stats(model: keras.Model, masks: Optional[dict[str, np.ndarray]] = No
             total_masked += values.size
             zero_masked += zeros
     return {
-        "params": int(model.count_params()),
+        "params": count_params(model),
         "kernel_params": total_kernel,
         "kernel_zeros": zero_kernel,
         "kernel_sparsity": zero_kernel / total_kernel if total_kernel else 0.0,
         "masked_params": total_masked,
         "masked_sparsity": zero_masked / total_masked if total_masked else 0.0,
-        "nonzero_params": int(model.count_params()) - zero_kernel,
+        "nonzero_params": count_params(model) - zero_kernel,
         "weights_gzip_bytes": weights_gzip_size(model),
     }
 
 
-def weights_gzip_size(model: keras.Model) -> int:
+def weights_gzip_size(model: Any) -> int:
     """Bytes of the model's weights, gzip-compressed (level 9).
 
     Taken from the weights themselves, so optimizer state or graph size that one SavedModel
     carries and another does not cannot blur what pruning bought.
     """
-    raw = b"".join(np.ascontiguousarray(weight).tobytes() for weight in model.get_weights())
+    raw = b"".join(np.ascontiguousarray(variable.numpy()).tobytes() for variable in model_variables(model))
     return len(gzip.compress(raw, compresslevel=9, mtime=0))
 
 
-def layer_table(model: keras.Model) -> list[dict[str, Any]]:
+def layer_table(model: Any) -> list[dict[str, Any]]:
     """Each prunable weight's shape, width (output units/filters) and measured sparsity."""
     rows = []
     for weight in iter_prunable_weights(model):
@@ -151,6 +151,11 @@ def _criterion(config: dict[str, Any]) -> str:
     return f"magnitude: |w| < {config['magnitude_threshold']}"
 
 
+def _or_unmeasured(value: Any) -> Any:
+    # A model saved with tf.saved_model.save has no Keras layers to count FLOPs from.
+    return "not measured (no Keras layers)" if value is None else value
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """A readable rendering of a pruning report."""
     before, after = report["before"], report["after"]
@@ -159,7 +164,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
         ["non-zero params", before["nonzero_params"], after["nonzero_params"]],
         ["sparsity of pruned layers", f"{before['masked_sparsity']:.2%}", f"{after['masked_sparsity']:.2%}"],
         ["sparsity of all kernels", f"{before['kernel_sparsity']:.2%}", f"{after['kernel_sparsity']:.2%}"],
-        ["FLOPs per example", before["flops"], after["flops"]],
+        ["FLOPs per example", _or_unmeasured(before["flops"]), _or_unmeasured(after["flops"])],
         [
             "CPU latency, batch 1 (ms, median)",
             f"{before['latency_ms_batch_1']:.3f}",

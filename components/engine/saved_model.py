@@ -1,16 +1,21 @@
-"""Loading and saving tf-keras SavedModels without losing their serving signatures.
+"""Loading and saving SavedModels without losing their serving signatures or assets.
 
 A tf-keras SavedModel reloaded with ``tf_keras.models.load_model`` exposes its original
 signatures as concrete functions that capture the *reloaded model's own variables*. So the
 model can be pruned or fine-tuned in place and saved again with the very same signatures
 (including any preprocessing they do), which is what the stock Pusher, TFMA and TF Serving
-expect. Pruning masks travel inside the SavedModel under ``assets.extra/`` (a directory TF
-Serving ignores), so a later fine-tuning step knows which zeros to keep.
+expect. A SavedModel written by ``tf.saved_model.save`` (no Keras metadata, as TFX's examples
+write them) is reloaded with ``tf.saved_model.load`` and behaves the same way for everything
+that does not need the layer graph (``components.engine.restored``). Pruning masks travel
+inside the SavedModel under ``assets.extra/`` (a directory TF Serving ignores), so a later
+fine-tuning step knows which zeros to keep; other ``assets.extra`` files (warm-up requests)
+are carried over.
 """
 
 from __future__ import annotations
 
 import binascii
+import importlib
 import io
 import json
 import os
@@ -21,11 +26,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from components.engine.restored import is_restored, model_variables, trainable_variables
+
 MASKS_RELATIVE_PATH = os.path.join("assets.extra", "pruning_masks.npz")
 
 
 class ModelLoadError(ValueError):
-    """The given path does not hold a usable tf-keras SavedModel."""
+    """The given path does not hold a usable SavedModel."""
 
 
 class UnsafeModelError(ModelLoadError):
@@ -42,12 +49,20 @@ class SignatureMismatchError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A reloaded Keras model, its original serving signatures and any pruning masks."""
+    """A reloaded model, its original serving signatures and any pruning masks.
 
-    model: keras.Model
+    ``model`` is a ``keras.Model``, or for a SavedModel written by ``tf.saved_model.save``
+    the object ``tf.saved_model.load`` restores (``is_keras`` is False).
+    """
+
+    model: Any
     path: str
     signatures: Mapping[str, tf.types.experimental.ConcreteFunction]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def is_keras(self) -> bool:
+        return not is_restored(self.model)
 
 
 def resolve_saved_model_dir(path: str) -> str:
@@ -92,6 +107,10 @@ _KERAS_NAMESPACES = (
 )
 # A config naming a module makes Keras import it; only Keras's and TensorFlow's own are data.
 _TRUSTED_MODULE_PREFIXES = ("keras", "tf_keras", "tensorflow", "builtins")
+# Installed packages whose Keras-registered classes a model may name: their code is what is
+# installed here, none of it travels with the model. tf.Transform's TransformFeaturesLayer is
+# how TFX models carry their preprocessing.
+TRUSTED_LAYER_PACKAGES = ("tensorflow_transform",)
 # marshal.dumps(code) starts with TYPE_CODE ('c'), with or without FLAG_REF (0x80).
 _MARSHALLED_CODE_MARKERS = (0x63, 0xE3)
 _BASE64_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
@@ -100,9 +119,26 @@ _BASE64_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 def _is_keras_class(class_name: str) -> bool:
     # tf-keras registers its own optimizers under the default package: "Custom>Adam".
     class_name = class_name.removeprefix("Custom>")
-    return class_name in _SAFE_EXTRA_CLASSES or any(
-        isinstance(getattr(namespace, class_name, None), type) for namespace in _KERAS_NAMESPACES
+    return (
+        class_name in _SAFE_EXTRA_CLASSES
+        or any(isinstance(getattr(namespace, class_name, None), type) for namespace in _KERAS_NAMESPACES)
+        or class_name in trusted_registered_classes()
     )
+
+
+def trusted_registered_classes() -> frozenset[str]:
+    """Names (``Package>Class`` and bare ``Class``) of Keras classes registered by trusted packages."""
+    for package in TRUSTED_LAYER_PACKAGES:
+        try:
+            importlib.import_module(package)  # registering its classes is a side effect of the import
+        except ImportError:
+            continue
+    names = set()
+    for registered_name, registered in keras.utils.get_custom_objects().items():
+        module = getattr(registered, "__module__", "") or ""
+        if isinstance(registered, type) and module.split(".")[0] in TRUSTED_LAYER_PACKAGES:
+            names.update((registered_name, registered.__name__))
+    return frozenset(names)
 
 
 def _looks_like_marshalled_code(text: str) -> bool:
@@ -161,22 +197,23 @@ def unsafe_layers(model_dir: str) -> list[str]:
     return found
 
 
-def load_keras_model(path: str, allow_unsafe_layers: bool = False) -> LoadedModel:
-    """Loads a tf-keras SavedModel (artifact URI or SavedModel dir) with signatures and masks.
+def load_model(path: str, allow_unsafe_layers: bool = False) -> LoadedModel:
+    """Loads a SavedModel (artifact URI or SavedModel dir) with its signatures and masks.
 
-    A model containing ``Lambda`` layers or custom classes is refused unless
-    ``allow_unsafe_layers``: reviving them runs code that came with the model.
+    A tf-keras SavedModel is loaded as a Keras model. A model containing ``Lambda`` layers or
+    custom classes is refused unless ``allow_unsafe_layers``: reviving them runs code that came
+    with the model (classes registered by ``TRUSTED_LAYER_PACKAGES`` are installed code, not the
+    model's). A SavedModel without Keras metadata (``tf.saved_model.save``) is restored with
+    ``tf.saved_model.load``, which runs no Python from the model.
 
     Raises:
-      ModelLoadError: the directory is missing, corrupt, or not a Keras SavedModel.
+      ModelLoadError: the directory is missing or corrupt, or has neither Keras metadata nor
+        trainable variables.
       UnsafeModelError: the model holds Lambda or custom layers and they are not allowed.
     """
     model_dir = resolve_saved_model_dir(path)
     if not tf.io.gfile.exists(os.path.join(model_dir, "keras_metadata.pb")):
-        raise ModelLoadError(
-            f"{model_dir!r} is a SavedModel but not a Keras one (no keras_metadata.pb); "
-            "pruning needs the Keras layer structure. Save it with tf-keras model.save()."
-        )
+        return _load_restored(model_dir)
     if not allow_unsafe_layers:
         try:
             unsafe = unsafe_layers(model_dir)
@@ -197,6 +234,34 @@ def load_keras_model(path: str, allow_unsafe_layers: bool = False) -> LoadedMode
     return LoadedModel(model=model, path=model_dir, signatures=signatures, masks=load_masks(model_dir))
 
 
+def _load_restored(model_dir: str) -> LoadedModel:
+    try:
+        restored = tf.saved_model.load(model_dir)
+    except Exception as err:  # corrupt protobufs and variables surface as many error types
+        raise ModelLoadError(f"could not load the SavedModel in {model_dir!r}: {err}") from err
+    if not trainable_variables(restored):
+        raise ModelLoadError(
+            f"{model_dir!r} has neither Keras metadata nor trainable variables: there is nothing to prune or fine-tune"
+        )
+    signatures = dict(getattr(restored, "signatures", {}) or {})
+    return LoadedModel(model=restored, path=model_dir, signatures=signatures, masks=load_masks(model_dir))
+
+
+def _copy_extra_assets(source_dir: str, model_dir: str) -> None:
+    source_root = os.path.join(source_dir, "assets.extra")
+    if not tf.io.gfile.isdir(source_root):
+        return
+    for root, _, files in tf.io.gfile.walk(source_root):
+        for name in files:
+            source = os.path.join(root, name)
+            relative = os.path.relpath(source, source_dir)
+            if os.path.normpath(relative) == os.path.normpath(MASKS_RELATIVE_PATH):
+                continue
+            target = os.path.join(model_dir, relative)
+            tf.io.gfile.makedirs(os.path.dirname(target))
+            tf.io.gfile.copy(source, target, overwrite=True)
+
+
 def load_masks(model_dir: str) -> dict[str, np.ndarray]:
     mask_path = os.path.join(model_dir, MASKS_RELATIVE_PATH)
     if not tf.io.gfile.exists(mask_path):
@@ -206,25 +271,34 @@ def load_masks(model_dir: str) -> dict[str, np.ndarray]:
             return {key: archive[key].astype(bool) for key in archive.files}
 
 
-def save_keras_model(
-    model: keras.Model,
+def save_model(
+    model: Any,
     model_dir: str,
     signatures: Optional[Mapping[str, tf.types.experimental.ConcreteFunction]] = None,
     masks: Optional[Mapping[str, np.ndarray]] = None,
+    extra_assets_from: Optional[str] = None,
 ) -> None:
-    """Saves ``model`` as a tf-keras SavedModel with the given signatures and pruning masks.
+    """Saves ``model`` as a SavedModel with the given signatures and pruning masks.
 
-    Optimizer state is not saved: a served model does not need it and Adam's slots would
-    triple the size of what gets pushed. The loss and metrics the model was compiled with are
-    kept (with a fresh optimizer of the same kind), so a later fine-tuning step can reuse them.
+    A Keras model is saved by tf-keras. Optimizer state is not saved: a served model does not
+    need it and Adam's slots would triple the size of what gets pushed. The loss and metrics
+    the model was compiled with are kept (with a fresh optimizer of the same kind), so a later
+    fine-tuning step can reuse them. A restored model is saved by ``tf.saved_model.save``, as
+    it was written. ``extra_assets_from`` names the SavedModel whose ``assets.extra`` files
+    (other than masks) are copied over.
     """
-    copy_compile_settings(model, model)
-    model.save(
-        model_dir,
-        save_format="tf",
-        include_optimizer=True,
-        signatures=dict(signatures) if signatures else None,
-    )
+    if is_restored(model):
+        tf.saved_model.save(model, model_dir, signatures=dict(signatures) if signatures else None)
+    else:
+        copy_compile_settings(model, model)
+        model.save(
+            model_dir,
+            save_format="tf",
+            include_optimizer=True,
+            signatures=dict(signatures) if signatures else None,
+        )
+    if extra_assets_from is not None:
+        _copy_extra_assets(extra_assets_from, model_dir)
     if masks:
         mask_path = os.path.join(model_dir, MASKS_RELATIVE_PATH)
         tf.io.gfile.makedirs(os.path.dirname(mask_path))
@@ -264,10 +338,10 @@ def copy_compile_settings(source: keras.Model, target: keras.Model) -> None:
     )
 
 
-def non_finite_weights(model: keras.Model) -> dict[str, int]:
+def non_finite_weights(model: Any) -> dict[str, int]:
     """Weight name -> count of NaN or infinite values, for every weight that has any."""
     found = {}
-    for variable in model.weights:
+    for variable in model_variables(model):
         values = variable.numpy()
         if np.issubdtype(values.dtype, np.floating):
             bad = int(values.size - np.count_nonzero(np.isfinite(values)))
@@ -276,7 +350,7 @@ def non_finite_weights(model: keras.Model) -> dict[str, int]:
     return found
 
 
-def require_finite_weights(model: keras.Model, what: str) -> None:
+def require_finite_weights(model: Any, what: str) -> None:
     """Raises NonFiniteWeightsError naming the weights that hold NaN or infinity."""
     found = non_finite_weights(model)
     if found:

@@ -76,4 +76,5 @@ class Executor(base_executor.BaseExecutor):
         report_artifact.set_int_custom_property("params", report["after"]["params"])
         report_artifact.set_int_custom_property("nonzero_params", report["after"]["nonzero_params"])
         report_artifact.set_int_custom_property("gzip_bytes", report["after"]["gzip_bytes"])
-        report_artifact.set_int_custom_property("flops", report["after"]["flops"])
+        if report["after"]["flops"] is not None:  # unmeasured for a model without Keras layers
+            report_artifact.set_int_custom_property("flops", report["after"]["flops"])

@@ -1,0 +1,186 @@
+"""Models saved with ``tf.saved_model.save``: no Keras layer graph, but everything pruning needs.
+
+TFX's own examples and templates save the Trainer's model with
+``tf.saved_model.save(model, dir, signatures=...)``, which writes no Keras metadata, so tf-keras
+cannot rebuild its layers. Reloaded with ``tf.saved_model.load`` the model still has its
+variables (named ``layer/kernel``), its call functions traced with ``training=True`` and
+``False`` (with gradients through them), its signatures and its assets; saved again, it keeps
+all of them. That is enough for magnitude pruning (a mask per kernel variable) and for
+fine-tuning (a training loop over the call function). Whatever needs the layer graph
+(structured pruning, layer removal, sensitivity allocation, the taylor criterion) does not
+apply and is refused by name, with the one-line change to the Trainer module that enables it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow.python.framework import convert_to_constants
+
+# Weight attributes that are matrices of connections; biases, BatchNorm statistics and
+# scales are left alone because zeroing them removes no connection.
+PRUNABLE_WEIGHT_ATTRIBUTES = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
+
+KERAS_SAVE_CHANGE = (
+    "in the Trainer module, save with `model.save(fn_args.serving_model_dir, save_format='tf', "
+    "signatures=signatures)` instead of `tf.saved_model.save(model, fn_args.serving_model_dir, "
+    "signatures=signatures)`; the signatures stay the same"
+)
+
+
+class NeedsKerasModelError(ValueError):
+    """The requested work needs the Keras layer graph, which a ``tf.saved_model.save`` model lacks."""
+
+
+def is_restored(model: Any) -> bool:
+    """True for a model reloaded without its Keras classes (saved with ``tf.saved_model.save``)."""
+    return not isinstance(model, keras.Model)
+
+
+def require_keras(model: Any, what: str) -> None:
+    """Raises NeedsKerasModelError naming ``what`` and the module change, for a restored model."""
+    if is_restored(model):
+        raise NeedsKerasModelError(
+            f"{what} needs the Keras layer graph, and this model was saved with tf.saved_model.save "
+            f"(no Keras metadata); {KERAS_SAVE_CHANGE}. Magnitude pruning and fine-tuning work as it is."
+        )
+
+
+def model_variables(model: Any) -> list[tf.Variable]:
+    """Every variable of the model (Keras weights, or a restored object's ``variables``)."""
+    if not is_restored(model):
+        return list(model.weights)
+    return list(getattr(model, "variables", []) or [])
+
+
+def trainable_variables(model: Any) -> list[tf.Variable]:
+    return [variable for variable in model_variables(model) if variable.trainable]
+
+
+def count_params(model: Any) -> int:
+    if not is_restored(model):
+        return int(model.count_params())
+    return int(sum(variable.shape.num_elements() for variable in model_variables(model)))
+
+
+def kernel_variables(model: Any) -> Iterator[tuple[str, str, tf.Variable]]:
+    """``(layer, attribute, variable)`` for each kernel-like variable of a restored model.
+
+    Keras names a variable ``<layer path>/<attribute>:0`` (``dense/kernel:0``,
+    ``lstm/lstm_cell/recurrent_kernel:0``), which is all a restored model says about its layers.
+
+    Raises:
+      ValueError: two kernels share a name, so a mask could not say which one it belongs to.
+    """
+    seen: set[str] = set()
+    for variable in trainable_variables(model):
+        name = variable.name.split(":")[0]
+        layer, _, attribute = name.rpartition("/")
+        if attribute not in PRUNABLE_WEIGHT_ATTRIBUTES or not variable.shape.rank or variable.shape.rank < 2:
+            continue
+        if name in seen:
+            raise ValueError(f"two kernel variables are both named {name!r}; masks could not tell them apart")
+        seen.add(name)
+        yield layer or name, attribute, variable
+
+
+def output_kernel_variables(model: Any) -> set[int]:
+    """``id``s of the kernels that are the last ones on some path to a signature's (or the call's) output.
+
+    Read from the functions' graphs with every nested function inlined: walking back from each
+    output, a kernel is recorded where an op reads it, and that op's other inputs are not walked.
+    """
+    by_handle = {id(variable.handle): variable for variable in model_variables(model)}
+    kernels = {id(variable) for _, _, variable in kernel_variables(model)}
+    found: set[int] = set()
+    for function in _output_functions(model):
+        graph_def = convert_to_constants._run_inline_graph_optimization(
+            function, lower_control_flow=False, aggressive_inlining=True
+        )
+        captured = {
+            internal.op.name: by_handle.get(id(external))
+            for internal, external in zip(function.graph.internal_captures, function.captured_inputs, strict=False)
+        }
+        reads = _GraphReads({node.name: node for node in graph_def.node}, captured, kernels)
+        found |= reads.last_kernels_before([tensor.op.name for tensor in function.graph.outputs])
+    return found
+
+
+class _GraphReads:
+    """Which kernel variables the ops of an inlined GraphDef read."""
+
+    def __init__(self, nodes: dict, captured: dict, kernels: set[int]):
+        self._nodes, self._captured, self._kernels = nodes, captured, kernels
+
+    def _node(self, input_name: str):
+        return self._nodes.get(input_name.lstrip("^").split(":")[0])
+
+    def kernel_read_by(self, input_name: str):
+        node = self._node(input_name)
+        if node is None or node.op != "ReadVariableOp":
+            return None
+        source = self._node(node.input[0])
+        while source is not None and source.op == "Identity":
+            source = self._node(source.input[0])
+        variable = self._captured.get(source.name) if source is not None else None
+        return variable if variable is not None and id(variable) in self._kernels else None
+
+    def last_kernels_before(self, outputs: list[str]) -> set[int]:
+        found: set[int] = set()
+        frontier, visited = list(outputs), set()
+        while frontier:
+            name = frontier.pop()
+            if name in visited or name not in self._nodes:
+                continue
+            visited.add(name)
+            inputs = [item for item in self._nodes[name].input if not item.startswith("^")]
+            read = [variable for variable in map(self.kernel_read_by, inputs) if variable is not None]
+            if read:
+                found.update(id(variable) for variable in read)
+                continue
+            frontier.extend(item.split(":")[0] for item in inputs)
+        return found
+
+
+def _output_functions(model: Any) -> list:
+    signatures = list(getattr(model, "signatures", {}).values())
+    return signatures or [call_function(model, training=False)]
+
+
+def call_function(model: Any, training: bool):
+    """The restored call function traced with ``training``.
+
+    Raises:
+      NeedsKerasModelError: the model was saved without a call function (only signatures).
+    """
+    restored_call = model.__call__ if callable(model) else None
+    for function in getattr(restored_call, "concrete_functions", []) or []:
+        args, _ = function.structured_input_signature
+        if len(args) >= 2 and args[1] is training:
+            return function
+    raise NeedsKerasModelError(
+        f"the model has no call function traced with training={training}: it was saved from something other "
+        "than a Keras model, so it cannot be fine-tuned or measured here"
+    )
+
+
+def input_structure(model: Any):
+    """The structure (TensorSpec, list or dict of them) the restored call function takes."""
+    return call_function(model, training=False).structured_input_signature[0][0]
+
+
+def output_structure(model: Any):
+    return call_function(model, training=False).structured_outputs
+
+
+def call(model: Any, inputs: Any, training: bool):
+    """Runs ``model`` on ``inputs``, Keras or restored.
+
+    tf.data turns a list of tensors into one stacked tensor, so datasets carry a restored
+    model's list of inputs as a tuple; the restored call function only matches a list.
+    """
+    if is_restored(model) and isinstance(inputs, tuple) and isinstance(input_structure(model), list):
+        inputs = list(inputs)
+    return model(inputs, training=training)
