@@ -1,15 +1,31 @@
-"""tf.data input for fine-tuning: tf.Examples fed to a Keras model's inputs by name."""
+"""tf.data input for fine-tuning: tf.Examples fed to a model's inputs by name.
+
+Examples that already carry the model's inputs (raw features, or Transform's
+``transformed_examples``) are parsed as they are; raw examples for a model trained on a
+transform's output go through that transform first (``Preprocessing``).
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import tensorflow as tf
-import tf_keras as keras
+
+from components.engine.restored import input_structure, is_restored, output_structure
 
 
 class ExamplesMismatchError(ValueError):
     """The examples do not carry what the model or the configuration needs."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns raw features into the features a model was trained on (e.g. a tf.Transform graph)."""
+
+    raw_feature_spec: Mapping[str, Any]
+    transform: Callable[[dict[str, tf.Tensor]], Mapping[str, tf.Tensor]]
+    output_names: frozenset[str]
 
 
 def _compression(path: str) -> str:
@@ -26,7 +42,31 @@ def first_example(file_paths: Sequence[str]) -> tf.train.Example:
 _KIND_TO_DTYPE = {"float_list": tf.float32, "int64_list": tf.int64, "bytes_list": tf.string}
 
 
-def input_feature_spec(model: keras.Model, sample: tf.train.Example) -> dict[str, tf.io.FixedLenFeature]:
+def model_input_specs(model: Any) -> dict[str, tf.TensorSpec]:
+    """Each model input by name (the Keras ``Input`` name), Keras or restored model."""
+    if not is_restored(model):
+        return {
+            tensor._keras_history.layer.name: tf.TensorSpec(
+                tensor.shape, tensor.dtype, tensor._keras_history.layer.name
+            )
+            for tensor in model.inputs
+        }
+    structure = input_structure(model)
+    if isinstance(structure, Mapping):
+        return {str(key): spec for key, spec in structure.items()}
+    return {spec.name: spec for spec in tf.nest.flatten(structure)}
+
+
+def model_output_names(model: Any) -> list[str]:
+    if not is_restored(model):
+        return [tensor._keras_history.layer.name for tensor in model.outputs]
+    structure = output_structure(model)
+    if isinstance(structure, Mapping):
+        return [str(key) for key in structure]
+    return [getattr(spec, "name", None) or f"output_{i}" for i, spec in enumerate(tf.nest.flatten(structure))]
+
+
+def input_feature_spec(model: Any, sample: tf.train.Example) -> dict[str, tf.io.FixedLenFeature]:
     """A parsing spec with one entry per model input, named after the input.
 
     Raises:
@@ -34,22 +74,20 @@ def input_feature_spec(model: keras.Model, sample: tf.train.Example) -> dict[str
     """
     available = dict(sample.features.feature)
     spec = {}
-    for tensor in model.inputs:
-        name = tensor._keras_history.layer.name
+    for name, tensor_spec in model_input_specs(model).items():
         if name not in available:
             raise ExamplesMismatchError(
                 f"model input {name!r} is not a feature of the examples (they have {sorted(available)}); "
-                "name the model inputs after the features or pass a module_file with an input_fn"
+                "name the model inputs after the features, connect the transform_graph whose outputs they are, "
+                "or pass a module_file with an input_fn"
             )
         kind = available[name].WhichOneof("kind")
-        shape = [dim if dim is not None else 1 for dim in tensor.shape[1:]]
+        shape = [dim if dim is not None else 1 for dim in tensor_spec.shape[1:]]
         spec[name] = tf.io.FixedLenFeature(shape, _KIND_TO_DTYPE[kind])
     return spec
 
 
-def feature_spec_for_model(
-    model: keras.Model, label_key: str, sample: tf.train.Example
-) -> dict[str, tf.io.FixedLenFeature]:
+def feature_spec_for_model(model: Any, label_key: str, sample: tf.train.Example) -> dict[str, tf.io.FixedLenFeature]:
     """``input_feature_spec`` plus the label.
 
     Raises:
@@ -65,16 +103,31 @@ def feature_spec_for_model(
     return spec
 
 
-def model_features(model: keras.Model, parsed: dict[str, tf.Tensor]):
-    """Casts parsed features to the model's input dtypes, in the structure the model is called with."""
-    dtypes = {t._keras_history.layer.name: t.dtype for t in model.inputs}
-    features = {name: tf.cast(parsed[name], dtype) for name, dtype in dtypes.items()}
-    if len(features) == 1 and not isinstance(model.input, dict):
-        return next(iter(features.values()))
-    return features
+def model_features(model: Any, features: Mapping[str, tf.Tensor]):
+    """The model's inputs from a dict of features, cast and shaped as the model takes them."""
+    specs = model_input_specs(model)
+    inputs = {name: _as_input(features[name], spec) for name, spec in specs.items()}
+    if is_restored(model):
+        structure = input_structure(model)
+        if isinstance(structure, Mapping):
+            return {key: inputs[str(key)] for key in structure}
+        packed = tf.nest.pack_sequence_as(structure, [inputs[spec.name] for spec in tf.nest.flatten(structure)])
+        return tuple(packed) if isinstance(packed, list) else packed  # tf.data would stack a list
+    if len(inputs) == 1 and not isinstance(model.input, dict):
+        return next(iter(inputs.values()))
+    return inputs
 
 
-def parse_sample(model: keras.Model, serialized: tf.Tensor, label_key: Optional[str] = None):
+def _as_input(tensor: tf.Tensor, spec: tf.TensorSpec) -> tf.Tensor:
+    tensor = tf.cast(tensor, spec.dtype)
+    # A transform may emit (batch,) where the model takes (batch, 1), or the reverse.
+    wanted = spec.shape[1:]
+    if wanted.is_fully_defined() and tensor.shape.rank is not None and tensor.shape[1:] != wanted:
+        tensor = tf.reshape(tensor, [-1, *wanted.as_list()])
+    return tensor
+
+
+def parse_sample(model: Any, serialized: tf.Tensor, label_key: Optional[str] = None):
     """``(features, labels)`` for the model from a batch of serialized tf.Examples (labels may be None)."""
     sample = tf.train.Example.FromString(serialized[0].numpy())
     spec = feature_spec_for_model(model, label_key, sample) if label_key else input_feature_spec(model, sample)
@@ -97,29 +150,78 @@ def read_serialized(file_paths: Sequence[str], count: int) -> tf.Tensor:
 
 def examples_dataset(
     file_paths: Sequence[str],
-    model: keras.Model,
+    model: Any,
     label_key: str,
     batch_size: int,
     shuffle_buffer: int = 0,
     seed: int = 0,
+    preprocessing: Optional[Preprocessing] = None,
 ) -> tf.data.Dataset:
-    """Batches of ``(features, label)`` parsed from TFRecord files of tf.Examples."""
+    """Batches of ``(features, label)`` parsed from TFRecord files of tf.Examples.
+
+    With ``preprocessing``, examples that lack the model's inputs are taken as raw and
+    transformed; the label is read from the transformed features or, failing that, the raw ones.
+
+    Raises:
+      ExamplesMismatchError: no files, several model outputs, or a label or input found nowhere.
+    """
     if not file_paths:
         raise ExamplesMismatchError("no example files given")
-    if len(model.outputs) != 1:
-        names = [tensor._keras_history.layer.name for tensor in model.outputs]
+    outputs = model_output_names(model)
+    if len(outputs) != 1:
         raise ExamplesMismatchError(
-            f"the model has {len(names)} outputs {names} but label_key {label_key!r} gives one label; "
+            f"the model has {len(outputs)} outputs {outputs} but label_key {label_key!r} gives one label; "
             "fine-tune a multi-output model with a module_file whose input_fn yields a label per output"
         )
-    spec = feature_spec_for_model(model, label_key, first_example(file_paths))
+    sample = first_example(file_paths)
+    available = set(sample.features.feature)
+    inputs = set(model_input_specs(model))
+    if preprocessing is not None:
+        not_transformed = sorted(inputs - preprocessing.output_names)
+        if not_transformed:
+            raise ExamplesMismatchError(
+                f"the transform graph does not output the model input(s) {not_transformed} (it outputs "
+                f"{sorted(preprocessing.output_names)}): the model was not trained on this Transform's output"
+            )
+    parse_raw = preprocessing is not None and not inputs <= available
+    if parse_raw:
+        parse = _raw_parser(model, label_key, preprocessing, available)
+    else:
+        spec = feature_spec_for_model(model, label_key, sample)
+
+        def parse(serialized):
+            parsed = tf.io.parse_example(serialized, spec)
+            return model_features(model, parsed), parsed[label_key]
+
     compression = _compression(file_paths[0])
     dataset = tf.data.TFRecordDataset(list(file_paths), compression_type=compression)
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _raw_parser(model: Any, label_key: str, preprocessing: Preprocessing, available: set[str]):
+    if label_key not in preprocessing.output_names and label_key not in available:
+        raise ExamplesMismatchError(
+            f"label_key {label_key!r} is neither a transformed feature ({sorted(preprocessing.output_names)}) "
+            f"nor a feature of the examples ({sorted(available)})"
+        )
+    required = {
+        name
+        for name, feature in preprocessing.raw_feature_spec.items()
+        if isinstance(feature, tf.io.FixedLenFeature) and feature.default_value is None
+    }
+    missing = sorted(required - available)
+    if missing:
+        raise ExamplesMismatchError(
+            f"the examples lack raw feature(s) {missing} that the transform graph reads; they have {sorted(available)}"
+        )
+    raw_spec = dict(preprocessing.raw_feature_spec)
 
     def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        return model_features(model, parsed), parsed[label_key]
+        raw = tf.io.parse_example(serialized, raw_spec)
+        transformed = preprocessing.transform(raw)
+        label = transformed[label_key] if label_key in preprocessing.output_names else raw[label_key]
+        return model_features(model, transformed), label
 
-    return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return parse

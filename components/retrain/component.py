@@ -26,17 +26,22 @@ class RetrainComponentSpec(ComponentSpec):
         executor.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
         executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
         executor.TEACHER_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+        executor.TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
     }
     OUTPUTS = {executor.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
 
 
 class RetrainComponent(base_component.BaseComponent):
-    """Fine-tunes a pruned tf-keras model; weights pruned upstream stay exactly zero.
+    """Fine-tunes a pruned model; weights pruned upstream stay exactly zero.
 
     Reads TFRecord ``tf.Example``s of the ``train`` split (any ExampleGen) and validates on
     ``eval``. By default each model input is fed the feature of the same name and the label is
-    read from ``label_key``; a ``module_file`` defining ``input_fn`` replaces that, as with the
-    TFX Trainer::
+    read from ``label_key``. A model trained on tf.Transform output is wired as the TFX
+    ``Trainer`` is: ``examples=transform.outputs["transformed_examples"]`` and
+    ``label_key="<label>_xf"`` (what the transform calls the label), and/or
+    ``transform_graph=transform.outputs["transform_graph"]``, with which raw examples are
+    transformed first (examples already carrying the model's inputs are used as they are).
+    A ``module_file`` defining ``input_fn`` replaces all that, as with the TFX Trainer::
 
         def input_fn(file_paths, model, label_key, batch_size, shuffle_buffer, seed) -> tf.data.Dataset:
             ...  # batches of (features, label)
@@ -50,8 +55,20 @@ class RetrainComponent(base_component.BaseComponent):
     training (``FineTuneDataError``: a label out of range, in one line), or when a model with
     several outputs has no ``module_file`` to give it a label per output.
 
+    Models saved with ``tf.saved_model.save`` (as TFX's examples do) are fine-tuned through
+    their restored call function; they carry no loss, so ``loss`` must be given, and they
+    cannot be pruned gradually or distilled (both need the Keras layers).
+
     Usage::
 
+        after_transform = RetrainComponent(
+            model=prune.outputs["model"],
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            label_key="species_xf",
+            loss="SparseCategoricalCrossentropy",  # a tf.saved_model.save model keeps none
+            epochs=5,
+        )
         retrain = RetrainComponent(
             model=prune.outputs["model"],
             examples=example_gen.outputs["examples"],
@@ -67,8 +84,10 @@ class RetrainComponent(base_component.BaseComponent):
         )
 
     Args:
-      model: ``Model`` channel with the (pruned) tf-keras SavedModel.
+      model: ``Model`` channel with the (pruned) SavedModel.
       examples: ``Examples`` channel with ``train_split`` and ``eval_split``.
+      transform_graph: Optional ``TransformGraph`` channel of the Transform the model was
+        trained after; its outputs must include every model input.
       label_key: Name of the label feature.
       epochs, steps_per_epoch, batch_size, learning_rate: Training budget (Adam optimizer);
         ``steps_per_epoch`` defaults to one pass over the train split.
@@ -110,6 +129,7 @@ class RetrainComponent(base_component.BaseComponent):
         gradual_pruning: Optional[Union[GradualPruningSchedule, Mapping]] = None,
         distillation: Optional[Union[DistillationConfig, Mapping]] = None,
         teacher_model: Optional[types.BaseChannel] = None,
+        transform_graph: Optional[types.BaseChannel] = None,
         allow_unsafe_layers: bool = False,
     ):
         config = FineTuneConfig(
@@ -130,6 +150,8 @@ class RetrainComponent(base_component.BaseComponent):
             raise ValueError("distillation needs a teacher_model (usually the unpruned baseline)")
         if loss is not None:
             make_loss(loss, from_logits)  # an unknown loss name fails here, not mid-pipeline
+        if module_file is not None and transform_graph is not None:
+            raise ValueError("give either transform_graph or a module_file with input_fn, not both")
         if module_file is not None and "://" not in module_file and not os.path.isfile(module_file):
             raise FileNotFoundError(f"module_file {module_file!r} does not exist")
         super().__init__(
@@ -137,6 +159,7 @@ class RetrainComponent(base_component.BaseComponent):
                 input_model=model,
                 examples=examples,
                 teacher_model=teacher_model,
+                transform_graph=transform_graph,
                 fine_tune_config=config.model_dump_json(),
                 module_file=module_file,
                 allow_unsafe_layers=int(allow_unsafe_layers),

@@ -16,16 +16,18 @@ from components.engine import (
     FineTuneConfig,
     examples_dataset,
     fine_tune,
-    load_keras_model,
+    load_model,
     require_finite_weights,
-    save_keras_model,
+    save_model,
     verify_signatures_preserved,
     weight_stats,
 )
+from components.engine.transform import transform_preprocessing
 
 INPUT_MODEL_KEY = "input_model"
 EXAMPLES_KEY = "examples"
 TEACHER_MODEL_KEY = "teacher_model"
+TRANSFORM_GRAPH_KEY = "transform_graph"
 OUTPUT_MODEL_KEY = "model"
 FINE_TUNE_CONFIG_KEY = "fine_tune_config"
 MODULE_FILE_KEY = "module_file"
@@ -48,9 +50,16 @@ class Executor(base_executor.BaseExecutor):
         output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
 
         allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
-        loaded = load_keras_model(artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY]), allow_unsafe)
+        loaded = load_model(artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY]), allow_unsafe)
         require_finite_weights(loaded.model, f"the model to fine-tune ({loaded.path})")
-        make_dataset = self._input_fn(exec_properties.get(MODULE_FILE_KEY))
+        module_file = exec_properties.get(MODULE_FILE_KEY)
+        make_dataset = self._input_fn(module_file)
+        options = {}
+        if input_dict.get(TRANSFORM_GRAPH_KEY):
+            transform_uri = artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH_KEY])
+            if module_file:
+                raise ValueError("give either transform_graph or a module_file with input_fn, not both")
+            options["preprocessing"] = transform_preprocessing(transform_uri)
         train = make_dataset(
             file_paths=train_files,
             model=loaded.model,
@@ -58,6 +67,7 @@ class Executor(base_executor.BaseExecutor):
             batch_size=config.batch_size,
             shuffle_buffer=config.shuffle_buffer,
             seed=config.seed,
+            **options,
         )
         evaluation = make_dataset(
             file_paths=eval_files,
@@ -66,13 +76,14 @@ class Executor(base_executor.BaseExecutor):
             batch_size=config.batch_size,
             shuffle_buffer=0,
             seed=config.seed,
+            **options,
         )
         teacher = None
         if config.distillation is not None:
             if not input_dict.get(TEACHER_MODEL_KEY):
                 raise ValueError("distillation is configured but no teacher_model is connected")
             teacher_uri = artifact_utils.get_single_uri(input_dict[TEACHER_MODEL_KEY])
-            teacher = load_keras_model(teacher_uri, allow_unsafe).model
+            teacher = load_model(teacher_uri, allow_unsafe).model
         result = fine_tune(loaded.model, train, evaluation, config, loaded.masks, teacher=teacher)
         # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
         require_finite_weights(
@@ -80,7 +91,7 @@ class Executor(base_executor.BaseExecutor):
         )
 
         model_dir = path_utils.serving_model_dir(output_model.uri)
-        save_keras_model(loaded.model, model_dir, loaded.signatures, result.masks)
+        save_model(loaded.model, model_dir, loaded.signatures, result.masks, extra_assets_from=loaded.path)
         verify_signatures_preserved(loaded.path, model_dir)
         stats = weight_stats(loaded.model, result.masks or None)
         record = {"config": config.model_dump(), "history": result.history, "weights": stats}
