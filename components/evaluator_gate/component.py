@@ -64,8 +64,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         pusher = tfx.components.Pusher(model=retrain.outputs["model"], model_blessing=gate.outputs["blessing"], ...)
 
     Args:
-      model: The candidate ``Model`` (tf-keras SavedModel with a ``serving_default``
-        signature that takes serialized tf.Examples).
+      model: The candidate ``Model`` (a SavedModel, tf-keras or ``tf.saved_model.save``, with
+        a ``serving_default`` signature that takes serialized tf.Examples).
       baseline_model: Optional ``Model`` to compare with (e.g. the unpruned Trainer output).
         Drop bounds need it.
       examples: ``Examples`` with an ``eval_split``.
@@ -81,6 +81,12 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
       max_latency_ms, latency_batch_size: Upper bound on the candidate's median CPU latency,
         measured on the machine the gate runs on.
       eval_split, signature_name: Which split to evaluate and which signature TFMA calls.
+      preprocessing_function_names: Signatures that turn raw examples into features, run
+        before the label and slices are read, as in TFMA and the stock Evaluator. After a
+        tf.Transform pipeline whose Trainer exports ``transform_features`` (TFX's examples do),
+        ``label_key="species_xf", preprocessing_function_names=["transform_features"]`` reads
+        the label the transform computes. A name a model lacks, or a label or slice feature
+        found neither in the raw examples nor in these outputs, fails before evaluation.
       slice_feature, slice_thresholds: Check ``slice_thresholds`` on every value of
         ``slice_feature`` on its own (TFMA slicing; drops are against the same slice of each
         baseline), so a model that holds its overall accuracy but collapses on one slice is
@@ -123,6 +129,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         max_flops: Optional[int] = None,
         eval_split: str = "eval",
         signature_name: str = "serving_default",
+        preprocessing_function_names: Sequence[str] = (),
         slice_feature: Optional[str] = None,
         slice_thresholds: Sequence[Union[MetricThreshold, Mapping]] = (),
         min_eval_examples: int = 100,
@@ -143,6 +150,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
             max_flops=max_flops,
             eval_split=eval_split,
             signature_name=signature_name,
+            preprocessing_function_names=list(preprocessing_function_names),
             slice_feature=slice_feature,
             slice_thresholds=[
                 MetricThreshold.model_validate(t) if isinstance(t, Mapping) else t for t in slice_thresholds

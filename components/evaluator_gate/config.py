@@ -82,6 +82,11 @@ class GateConfig(_StrictModel):
     max_flops: Optional[int] = Field(default=None, ge=1)
     eval_split: str = "eval"
     signature_name: str = "serving_default"
+    preprocessing_function_names: list[str] = Field(
+        default_factory=list,
+        description="Signatures (e.g. 'transform_features') that turn raw examples into features, as for "
+        "TFMA: the label and slice feature may be among their outputs (a label that tf.Transform computes).",
+    )
     slice_feature: Optional[str] = Field(
         default=None, min_length=1, description="Feature whose every value is a slice checked on its own (TFMA)."
     )

@@ -29,7 +29,7 @@ from components.engine.data import ExamplesMismatchError, first_example
 from components.engine.efficiency import count_flops, cpu_latency_ms
 from components.engine.prune import size_stats
 from components.engine.report import layer_table, weight_stats
-from components.engine.saved_model import load_keras_model, non_finite_weights
+from components.engine.saved_model import load_model, non_finite_weights
 from components.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
 from components.evaluator_gate.config import GateConfig
 from components.evaluator_gate.metrics import (
@@ -120,14 +120,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         evaluation_uri: str,
         allow_unsafe_layers: bool = False,
     ) -> dict[str, Any]:
-        models = {CANDIDATE: load_keras_model(candidate.uri, allow_unsafe_layers)}
+        models = {CANDIDATE: load_model(candidate.uri, allow_unsafe_layers)}
         if baseline is not None:
-            models[BASELINE] = load_keras_model(baseline.uri, allow_unsafe_layers)
+            models[BASELINE] = load_model(baseline.uri, allow_unsafe_layers)
         serving_dir = latest_version_dir(config.serving_model_dir) if config.serving_model_dir else None
         if serving_dir is not None:
-            models[SERVING] = load_keras_model(serving_dir, allow_unsafe_layers)
+            models[SERVING] = load_model(serving_dir, allow_unsafe_layers)
         eval_patterns = split_patterns(examples, config.eval_split)
         eval_features = _feature_names(examples, config.eval_split)
+        if eval_features:  # an empty split is refused by the example-count check
+            eval_features = check_model_inputs(
+                config, {name: loaded.signatures for name, loaded in models.items()}, eval_features
+            )
         metric_names = {t.metric: metric_output_name(t.metric) for t in config.all_thresholds}
         eval_config = _eval_config(config, list(models))
         tfma_dir = os.path.join(evaluation_uri, TFMA_SUBDIR)
@@ -208,6 +212,7 @@ def _eval_config(config: GateConfig, model_names: list[str]) -> tfma.EvalConfig:
             name=name,
             label_key=config.label_key,
             signature_name=config.signature_name,
+            preprocessing_function_names=config.preprocessing_function_names,
             is_baseline=name == tfma_baseline,
         )
         for name in model_names
@@ -229,6 +234,58 @@ def _eval_config(config: GateConfig, model_names: list[str]) -> tfma.EvalConfig:
         # make the comparison uneven.
         options=tfma.Options(include_default_metrics=BoolValue(value=False)),
     )
+
+
+class GateInputError(ValueError):
+    """The models or examples lack what the gate's configuration names."""
+
+
+def check_model_inputs(
+    config: GateConfig, signatures_by_model: dict[str, dict], eval_features: list[str]
+) -> list[str]:
+    """Fails before Beam starts when a signature or the label is missing; returns the feature names.
+
+    The label (and the slice feature, which the checks look for) may be raw features of the
+    eval examples or outputs of the preprocessing signatures (``preprocessing_function_names``).
+    """
+    for model_name, signatures in signatures_by_model.items():
+        for signature in (config.signature_name, *config.preprocessing_function_names):
+            if signature not in signatures:
+                raise GateInputError(
+                    f"the {model_name} model has no signature {signature!r}; it has {sorted(signatures)}"
+                )
+    preprocessed = {
+        output
+        for signatures in signatures_by_model.values()
+        for name in config.preprocessing_function_names
+        for output in (signatures[name].structured_outputs or {})
+    }
+    key = config.label_key
+    if key not in eval_features and key not in preprocessed:
+        suggestion = _signature_outputting(key, signatures_by_model)
+        raise GateInputError(
+            f"label_key {key!r} is not a feature of the eval examples ({', '.join(eval_features)})"
+            + (
+                f" nor an output of {config.preprocessing_function_names}"
+                if config.preprocessing_function_names
+                else ""
+            )
+            + (
+                f"; the model's {suggestion!r} signature outputs it: set preprocessing_function_names=['{suggestion}']"
+                if suggestion
+                else ""
+            )
+        )
+    return sorted(set(eval_features) | preprocessed)
+
+
+def _signature_outputting(key: str, signatures_by_model: dict[str, dict]) -> Optional[str]:
+    for signatures in signatures_by_model.values():
+        for name, function in signatures.items():
+            outputs = function.structured_outputs
+            if isinstance(outputs, dict) and key in outputs:
+                return name
+    return None
 
 
 def _slice_label(slice_key) -> str:

@@ -144,7 +144,9 @@ def release_report_png(result: dict[str, Any]) -> bytes:
         ax.set_axis_off()
     else:
         shown = [
-            (label, key) for label, key in quantities if weights[reference].get(key) and key in weights["candidate"]
+            (label, key)
+            for label, key in quantities
+            if weights[reference].get(key) and weights["candidate"].get(key) is not None
         ]
         ratios = [weights["candidate"][key] / weights[reference][key] for _, key in shown]
         ax.barh([label for label, _ in shown], ratios, color=MODEL_COLORS["candidate"])
