@@ -46,6 +46,7 @@ def create_pipeline(
     gate_args: Mapping[str, Any],
     trainer_module_file: Optional[str] = None,
     trainer_run_fn: Optional[str] = None,
+    transform_module_file: Optional[str] = None,
     train_steps: int = 500,
     baseline_model_uri: Optional[str] = None,
     split_patterns: Mapping[str, str] = DEFAULT_SPLIT_PATTERNS,
@@ -62,6 +63,12 @@ def create_pipeline(
     container image with this package installed can run without shipping a module file) or,
     when ``baseline_model_uri`` is given, from an ``Importer`` of that existing SavedModel.
     ``data_root`` may be a ``RuntimeParameter`` so scheduled runs can point at new data.
+    With ``transform_module_file`` (a module with ``preprocessing_fn``, e.g. TFX's own
+    ``penguin_utils_keras.py``), StatisticsGen, SchemaGen and Transform run first, as in TFX's
+    examples: the Trainer and RetrainComponent read ``transformed_examples`` and the
+    ``transform_graph``, the gate reads the raw examples. ``retrain_args`` and ``gate_args`` may
+    then set their own ``label_key`` (the transformed label, e.g. ``species_xf``; the gate
+    reads it through ``preprocessing_function_names=["transform_features"]``).
     With ``push_root``, ``serving_model_dir`` must lie inside it (no ``..`` escapes).
     ``compare_with`` picks the gate's baselines: ``"parent"`` (the unpruned model) and/or
     ``"serving"`` (the newest version under ``serving_model_dir``, found at run time, no Resolver).
@@ -91,8 +98,11 @@ def create_pipeline(
         )
     if isinstance(data_root, str) and not os.path.isdir(data_root) and "://" not in data_root:
         raise FileNotFoundError(f"data_root {data_root!r} does not exist")
-    if trainer_module_file is not None and not os.path.isfile(trainer_module_file):
-        raise FileNotFoundError(f"trainer_module_file {trainer_module_file!r} does not exist")
+    for name, path in (("trainer_module_file", trainer_module_file), ("transform_module_file", transform_module_file)):
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"{name} {path!r} does not exist")
+    if transform_module_file is not None and baseline_model_uri is not None:
+        raise ValueError("transform_module_file feeds a Trainer; an imported baseline_model_uri has no use for it")
     if baseline_model_uri is not None:
         from components.engine.saved_model import resolve_saved_model_dir
 
@@ -105,12 +115,24 @@ def create_pipeline(
         ),
     )
     examples = example_gen.outputs["examples"]
+    upstream: list = [example_gen]
+    training_examples, transform_graph = examples, None
+    if transform_module_file is not None:
+        statistics_gen = tfx.components.StatisticsGen(examples=examples)
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+        transform = tfx.components.Transform(
+            examples=examples, schema=schema_gen.outputs["schema"], module_file=transform_module_file
+        )
+        upstream += [statistics_gen, schema_gen, transform]
+        training_examples = transform.outputs["transformed_examples"]
+        transform_graph = transform.outputs["transform_graph"]
 
     if baseline_model_uri is None:
         baseline_source = tfx.components.Trainer(
             module_file=trainer_module_file,
             run_fn=trainer_run_fn,
-            examples=examples,
+            examples=training_examples,
+            transform_graph=transform_graph,
             train_args=tfx.proto.TrainArgs(num_steps=train_steps),
             eval_args=tfx.proto.EvalArgs(num_steps=10),
         )
@@ -122,18 +144,19 @@ def create_pipeline(
         baseline = baseline_source.outputs["result"]
 
     prune = PruneComponent(model=baseline, examples=examples, **prune_args)
-    retrain_options = dict(retrain_args)
+    retrain_options = {"label_key": label_key, **retrain_args}
     if retrain_options.get("distillation") is not None:
         retrain_options.setdefault("teacher_model", baseline)  # the unpruned model teaches
-    retrain = RetrainComponent(model=prune.outputs["model"], examples=examples, label_key=label_key, **retrain_options)
-    gate_options = dict(gate_args)
+    if transform_graph is not None:
+        retrain_options.setdefault("transform_graph", transform_graph)
+    retrain = RetrainComponent(model=prune.outputs["model"], examples=training_examples, **retrain_options)
+    gate_options = {"label_key": label_key, **gate_args}
     if "serving" in compare_with:
         gate_options["serving_model_dir"] = serving_model_dir
     gate = EvaluatorGate(
         model=retrain.outputs["model"],
         baseline_model=baseline if "parent" in compare_with else None,
         examples=examples,
-        label_key=label_key,
         **gate_options,
     )
     pusher = AtomicPusher(
@@ -147,7 +170,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, baseline_source, prune, retrain, gate, pusher],
+        components=[*upstream, baseline_source, prune, retrain, gate, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path) if metadata_path else None
