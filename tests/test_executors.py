@@ -10,7 +10,7 @@ from executor_calls import artifact, examples_artifact, run_gate, run_prune, run
 from tfx.types import standard_artifacts
 
 from components.artifacts import PruningReport
-from components.engine import ExamplesMismatchError, load_keras_model
+from components.engine import ExamplesMismatchError, load_model
 from components.evaluator_gate.config import GateConfig, MetricThreshold
 from components.prune import executor as prune_executor
 
@@ -38,13 +38,13 @@ def test_prune_executor_writes_model_report_and_properties(pruned):
     assert report.get_int_custom_property("nonzero_params") == payload["after"]["nonzero_params"]
     summary = open(os.path.join(report.uri, "summary.md")).read()
     assert "| hidden_1 " in summary and "output layer" in summary
-    loaded = load_keras_model(model.uri)  # TFX layout: <uri>/Format-Serving
+    loaded = load_model(model.uri)  # TFX layout: <uri>/Format-Serving
     assert loaded.path.endswith("Format-Serving") and "serving_default" in loaded.signatures
 
 
 def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_data):
     model = run_retrain(pruned[0].uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=2)
-    loaded = load_keras_model(model.uri)
+    loaded = load_model(model.uri)
     assert set(loaded.masks) == {"hidden_0::kernel", "hidden_1::kernel"}
     for key, mask in loaded.masks.items():
         kernel = loaded.model.get_layer(key.split("::")[0]).kernel.numpy()
@@ -166,7 +166,7 @@ def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_basel
     assert report.get_int_custom_property("flops") == payload["after"]["flops"]
     summary = open(os.path.join(report.uri, "summary.md")).read()
     assert "structured (l1)" in summary and "| hidden_0 " in summary and "CPU latency, batch 64" in summary
-    assert load_keras_model(model.uri).model.get_layer("hidden_1").kernel.shape == (48, 48)
+    assert load_model(model.uri).model.get_layer("hidden_1").kernel.shape == (48, 48)
 
 
 def test_gate_refuses_on_efficiency_and_reports_the_measurements(tmp_path, pruned, penguin_baseline, penguin_data):

@@ -10,7 +10,7 @@ from components.engine import (
     PruningConfig,
     examples_dataset,
     fine_tune,
-    load_keras_model,
+    load_model,
     prune_saved_model,
 )
 from components.engine.finetune import make_loss
@@ -20,7 +20,7 @@ from components.engine.finetune import make_loss
 def pruned_penguin(tmp_path, penguin_baseline):
     out = str(tmp_path / "pruned")
     prune_saved_model(penguin_baseline, out, PruningConfig(target_sparsity=0.9))
-    return load_keras_model(out)
+    return load_model(out)
 
 
 def test_zeros_survive_fine_tuning_and_the_rest_learns(pruned_penguin, penguin_files):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from executor_calls import run_gate, run_prune
 
-from components.engine import load_keras_model
-from components.engine.saved_model import save_keras_model
+from components.engine import load_model
+from components.engine.saved_model import save_model
 from components.evaluator_gate.config import GateConfig, MetricThreshold
 
 ACCURACY = "sparse_categorical_accuracy"
@@ -18,13 +18,13 @@ ACCURACY = "sparse_categorical_accuracy"
 def blind_to_chinstrap(tmp_path_factory, penguin_baseline):
     """The baseline with its logit for class 1 (Chinstrap, 22 of 100 eval examples) pushed far down:
     about 0.78 accurate overall, 0 on that class."""
-    loaded = load_keras_model(penguin_baseline)
+    loaded = load_model(penguin_baseline)
     logits = loaded.model.get_layer("logits")
     kernel, bias = logits.get_weights()
     bias[1] -= 1e4
     logits.set_weights([kernel, bias])
     uri = tmp_path_factory.mktemp("blind")
-    save_keras_model(loaded.model, os.path.join(uri, "Format-Serving"), loaded.signatures)
+    save_model(loaded.model, os.path.join(uri, "Format-Serving"), loaded.signatures)
     return str(uri)
 
 
@@ -110,7 +110,7 @@ def test_layer_widths_and_sparsity_reach_the_report(tmp_path, penguin_baseline, 
     layers = {row["layer"]: row for row in result["layers"]["candidate"]}
     assert layers["hidden_0"]["width"] == 64
     assert layers["hidden_0"]["sparsity"] == pytest.approx(
-        float(np.mean(load_keras_model(pruned.uri).model.get_layer("hidden_0").kernel.numpy() == 0))
+        float(np.mean(load_model(pruned.uri).model.get_layer("hidden_0").kernel.numpy() == 0))
     )
     assert layers["logits"]["sparsity"] == 0.0, "the output layer is protected"
     assert {row["layer"] for row in result["layers"]["baseline"]} == set(layers)

@@ -9,7 +9,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 
 from components import RetrainComponent
-from components.engine import FineTuneConfig, examples_dataset, fine_tune, load_keras_model
+from components.engine import FineTuneConfig, examples_dataset, fine_tune, load_model
 from components.engine.config import DistillationConfig, GradualPruningSchedule
 from components.engine.finetune import make_loss
 from components.engine.gradual import GradualPruner, distillation_loss, masked_train_loop
@@ -132,8 +132,8 @@ def test_distillation_without_a_teacher_is_refused_at_construction():
 
 
 def test_gradual_pruning_with_distillation_on_penguin(penguin_baseline, penguin_files):
-    student = load_keras_model(penguin_baseline)
-    teacher = load_keras_model(penguin_baseline).model
+    student = load_model(penguin_baseline)
+    teacher = load_model(penguin_baseline).model
     config = FineTuneConfig(
         label_key="species", epochs=4, batch_size=16, steps_per_epoch=15,
         gradual_pruning=GradualPruningSchedule(final_sparsity=0.85, end_step=40, frequency=5),

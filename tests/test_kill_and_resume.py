@@ -14,7 +14,7 @@ import time
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.engine import load_keras_model
+from components.engine import load_model
 from pipelines.results import run_result
 
 UPSTREAM = ("ImportExampleGen", "Trainer", "PruneComponent")
@@ -106,4 +106,4 @@ def test_killed_run_resumes_from_cache_without_a_finished_looking_partial(tmp_pa
     assert result.blessed and result.pushed
     versions = os.listdir(out / "serving")
     assert [os.path.join(out / "serving", v) for v in versions] == [result.pushed_destination]
-    assert load_keras_model(result.pushed_destination).signatures, "the pushed version is complete and loads"
+    assert load_model(result.pushed_destination).signatures, "the pushed version is complete and loads"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from components.engine import load_keras_model
+from components.engine import load_model
 from pipelines import cli
 
 
@@ -81,7 +81,7 @@ def test_prune_retrain_gate_and_pusher_pods(tmp_path, compiled, penguin_baseline
         {"fine_tune_config": '{"label_key": "species", "epochs": 2}'},
         tmp_path,
     )
-    retrained = load_keras_model(str(retrained_uri))
+    retrained = load_model(str(retrained_uri))
     for key, mask in retrained.masks.items():
         assert np.all(retrained.model.get_layer(key.split("::")[0]).kernel.numpy()[~mask] == 0)
 
@@ -129,4 +129,4 @@ def test_prune_retrain_gate_and_pusher_pods(tmp_path, compiled, penguin_baseline
     assert pushed["pushed"] == 1
     versions = [name for name in os.listdir(compiled["serving_dir"]) if name.isdigit()]
     assert [os.path.join(compiled["serving_dir"], v) for v in versions] == [pushed["pushed_destination"]]
-    assert load_keras_model(pushed["pushed_destination"]).signatures
+    assert load_model(pushed["pushed_destination"]).signatures

@@ -9,7 +9,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 
 from components import PruneComponent
-from components.engine import load_keras_model, prune_saved_model
+from components.engine import load_model, prune_saved_model
 from components.engine.config import LayerRemovalConfig
 from components.engine.data import read_serialized
 from components.engine.layer_removal import find_candidates, remove_layers, without
@@ -94,7 +94,7 @@ def test_layer_removal_on_the_penguin_model_keeps_the_signature(tmp_path, pengui
     )
     steps = report["layer_removal"]["steps"]
     assert steps[0]["removed"] == "layer hidden_1" and steps[0]["candidates"] == 1
-    result = load_keras_model(str(tmp_path / "out"))
+    result = load_model(str(tmp_path / "out"))
     assert list(result.signatures) == ["serving_default"]
     if steps[0]["kept"]:
         assert "hidden_1" not in [layer.name for layer in result.model.layers]

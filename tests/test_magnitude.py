@@ -205,3 +205,44 @@ def test_n_of_m_on_a_conv_kernel_and_a_ragged_input_axis():
 def test_invalid_n_of_m(pattern):
     with pytest.raises(ValidationError):
         PruningConfig(n_m=pattern)
+
+
+def _wrapped_recurrent_model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 16), name="sequence")
+    x = keras.layers.Bidirectional(keras.layers.LSTM(32, return_sequences=True), name="bidirectional")(inputs)
+    x = keras.layers.TimeDistributed(keras.layers.Dense(32), name="per_step")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.TimeDistributed(keras.layers.Dense(3), name="head")(keras.layers.Reshape((1, 32))(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_layers_inside_bidirectional_and_time_distributed_are_pruned_and_reported():
+    from components.engine.report import layer_rows, weight_stats
+
+    model = _wrapped_recurrent_model()
+    nonzeros_before = {
+        w.key: int(np.count_nonzero(w.variable.numpy()))
+        for w in find_prunable_weights(model, PruningConfig(target_sparsity=0.8))
+    }
+    weights, masks = prune_model(model, PruningConfig(target_sparsity=0.8))
+    rows = {f"{row['layer']}::{row['weight']}": row for row in layer_rows(weights, nonzeros_before)}
+
+    lstm_keys = [
+        f"bidirectional/{direction}_lstm::{attribute}"
+        for direction in ("forward", "backward")
+        for attribute in ("kernel", "recurrent_kernel")
+    ]
+    assert set(lstm_keys + ["per_step/dense::kernel"]) <= set(rows)
+    assert rows["head/dense_1::kernel"]["protected_by"] == "output layer"
+    assert sum(rows[key]["params"] for key in lstm_keys) == 2 * (16 * 128 + 32 * 128)  # every LSTM weight counted
+    pruned = [row for row in rows.values() if row["protected_by"] is None]
+    measured = sum(row["params"] - row["nonzeros_after"] for row in pruned) / sum(row["params"] for row in pruned)
+    assert abs(measured - 0.8) <= 0.001
+
+    # Each sparsity figure is measured over the weights it names: the masked ones, then every kernel.
+    stats = weight_stats(model, masks)
+    assert abs(stats["masked_sparsity"] - measured) <= 1e-9
+    every = sum(row["params"] for row in rows.values())
+    assert stats["kernel_params"] == every
+    assert abs(stats["kernel_sparsity"] - sum(r["params"] - r["nonzeros_after"] for r in rows.values()) / every) < 1e-9

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from components.engine import load_keras_model
+from components.engine import load_model
 from pipelines import cli
 from pipelines.results import run_result
 
@@ -25,7 +25,7 @@ def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, ca
     assert f"BLESSED and pushed to {result.pushed_destination}" in printed
     assert "sparse_categorical_accuracy" in printed and "gzip bytes (weights)" in printed
 
-    pushed = load_keras_model(result.pushed_destination)
+    pushed = load_model(result.pushed_destination)
     assert list(pushed.signatures) == ["serving_default"]
     kernels = [pushed.model.get_layer(key.split("::")[0]).kernel.numpy() for key in pushed.masks]
     zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels) / sum(k.size for k in kernels)
@@ -64,8 +64,8 @@ def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(
     assert code == 0, printed
     result = run_result(str(out / "metadata.sqlite"), "e2e")
     assert result.blessed and result.pushed
-    pushed = load_keras_model(result.pushed_destination)
-    baseline = load_keras_model(penguin_baseline)
+    pushed = load_model(result.pushed_destination)
+    baseline = load_model(penguin_baseline)
     assert pushed.model.get_layer("hidden_0").kernel.shape == (4, 32)
     assert pushed.model.count_params() < 0.3 * baseline.model.count_params()
     assert list(pushed.signatures) == list(baseline.signatures)

@@ -11,7 +11,7 @@ from executor_calls import run_gate, run_prune, run_retrain
 from tfx import v1 as tfx
 
 from components import EvaluatorGate
-from components.engine import ModelLoadError, load_keras_model, save_keras_model
+from components.engine import ModelLoadError, load_model, save_model
 from components.engine.data import ExamplesMismatchError
 from components.engine.finetune import FineTuneDataError
 from components.engine.saved_model import NonFiniteWeightsError
@@ -25,9 +25,9 @@ ACCURACY = MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.5)
 
 def _copy_model(source, destination, change):
     """A copy of the SavedModel at ``source`` with ``change(model)`` applied to its weights."""
-    loaded = load_keras_model(source)
+    loaded = load_model(source)
     change(loaded.model)
-    save_keras_model(loaded.model, str(destination), loaded.signatures, loaded.masks)
+    save_model(loaded.model, str(destination), loaded.signatures, loaded.masks)
     return str(destination)
 
 
@@ -262,7 +262,7 @@ def test_deleted_or_corrupt_variables_are_a_load_error(tmp_path, penguin_baselin
     else:
         data_file.write_bytes(b"\x00garbage" * 64)
     with pytest.raises(ModelLoadError, match="could not load"):
-        load_keras_model(str(model_dir))
+        load_model(str(model_dir))
 
 
 def test_a_feature_of_the_wrong_dtype_fails_the_gate_closed(tmp_path, penguin_baseline, penguin_data):
@@ -316,7 +316,7 @@ def test_slice_values_are_escaped_in_the_html_report():
 def test_the_distillation_loop_names_bad_labels_in_one_line_too(penguin_baseline, penguin_files):
     from components.engine import FineTuneConfig, examples_dataset, fine_tune
 
-    student, teacher = load_keras_model(penguin_baseline).model, load_keras_model(penguin_baseline).model
+    student, teacher = load_model(penguin_baseline).model, load_model(penguin_baseline).model
     shifted = examples_dataset(penguin_files["train"], student, "species", 32).map(lambda x, y: (x, y + 3))
     config = FineTuneConfig(label_key="species", epochs=1, distillation={"temperature": 2.0, "alpha": 0.5})
     with pytest.raises(FineTuneDataError, match="^fine-tuning stopped on the data: .*label value of [345]"):

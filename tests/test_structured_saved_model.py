@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine import load_keras_model, prune_saved_model
+from components.engine import load_model, prune_saved_model
 from components.engine.config import StructuredPruningConfig
 from components.engine.data import read_serialized
 from components.engine.prune import MissingExamplesError
-from components.engine.saved_model import save_keras_model
+from components.engine.saved_model import save_model
 from components.engine.signatures import SignatureRebuildError
 from pipelines import penguin_trainer
 
@@ -38,7 +38,7 @@ def test_structured_pruning_shrinks_the_penguin_model_and_keeps_its_signature(
     assert list(served.signatures) == ["serving_default"]
     examples = read_serialized(penguin_files["eval"], 16)
     logits = served.signatures["serving_default"](examples=examples)["outputs"].numpy()
-    reloaded = load_keras_model(out)
+    reloaded = load_model(out)
     assert reloaded.model.get_layer("hidden_0").kernel.shape == (4, 32)
     assert reloaded.masks == {}
     parsed = tf.io.parse_example(
@@ -63,7 +63,7 @@ def test_a_signature_with_extra_preprocessing_is_not_silently_dropped(tmp_path, 
         return {"outputs": model({k: v * 100.0 for k, v in features.items()})}
 
     path = str(tmp_path / "scaled")
-    save_keras_model(model, path, {"serving_default": serve})
+    save_model(model, path, {"serving_default": serve})
     samples = read_serialized(penguin_files["train"], 8)
     with pytest.raises(SignatureRebuildError, match="does more than parse tf.Examples"):
         prune_saved_model(path, str(tmp_path / "out"), StructuredPruningConfig(prune_fraction=0.5), samples)
@@ -79,7 +79,7 @@ def test_a_signature_of_another_form_is_refused(tmp_path, penguin_files):
         return {"y": model(x)}
 
     path = str(tmp_path / "raw")
-    save_keras_model(model, path, {"serving_default": serve})
+    save_model(model, path, {"serving_default": serve})
     samples = read_serialized(penguin_files["train"], 8)
     with pytest.raises(SignatureRebuildError, match="one batch of serialized tf.Examples"):
         prune_saved_model(path, str(tmp_path / "out"), StructuredPruningConfig(prune_fraction=0.5), samples)

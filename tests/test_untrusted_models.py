@@ -7,7 +7,7 @@ import pytest
 import tf_keras as keras
 from tfx.types import standard_artifacts
 
-from components.engine import load_keras_model
+from components.engine import load_model
 from components.engine.saved_model import UnsafeModelError, unsafe_layers
 from components.prune import executor as prune_executor
 
@@ -34,8 +34,8 @@ def test_lambda_and_custom_layers_are_refused_unless_allowed(tmp_path, middle, e
     path = _save(tmp_path / "model", middle())
     assert any(expected in entry for entry in unsafe_layers(path))
     with pytest.raises(UnsafeModelError, match="runs code shipped with the model"):
-        load_keras_model(path)
-    assert load_keras_model(path, allow_unsafe_layers=True).model is not None
+        load_model(path)
+    assert load_model(path, allow_unsafe_layers=True).model is not None
 
 
 def test_builtin_layers_are_not_flagged(penguin_baseline):
@@ -58,7 +58,7 @@ def test_prune_executor_refuses_an_unsafe_model_by_default(tmp_path):
         {"model": [out], "pruning_report": [report]},
         {"pruning_config": config, "allow_unsafe_layers": 1},
     )
-    assert load_keras_model(out.uri, allow_unsafe_layers=True).masks
+    assert load_model(out.uri, allow_unsafe_layers=True).masks
 
 
 def _side_effect_lambda(marker):
@@ -134,7 +134,7 @@ def test_hidden_lambda_is_refused_before_its_code_runs(tmp_path, hiding):
     if hiding == "renamed":
         assert any("marshalled Python bytecode" in entry for entry in findings), findings
     with pytest.raises(UnsafeModelError, match="runs code shipped with the model"):
-        load_keras_model(path)
+        load_model(path)
     assert not marker.exists(), "the model's bytecode ran although the model was refused"
 
 
@@ -142,7 +142,7 @@ def test_a_wrapped_lambda_does_run_when_allowed(tmp_path):
     # Shows the side effect above is real: the same model loaded with consent runs its code.
     marker = tmp_path / "bytecode_ran"
     path = _save_hidden_lambda(tmp_path / "model", marker, "time_distributed")
-    load_keras_model(path, allow_unsafe_layers=True)
+    load_model(path, allow_unsafe_layers=True)
     assert marker.read_text() == "ran"
 
 

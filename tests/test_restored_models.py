@@ -1,0 +1,204 @@
+"""Models saved as TFX's examples save them: ``tf.saved_model.save``, no Keras metadata."""
+
+import json
+import os
+
+import keras_tuner
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+from executor_calls import artifact, examples_artifact, run_gate, run_retrain
+from tfx.examples.penguin import penguin_utils_base, penguin_utils_keras
+from tfx.types import standard_artifacts
+
+from components.engine import (
+    ExamplesMismatchError,
+    FineTuneConfig,
+    LayerRemovalConfig,
+    PruningConfig,
+    StructuredPruningConfig,
+    prune_saved_model,
+)
+from components.engine.data import read_serialized
+from components.engine.restored import NeedsKerasModelError
+from components.engine.saved_model import load_model, signature_specs
+from components.evaluator_gate.config import GateConfig
+from components.retrain import executor as retrain_executor
+
+
+def _tfx_example_model(path, transform_graph_dir, save_with_keras=False):
+    """What TFX's penguin_utils_keras.run_fn saves, without the training."""
+    hyperparameters = keras_tuner.HyperParameters()
+    hyperparameters.Fixed("learning_rate", 1e-2)
+    hyperparameters.Fixed("num_layers", 2)
+    model = penguin_utils_keras._make_keras_model(hyperparameters)
+    signatures = penguin_utils_base.make_serving_signatures(model, tft.TFTransformOutput(transform_graph_dir))
+    if save_with_keras:
+        model.save(str(path), save_format="tf", signatures=signatures)
+    else:
+        tf.saved_model.save(model, str(path), signatures=signatures)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def restored_model(tmp_path_factory, penguin_transform_graph):
+    path = _tfx_example_model(tmp_path_factory.mktemp("restored") / "model", penguin_transform_graph)
+    os.makedirs(os.path.join(path, "assets.extra"))
+    with open(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"), "wb") as f:
+        f.write(b"warm-up records")
+    return path
+
+
+def test_magnitude_pruning_keeps_signatures_and_assets_and_protects_the_output_layer(tmp_path, restored_model):
+    out = str(tmp_path / "pruned")
+    report = prune_saved_model(restored_model, out, PruningConfig(target_sparsity=0.8), latency_repeats=1)
+
+    assert not os.path.exists(os.path.join(out, "keras_metadata.pb"))
+    assert signature_specs(out) == signature_specs(restored_model)
+    assert sorted(report["signatures"]) == ["serving_default", "transform_features"]
+    with open(os.path.join(out, "assets.extra", "tf_serving_warmup_requests"), "rb") as f:
+        assert f.read() == b"warm-up records"
+    rows = {row["layer"]: row for row in report["layers"]}
+    assert rows["dense_2"]["protected_by"] == "output layer"  # found in the serving graph, not by name
+    assert rows["dense"]["protected_by"] is None and rows["dense_1"]["protected_by"] is None
+    assert abs(report["after"]["masked_sparsity"] - 0.8) <= 0.011
+    assert report["after"]["flops"] is None  # not counted without Keras layers, and the report says so
+
+    pruned = load_model(out)
+    assert sorted(pruned.masks) == ["dense::kernel", "dense_1::kernel"]
+
+
+def test_protected_layers_match_restored_layer_names(tmp_path, restored_model):
+    config = PruningConfig(target_sparsity=0.5, protected_layers=["dense_1"])
+    report = prune_saved_model(restored_model, str(tmp_path / "out"), config, latency_repeats=1)
+    rows = {row["layer"]: row for row in report["layers"]}
+    assert rows["dense_1"]["nonzeros_after"] == rows["dense_1"]["params"]
+    assert rows["dense"]["sparsity_after"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "config, what",
+    [
+        (StructuredPruningConfig(prune_fraction=0.5), "structured pruning"),
+        (LayerRemovalConfig(label_key="species_xf"), "layer removal"),
+        (PruningConfig(target_sparsity=0.5, criterion="taylor", label_key="species_xf"), "the taylor criterion"),
+    ],
+)
+def test_methods_that_need_the_layer_graph_refuse_with_the_module_change(tmp_path, restored_model, config, what):
+    with pytest.raises(NeedsKerasModelError, match=f"^{what} needs the Keras layer graph.*model.save\\("):
+        prune_saved_model(restored_model, str(tmp_path / "out"), config)
+    assert not (tmp_path / "out").exists()
+
+
+def _retrain(tmp_path, model_uri, examples_uri, transform_graph, **config):
+    model = artifact(standard_artifacts.Model, tmp_path / "retrained")
+    inputs = {
+        "input_model": [artifact(standard_artifacts.Model, model_uri)],
+        "examples": [examples_artifact(examples_uri)],
+    }
+    if transform_graph is not None:
+        inputs["transform_graph"] = [artifact(standard_artifacts.TransformGraph, transform_graph)]
+    retrain_executor.Executor().Do(
+        inputs, {"model": [model]}, {"fine_tune_config": FineTuneConfig(**config).model_dump_json()}
+    )
+    return str(tmp_path / "retrained")
+
+
+def test_raw_examples_are_transformed_for_fine_tuning_and_pruned_weights_stay_zero(
+    tmp_path, restored_model, penguin_transform_graph, penguin_data, penguin_files
+):
+    pruned = str(tmp_path / "pruned")
+    prune_saved_model(restored_model, pruned, PruningConfig(target_sparsity=0.8), latency_repeats=1)
+    masks = load_model(pruned).masks
+    out = _retrain(
+        tmp_path,
+        pruned,
+        penguin_data,
+        penguin_transform_graph,
+        label_key="species_xf",
+        loss="SparseCategoricalCrossentropy",
+        epochs=8,
+        learning_rate=0.01,
+    )
+    history = json.load(open(os.path.join(out, "fine_tuning.json")))["history"]
+    assert history["loss"][-1] < history["loss"][0] and len(history["val_loss"]) == 8
+
+    retrained = load_model(os.path.join(out, "Format-Serving"))
+    variables = {v.name.split(":")[0]: v.numpy() for v in retrained.model.variables}
+    for key, mask in masks.items():
+        assert np.all(variables[key.replace("::", "/")][~mask] == 0)
+    assert retrained.masks.keys() == masks.keys()
+    assert signature_specs(os.path.join(out, "Format-Serving")) == signature_specs(restored_model)
+    served = tf.saved_model.load(os.path.join(out, "Format-Serving")).signatures["serving_default"]
+    assert served(examples=read_serialized(penguin_files["eval"], 4))["outputs"].shape == (4, 3)
+
+
+def test_a_restored_model_without_a_configured_loss_is_refused_by_name(
+    tmp_path, restored_model, penguin_transform_graph, penguin_data
+):
+    with pytest.raises(ValueError, match="tf.saved_model.save, which keeps no loss; set `loss`"):
+        _retrain(tmp_path, restored_model, penguin_data, penguin_transform_graph, label_key="species_xf", epochs=1)
+
+
+def test_a_label_in_neither_raw_nor_transformed_features_is_named(
+    tmp_path, restored_model, penguin_transform_graph, penguin_data
+):
+    with pytest.raises(ExamplesMismatchError, match="label_key 'sex' is neither a transformed feature"):
+        _retrain(
+            tmp_path,
+            restored_model,
+            penguin_data,
+            penguin_transform_graph,
+            label_key="sex",
+            loss="SparseCategoricalCrossentropy",
+            epochs=1,
+        )
+
+
+def test_a_transform_graph_for_a_model_trained_without_it_is_refused(
+    tmp_path, penguin_baseline, penguin_transform_graph, penguin_data
+):
+    with pytest.raises(ExamplesMismatchError, match="not trained on this Transform's output"):
+        _retrain(tmp_path, penguin_baseline, penguin_data, penguin_transform_graph, label_key="species", epochs=1)
+
+
+def test_without_the_transform_the_missing_inputs_are_named(tmp_path, restored_model, penguin_data):
+    with pytest.raises(ExamplesMismatchError, match="model input 'culmen_length_mm_xf' is not a feature"):
+        run_retrain(restored_model, penguin_data, tmp_path / "out", label_key="species", loss="MeanSquaredError")
+
+
+ACCURACY = {"metric": "SparseCategoricalAccuracy", "lower_bound": 0.5}
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"label_key": "species_xf"}, "the model's 'transform_features' signature outputs it: set preprocessing_fun"),
+        (
+            {"label_key": "species_xf", "preprocessing_function_names": ["transform"]},
+            "the candidate model has no signature 'transform'; it has ['serving_default', 'transform_features']",
+        ),
+        ({"label_key": "sex", "preprocessing_function_names": ["transform_features"]}, "label_key 'sex' is not a"),
+    ],
+)
+def test_the_gate_names_a_missing_label_or_signature_before_evaluating(
+    tmp_path, restored_model, penguin_data, options, message
+):
+    config = GateConfig(thresholds=[ACCURACY], min_eval_examples=1, **options)
+    blessing, result, error = run_gate(tmp_path, restored_model, None, penguin_data, config)
+    assert error is not None and message in str(error)
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert not (tmp_path / "evaluation" / "tfma").exists()  # refused before Beam ran
+
+
+def test_the_gate_reads_a_transformed_label_through_the_preprocessing_signature(tmp_path, restored_model, penguin_data):
+    config = GateConfig(
+        label_key="species_xf",
+        preprocessing_function_names=["transform_features"],
+        thresholds=[ACCURACY],
+    )
+    _, result, error = run_gate(tmp_path, restored_model, restored_model, penguin_data, config)
+    assert error is None
+    assert result["metrics"]["candidate"]["example_count"] == 100
+    assert result["weights"]["candidate"]["flops"] is None

@@ -1,0 +1,60 @@
+"""Models that carry tf.Transform preprocessing, as TFX's examples build them."""
+
+import keras_tuner
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx.examples.penguin import penguin_utils_base, penguin_utils_keras
+
+from components.engine import LayerRemovalConfig, PruningConfig, StructuredPruningConfig, prune_saved_model
+from components.engine.data import read_serialized
+from components.engine.prune import UnclonableLayerError
+from components.engine.saved_model import signature_specs, unsafe_layers
+
+
+def _example_model_saved_with_keras(path, transform_graph_dir):
+    """TFX's penguin example model and signatures, saved with model.save instead of tf.saved_model.save."""
+    hyperparameters = keras_tuner.HyperParameters()
+    hyperparameters.Fixed("learning_rate", 1e-2)
+    hyperparameters.Fixed("num_layers", 2)
+    model = penguin_utils_keras._make_keras_model(hyperparameters)
+    signatures = penguin_utils_base.make_serving_signatures(model, tft.TFTransformOutput(transform_graph_dir))
+    model.save(str(path), save_format="tf", signatures=signatures)
+    return str(path)
+
+
+def test_transform_layer_is_trusted_while_a_lambda_is_still_refused(tmp_path, penguin_transform_graph):
+    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    assert unsafe_layers(model_dir) == []
+
+    with_lambda = keras.Sequential([keras.layers.Lambda(lambda x: x * 2, input_shape=(4,), name="doubler")])
+    with_lambda.tft_layer = tft.TFTransformOutput(penguin_transform_graph).transform_features_layer()
+    with_lambda.save(str(tmp_path / "with_lambda"), save_format="tf")
+    found = unsafe_layers(str(tmp_path / "with_lambda"))
+    assert found and all("doubler" in finding for finding in found)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [StructuredPruningConfig(prune_fraction=0.5), LayerRemovalConfig(label_key="species_xf")],
+    ids=["structured", "layer_removal"],
+)
+def test_rebuilding_methods_refuse_a_transform_layer_before_any_work(tmp_path, penguin_transform_graph, config):
+    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    with pytest.raises(UnclonableLayerError, match="transform_features_layer.*method='magnitude'"):
+        prune_saved_model(model_dir, str(tmp_path / "out"), config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_magnitude_pruning_keeps_the_transform_signatures_of_a_keras_saved_model(
+    tmp_path, penguin_transform_graph, penguin_files
+):
+    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    out = str(tmp_path / "out")
+    report = prune_saved_model(model_dir, out, PruningConfig(target_sparsity=0.8))
+    assert report["after"]["masked_sparsity"] >= 0.79
+    assert sorted(signature_specs(out)) == ["serving_default", "transform_features"]
+    examples = read_serialized(penguin_files["eval"], 8)
+    transformed = tf.saved_model.load(out).signatures["transform_features"](examples=examples)
+    assert sorted(transformed) == sorted(f"{name}_xf" for name in [*penguin_utils_base.FEATURE_KEYS, "species"])
