@@ -240,9 +240,7 @@ class GateInputError(ValueError):
     """The models or examples lack what the gate's configuration names."""
 
 
-def check_model_inputs(
-    config: GateConfig, signatures_by_model: dict[str, dict], eval_features: list[str]
-) -> list[str]:
+def check_model_inputs(config: GateConfig, signatures_by_model: dict[str, dict], eval_features: list[str]) -> list[str]:
     """Fails before Beam starts when a signature or the label is missing; returns the feature names.
 
     The label (and the slice feature, which the checks look for) may be raw features of the
