@@ -210,10 +210,14 @@ def test_invalid_n_of_m(pattern):
 def _wrapped_recurrent_model() -> keras.Model:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4, 16), name="sequence")
-    x = keras.layers.Bidirectional(keras.layers.LSTM(32, return_sequences=True), name="bidirectional")(inputs)
-    x = keras.layers.TimeDistributed(keras.layers.Dense(32), name="per_step")(x)
+    x = keras.layers.Bidirectional(keras.layers.LSTM(32, return_sequences=True, name="lstm"), name="bidirectional")(
+        inputs
+    )
+    x = keras.layers.TimeDistributed(keras.layers.Dense(32, name="dense"), name="per_step")(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
-    outputs = keras.layers.TimeDistributed(keras.layers.Dense(3), name="head")(keras.layers.Reshape((1, 32))(x))
+    outputs = keras.layers.TimeDistributed(keras.layers.Dense(3, name="dense_1"), name="head")(
+        keras.layers.Reshape((1, 32))(x)
+    )
     return keras.Model(inputs, outputs)
 
 

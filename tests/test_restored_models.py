@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
+import tf_keras as keras
 from executor_calls import artifact, examples_artifact, run_gate, run_retrain
 from tfx.examples.penguin import penguin_utils_base, penguin_utils_keras
 from tfx.types import standard_artifacts
@@ -29,6 +30,7 @@ from components.retrain import executor as retrain_executor
 
 def _tfx_example_model(path, transform_graph_dir, save_with_keras=False):
     """What TFX's penguin_utils_keras.run_fn saves, without the training."""
+    keras.backend.clear_session()  # layers named dense, dense_1, dense_2 whatever ran before
     hyperparameters = keras_tuner.HyperParameters()
     hyperparameters.Fixed("learning_rate", 1e-2)
     hyperparameters.Fixed("num_layers", 2)

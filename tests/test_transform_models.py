@@ -15,6 +15,7 @@ from components.engine.saved_model import signature_specs, unsafe_layers
 
 def _example_model_saved_with_keras(path, transform_graph_dir):
     """TFX's penguin example model and signatures, saved with model.save instead of tf.saved_model.save."""
+    keras.backend.clear_session()  # layers named dense, dense_1, dense_2 whatever ran before
     hyperparameters = keras_tuner.HyperParameters()
     hyperparameters.Fixed("learning_rate", 1e-2)
     hyperparameters.Fixed("num_layers", 2)

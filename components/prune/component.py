@@ -32,7 +32,7 @@ class PruneComponentSpec(ComponentSpec):
 
 
 class PruneComponent(base_component.BaseComponent):
-    """Prunes a trained tf-keras model: zeroes weights, or physically removes units and filters.
+    """Prunes a trained Keras model: zeroes weights, or physically removes units and filters.
 
     ``method="magnitude"`` (default) sets the smallest-magnitude kernel weights to exact zeros;
     kernels keep their shapes (Dense, convolution, recurrent and embedding kernels; biases and
@@ -68,7 +68,11 @@ class PruneComponent(base_component.BaseComponent):
         prune.outputs["pruning_report"]  # report.json + summary.md
 
     Args:
-      model: Channel of a ``Model`` holding a tf-keras SavedModel (e.g. a Trainer's output).
+      model: Channel of a ``Model`` holding a SavedModel (e.g. a Trainer's output), saved by
+        tf-keras ``model.save`` or by ``tf.saved_model.save`` as TFX's examples do. The latter
+        has no Keras layer graph: magnitude pruning works on it (kernels by variable name, the
+        output layer found in the serving graph); the other methods, the taylor criterion and
+        ``scope="sensitivity"`` refuse it before any work, naming the one-line module change.
       examples: ``Examples`` channel; structured pruning checks the rebuilt signatures on the
         first examples of its ``train`` split. Magnitude pruning does not read it.
       method: ``"magnitude"`` or ``"structured"``.
