@@ -1,6 +1,7 @@
 """Models that carry tf.Transform preprocessing, as TFX's examples build them."""
 
 import keras_tuner
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -38,14 +39,50 @@ def test_transform_layer_is_trusted_while_a_lambda_is_still_refused(tmp_path, pe
 
 @pytest.mark.parametrize(
     "config",
-    [StructuredPruningConfig(prune_fraction=0.5), LayerRemovalConfig(label_key="species_xf")],
-    ids=["structured", "layer_removal"],
+    [
+        StructuredPruningConfig(scope="sensitivity", flops_budget=0.5, label_key="species_xf"),
+        LayerRemovalConfig(label_key="species_xf"),
+    ],
+    ids=["structured_sensitivity", "layer_removal"],
 )
-def test_rebuilding_methods_refuse_a_transform_layer_before_any_work(tmp_path, penguin_transform_graph, config):
+def test_methods_that_clone_the_whole_model_refuse_a_transform_layer_before_any_work(
+    tmp_path, penguin_transform_graph, config
+):
     model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
     with pytest.raises(UnclonableLayerError, match="transform_features_layer.*method='magnitude'"):
         prune_saved_model(model_dir, str(tmp_path / "out"), config)
     assert not (tmp_path / "out").exists()
+
+
+def _without(serialized, feature):
+    examples = []
+    for record in serialized.numpy():
+        example = tf.train.Example.FromString(record)
+        del example.features.feature[feature]
+        examples.append(example.SerializeToString())
+    return tf.constant(examples)
+
+
+def test_structured_pruning_rebuilds_the_signatures_around_the_transform_layer(
+    tmp_path, penguin_transform_graph, penguin_files
+):
+    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    out = str(tmp_path / "out")
+    samples = read_serialized(penguin_files["train"], 64)
+    report = prune_saved_model(
+        model_dir, out, StructuredPruningConfig(prune_fraction=0.5), sample_examples=samples, latency_repeats=1
+    )
+    assert report["removed_units"] > 0
+    assert signature_specs(out) == signature_specs(model_dir)
+
+    original, pruned = tf.saved_model.load(model_dir).signatures, tf.saved_model.load(out).signatures
+    examples = read_serialized(penguin_files["eval"], 16)
+    # A serving request carries no label: the rebuilt signature parses only what the transform reads.
+    assert pruned["serving_default"](examples=_without(examples, "species"))["outputs"].shape == (16, 3)
+    before, after = original["transform_features"](examples=examples), pruned["transform_features"](examples=examples)
+    assert sorted(before) == sorted(after)
+    for key in before:
+        np.testing.assert_allclose(before[key].numpy(), after[key].numpy())
 
 
 def test_magnitude_pruning_keeps_the_transform_signatures_of_a_keras_saved_model(

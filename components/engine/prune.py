@@ -120,30 +120,36 @@ class UnclonableLayerError(ValueError):
 
 
 def _require_layer_graph_if_needed(loaded: LoadedModel, config) -> None:
-    if isinstance(config, (StructuredPruningConfig, LayerRemovalConfig)):
-        what = "structured pruning" if isinstance(config, StructuredPruningConfig) else "layer removal"
-        require_keras(loaded.model, what)
-        _require_rebuildable(loaded.model, what)
+    if isinstance(config, StructuredPruningConfig):
+        require_keras(loaded.model, "structured pruning")
+        # Sensitivity curves clone the whole model, layers attached outside the graph included.
+        _require_rebuildable(loaded.model, "structured pruning", whole_model=config.scope == "sensitivity")
+    elif isinstance(config, LayerRemovalConfig):
+        require_keras(loaded.model, "layer removal")
+        _require_rebuildable(loaded.model, "layer removal", whole_model=True)
     elif config.scope == "sensitivity":
         require_keras(loaded.model, "scope='sensitivity'")
     if getattr(config, "criterion", None) == "taylor":
         require_keras(loaded.model, "the taylor criterion")
 
 
-def _require_rebuildable(model: keras.Model, what: str) -> None:
-    """Fails before any work on layers that were revived without a config and cannot be cloned.
+def _require_rebuildable(model: keras.Model, what: str, whole_model: bool) -> None:
+    """Fails before any work on layers that were revived without a config and must be cloned.
 
     tf.Transform's ``TransformFeaturesLayer`` is the usual one: attached to the model for its
-    signatures, outside the layer graph. Rebuilding signatures around it is not supported yet.
+    signatures, outside the layer graph. Structured pruning keeps it as it is (and rebuilds the
+    signatures around it); what clones the whole model (layer removal, sensitivity curves) cannot.
     """
     for layer in model.layers:
+        if not whole_model and not layer.inbound_nodes:
+            continue
         try:
             layer.get_config()
         except NotImplementedError:
             raise UnclonableLayerError(
-                f"{what} rebuilds the model, and layer {layer.name!r} ({type(layer).__name__}) was saved without "
-                "a config, so it cannot be rebuilt; a tf.Transform layer attached for the serving signatures is "
-                "the usual case. Use method='magnitude', which keeps the model and its signatures as they are."
+                f"{what} clones the model, and layer {layer.name!r} ({type(layer).__name__}) was saved without "
+                "a config, so it cannot be cloned; a tf.Transform layer attached for the serving signatures is "
+                "the usual case. Use method='magnitude', or structured pruning with scope='per_layer' or 'global'."
             ) from None
 
 

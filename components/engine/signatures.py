@@ -1,31 +1,36 @@
 """Serving signatures for a model whose variables changed shape (structured pruning).
 
 The original signatures capture the original variables, so a smaller model needs new ones.
-They are rebuilt for the common Trainer form, serialized tf.Examples parsed into the model's
-inputs by name, and accepted only if, rebuilt around the *original* model, they reproduce the
-original signatures' outputs on real examples. Anything else the original did (a Transform
-graph, extra outputs) fails loudly instead of being dropped.
+They are rebuilt for the common Trainer forms, serialized tf.Examples parsed into the model's
+inputs by name, or parsed into raw features that a tf.Transform layer attached to the model
+turns into its inputs (TFX's examples), and accepted only if, rebuilt around the *original*
+model, they reproduce the original signatures' outputs on real examples. Anything else the
+original did fails loudly instead of being dropped.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.data import input_feature_spec, model_features
+from components.engine.data import ExamplesMismatchError, input_feature_spec, model_features
+from components.engine.structured import attached_layers
 
 
 class SignatureRebuildError(ValueError):
     """The original serving signature cannot be reproduced for the rebuilt model."""
 
 
-def _example_signature(model: keras.Model, spec, input_name: str, output_names: list[str]):
+def _example_signature(model: keras.Model, spec, input_name: str, output_names: list[str], preprocess=None):
     @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name=input_name)])
     def serve(serialized):
-        outputs = model(model_features(model, tf.io.parse_example(serialized, spec)), training=False)
+        features = tf.io.parse_example(serialized, spec)
+        if preprocess is not None:
+            features = preprocess(features)
+        outputs = model(model_features(model, features), training=False)
         if len(output_names) == 1:
             return {output_names[0]: outputs}
         return dict(zip(output_names, outputs, strict=True))
@@ -47,6 +52,38 @@ def _signature_form(name: str, function) -> tuple[str, list[str]]:
     return specs[0][0], sorted(outputs)
 
 
+_PARSEABLE = (tf.float32, tf.int64, tf.string)
+
+
+def _candidate_forms(model: keras.Model, sample: tf.train.Example) -> list[tuple[str, Any, Any]]:
+    """``(description, parse spec, preprocessing)`` for each way a signature may feed the model.
+
+    Either the examples carry the model's inputs, or a layer attached outside the graph (a
+    tf.Transform layer) turns the raw features its saved call takes into them.
+    """
+    forms = []
+    try:
+        forms.append(("parse the model's inputs", input_feature_spec(model, sample), None))
+    except ExamplesMismatchError:
+        pass
+    for attribute, layer in attached_layers(model).items():
+        for function in getattr(layer.call, "concrete_functions", []) or []:
+            args, _ = function.structured_input_signature
+            raw = args[0] if len(args) == 1 else None
+            if not isinstance(raw, Mapping) or not all(
+                isinstance(spec, tf.TensorSpec) and spec.dtype in _PARSEABLE for spec in raw.values()
+            ):
+                continue
+            spec = {name: tf.io.FixedLenFeature(spec.shape[1:], spec.dtype) for name, spec in raw.items()}
+            forms.append((f"parse {sorted(raw)}, then {attribute}", spec, layer))
+    return forms
+
+
+def _reads_model_weights(function, model: keras.Model) -> bool:
+    weights = {id(weight.handle) for layer in model.layers if layer.inbound_nodes for weight in layer.weights}
+    return any(id(captured) in weights for captured in function.captured_inputs)
+
+
 def rebuild_example_signatures(
     original_model: keras.Model,
     original_signatures: Mapping[str, tf.types.experimental.ConcreteFunction],
@@ -55,33 +92,50 @@ def rebuild_example_signatures(
 ) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """Signatures for ``new_model`` with the names, inputs and outputs of the originals.
 
+    A signature that reads none of the model's weights (tf.Transform's ``transform_features``)
+    is kept as it is. Any other is rebuilt as "parse serialized tf.Examples, optionally run the
+    layer attached for preprocessing, call the model", and accepted only if that form, built
+    around the original model, reproduces the original's outputs on ``sample_examples``.
+
     Raises:
-      SignatureRebuildError: an original signature is of another form, or its rebuilt twin
-        around the original model does not reproduce its outputs on ``sample_examples``.
+      SignatureRebuildError: an original signature is of another form, or no form reproduces it.
     """
     if not original_signatures:
         raise SignatureRebuildError("the model has no serving signatures to rebuild")
-    forms = {name: _signature_form(name, function) for name, function in original_signatures.items()}
     sample = tf.train.Example.FromString(sample_examples[0].numpy())
-    spec = input_feature_spec(original_model, sample)
+    forms = _candidate_forms(original_model, sample)
     rebuilt = {}
     for name, function in original_signatures.items():
-        input_name, output_names = forms[name]
+        if not _reads_model_weights(function, original_model):
+            rebuilt[name] = function
+            continue
+        input_name, output_names = _signature_form(name, function)
         if len(output_names) != max(len(original_model.outputs), 1):
             raise SignatureRebuildError(
                 f"signature {name!r} returns {output_names}, the model has {len(original_model.outputs)} output(s)"
             )
-        twin = _example_signature(original_model, spec, input_name, output_names)
         try:
             expected = function(**{input_name: sample_examples})
-            got = twin(sample_examples)
         except Exception as err:
-            raise SignatureRebuildError(f"signature {name!r} could not be reproduced: {err}") from err
-        for key in output_names:
-            if not np.allclose(expected[key].numpy(), got[key].numpy(), rtol=1e-4, atol=1e-5):
-                raise SignatureRebuildError(
-                    f"signature {name!r} does more than parse tf.Examples into the model's inputs "
-                    f"(output {key!r} differs when rebuilt); it cannot be carried over to a structurally pruned model"
-                )
-        rebuilt[name] = _example_signature(new_model, spec, input_name, output_names).get_concrete_function()
+            raise SignatureRebuildError(f"signature {name!r} fails on the sample examples: {err}") from err
+        tried = []
+        for description, spec, preprocess in forms:
+            twin = _example_signature(original_model, spec, input_name, output_names, preprocess)
+            try:
+                got = twin(sample_examples)
+            except Exception:  # this form does not fit the examples; another may
+                tried.append(description)
+                continue
+            if all(np.allclose(expected[k].numpy(), got[k].numpy(), rtol=1e-4, atol=1e-5) for k in output_names):
+                rebuilt[name] = _example_signature(
+                    new_model, spec, input_name, output_names, preprocess
+                ).get_concrete_function()
+                break
+            tried.append(description)
+        else:
+            raise SignatureRebuildError(
+                f"signature {name!r} does more than parse tf.Examples into the model's inputs (tried: "
+                f"{'; '.join(tried) or 'no form fits the examples'}); it cannot be carried over to a "
+                "structurally pruned model"
+            )
     return rebuilt

@@ -347,14 +347,19 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
             new_widths[layer.name] = len(_kept_positions(channels, removed_roots, graph))
 
     def clone(layer):
+        if not layer.inbound_nodes:
+            # Outside the layer graph (a tf.Transform layer attached for the signatures): shared as is.
+            return layer
         config = layer.get_config()
         if layer.name in new_widths:
             config["units" if isinstance(layer, L.Dense) else "filters"] = new_widths[layer.name]
         return type(layer).from_config(config)
 
     smaller = keras.models.clone_model(model, clone_function=clone)
+    for attribute, layer in attached_layers(model).items():
+        setattr(smaller, attribute, layer)
     for layer in model.layers:
-        if not layer.weights:
+        if not layer.weights or not layer.inbound_nodes:
             continue
         target = smaller.get_layer(layer.name)
         if layer.name in graph.barriers or layer.name not in graph.layer_inputs:
@@ -364,6 +369,20 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
         keep_in = _kept_positions(inputs, removed_roots, graph)
         target.set_weights(_sliced_weights(layer, keep_in, removed_roots, graph))
     return smaller
+
+
+def attached_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Layers set as attributes of ``model`` but outside its layer graph, by attribute name.
+
+    TFX's examples attach tf.Transform's layer this way (``model.tft_layer = ...``) so that the
+    serving signatures, which call it, can be saved with the model.
+    """
+    outside = [layer for layer in model.layers if not layer.inbound_nodes]
+    return {
+        name: value
+        for name, value in vars(model).items()
+        if not name.startswith("_") and any(value is layer for layer in outside)
+    }
 
 
 def _sliced_weights(layer, keep_in: np.ndarray, removed: set[int], graph: ChannelGraph) -> list[np.ndarray]:
