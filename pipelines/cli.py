@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     local.add_argument("--learning-rate", type=float, default=1e-3)
     local.add_argument(
+        "--loss",
+        default=None,
+        help="Keras loss class for fine-tuning, e.g. SparseCategoricalCrossentropy (default: the model's compiled "
+        "loss; a model saved with tf.saved_model.save has none, so give it)",
+    )
+    local.add_argument(
         "--distill",
         action="store_true",
         help="fine-tune with knowledge distillation from the baseline (T=4, alpha=0.5)",
@@ -310,6 +316,7 @@ def run_local(args: argparse.Namespace) -> int:
             retrain_args={
                 "epochs": args.epochs,
                 "learning_rate": args.learning_rate,
+                "loss": args.loss,
                 "distillation": {"temperature": 4.0, "alpha": 0.5} if args.distill else None,
             },
             gate_args=_gate_args(args, _min_sparsity(args)),

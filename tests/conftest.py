@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipelines import penguin_trainer  # noqa: E402
+from pipelines.penguin_trainer import FEATURE_KEYS as PENGUIN_FEATURE_KEYS  # noqa: E402
 from pipelines.pruning_pipeline import penguin_data_root  # noqa: E402
 
 
@@ -50,29 +51,38 @@ def examples_with_empty_eval(tmp_path, penguin_data) -> str:
     return str(root)
 
 
-@pytest.fixture(scope="session")
-def penguin_transform_graph(tmp_path_factory, penguin_files) -> str:
-    """The transform TFX's penguin example computes (its own ``preprocessing_fn``), analysed with
-    tf.Transform on Beam in memory, laid out as a Transform component's ``transform_graph``."""
+def analyse_penguin_transform(preprocessing_fn, train_files, out: str, temp_dir: str) -> str:
+    """Runs tf.Transform's analysis of ``preprocessing_fn`` over the penguin train split (Beam in
+    memory) and lays the result out as a Transform component's ``transform_graph``."""
     import apache_beam as beam
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import metadata_io
-    from tfx.examples.penguin import penguin_utils_base
 
-    raw_spec = {name: tf.io.FixedLenFeature([1], tf.float32) for name in penguin_utils_base.FEATURE_KEYS}
+    raw_spec = {name: tf.io.FixedLenFeature([1], tf.float32) for name in PENGUIN_FEATURE_KEYS}
     raw_spec["species"] = tf.io.FixedLenFeature([1], tf.int64)
-    records = tf.data.TFRecordDataset(penguin_files["train"], compression_type="GZIP")
+    records = tf.data.TFRecordDataset(train_files, compression_type="GZIP")
     instances = [
-        {name: value[0].numpy() for name, value in tf.io.parse_single_example(record, raw_spec).items()}
+        {name: [value[0].numpy()] for name, value in tf.io.parse_single_example(record, raw_spec).items()}
         for record in records
     ]
-    instances = [{name: [value] for name, value in instance.items()} for instance in instances]
-    out = str(tmp_path_factory.mktemp("transform_graph"))
-    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft_tmp"))):
+    metadata = tft.DatasetMetadata.from_feature_spec(raw_spec)
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=temp_dir):
         data = pipeline | beam.Create(instances)
-        metadata = tft.DatasetMetadata.from_feature_spec(raw_spec)
-        transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(penguin_utils_base.preprocessing_fn)
+        transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(preprocessing_fn)
         _ = transform_fn | tft_beam.WriteTransformFn(out)
     metadata_io.write_metadata(metadata, os.path.join(out, tft.TFTransformOutput.RAW_METADATA_DIR))
     return out
+
+
+@pytest.fixture(scope="session")
+def penguin_transform_graph(tmp_path_factory, penguin_files) -> str:
+    """The transform TFX's penguin example computes (its own ``preprocessing_fn``)."""
+    from tfx.examples.penguin import penguin_utils_base
+
+    return analyse_penguin_transform(
+        penguin_utils_base.preprocessing_fn,
+        penguin_files["train"],
+        str(tmp_path_factory.mktemp("transform_graph")),
+        str(tmp_path_factory.mktemp("tft_tmp")),
+    )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import keras_tuner
 import numpy as np
@@ -204,3 +205,80 @@ def test_the_gate_reads_a_transformed_label_through_the_preprocessing_signature(
     assert error is None
     assert result["metrics"]["candidate"]["example_count"] == 100
     assert result["weights"]["candidate"]["flops"] is None
+
+
+def _bucket_by_vocabulary(inputs):
+    # A vocabulary makes the transform carry an asset file that serving reads at every request.
+    mass_bucket = tf.strings.as_string(tf.cast(inputs["body_mass_g"] // 1000.0, tf.int64))
+    return {
+        "mass_bucket_xf": tft.compute_and_apply_vocabulary(mass_bucket, vocab_filename="mass_buckets"),
+        "culmen_length_mm_xf": tft.scale_to_z_score(inputs["culmen_length_mm"]),
+        "species_xf": inputs["species"],
+    }
+
+
+@pytest.fixture(scope="module")
+def vocabulary_model(tmp_path_factory, penguin_files):
+    from conftest import analyse_penguin_transform
+
+    graph = analyse_penguin_transform(
+        _bucket_by_vocabulary,
+        penguin_files["train"],
+        str(tmp_path_factory.mktemp("vocabulary_graph")),
+        str(tmp_path_factory.mktemp("vocabulary_tmp")),
+    )
+    keras.backend.clear_session()
+    bucket = keras.Input((1,), name="mass_bucket_xf", dtype=tf.int64)
+    culmen = keras.Input((1,), name="culmen_length_mm_xf")
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(16, 4)(bucket))
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.concatenate([embedded, culmen]))
+    model = keras.Model([bucket, culmen], keras.layers.Dense(3)(hidden))
+    signatures = penguin_utils_base.make_serving_signatures(model, tft.TFTransformOutput(graph))
+    path = str(tmp_path_factory.mktemp("vocabulary_model") / "model")
+    tf.saved_model.save(model, path, signatures=signatures)
+    return path, graph
+
+
+def test_vocabulary_assets_survive_pruning_and_fine_tuning_without_the_source(
+    tmp_path, vocabulary_model, penguin_data, penguin_files
+):
+    source, graph = vocabulary_model
+    examples = read_serialized(penguin_files["eval"], 32)
+    buckets = tf.saved_model.load(source).signatures["transform_features"](examples=examples)["mass_bucket_xf"]
+    copy = str(tmp_path / "source")
+    shutil.copytree(source, copy)
+
+    pruned = str(tmp_path / "pruned")
+    report = prune_saved_model(copy, pruned, PruningConfig(target_sparsity=0.7), latency_repeats=1)
+    assert {row["layer"] for row in report["layers"]} >= {"embedding", "dense"}  # embeddings are pruned too
+    retrained = _retrain(
+        tmp_path, pruned, penguin_data, graph, label_key="species_xf", loss="SparseCategoricalCrossentropy", epochs=1
+    )
+    shutil.rmtree(copy)
+    shutil.rmtree(pruned)  # the fine-tuned model must hold its own copy of the vocabulary
+
+    final = os.path.join(retrained, "Format-Serving")
+    assert os.listdir(os.path.join(final, "assets")) == ["mass_buckets"]
+    signatures = tf.saved_model.load(final).signatures
+    np.testing.assert_array_equal(signatures["transform_features"](examples=examples)["mass_bucket_xf"], buckets)
+    assert signatures["serving_default"](examples=examples)["outputs"].shape == (32, 3)
+
+
+def test_run_local_releases_an_imported_model_saved_with_tf_saved_model_save(tmp_path, penguin_baseline, capsys):
+    from pipelines import cli
+    from pipelines.results import run_result
+
+    keras_model = load_model(penguin_baseline)
+    plain = str(tmp_path / "plain")
+    tf.saved_model.save(keras_model.model, plain, signatures=dict(keras_model.signatures))
+    assert not os.path.exists(os.path.join(plain, "keras_metadata.pb"))
+
+    out = tmp_path / "run"
+    arguments = ["run-local", "--output-dir", str(out), "--run-id", "plain", "--baseline-model", plain]
+    code = cli.main([*arguments, "--epochs", "10", "--loss", "SparseCategoricalCrossentropy"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = run_result(str(out / "metadata.sqlite"), "plain")
+    assert result.blessed and result.pushed
+    assert signature_specs(result.pushed_destination) == signature_specs(plain)
+    assert result.gate_result["weights"]["candidate"]["masked_sparsity"] >= 0.8

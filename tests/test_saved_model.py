@@ -166,3 +166,19 @@ def test_tfx_penguin_example_model_keeps_its_signature_after_pruning(tmp_path):
     report = prune_saved_model(str(tmp_path / "model"), str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8))
     assert abs(report["after"]["masked_sparsity"] - 0.8) <= 0.01
     verify_signatures_preserved(str(tmp_path / "model"), str(tmp_path / "pruned"))
+
+
+def test_signature_outputs_restored_in_any_key_order_compare_equal():
+    # TF restores a signature's output dict in an arbitrary order; the comparison must not care.
+    from components.engine.saved_model import _canonical_structure
+
+    outputs = {name: tf.TensorSpec([None, 1], tf.float32, name) for name in ("a_xf", "b_xf", "label_xf")}
+    for order in (["label_xf", "a_xf", "b_xf"], ["b_xf", "label_xf", "a_xf"]):
+        shuffled = {name: outputs[name] for name in order}
+        assert list(shuffled) != list(outputs)
+        assert _canonical_structure(shuffled) == _canonical_structure(outputs)
+    retyped = {**outputs, "label_xf": tf.TensorSpec([None, 1], tf.int64, "label_xf")}
+    reshaped = {**outputs, "a_xf": tf.TensorSpec([None], tf.float32, "a_xf")}
+    renamed = {("c_xf" if name == "a_xf" else name): spec for name, spec in outputs.items()}
+    for changed in (retyped, reshaped, renamed):
+        assert _canonical_structure(changed) != _canonical_structure(outputs)
