@@ -1,14 +1,15 @@
-"""TFX's own penguin Keras example, module file unchanged, followed by this project's chain.
+"""TFX's own Keras examples, module files unchanged, followed by this project's chain.
 
-    .venv/bin/python bench/tfx_example_chain.py --output-dir /tmp/tfx-example
+    .venv/bin/python bench/tfx_example_chain.py --example penguin --output-dir /tmp/tfx-penguin
+    .venv/bin/python bench/tfx_example_chain.py --example taxi --output-dir /tmp/tfx-taxi
 
-ImportExampleGen -> StatisticsGen -> SchemaGen -> Transform -> Trainer
-(``tfx/examples/penguin/penguin_utils_keras.py`` as the installed tfx package ships it: it saves
-with ``tf.saved_model.save`` and exports ``serving_default`` and ``transform_features``) ->
-PruneComponent (magnitude) -> RetrainComponent (transformed examples + transform graph, label
-``species_xf``) -> EvaluatorGate (raw examples, label through ``transform_features``) -> Pusher.
-Prints the parent vs pushed table the gate measured. The same chain runs in
-``tests/test_tfx_example_chain.py``.
+ExampleGen -> StatisticsGen -> SchemaGen -> Transform -> Trainer, with the module file as the
+installed tfx package ships it (``penguin_utils_keras.py``; ``taxi_utils_native_keras.py``, whose
+label ``tips_xf`` the transform computes and whose features go through vocabularies). Both save
+with ``tf.saved_model.save`` and export ``serving_default`` and ``transform_features``. Then
+PruneComponent (magnitude) -> RetrainComponent (transformed examples + transform graph) ->
+EvaluatorGate (raw examples, label through ``transform_features``) -> Pusher, wired as the
+README's "Use it in your TFX pipeline" shows. Prints the parent vs pushed table the gate measured.
 """
 
 from __future__ import annotations
@@ -16,51 +17,137 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tfx as tfx_package  # noqa: E402
 from tabulate import tabulate  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx.examples.chicago_taxi_pipeline import taxi_utils_native_keras  # noqa: E402
 from tfx.examples.penguin import penguin_utils_keras  # noqa: E402
+from tfx.proto import example_gen_pb2  # noqa: E402
 
-from pipelines.pruning_pipeline import create_pipeline, penguin_data_root, run_locally  # noqa: E402
+from components import EvaluatorGate, PruneComponent, RetrainComponent  # noqa: E402
+from components.atomic_pusher.component import AtomicPusher  # noqa: E402
+from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS, penguin_data_root, run_locally  # noqa: E402
 from pipelines.results import run_result  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Example:
+    module_file: str
+    label_key: str  # as the transform names it
+    loss: str
+    from_logits: bool
+    metric: str
+    lower_bound: float
+
+
+EXAMPLES = {
+    "penguin": Example(
+        penguin_utils_keras.__file__.removesuffix("c"),
+        "species_xf",
+        "SparseCategoricalCrossentropy",
+        True,
+        "SparseCategoricalAccuracy",
+        0.9,
+    ),
+    "taxi": Example(
+        taxi_utils_native_keras.__file__.removesuffix("c"),
+        "tips_xf",
+        "BinaryCrossentropy",
+        False,
+        "BinaryAccuracy",
+        0.6,
+    ),
+}
+
+
+def _example_gen(name: str):
+    if name == "penguin":
+        splits = [example_gen_pb2.Input.Split(name=s, pattern=f"Split-{s}/*") for s in ("train", "eval")]
+        return tfx.components.ImportExampleGen(
+            input_base=penguin_data_root(), input_config=example_gen_pb2.Input(splits=splits)
+        )
+    taxi_data = os.path.join(os.path.dirname(tfx_package.__file__), "examples", "chicago_taxi_pipeline", "data")
+    return tfx.components.CsvExampleGen(input_base=os.path.join(taxi_data, "simple"))
+
+
+def build(name: str, out: str, target_sparsity: float, train_steps: int, epochs: int) -> tfx.dsl.Pipeline:
+    example = EXAMPLES[name]
+    example_gen = _example_gen(name)
+    statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema = tfx.components.SchemaGen(
+        statistics=statistics.outputs["statistics"],
+        infer_feature_shape=name == "penguin",  # as each example sets it
+    )
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema.outputs["schema"], module_file=example.module_file
+    )
+    trainer = tfx.components.Trainer(
+        module_file=example.module_file,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=5),
+    )
+    prune = PruneComponent(model=trainer.outputs["model"], target_sparsity=target_sparsity)
+    retrain = RetrainComponent(
+        model=prune.outputs["model"],
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        label_key=example.label_key,
+        loss=example.loss,
+        from_logits=example.from_logits,
+        epochs=epochs,
+        steps_per_epoch=20,
+        learning_rate=0.01,
+    )
+    gate = EvaluatorGate(
+        model=retrain.outputs["model"],
+        baseline_model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        label_key=example.label_key,
+        preprocessing_function_names=["transform_features"],
+        thresholds=[{"metric": example.metric, "lower_bound": example.lower_bound, "max_absolute_drop": 0.05}],
+        min_sparsity=target_sparsity,
+    )
+    pusher = AtomicPusher(
+        model=retrain.outputs["model"],
+        model_blessing=gate.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=os.path.join(out, "serving"))
+        ),
+    ).with_id("Pusher")
+    return tfx.dsl.Pipeline(
+        pipeline_name=f"tfx-{name}-example",
+        pipeline_root=os.path.join(out, "root"),
+        components=[example_gen, statistics, schema, transform, trainer, prune, retrain, gate, pusher],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            os.path.join(out, "metadata.sqlite")
+        ),
+        beam_pipeline_args=list(IN_MEMORY_BEAM_ARGS),
+    )
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--example", choices=sorted(EXAMPLES), default="penguin")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--target-sparsity", type=float, default=0.8)
     parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs of 20 steps")
     args = parser.parse_args()
 
-    module = penguin_utils_keras.__file__.removesuffix("c")
     out = os.path.abspath(args.output_dir)
-    pipeline = create_pipeline(
-        pipeline_name="tfx-penguin-example",
-        pipeline_root=os.path.join(out, "root"),
-        data_root=penguin_data_root(),
-        serving_model_dir=os.path.join(out, "serving"),
-        label_key="species",
-        trainer_module_file=module,
-        transform_module_file=module,
-        train_steps=args.train_steps,
-        prune_args={"target_sparsity": args.target_sparsity},
-        retrain_args={
-            "label_key": "species_xf",
-            "loss": "SparseCategoricalCrossentropy",
-            "epochs": args.epochs,
-            "learning_rate": 0.01,
-        },
-        gate_args={
-            "label_key": "species_xf",
-            "preprocessing_function_names": ["transform_features"],
-            "thresholds": [{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.9, "max_absolute_drop": 0.05}],
-            "min_sparsity": args.target_sparsity,
-        },
-        metadata_path=os.path.join(out, "metadata.sqlite"),
-    )
+    pipeline = build(args.example, out, args.target_sparsity, args.train_steps, args.epochs)
     run_id = f"bench-{int(time.time())}"
     start = time.perf_counter()
     run_locally(pipeline, run_id)
@@ -68,29 +155,22 @@ def main() -> None:
 
     result = run_result(os.path.join(out, "metadata.sqlite"), run_id)
     metrics, weights = result.gate_result["metrics"], result.gate_result["weights"]
-    rows = [
-        [label, weights["baseline"][key], weights["candidate"][key]]
-        for label, key in (
-            ("sparsity, pruned kernels", "masked_sparsity"),
-            ("sparsity, all kernels", "kernel_sparsity"),
-            ("params", "params"),
-            ("non-zero params", "nonzero_params"),
-            ("gzip bytes, weights", "weights_gzip_bytes"),
-            ("gzip bytes, SavedModel dir", "gzip_bytes"),
-            ("SavedModel bytes", "saved_model_bytes"),
-        )
-    ]
-    rows.insert(
-        0,
-        [
-            "accuracy (eval, 100 examples)",
-            metrics["baseline"]["sparse_categorical_accuracy"],
-            metrics["candidate"]["sparse_categorical_accuracy"],
-        ],
-    )
-    rows = [[label, *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values)] for label, *values in rows]
+    metric = next(key for key in metrics["candidate"] if key not in ("example_count", "non_finite_predictions"))
+    rows = [[f"{metric} (eval, {int(metrics['candidate']['example_count'])} examples)"]]
+    rows[0] += [metrics["baseline"][metric], metrics["candidate"][metric]]
+    for label, key in (
+        ("sparsity, pruned kernels", "masked_sparsity"),
+        ("sparsity, all kernels", "kernel_sparsity"),
+        ("params", "params"),
+        ("non-zero params", "nonzero_params"),
+        ("gzip bytes, weights", "weights_gzip_bytes"),
+        ("gzip bytes, SavedModel dir", "gzip_bytes"),
+        ("SavedModel bytes", "saved_model_bytes"),
+    ):
+        rows.append([label, weights["baseline"][key], weights["candidate"][key]])
+    rows = [[label, *(_cell(value) for value in values)] for label, *values in rows]
     print(tabulate(rows, headers=["", "Trainer (parent)", "pruned + fine-tuned"], disable_numparse=True))
-    verdict = "BLESSED and pushed to " + str(result.pushed_destination) if result.pushed else "NOT pushed"
+    verdict = f"BLESSED and pushed to {result.pushed_destination}" if result.pushed else "NOT pushed"
     print(f"\n{verdict}; whole pipeline {seconds:.0f} s; report: {result.gate_html_path}")
 
 

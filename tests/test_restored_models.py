@@ -200,11 +200,16 @@ def test_the_gate_reads_a_transformed_label_through_the_preprocessing_signature(
         label_key="species_xf",
         preprocessing_function_names=["transform_features"],
         thresholds=[ACCURACY],
+        max_flops=10**6,
     )
     _, result, error = run_gate(tmp_path, restored_model, restored_model, penguin_data, config)
     assert error is None
     assert result["metrics"]["candidate"]["example_count"] == 100
     assert result["weights"]["candidate"]["flops"] is None
+    # FLOPs are not counted without Keras layers, so a FLOPs bound refuses, and says why.
+    assert "FLOPs <= max_flops" in result["failed_checks"]
+    (flops,) = [check for check in result["checks"] if check["name"] == "FLOPs <= max_flops"]
+    assert "saved without its Keras layers" in flops["detail"]
 
 
 def _bucket_by_vocabulary(inputs):

@@ -6,12 +6,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
+from executor_calls import run_gate
 from tfx.examples.penguin import penguin_utils_base, penguin_utils_keras
 
 from components.engine import LayerRemovalConfig, PruningConfig, StructuredPruningConfig, prune_saved_model
 from components.engine.data import read_serialized
 from components.engine.prune import UnclonableLayerError
 from components.engine.saved_model import signature_specs, unsafe_layers
+from components.evaluator_gate.config import GateConfig
 
 
 def _example_model_saved_with_keras(path, transform_graph_dir):
@@ -96,3 +98,19 @@ def test_magnitude_pruning_keeps_the_transform_signatures_of_a_keras_saved_model
     examples = read_serialized(penguin_files["eval"], 8)
     transformed = tf.saved_model.load(out).signatures["transform_features"](examples=examples)
     assert sorted(transformed) == sorted(f"{name}_xf" for name in [*penguin_utils_base.FEATURE_KEYS, "species"])
+
+
+def test_the_gate_evaluates_a_keras_saved_transform_model_on_raw_examples(
+    tmp_path, penguin_transform_graph, penguin_data
+):
+    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    config = GateConfig(
+        label_key="species_xf",
+        preprocessing_function_names=["transform_features"],
+        thresholds=[{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.0}],
+        max_flops=10**6,
+    )
+    _, result, error = run_gate(tmp_path, model_dir, None, penguin_data, config)
+    assert error is None, error
+    assert result["metrics"]["candidate"]["example_count"] == 100
+    assert result["weights"]["candidate"]["flops"] > 0  # counted from the Keras layers

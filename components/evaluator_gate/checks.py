@@ -310,7 +310,10 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
         if bound is not None:
             value = candidate.get(key)
             passed = value is not None and value <= bound
-            results.append(CheckResult(name, passed, value, bound, "measured on the candidate"))
+            detail = "measured on the candidate" if value is not None else "not measurable for this model: refused"
+            if value is None and key == "flops":
+                detail = "not counted: the model was saved without its Keras layers (tf.saved_model.save)"
+            results.append(CheckResult(name, passed, value, bound, detail))
     if config.min_size_reduction is not None:
         if baseline is None:
             results.append(
