@@ -1,5 +1,6 @@
 """The gate's checks as pure functions: every bound, measured value and verdict."""
 
+import numpy as np
 import pytest
 
 from components.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
@@ -167,3 +168,13 @@ def test_small_slices_are_listed_not_checked_and_a_missing_slice_feature_refuses
 def test_inconsistent_slice_and_serving_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _config(**kwargs)
+
+
+@pytest.mark.parametrize("candidate, blessed", [(0.97, True), (0.9699, False)])
+def test_a_drop_equal_to_its_bound_in_float32_passes_and_one_example_more_refuses(candidate, blessed):
+    # TFMA hands over float32 values: 1.00 - 0.97 measures 0.0300000310, not 0.03.
+    threshold = MetricThreshold(metric="SparseCategoricalAccuracy", max_absolute_drop=0.03, max_relative_drop=0.03)
+    config = GateConfig(label_key="y", thresholds=[threshold])
+    results = _run(config, candidate=float(np.float32(candidate)), baseline=float(np.float32(1.0)))
+    drops = [r for r in results if "drop" in r.name]
+    assert len(drops) == 2 and all(r.passed is blessed for r in drops)

@@ -15,6 +15,7 @@ are carried over.
 from __future__ import annotations
 
 import binascii
+import functools
 import importlib
 import io
 import json
@@ -126,6 +127,7 @@ def _is_keras_class(class_name: str) -> bool:
     )
 
 
+@functools.cache
 def trusted_registered_classes() -> frozenset[str]:
     """Names (``Package>Class`` and bare ``Class``) of Keras classes registered by trusted packages."""
     for package in TRUSTED_LAYER_PACKAGES:
