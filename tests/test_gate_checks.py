@@ -170,11 +170,11 @@ def test_inconsistent_slice_and_serving_settings_are_refused(kwargs, message):
         _config(**kwargs)
 
 
-@pytest.mark.parametrize("candidate, blessed", [(0.97, True), (0.9699, False)])
-def test_a_drop_equal_to_its_bound_in_float32_passes_and_one_example_more_refuses(candidate, blessed):
-    # TFMA hands over float32 values: 1.00 - 0.97 measures 0.0300000310, not 0.03.
-    threshold = MetricThreshold(metric="SparseCategoricalAccuracy", max_absolute_drop=0.03, max_relative_drop=0.03)
+@pytest.mark.parametrize("candidate, blessed", [(0.96, True), (0.9599, False)])
+def test_a_drop_equal_to_its_bound_in_float32_passes_and_a_bit_more_refuses(candidate, blessed):
+    # TFMA hands over float32 values: 0.99 - 0.96 measures 0.0300000310, not 0.03.
+    threshold = MetricThreshold(metric="SparseCategoricalAccuracy", max_absolute_drop=0.03)
     config = GateConfig(label_key="y", thresholds=[threshold])
-    results = _run(config, candidate=float(np.float32(candidate)), baseline=float(np.float32(1.0)))
-    drops = [r for r in results if "drop" in r.name]
-    assert len(drops) == 2 and all(r.passed is blessed for r in drops)
+    results = _run(config, candidate=float(np.float32(candidate)), baseline=float(np.float32(0.99)))
+    (drop,) = [r for r in results if "drop" in r.name]
+    assert drop.measured > 0.03 and drop.passed is blessed
