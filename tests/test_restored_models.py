@@ -4,15 +4,15 @@ import json
 import os
 import shutil
 
-import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from executor_calls import artifact, examples_artifact, run_gate, run_retrain
-from tfx.examples.penguin import penguin_utils_base, penguin_utils_keras
+from tfx.examples.penguin import penguin_utils_base
 from tfx.types import standard_artifacts
+from tfx_example_models import save_penguin_example
 
 from components.engine import (
     ExamplesMismatchError,
@@ -29,24 +29,11 @@ from components.evaluator_gate.config import GateConfig
 from components.retrain import executor as retrain_executor
 
 
-def _tfx_example_model(path, transform_graph_dir, save_with_keras=False):
-    """What TFX's penguin_utils_keras.run_fn saves, without the training."""
-    keras.backend.clear_session()  # layers named dense, dense_1, dense_2 whatever ran before
-    hyperparameters = keras_tuner.HyperParameters()
-    hyperparameters.Fixed("learning_rate", 1e-2)
-    hyperparameters.Fixed("num_layers", 2)
-    model = penguin_utils_keras._make_keras_model(hyperparameters)
-    signatures = penguin_utils_base.make_serving_signatures(model, tft.TFTransformOutput(transform_graph_dir))
-    if save_with_keras:
-        model.save(str(path), save_format="tf", signatures=signatures)
-    else:
-        tf.saved_model.save(model, str(path), signatures=signatures)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def restored_model(tmp_path_factory, penguin_transform_graph):
-    path = _tfx_example_model(tmp_path_factory.mktemp("restored") / "model", penguin_transform_graph)
+    path = save_penguin_example(
+        tmp_path_factory.mktemp("restored") / "model", penguin_transform_graph, with_keras=False
+    )
     os.makedirs(os.path.join(path, "assets.extra"))
     with open(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"), "wb") as f:
         f.write(b"warm-up records")

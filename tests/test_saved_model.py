@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from tfx_example_models import penguin_example_model
 
 from components.engine import (
     ModelLoadError,
@@ -153,15 +154,9 @@ def test_a_raw_tensor_signature_with_several_inputs_and_outputs_is_kept(tmp_path
 def test_tfx_penguin_example_model_keeps_its_signature_after_pruning(tmp_path):
     # The model TFX's own example module builds (tfx/examples/penguin/penguin_utils_keras.py): four
     # raw-tensor inputs, which the previous repr() comparison refused as a changed signature.
-    import keras_tuner
-    from tfx.examples.penguin import penguin_utils_keras
-
     from components.engine.saved_model import unsafe_layers
 
-    hyperparameters = keras_tuner.HyperParameters()
-    hyperparameters.Fixed("learning_rate", 1e-2)
-    hyperparameters.Fixed("num_layers", 2)
-    penguin_utils_keras._make_keras_model(hyperparameters).save(str(tmp_path / "model"), save_format="tf")
+    penguin_example_model().save(str(tmp_path / "model"), save_format="tf")
     assert unsafe_layers(str(tmp_path / "model")) == []
     report = prune_saved_model(str(tmp_path / "model"), str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8))
     assert abs(report["after"]["masked_sparsity"] - 0.8) <= 0.01

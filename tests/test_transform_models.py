@@ -1,13 +1,13 @@
 """Models that carry tf.Transform preprocessing, as TFX's examples build them."""
 
-import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from executor_calls import run_gate
-from tfx.examples.penguin import penguin_utils_base, penguin_utils_keras
+from tfx.examples.penguin import penguin_utils_base
+from tfx_example_models import save_penguin_example
 
 from components.engine import LayerRemovalConfig, PruningConfig, StructuredPruningConfig, prune_saved_model
 from components.engine.data import read_serialized
@@ -16,20 +16,8 @@ from components.engine.saved_model import signature_specs, unsafe_layers
 from components.evaluator_gate.config import GateConfig
 
 
-def _example_model_saved_with_keras(path, transform_graph_dir):
-    """TFX's penguin example model and signatures, saved with model.save instead of tf.saved_model.save."""
-    keras.backend.clear_session()  # layers named dense, dense_1, dense_2 whatever ran before
-    hyperparameters = keras_tuner.HyperParameters()
-    hyperparameters.Fixed("learning_rate", 1e-2)
-    hyperparameters.Fixed("num_layers", 2)
-    model = penguin_utils_keras._make_keras_model(hyperparameters)
-    signatures = penguin_utils_base.make_serving_signatures(model, tft.TFTransformOutput(transform_graph_dir))
-    model.save(str(path), save_format="tf", signatures=signatures)
-    return str(path)
-
-
 def test_transform_layer_is_trusted_while_a_lambda_is_still_refused(tmp_path, penguin_transform_graph):
-    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=True)
     assert unsafe_layers(model_dir) == []
 
     with_lambda = keras.Sequential([keras.layers.Lambda(lambda x: x * 2, input_shape=(4,), name="doubler")])
@@ -50,7 +38,7 @@ def test_transform_layer_is_trusted_while_a_lambda_is_still_refused(tmp_path, pe
 def test_methods_that_clone_the_whole_model_refuse_a_transform_layer_before_any_work(
     tmp_path, penguin_transform_graph, config
 ):
-    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=True)
     with pytest.raises(UnclonableLayerError, match="transform_features_layer.*method='magnitude'"):
         prune_saved_model(model_dir, str(tmp_path / "out"), config)
     assert not (tmp_path / "out").exists()
@@ -68,7 +56,7 @@ def _without(serialized, feature):
 def test_structured_pruning_rebuilds_the_signatures_around_the_transform_layer(
     tmp_path, penguin_transform_graph, penguin_files
 ):
-    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=True)
     out = str(tmp_path / "out")
     samples = read_serialized(penguin_files["train"], 64)
     report = prune_saved_model(
@@ -90,7 +78,7 @@ def test_structured_pruning_rebuilds_the_signatures_around_the_transform_layer(
 def test_magnitude_pruning_keeps_the_transform_signatures_of_a_keras_saved_model(
     tmp_path, penguin_transform_graph, penguin_files
 ):
-    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=True)
     out = str(tmp_path / "out")
     report = prune_saved_model(model_dir, out, PruningConfig(target_sparsity=0.8))
     assert report["after"]["masked_sparsity"] >= 0.79
@@ -103,7 +91,7 @@ def test_magnitude_pruning_keeps_the_transform_signatures_of_a_keras_saved_model
 def test_the_gate_evaluates_a_keras_saved_transform_model_on_raw_examples(
     tmp_path, penguin_transform_graph, penguin_data
 ):
-    model_dir = _example_model_saved_with_keras(tmp_path / "model", penguin_transform_graph)
+    model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=True)
     config = GateConfig(
         label_key="species_xf",
         preprocessing_function_names=["transform_features"],
