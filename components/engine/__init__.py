@@ -1,5 +1,8 @@
 """The pruning engine: plain TensorFlow / tf-keras, no TFX. Usable and testable on its own.
 
+Models saved by tf-keras or by ``tf.saved_model.save`` load with ``load_model``; a tf.Transform
+graph becomes fine-tuning input through ``components.engine.transform.transform_preprocessing``.
+
 from components.engine import PruningConfig, prune_saved_model
 report = prune_saved_model("path/to/saved_model", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
 """
@@ -12,12 +15,13 @@ from components.engine.config import (
     PruningConfig,
     StructuredPruningConfig,
 )
-from components.engine.data import ExamplesMismatchError, examples_dataset
+from components.engine.data import ExamplesMismatchError, Preprocessing, examples_dataset
 from components.engine.finetune import FineTuneResult, KeepPrunedWeightsZero, fine_tune
 from components.engine.layer_removal import remove_layers
 from components.engine.magnitude import PruningConfigError, find_prunable_weights, prune_model
-from components.engine.prune import prune_saved_model
+from components.engine.prune import UnclonableLayerError, prune_saved_model
 from components.engine.report import summary_markdown, weight_stats
+from components.engine.restored import NeedsKerasModelError
 from components.engine.saved_model import (
     LoadedModel,
     ModelLoadError,
@@ -39,11 +43,14 @@ __all__ = [
     "LayerRemovalConfig",
     "LoadedModel",
     "ModelLoadError",
+    "NeedsKerasModelError",
     "NonFiniteWeightsError",
+    "Preprocessing",
     "PruningConfig",
     "PruningConfigError",
     "StructuredPruningConfig",
     "StructuredPruningError",
+    "UnclonableLayerError",
     "examples_dataset",
     "fine_tune",
     "find_prunable_weights",
