@@ -8,7 +8,7 @@ OUTPUT_DIR ?= runs/penguin
 VERSION := $(shell sed -n 's/.*version="\([^"]*\)".*/\1/p' setup.py)
 IMAGE_TAG ?= tfx-model-pruning:$(VERSION)
 
-.PHONY: setup run test bench lint clean image
+.PHONY: setup run test unit bench lint clean image
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -n "$(PYTHON_310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON_310" >&2; exit 1; }
@@ -27,6 +27,10 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q -n 2 tests  # two workers: one per core of these machines
+
+# The unit tier: no pipeline, no Beam, no subprocess, no trained-and-saved baseline (tests/conftest.py).
+unit: setup
+	$(VENV)/bin/python -m pytest -q -m "not integration" tests
 
 bench: setup
 	$(VENV)/bin/python bench/digits_pruning.py --seeds 3

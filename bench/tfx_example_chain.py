@@ -31,7 +31,8 @@ from tfx.proto import example_gen_pb2  # noqa: E402
 
 from components import EvaluatorGate, PruneComponent, RetrainComponent  # noqa: E402
 from components.atomic_pusher.component import AtomicPusher  # noqa: E402
-from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS, penguin_data_root, run_locally  # noqa: E402
+from pipelines.penguin_trainer import penguin_data_root  # noqa: E402
+from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS, run_locally  # noqa: E402
 from pipelines.results import run_result  # noqa: E402
 
 

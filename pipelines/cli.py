@@ -297,7 +297,7 @@ def run_local(args: argparse.Namespace) -> int:
     import uuid
     from datetime import datetime, timezone
 
-    from pipelines import pruning_pipeline
+    from pipelines import penguin_trainer, pruning_pipeline
 
     output_dir = os.path.abspath(args.output_dir)
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
@@ -306,7 +306,7 @@ def run_local(args: argparse.Namespace) -> int:
         pipeline = pruning_pipeline.create_pipeline(
             pipeline_name="penguin-pruning",
             pipeline_root=os.path.join(output_dir, "root"),
-            data_root=args.data_root or pruning_pipeline.penguin_data_root(),
+            data_root=args.data_root or penguin_trainer.penguin_data_root(),
             serving_model_dir=os.path.join(output_dir, "serving"),
             label_key=args.label_key,
             trainer_module_file=None if args.baseline_model else pruning_pipeline.PENGUIN_TRAINER_MODULE,

@@ -13,8 +13,16 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+import tfx as tfx_package  # noqa: E402  (the bare package, for its data path; not the TFX API)
 
 FEATURE_KEYS = ("culmen_length_mm", "culmen_depth_mm", "flipper_length_mm", "body_mass_g")
+
+
+def penguin_data_root() -> str:
+    """The penguin TFRecords that ship inside the tfx package (one folder of gzipped TFRecords per split)."""
+    return os.path.join(os.path.dirname(tfx_package.__file__), "components", "testdata", "penguin", "data")
+
+
 LABEL_KEY = "species"
 NUM_CLASSES = 3
 HIDDEN_UNITS = (64, 64)

@@ -27,13 +27,6 @@ DEFAULT_SPLIT_PATTERNS = {"train": "Split-train/*", "eval": "Split-eval/*"}
 IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
 
-def penguin_data_root() -> str:
-    """The penguin TFRecords that ship inside the tfx package."""
-    import tfx as tfx_package
-
-    return os.path.join(os.path.dirname(tfx_package.__file__), "components", "testdata", "penguin", "data")
-
-
 def create_pipeline(
     *,
     pipeline_name: str,
@@ -76,7 +69,7 @@ def create_pipeline(
     Example::
 
         pipeline = create_pipeline(
-            pipeline_name="penguin-pruning", pipeline_root="runs/root", data_root=penguin_data_root(),
+            pipeline_name="penguin-pruning", pipeline_root="runs/root", data_root=penguin_trainer.penguin_data_root(),
             serving_model_dir="runs/serving", label_key="species",
             trainer_module_file=PENGUIN_TRAINER_MODULE,
             prune_args={"target_sparsity": 0.8},

@@ -11,7 +11,35 @@ import tensorflow as tf  # noqa: E402
 
 from pipelines import penguin_trainer  # noqa: E402
 from pipelines.penguin_trainer import FEATURE_KEYS as PENGUIN_FEATURE_KEYS  # noqa: E402
-from pipelines.pruning_pipeline import penguin_data_root  # noqa: E402
+from pipelines.penguin_trainer import penguin_data_root  # noqa: E402
+
+# The integration tier: pipelines (LocalDagRunner, Beam, TFMA), subprocesses, package builds and
+# trained-and-saved baselines. Everything else is the unit tier: `pytest -m "not integration"`.
+INTEGRATION_MODULES = {
+    "test_atomic_push",
+    "test_bench",
+    "test_executors",
+    "test_gate_release",
+    "test_kill_and_resume",
+    "test_kubeflow_entrypoint",
+    "test_packaging",
+    "test_pipeline_e2e",
+    "test_release_safety",
+    "test_restored_models",
+    "test_run_isolation",
+    "test_spans",
+    "test_tfx_example_chain",
+    "test_transform_models",
+    "test_untrusted_models",
+}
+INTEGRATION_FIXTURES = {"penguin_baseline", "penguin_transform_graph", "examples_with_empty_eval"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

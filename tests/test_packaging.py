@@ -125,10 +125,26 @@ def test_dockerfile_command_is_a_declared_console_script():
     assert "prune-pipeline=pipelines.cli:main" in _read("setup.py")
 
 
-def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
-    head = "\n".join(_read("README.md").splitlines()[:12])
-    assert "make run" in head and "make test" in head
-    assert "make test" in _read(".ci/run")
+def _make_dry_run(target: str) -> list[str]:
+    """The commands ``make <target>`` would run, with the venv taken as already set up."""
+    done = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return done.stdout.splitlines()
+
+
+def test_make_run_runs_the_local_pipeline_and_make_test_runs_ruff_and_every_test():
+    assert any(line.endswith("prune-pipeline run-local --output-dir runs/penguin") for line in _make_dry_run("run"))
+    test_commands = _make_dry_run("test")
+    assert any("ruff check ." in line and "ruff format --check ." in line for line in test_commands)
+    assert any("-m pytest" in line and line.split("#")[0].rstrip().endswith(" tests") for line in test_commands)
+
+
+def test_ci_runs_the_test_target():
+    done = subprocess.run(["bash", "-n", os.path.join(ROOT, ".ci", "run")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # it parses
+    commands = [line.strip() for line in _read(".ci/run").splitlines() if line.strip() and not line.startswith("#")]
+    assert any(command.split()[:2] == ["make", "test"] for command in commands)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +193,7 @@ def test_the_image_package_holds_every_module_the_compiled_pipeline_names(tmp_pa
     assert "components/artifacts.py" in wheel_files  # TFX's entrypoint imports the custom type by its title
 
 
-def test_the_documented_image_tag_is_the_compiled_default():
+def test_make_image_tags_the_image_the_compiled_pipeline_names():
     from pipelines import kubeflow
 
-    tag = kubeflow.default_image()
-    assert f"docker build -t {tag} ." in _read("README.md")
-    assert "IMAGE_TAG ?= tfx-model-pruning:$(VERSION)" in _read("Makefile")
+    assert _make_dry_run("image") == [f"docker build -t {kubeflow.default_image()} ."]

@@ -1,0 +1,41 @@
+"""The FLOP formula, layer type by layer type, against multiply-accumulates counted by hand."""
+
+import pytest
+import tf_keras as keras
+
+from components.engine.efficiency import count_flops, layer_macs
+
+L = keras.layers
+
+
+@pytest.mark.parametrize(
+    "input_shape, layer, macs",
+    [
+        ((16,), L.Dense(8), 16 * 8),
+        ((5, 16), L.Dense(8), 16 * 8 * 5),  # applied at each of 5 positions
+        ((10, 2), L.Conv1D(4, 3), 3 * 2 * 4 * 8),  # valid padding: 8 output positions
+        ((8, 8, 3), L.Conv2D(4, 3, padding="same"), 3 * 3 * 3 * 4 * 64),
+        ((8, 8, 3), L.Conv2D(4, 3, strides=2, padding="same"), 3 * 3 * 3 * 4 * 16),
+        ((8, 8, 6), L.Conv2D(6, 3, padding="same", groups=3), 3 * 3 * 2 * 6 * 64),  # each filter sees 2 channels
+        ((4, 4, 4, 1), L.Conv3D(2, 2), 2 * 2 * 2 * 1 * 2 * 27),
+        ((8, 8, 3), L.DepthwiseConv2D(3, padding="same"), 3 * 3 * 3 * 64),
+        ((8, 8, 3), L.DepthwiseConv2D(3, padding="same", depth_multiplier=2), 3 * 3 * 3 * 2 * 64),
+        ((8, 8, 3), L.SeparableConv2D(4, 3, padding="same"), (3 * 3 * 3 + 3 * 4) * 64),
+        ((10, 3), L.SeparableConv1D(4, 3, padding="same"), (3 * 3 + 3 * 4) * 10),
+        ((8, 8, 3), L.BatchNormalization(), 0),
+        ((8, 8, 3), L.MaxPooling2D(), 0),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, L.Layer) else None,
+)
+def test_multiply_accumulates_of_one_example(input_shape, layer, macs):
+    inputs = keras.Input(input_shape)
+    keras.Model(inputs, layer(inputs))
+    assert layer_macs(layer) == macs
+
+
+def test_model_flops_are_two_per_multiply_accumulate_nested_models_included():
+    inner_inputs = keras.Input((8,))
+    inner = keras.Model(inner_inputs, L.Dense(4)(inner_inputs), name="inner")
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, inner(L.Dense(8)(inputs)))
+    assert count_flops(model) == 2 * (16 * 8 + 8 * 4)
