@@ -127,8 +127,15 @@ def test_dockerfile_command_is_a_declared_console_script():
 
 def _make_dry_run(target: str) -> list[str]:
     """The commands ``make <target>`` would run, with the venv taken as already set up."""
+    # Under `make test` this is a nested make: without the parent's variables it prints only commands.
+    environment = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
     )
     return done.stdout.splitlines()
 
