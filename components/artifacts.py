@@ -9,10 +9,6 @@ from tfx.types.artifact import Artifact
 
 
 class PruningReport(Artifact):
-    """What a pruning step did: ``report.json`` (machine-readable) and ``summary.md``."""
+    """What a pruning step did: ``report.json`` (machine-readable) and ``summary.md`` (``artifact_files``)."""
 
     TYPE_NAME = "components.PruningReport"
-
-
-REPORT_JSON = "report.json"
-SUMMARY_MARKDOWN = "summary.md"

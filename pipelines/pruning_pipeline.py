@@ -16,8 +16,8 @@ from tfx.proto import example_gen_pb2
 from tfx.proto.orchestration import pipeline_pb2
 
 from components import EvaluatorGate, PruneComponent, RetrainComponent
+from components import standard_component_specs as specs
 from components.atomic_pusher.component import AtomicPusher
-from components.evaluator_gate import executor as gate_executor
 from components.evaluator_gate.config import GateConfig
 from components.serving_versions import check_push_destination
 
@@ -191,8 +191,8 @@ def local_pipeline_ir(pipeline: tfx.dsl.Pipeline, run_id: str) -> pipeline_pb2.P
     )
     for node in ir.nodes:
         parameters = node.pipeline_node.parameters.parameters
-        if gate_executor.GATE_CONFIG_KEY in parameters and judges_against_serving(
-            parameters[gate_executor.GATE_CONFIG_KEY].field_value.string_value
+        if specs.GATE_CONFIG_KEY in parameters and judges_against_serving(
+            parameters[specs.GATE_CONFIG_KEY].field_value.string_value
         ):
             node.pipeline_node.execution_options.caching_options.enable_cache = False
     return ir

@@ -10,6 +10,9 @@ from typing import Any, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components import artifact_files as files
+from components.artifacts import PruningReport
+
 
 @dataclass
 class RunResult:
@@ -86,19 +89,19 @@ def _read(path: str) -> str:
 def run_result(metadata_path: str, run_id: str) -> RunResult:
     """What run ``run_id`` pruned, judged and pushed."""
     by_type = _run_artifacts(metadata_path, run_id)
-    report = _only(by_type, "components.PruningReport")
+    report = _only(by_type, PruningReport.TYPE_NAME)
     evaluation = _only(by_type, "ModelEvaluation")
     blessing = _only(by_type, "ModelBlessing")
     pushed = _only(by_type, "PushedModel")
     props = pushed.custom_properties
     was_pushed = "pushed" in props and props["pushed"].int_value == 1
     return RunResult(
-        pruning_report=json.loads(_read(os.path.join(report.uri, "report.json"))),
-        gate_result=json.loads(_read(os.path.join(evaluation.uri, "gate_result.json"))),
-        gate_summary=_read(os.path.join(evaluation.uri, "summary.md")),
-        pruning_report_path=os.path.join(report.uri, "summary.md"),
-        gate_summary_path=os.path.join(evaluation.uri, "summary.md"),
-        gate_html_path=os.path.join(evaluation.uri, "report.html"),
+        pruning_report=json.loads(_read(os.path.join(report.uri, files.PRUNING_REPORT_JSON))),
+        gate_result=json.loads(_read(os.path.join(evaluation.uri, files.GATE_RESULT_JSON))),
+        gate_summary=_read(os.path.join(evaluation.uri, files.GATE_SUMMARY_MARKDOWN)),
+        pruning_report_path=os.path.join(report.uri, files.PRUNING_SUMMARY_MARKDOWN),
+        gate_summary_path=os.path.join(evaluation.uri, files.GATE_SUMMARY_MARKDOWN),
+        gate_html_path=os.path.join(evaluation.uri, files.GATE_REPORT_HTML),
         blessed=blessing.custom_properties["blessed"].int_value == 1,
         pushed=was_pushed,
         pushed_destination=props["pushed_destination"].string_value if was_pushed else None,

@@ -7,6 +7,7 @@ import pytest
 import tf_keras as keras
 from tfx.types import standard_artifacts
 
+from components.artifacts import PruningReport
 from components.engine import load_model
 from components.engine.saved_model import UnsafeModelError, unsafe_layers
 from components.prune import executor as prune_executor
@@ -46,7 +47,7 @@ def test_prune_executor_refuses_an_unsafe_model_by_default(tmp_path):
     path = _save(tmp_path / "model", keras.layers.Lambda(lambda t: t * 3.0, name="triple"))
     model = standard_artifacts.Model()
     model.uri = path
-    out, report = standard_artifacts.Model(), prune_executor.artifacts.PruningReport()
+    out, report = standard_artifacts.Model(), PruningReport()
     out.uri, report.uri = str(tmp_path / "out"), str(tmp_path / "report")
     config = '{"method": "magnitude", "target_sparsity": 0.5, "protect_output_layer": false}'
     with pytest.raises(UnsafeModelError, match="triple"):

@@ -7,6 +7,7 @@ from typing import Any, Optional
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
+from components import standard_component_specs as specs
 from components.atomic_pusher import executor
 
 
@@ -36,5 +37,5 @@ class AtomicPusher(tfx.components.Pusher):
 
     def __init__(self, *args: Any, push_root: Optional[str] = None, custom_config: Optional[dict] = None, **kwargs):
         if push_root is not None:
-            custom_config = {**(custom_config or {}), executor.PUSH_ROOT_KEY: push_root}
+            custom_config = {**(custom_config or {}), specs.PUSH_ROOT_KEY: push_root}
         super().__init__(*args, custom_config=custom_config, **kwargs)

@@ -38,6 +38,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from components import standard_component_specs as specs
 from components.serving_versions import (
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
@@ -47,7 +48,6 @@ from components.serving_versions import (
 )
 
 STAGING_PREFIX = ".staging-"
-PUSH_ROOT_KEY = "push_root"
 # A staging directory of another host is only removed once no copy could still be running.
 STALE_STAGING_SECONDS = 6 * 3600
 
@@ -189,7 +189,7 @@ class Executor(pusher_executor.Executor):
         version, serving_path = publish_version(
             self.GetModelPath(input_dict),
             base,
-            push_root=custom_config.get(PUSH_ROOT_KEY),
+            push_root=custom_config.get(specs.PUSH_ROOT_KEY),
             judged_serving_version=_judged_serving_version(input_dict, base),
         )
         logging.info("Model published atomically as version %s at %s", version, serving_path)

@@ -9,6 +9,7 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import standard_component_specs as specs
 from components.evaluator_gate import executor
 from components.evaluator_gate.config import GateConfig, MetricThreshold
 from components.evaluator_gate.metrics import metric_output_name
@@ -16,17 +17,17 @@ from components.evaluator_gate.metrics import metric_output_name
 
 class EvaluatorGateSpec(ComponentSpec):
     PARAMETERS = {
-        executor.GATE_CONFIG_KEY: ExecutionParameter(type=str),
-        executor.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.GATE_CONFIG_KEY: ExecutionParameter(type=str),
+        specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
-        executor.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-        executor.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
-        executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        specs.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        specs.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+        specs.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
     }
     OUTPUTS = {
-        executor.BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
-        executor.EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        specs.BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
+        specs.EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation),
     }
 
 

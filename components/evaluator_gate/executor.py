@@ -24,6 +24,8 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 
+from components import artifact_files as files
+from components import standard_component_specs as specs
 from components._io import split_files, split_patterns, write_bytes, write_json, write_text
 from components.engine.data import ExamplesMismatchError, first_example
 from components.engine.efficiency import count_flops, cpu_latency_ms
@@ -45,20 +47,8 @@ from components.serving_versions import (
     latest_version_dir,
 )
 
-MODEL_KEY = "model"
-BASELINE_MODEL_KEY = "baseline_model"
-EXAMPLES_KEY = "examples"
-BLESSING_KEY = "blessing"
-EVALUATION_KEY = "evaluation"
-GATE_CONFIG_KEY = "gate_config"
-GATE_RESULT_JSON = "gate_result.json"
-GATE_SUMMARY_MARKDOWN = "summary.md"
-REPORT_HTML = "report.html"
-REPORT_PNG = "report.png"
-TFMA_SUBDIR = "tfma"
 CANDIDATE, BASELINE, SERVING = "candidate", "baseline", "serving"
 OVERALL = "Overall"
-ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
 FAILED_CHECKS_PROPERTY = "failed_checks"
 
 
@@ -69,29 +59,31 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> Optional[execution_result_pb2.ExecutorOutput]:
-        blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
-        evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
-        candidate = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
-        baseline = (input_dict.get(BASELINE_MODEL_KEY) or [None])[0]
+        blessing = artifact_utils.get_single_instance(output_dict[specs.BLESSING_KEY])
+        evaluation = artifact_utils.get_single_instance(output_dict[specs.EVALUATION_KEY])
+        candidate = artifact_utils.get_single_instance(input_dict[specs.MODEL_KEY])
+        baseline = (input_dict.get(specs.BASELINE_MODEL_KEY) or [None])[0]
         blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)
         if baseline is not None:
             blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
         try:
-            config = GateConfig.model_validate_json(exec_properties[GATE_CONFIG_KEY])
-            allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
-            result = self._evaluate(config, candidate, baseline, input_dict[EXAMPLES_KEY], evaluation.uri, allow_unsafe)
-            write_json(evaluation.uri, GATE_RESULT_JSON, result)
-            write_text(evaluation.uri, GATE_SUMMARY_MARKDOWN, summary_markdown(result))
+            config = GateConfig.model_validate_json(exec_properties[specs.GATE_CONFIG_KEY])
+            allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
+            result = self._evaluate(
+                config, candidate, baseline, input_dict[specs.EXAMPLES_KEY], evaluation.uri, allow_unsafe
+            )
+            write_json(evaluation.uri, files.GATE_RESULT_JSON, result)
+            write_text(evaluation.uri, files.GATE_SUMMARY_MARKDOWN, summary_markdown(result))
             png = release_report_png(result)
-            write_bytes(evaluation.uri, REPORT_PNG, png)
-            write_text(evaluation.uri, REPORT_HTML, release_report_html(result, png))
+            write_bytes(evaluation.uri, files.GATE_REPORT_PNG, png)
+            write_text(evaluation.uri, files.GATE_REPORT_HTML, release_report_html(result, png))
         except Exception as err:
             reason = f"EvaluatorGate failed, NOT_BLESSED: {type(err).__name__}: {_one_line(err)}"
             logging.error(reason)
             # Kept where the executor's outputs survive (a direct call, an orchestrator that keeps them).
             failure = {"blessed": False, "error": repr(err)}
-            write_json(evaluation.uri, GATE_RESULT_JSON, failure)
-            write_text(evaluation.uri, REPORT_HTML, release_report_html(failure))
+            write_json(evaluation.uri, files.GATE_RESULT_JSON, failure)
+            write_text(evaluation.uri, files.GATE_REPORT_HTML, release_report_html(failure))
             _write_blessing(blessing, blessed=False)
             if self._context is not None and self._context.executor_output_uri:
                 # The portable launcher records this message in ML Metadata, then fails the run.
@@ -134,7 +126,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             )
         metric_names = {t.metric: metric_output_name(t.metric) for t in config.all_thresholds}
         eval_config = _eval_config(config, list(models))
-        tfma_dir = os.path.join(evaluation_uri, TFMA_SUBDIR)
+        tfma_dir = os.path.join(evaluation_uri, files.TFMA_SUBDIR)
         shared_models = [
             tfma.default_eval_shared_model(eval_saved_model_path=loaded.path, model_name=name, eval_config=eval_config)
             for name, loaded in models.items()

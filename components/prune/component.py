@@ -10,6 +10,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import standard_component_specs as specs
 from components.artifacts import PruningReport
 from components.engine.config import AnyPruningConfig
 from components.prune import executor
@@ -17,17 +18,17 @@ from components.prune import executor
 
 class PruneComponentSpec(ComponentSpec):
     PARAMETERS = {
-        executor.PRUNING_CONFIG_KEY: ExecutionParameter(type=str),
-        executor.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.PRUNING_CONFIG_KEY: ExecutionParameter(type=str),
+        specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
     }
     # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
     INPUTS = {
-        executor.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-        executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+        specs.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        specs.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
-        executor.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-        executor.PRUNING_REPORT_KEY: ChannelParameter(type=PruningReport),
+        specs.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        specs.PRUNING_REPORT_KEY: ChannelParameter(type=PruningReport),
     }
 
 

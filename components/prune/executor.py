@@ -11,25 +11,19 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from components import artifacts
+from components import artifact_files as files
+from components import standard_component_specs as specs
 from components._io import split_files, write_json, write_text
 from components.engine import prune_saved_model, summary_markdown
 from components.engine.config import pruning_config_from_json
 from components.engine.data import read_serialized
 from components.engine.sensitivity import Curve, plot_curves
 
-INPUT_MODEL_KEY = "input_model"
-EXAMPLES_KEY = "examples"
-OUTPUT_MODEL_KEY = "model"
-PRUNING_REPORT_KEY = "pruning_report"
-PRUNING_CONFIG_KEY = "pruning_config"
 # Structured pruning proves its rebuilt serving signatures on at least this many real
 # examples; data-driven criteria read config.sample_size of them.
 SAMPLE_SPLIT = "train"
 SAMPLE_COUNT = 64
 HOLDOUT_SPLIT = "eval"  # sensitivity curves are measured on held-out examples
-SENSITIVITY_PLOT = "sensitivity.png"
-ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -39,16 +33,18 @@ class Executor(base_executor.BaseExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
-        config = pruning_config_from_json(exec_properties[PRUNING_CONFIG_KEY])
-        input_uri = artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY])
-        output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
-        report_artifact = artifact_utils.get_single_instance(output_dict[PRUNING_REPORT_KEY])
+        config = pruning_config_from_json(exec_properties[specs.PRUNING_CONFIG_KEY])
+        input_uri = artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY])
+        output_model = artifact_utils.get_single_instance(output_dict[specs.OUTPUT_MODEL_KEY])
+        report_artifact = artifact_utils.get_single_instance(output_dict[specs.PRUNING_REPORT_KEY])
         samples = holdout = None
-        if input_dict.get(EXAMPLES_KEY):
+        if input_dict.get(specs.EXAMPLES_KEY):
             count = max(SAMPLE_COUNT, config.sample_size)
-            samples = read_serialized(split_files(input_dict[EXAMPLES_KEY], SAMPLE_SPLIT), count)
+            samples = read_serialized(split_files(input_dict[specs.EXAMPLES_KEY], SAMPLE_SPLIT), count)
             if getattr(config, "scope", None) == "sensitivity" or config.method == "layer_removal":
-                holdout = read_serialized(split_files(input_dict[EXAMPLES_KEY], HOLDOUT_SPLIT), config.sample_size)
+                holdout = read_serialized(
+                    split_files(input_dict[specs.EXAMPLES_KEY], HOLDOUT_SPLIT), config.sample_size
+                )
 
         report = prune_saved_model(
             input_uri,
@@ -56,7 +52,7 @@ class Executor(base_executor.BaseExecutor):
             config,
             sample_examples=samples,
             holdout_examples=holdout,
-            allow_unsafe_layers=bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY)),
+            allow_unsafe_layers=bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY)),
         )
         if report.get("sensitivity"):
             sensitivity = report["sensitivity"]
@@ -65,12 +61,12 @@ class Executor(base_executor.BaseExecutor):
                 curves,
                 sensitivity["dense_loss"],
                 sensitivity["allocation"],
-                os.path.join(report_artifact.uri, SENSITIVITY_PLOT),
+                os.path.join(report_artifact.uri, files.SENSITIVITY_PLOT),
             )
         logging.info("Pruned %s: sparsity of pruned layers %.4f", input_uri, report["after"]["masked_sparsity"])
 
-        write_json(report_artifact.uri, artifacts.REPORT_JSON, report)
-        write_text(report_artifact.uri, artifacts.SUMMARY_MARKDOWN, summary_markdown(report))
+        write_json(report_artifact.uri, files.PRUNING_REPORT_JSON, report)
+        write_text(report_artifact.uri, files.PRUNING_SUMMARY_MARKDOWN, summary_markdown(report))
         for artifact in (output_model, report_artifact):
             artifact.set_float_custom_property("sparsity", report["after"]["masked_sparsity"])
         report_artifact.set_int_custom_property("params", report["after"]["params"])

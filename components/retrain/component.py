@@ -10,6 +10,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import standard_component_specs as specs
 from components.engine.config import DistillationConfig, FineTuneConfig, GradualPruningSchedule
 from components.engine.finetune import make_loss
 from components.retrain import executor
@@ -17,18 +18,18 @@ from components.retrain import executor
 
 class RetrainComponentSpec(ComponentSpec):
     PARAMETERS = {
-        executor.FINE_TUNE_CONFIG_KEY: ExecutionParameter(type=str),
-        executor.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
-        executor.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.FINE_TUNE_CONFIG_KEY: ExecutionParameter(type=str),
+        specs.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+        specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
     }
     # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
     INPUTS = {
-        executor.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-        executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
-        executor.TEACHER_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
-        executor.TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
+        specs.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        specs.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        specs.TEACHER_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+        specs.TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
     }
-    OUTPUTS = {executor.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
+    OUTPUTS = {specs.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
 
 
 class RetrainComponent(base_component.BaseComponent):

@@ -11,6 +11,8 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import import_utils, path_utils
 
+from components import artifact_files as files
+from components import standard_component_specs as specs
 from components._io import split_files, write_json
 from components.engine import (
     FineTuneConfig,
@@ -24,16 +26,7 @@ from components.engine import (
 )
 from components.engine.transform import transform_preprocessing
 
-INPUT_MODEL_KEY = "input_model"
-EXAMPLES_KEY = "examples"
-TEACHER_MODEL_KEY = "teacher_model"
-TRANSFORM_GRAPH_KEY = "transform_graph"
-OUTPUT_MODEL_KEY = "model"
-FINE_TUNE_CONFIG_KEY = "fine_tune_config"
-MODULE_FILE_KEY = "module_file"
-HISTORY_FILE = "fine_tuning.json"
 INPUT_FN_NAME = "input_fn"
-ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -43,20 +36,20 @@ class Executor(base_executor.BaseExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
-        config = FineTuneConfig.model_validate_json(exec_properties[FINE_TUNE_CONFIG_KEY])
-        examples = input_dict[EXAMPLES_KEY]
+        config = FineTuneConfig.model_validate_json(exec_properties[specs.FINE_TUNE_CONFIG_KEY])
+        examples = input_dict[specs.EXAMPLES_KEY]
         train_files = split_files(examples, config.train_split)
         eval_files = split_files(examples, config.eval_split)
-        output_model = artifact_utils.get_single_instance(output_dict[OUTPUT_MODEL_KEY])
+        output_model = artifact_utils.get_single_instance(output_dict[specs.OUTPUT_MODEL_KEY])
 
-        allow_unsafe = bool(exec_properties.get(ALLOW_UNSAFE_LAYERS_KEY))
-        loaded = load_model(artifact_utils.get_single_uri(input_dict[INPUT_MODEL_KEY]), allow_unsafe)
+        allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
+        loaded = load_model(artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY]), allow_unsafe)
         require_finite_weights(loaded.model, f"the model to fine-tune ({loaded.path})")
-        module_file = exec_properties.get(MODULE_FILE_KEY)
+        module_file = exec_properties.get(specs.MODULE_FILE_KEY)
         make_dataset = self._input_fn(module_file)
         options = {}
-        if input_dict.get(TRANSFORM_GRAPH_KEY):
-            transform_uri = artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH_KEY])
+        if input_dict.get(specs.TRANSFORM_GRAPH_KEY):
+            transform_uri = artifact_utils.get_single_uri(input_dict[specs.TRANSFORM_GRAPH_KEY])
             if module_file:
                 raise ValueError("give either transform_graph or a module_file with input_fn, not both")
             options["preprocessing"] = transform_preprocessing(transform_uri)
@@ -80,9 +73,9 @@ class Executor(base_executor.BaseExecutor):
         )
         teacher = None
         if config.distillation is not None:
-            if not input_dict.get(TEACHER_MODEL_KEY):
+            if not input_dict.get(specs.TEACHER_MODEL_KEY):
                 raise ValueError("distillation is configured but no teacher_model is connected")
-            teacher_uri = artifact_utils.get_single_uri(input_dict[TEACHER_MODEL_KEY])
+            teacher_uri = artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY])
             teacher = load_model(teacher_uri, allow_unsafe).model
         result = fine_tune(loaded.model, train, evaluation, config, loaded.masks, teacher=teacher)
         # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
@@ -95,7 +88,7 @@ class Executor(base_executor.BaseExecutor):
         verify_signatures_preserved(loaded.path, model_dir)
         stats = weight_stats(loaded.model, result.masks or None)
         record = {"config": config.model_dump(), "history": result.history, "weights": stats}
-        write_json(output_model.uri, HISTORY_FILE, record)
+        write_json(output_model.uri, files.FINE_TUNING_JSON, record)
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
 

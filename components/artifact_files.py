@@ -1,0 +1,19 @@
+"""The names of the files the components write inside their output artifacts, in one place.
+
+Executors write them and ``pipelines.results`` reads them back by these constants.
+"""
+
+# PruneComponent's pruning_report (components.PruningReport)
+PRUNING_REPORT_JSON = "report.json"
+PRUNING_SUMMARY_MARKDOWN = "summary.md"
+SENSITIVITY_PLOT = "sensitivity.png"
+
+# RetrainComponent's model, next to Format-Serving
+FINE_TUNING_JSON = "fine_tuning.json"
+
+# EvaluatorGate's evaluation (ModelEvaluation)
+GATE_RESULT_JSON = "gate_result.json"
+GATE_SUMMARY_MARKDOWN = "summary.md"
+GATE_REPORT_HTML = "report.html"
+GATE_REPORT_PNG = "report.png"
+TFMA_SUBDIR = "tfma"

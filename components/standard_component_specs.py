@@ -1,0 +1,25 @@
+"""Every input, output and parameter key of the components' specs, in one place.
+
+As TFX's ``tfx/types/standard_component_specs.py``: component specs, executors and pipeline code
+name a channel or parameter through these constants, never by a string of their own.
+"""
+
+# Channels
+MODEL_KEY = "model"  # the candidate model (EvaluatorGate, Pusher) and every component's output model
+INPUT_MODEL_KEY = "input_model"  # TFX forbids one key in both INPUTS and OUTPUTS; constructors still say `model`
+OUTPUT_MODEL_KEY = MODEL_KEY
+EXAMPLES_KEY = "examples"
+BASELINE_MODEL_KEY = "baseline_model"
+TEACHER_MODEL_KEY = "teacher_model"
+TRANSFORM_GRAPH_KEY = "transform_graph"
+PRUNING_REPORT_KEY = "pruning_report"
+BLESSING_KEY = "blessing"
+EVALUATION_KEY = "evaluation"
+
+# Parameters
+PRUNING_CONFIG_KEY = "pruning_config"
+FINE_TUNE_CONFIG_KEY = "fine_tune_config"
+GATE_CONFIG_KEY = "gate_config"
+MODULE_FILE_KEY = "module_file"
+ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
+PUSH_ROOT_KEY = "push_root"
