@@ -12,6 +12,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.engine.config import PruningConfig
+from components.engine.importance import MissingSampleError, taylor_weight_scores
+from components.engine.masks import keep_largest, n_of_m_mask
 from components.engine.restored import (
     PRUNABLE_WEIGHT_ATTRIBUTES,
     is_restored,
@@ -190,45 +192,19 @@ def compute_masks(
         n, m = config.n_m_pair
         return {key: n_of_m_mask(values, n, m) for key, values in magnitudes.items()}
     if config.scope == "per_layer":
-        return {key: _keep_largest(values, config.target_sparsity) for key, values in magnitudes.items()}
+        return {key: keep_largest(values, config.target_sparsity) for key, values in magnitudes.items()}
     if config.scope == "sensitivity":
         if layer_sparsity is None:
             raise PruningConfigError("scope='sensitivity' needs the allocated per-layer sparsities")
-        return {key: _keep_largest(values, layer_sparsity[key]) for key, values in magnitudes.items()}
+        return {key: keep_largest(values, layer_sparsity[key]) for key, values in magnitudes.items()}
 
     flat = np.concatenate([values.ravel() for values in magnitudes.values()])
-    flat_keep = _keep_largest(flat, config.target_sparsity)
+    flat_keep = keep_largest(flat, config.target_sparsity)
     masks, offset = {}, 0
     for key, values in magnitudes.items():
         masks[key] = flat_keep[offset : offset + values.size].reshape(values.shape)
         offset += values.size
     return masks
-
-
-def _keep_largest(values: np.ndarray, sparsity: float) -> np.ndarray:
-    flat = values.ravel()
-    n_pruned = int(round(sparsity * flat.size))
-    keep = np.ones(flat.size, dtype=bool)
-    if n_pruned > 0:
-        keep[np.argpartition(flat, n_pruned - 1, kind="introselect")[:n_pruned]] = False
-    return keep.reshape(values.shape)
-
-
-def n_of_m_mask(magnitudes: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Keeps the N largest of every M consecutive entries along the input axis (-2).
-
-    When the input size is not a multiple of M, the last, shorter run also keeps its N largest.
-    """
-    moved = np.moveaxis(magnitudes, -2, -1)
-    size = moved.shape[-1]
-    padding = (-size) % m
-    # Padding ranks below every real magnitude (which are >= 0), so it is dropped first.
-    padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, padding)], constant_values=-1.0)
-    runs = padded.reshape(*padded.shape[:-1], -1, m)
-    keep = np.zeros(runs.shape, dtype=bool)
-    np.put_along_axis(keep, np.argsort(runs, axis=-1, kind="stable")[..., m - n :], True, axis=-1)
-    keep = keep.reshape(padded.shape)[..., :size]
-    return np.moveaxis(keep, -1, -2)
 
 
 def apply_masks(weights: Iterable[PrunableWeight], masks: dict[str, np.ndarray]) -> None:
@@ -253,8 +229,6 @@ def prune_model(
     weights = find_prunable_weights(model, config)
     scores = None
     if config.criterion == "taylor":
-        from components.engine.importance import MissingSampleError, taylor_weight_scores
-
         if sample is None:
             raise MissingSampleError("the taylor criterion needs a sample of labelled examples")
         targeted = [w for w in weights if not w.protected]

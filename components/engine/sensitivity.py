@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.magnitude import PrunableWeight, _keep_largest
+from components.engine.magnitude import PrunableWeight
+from components.engine.masks import keep_largest
 
 
 class BudgetError(ValueError):
@@ -49,7 +50,7 @@ def sensitivity_curves(
         original = weight.variable.numpy()
         losses = []
         for level in levels:
-            weight.variable.assign(original * _keep_largest(np.abs(original), level))
+            weight.variable.assign(original * keep_largest(np.abs(original), level))
             losses.append(sample_loss(model, sample))
         weight.variable.assign(original)
         curves.append(Curve(weight.key, int(original.size), list(levels), losses))
