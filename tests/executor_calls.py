@@ -37,10 +37,16 @@ def run_prune(baseline_uri, out_dir, **config):
     return model, report
 
 
-def run_retrain(model_uri, examples_uri, out_dir, module_file=None, **config):
+def run_retrain(model_uri, examples_uri, out_dir, module_file=None, transform_graph=None, **config):
     model = artifact(standard_artifacts.Model, out_dir)
+    inputs = {
+        "input_model": [artifact(standard_artifacts.Model, model_uri)],
+        "examples": [examples_artifact(examples_uri)],
+    }
+    if transform_graph is not None:
+        inputs["transform_graph"] = [artifact(standard_artifacts.TransformGraph, transform_graph)]
     retrain_executor.Executor().Do(
-        {"input_model": [artifact(standard_artifacts.Model, model_uri)], "examples": [examples_artifact(examples_uri)]},
+        inputs,
         {"model": [model]},
         {"fine_tune_config": FineTuneConfig(**config).model_dump_json(), "module_file": module_file},
     )

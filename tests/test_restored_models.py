@@ -9,14 +9,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
-from executor_calls import artifact, examples_artifact, run_gate, run_retrain
+from executor_calls import run_gate, run_retrain
 from tfx.examples.penguin import penguin_utils_base
-from tfx.types import standard_artifacts
 from tfx_example_models import save_penguin_example
 
 from components.engine import (
     ExamplesMismatchError,
-    FineTuneConfig,
     LayerRemovalConfig,
     PruningConfig,
     StructuredPruningConfig,
@@ -26,7 +24,6 @@ from components.engine.data import read_serialized
 from components.engine.restored import NeedsKerasModelError
 from components.engine.saved_model import load_model, signature_specs
 from components.evaluator_gate.config import GateConfig
-from components.retrain import executor as retrain_executor
 
 
 @pytest.fixture(scope="module")
@@ -81,36 +78,22 @@ def test_methods_that_need_the_layer_graph_refuse_with_the_module_change(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def _retrain(tmp_path, model_uri, examples_uri, transform_graph, **config):
-    model = artifact(standard_artifacts.Model, tmp_path / "retrained")
-    inputs = {
-        "input_model": [artifact(standard_artifacts.Model, model_uri)],
-        "examples": [examples_artifact(examples_uri)],
-    }
-    if transform_graph is not None:
-        inputs["transform_graph"] = [artifact(standard_artifacts.TransformGraph, transform_graph)]
-    retrain_executor.Executor().Do(
-        inputs, {"model": [model]}, {"fine_tune_config": FineTuneConfig(**config).model_dump_json()}
-    )
-    return str(tmp_path / "retrained")
-
-
 def test_raw_examples_are_transformed_for_fine_tuning_and_pruned_weights_stay_zero(
     tmp_path, restored_model, penguin_transform_graph, penguin_data, penguin_files
 ):
     pruned = str(tmp_path / "pruned")
     prune_saved_model(restored_model, pruned, PruningConfig(target_sparsity=0.8), latency_repeats=1)
     masks = load_model(pruned).masks
-    out = _retrain(
-        tmp_path,
+    out = run_retrain(
         pruned,
         penguin_data,
-        penguin_transform_graph,
+        tmp_path / "retrained",
+        transform_graph=penguin_transform_graph,
         label_key="species_xf",
         loss="SparseCategoricalCrossentropy",
         epochs=8,
         learning_rate=0.01,
-    )
+    ).uri
     history = json.load(open(os.path.join(out, "fine_tuning.json")))["history"]
     assert history["loss"][-1] < history["loss"][0] and len(history["val_loss"]) == 8
 
@@ -124,33 +107,28 @@ def test_raw_examples_are_transformed_for_fine_tuning_and_pruned_weights_stay_ze
     assert served(examples=read_serialized(penguin_files["eval"], 4))["outputs"].shape == (4, 3)
 
 
-def test_a_restored_model_without_a_configured_loss_is_refused_by_name(
-    tmp_path, restored_model, penguin_transform_graph, penguin_data
+@pytest.mark.parametrize(
+    "model_fixture, options, error, message",
+    [
+        # tf.saved_model.save keeps no loss: it must be given
+        ("restored_model", {"label_key": "species_xf"}, ValueError, "tf.saved_model.save, which keeps no loss; set"),
+        (
+            "restored_model",
+            {"label_key": "sex", "loss": "SparseCategoricalCrossentropy"},
+            ExamplesMismatchError,
+            "label_key 'sex' is neither a transformed feature",
+        ),
+        # the project's own penguin model takes raw features: it was not trained after this transform
+        ("penguin_baseline", {"label_key": "species"}, ExamplesMismatchError, "not trained on this Transform's output"),
+    ],
+    ids=["no_loss", "label_nowhere", "wrong_transform"],
+)
+def test_retrain_with_a_transform_graph_names_bad_input_before_training(
+    request, tmp_path, penguin_transform_graph, penguin_data, model_fixture, options, error, message
 ):
-    with pytest.raises(ValueError, match="tf.saved_model.save, which keeps no loss; set `loss`"):
-        _retrain(tmp_path, restored_model, penguin_data, penguin_transform_graph, label_key="species_xf", epochs=1)
-
-
-def test_a_label_in_neither_raw_nor_transformed_features_is_named(
-    tmp_path, restored_model, penguin_transform_graph, penguin_data
-):
-    with pytest.raises(ExamplesMismatchError, match="label_key 'sex' is neither a transformed feature"):
-        _retrain(
-            tmp_path,
-            restored_model,
-            penguin_data,
-            penguin_transform_graph,
-            label_key="sex",
-            loss="SparseCategoricalCrossentropy",
-            epochs=1,
-        )
-
-
-def test_a_transform_graph_for_a_model_trained_without_it_is_refused(
-    tmp_path, penguin_baseline, penguin_transform_graph, penguin_data
-):
-    with pytest.raises(ExamplesMismatchError, match="not trained on this Transform's output"):
-        _retrain(tmp_path, penguin_baseline, penguin_data, penguin_transform_graph, label_key="species", epochs=1)
+    model = request.getfixturevalue(model_fixture)
+    with pytest.raises(error, match=message):
+        run_retrain(model, penguin_data, tmp_path / "out", transform_graph=penguin_transform_graph, epochs=1, **options)
 
 
 def test_without_the_transform_the_missing_inputs_are_named(tmp_path, restored_model, penguin_data):
@@ -243,9 +221,15 @@ def test_vocabulary_assets_survive_pruning_and_fine_tuning_without_the_source(
     pruned = str(tmp_path / "pruned")
     report = prune_saved_model(copy, pruned, PruningConfig(target_sparsity=0.7), latency_repeats=1)
     assert {row["layer"] for row in report["layers"]} >= {"embedding", "dense"}  # embeddings are pruned too
-    retrained = _retrain(
-        tmp_path, pruned, penguin_data, graph, label_key="species_xf", loss="SparseCategoricalCrossentropy", epochs=1
-    )
+    retrained = run_retrain(
+        pruned,
+        penguin_data,
+        tmp_path / "retrained",
+        transform_graph=graph,
+        label_key="species_xf",
+        loss="SparseCategoricalCrossentropy",
+        epochs=1,
+    ).uri
     shutil.rmtree(copy)
     shutil.rmtree(pruned)  # the fine-tuned model must hold its own copy of the vocabulary
 
