@@ -1,6 +1,13 @@
-"""Installable package: TFX components that prune, fine-tune and gate Keras models."""
+"""Installable package: TFX components that prune, fine-tune and gate Keras models.
+
+One import root, ``tfx_model_pruning``, so that the repository's generic folder names never
+shadow a user's own packages: ``components/`` is the package itself (``tfx_model_pruning``,
+``tfx_model_pruning.engine``, ...) and ``pipelines/`` is ``tfx_model_pruning.pipelines``.
+"""
 
 from setuptools import find_packages, setup
+
+ROOT = "tfx_model_pruning"
 
 setup(
     name="tfx-model-pruning",
@@ -9,8 +16,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["components", "components.*", "pipelines", "pipelines.*"]),
-    package_data={"components.evaluator_gate": ["templates/*.html.j2"]},
+    packages=[ROOT]
+    + [f"{ROOT}.{name}" for name in find_packages("components")]
+    + [f"{ROOT}.pipelines"]
+    + [f"{ROOT}.pipelines.{name}" for name in find_packages("pipelines")],
+    package_dir={ROOT: "components", f"{ROOT}.pipelines": "pipelines"},
+    package_data={f"{ROOT}.evaluator_gate": ["templates/*.html.j2"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow>=2.16,<2.17",
@@ -30,5 +41,5 @@ setup(
         "scipy",  # Wilson intervals next to the gate's accuracy bounds
     ],
     extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "scikit-learn"]},
-    entry_points={"console_scripts": ["prune-pipeline=pipelines.cli:main"]},
+    entry_points={"console_scripts": [f"prune-pipeline={ROOT}.pipelines.cli:main"]},
 )

@@ -28,17 +28,17 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from components.engine.config import (  # noqa: E402
+from tfx_model_pruning.engine.config import (  # noqa: E402
     GradualPruningSchedule,
     PruningConfig,
     StructuredPruningConfig,
 )
-from components.engine.efficiency import count_flops, cpu_latency_ms, latency_ratio  # noqa: E402
-from components.engine.finetune import KeepPrunedWeightsZero, mask_variables  # noqa: E402
-from components.engine.gradual import GradualPruner, masked_train_loop  # noqa: E402
-from components.engine.magnitude import find_prunable_weights, prune_model  # noqa: E402
-from components.engine.report import weight_stats, weights_gzip_size  # noqa: E402
-from components.engine.structured import prune_structured  # noqa: E402
+from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms, latency_ratio  # noqa: E402
+from tfx_model_pruning.engine.finetune import KeepPrunedWeightsZero, mask_variables  # noqa: E402
+from tfx_model_pruning.engine.gradual import GradualPruner, masked_train_loop  # noqa: E402
+from tfx_model_pruning.engine.magnitude import find_prunable_weights, prune_model  # noqa: E402
+from tfx_model_pruning.engine.report import weight_stats, weights_gzip_size  # noqa: E402
+from tfx_model_pruning.engine.structured import prune_structured  # noqa: E402
 
 L = keras.layers
 BASELINE_EPOCHS = 20

@@ -29,11 +29,11 @@ from tfx.examples.chicago_taxi_pipeline import taxi_utils_native_keras  # noqa: 
 from tfx.examples.penguin import penguin_utils_keras  # noqa: E402
 from tfx.proto import example_gen_pb2  # noqa: E402
 
-from components import EvaluatorGate, PruneComponent, RetrainComponent  # noqa: E402
-from components.atomic_pusher.component import AtomicPusher  # noqa: E402
-from pipelines.penguin_trainer import penguin_data_root  # noqa: E402
-from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS, run_locally  # noqa: E402
-from pipelines.results import run_result  # noqa: E402
+from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent  # noqa: E402
+from tfx_model_pruning.atomic_pusher.component import AtomicPusher  # noqa: E402
+from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root  # noqa: E402
+from tfx_model_pruning.pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS, run_locally  # noqa: E402
+from tfx_model_pruning.pipelines.results import run_result  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """TFX components that prune, fine-tune, gate and hand a Keras model to the stock Pusher.
 
-    from components import PruneComponent, RetrainComponent, EvaluatorGate
+    from tfx_model_pruning import PruneComponent, RetrainComponent, EvaluatorGate
 
-The pruning engine (``components.engine``) is plain TensorFlow/tf-keras and imports no
+The pruning engine (``tfx_model_pruning.engine``) is plain TensorFlow/tf-keras and imports no
 TFX; the components are thin adapters over it. They are loaded lazily so that importing
 the engine does not pull in TFX.
 """
@@ -16,10 +16,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 __all__ = ["PruneComponent", "RetrainComponent", "EvaluatorGate", "PruningReport"]
 
 _LAZY = {
-    "PruneComponent": "components.prune.component",
-    "RetrainComponent": "components.retrain.component",
-    "EvaluatorGate": "components.evaluator_gate.component",
-    "PruningReport": "components.artifacts",
+    "PruneComponent": "tfx_model_pruning.prune.component",
+    "RetrainComponent": "tfx_model_pruning.retrain.component",
+    "EvaluatorGate": "tfx_model_pruning.evaluator_gate.component",
+    "PruningReport": "tfx_model_pruning.artifacts",
 }
 
 

@@ -1,9 +1,9 @@
 """The names of the files the components write inside their output artifacts, in one place.
 
-Executors write them and ``pipelines.results`` reads them back by these constants.
+Executors write them and ``tfx_model_pruning.pipelines.results`` reads them back by these constants.
 """
 
-# PruneComponent's pruning_report (components.PruningReport)
+# PruneComponent's pruning_report (tfx_model_pruning.PruningReport)
 PRUNING_REPORT_JSON = "report.json"
 PRUNING_SUMMARY_MARKDOWN = "summary.md"
 SENSITIVITY_PLOT = "sensitivity.png"

@@ -196,7 +196,7 @@ def _pairs(pairs: Sequence[str], flag: str = "--param") -> dict[str, str]:
 
 
 def _split_patterns(args: argparse.Namespace) -> dict[str, str]:
-    from pipelines.pruning_pipeline import DEFAULT_SPLIT_PATTERNS
+    from tfx_model_pruning.pipelines.pruning_pipeline import DEFAULT_SPLIT_PATTERNS
 
     patterns = _pairs(args.split_pattern, "--split-pattern") or dict(DEFAULT_SPLIT_PATTERNS)
     missing = sorted({"train", "eval"} - set(patterns))
@@ -210,7 +210,7 @@ def kubeflow_command(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from pipelines import kfp_runs
+    from tfx_model_pruning.pipelines import kfp_runs
 
     # Before connecting: a typo in the cron, the file or a parameter needs no cluster to be found.
     starts_runs = args.command == "submit" or args.schedule_command == "create"
@@ -297,7 +297,7 @@ def run_local(args: argparse.Namespace) -> int:
     import uuid
     from datetime import datetime, timezone
 
-    from pipelines import penguin_trainer, pruning_pipeline
+    from tfx_model_pruning.pipelines import penguin_trainer, pruning_pipeline
 
     output_dir = os.path.abspath(args.output_dir)
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
@@ -350,7 +350,7 @@ def _one_line(err: BaseException) -> str:
 
 def failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
     """Which component failed and why, in one line: its own recorded reason, or the exception."""
-    from pipelines.results import failed_steps
+    from tfx_model_pruning.pipelines.results import failed_steps
 
     try:
         failed = failed_steps(metadata_path, run_id)
@@ -380,8 +380,8 @@ def check_lines(gate_result: dict) -> list[str]:
 def _print_run_result(metadata_path: str, run_id: str) -> int:
     from tabulate import tabulate
 
-    from components.evaluator_gate.report import comparison_rows
-    from pipelines.results import run_result
+    from tfx_model_pruning.evaluator_gate.report import comparison_rows
+    from tfx_model_pruning.pipelines.results import run_result
 
     result = run_result(metadata_path, run_id)
     header, *rows = comparison_rows(result.gate_result)
@@ -400,7 +400,7 @@ def _print_run_result(metadata_path: str, run_id: str) -> int:
 
 
 def compile_kubeflow(args: argparse.Namespace) -> int:
-    from pipelines import kubeflow
+    from tfx_model_pruning.pipelines import kubeflow
 
     pipeline = kubeflow.kubeflow_pipeline(
         pipeline_name="penguin-pruning",

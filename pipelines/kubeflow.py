@@ -18,12 +18,12 @@ import yaml
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from pipelines import pruning_pipeline
+from tfx_model_pruning.pipelines import pruning_pipeline
 
 PACKAGE = "tfx-model-pruning"
 IMAGE_REPOSITORY = "tfx-model-pruning"
 DATA_ROOT_PARAMETER = "data_root"
-TRAINER_RUN_FN = "pipelines.penguin_trainer.run_fn"
+TRAINER_RUN_FN = "tfx_model_pruning.pipelines.penguin_trainer.run_fn"
 GATE_CONFIG_PARAMETER = "gate_config"
 
 

@@ -1,7 +1,7 @@
 """The full chain: examples -> baseline model -> prune -> fine-tune -> gate -> Pusher.
 
 The Pusher is the stock TFX component with an executor that publishes versions atomically
-(``components.atomic_pusher``); its inputs, outputs and blessing check are unchanged.
+(``tfx_model_pruning.atomic_pusher``); its inputs, outputs and blessing check are unchanged.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from tfx.orchestration.portable import runtime_parameter_utils, tfx_runner
 from tfx.proto import example_gen_pb2
 from tfx.proto.orchestration import pipeline_pb2
 
-from components import EvaluatorGate, PruneComponent, RetrainComponent
-from components import standard_component_specs as specs
-from components.atomic_pusher.component import AtomicPusher
-from components.evaluator_gate.config import GateConfig
-from components.serving_versions import check_push_destination
+from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.atomic_pusher.component import AtomicPusher
+from tfx_model_pruning.engine.saved_model import resolve_saved_model_dir
+from tfx_model_pruning.evaluator_gate.config import GateConfig
+from tfx_model_pruning.serving_versions import check_push_destination
 
 PENGUIN_TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "penguin_trainer.py")
 # How TFX lays out its bundled penguin data: one folder of gzipped TFRecords per split.
@@ -52,7 +53,7 @@ def create_pipeline(
     """Builds the pruning pipeline; every component validates its arguments here.
 
     The baseline comes from a stock ``Trainer`` running ``trainer_module_file`` (or the
-    importable ``trainer_run_fn``, e.g. ``"pipelines.penguin_trainer.run_fn"``, which a
+    importable ``trainer_run_fn``, e.g. ``"tfx_model_pruning.pipelines.penguin_trainer.run_fn"``, which a
     container image with this package installed can run without shipping a module file) or,
     when ``baseline_model_uri`` is given, from an ``Importer`` of that existing SavedModel.
     ``data_root`` may be a ``RuntimeParameter`` so scheduled runs can point at new data.
@@ -97,8 +98,6 @@ def create_pipeline(
     if transform_module_file is not None and baseline_model_uri is not None:
         raise ValueError("transform_module_file feeds a Trainer; an imported baseline_model_uri has no use for it")
     if baseline_model_uri is not None:
-        from components.engine.saved_model import resolve_saved_model_dir
-
         resolve_saved_model_dir(baseline_model_uri)  # a missing or non-SavedModel path fails now
 
     example_gen = tfx.components.ImportExampleGen(

@@ -10,8 +10,8 @@ from typing import Any, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components import artifact_files as files
-from components.artifacts import PruningReport
+from tfx_model_pruning import artifact_files as files
+from tfx_model_pruning.artifacts import PruningReport
 
 
 @dataclass
@@ -74,8 +74,8 @@ def failed_steps(metadata_path: str, run_id: str) -> list[FailedStep]:
     return failed
 
 
-def _only(by_type: dict, type_name: str) -> metadata_store_pb2.Artifact:
-    found = by_type.get(type_name, [])
+def _only(by_type: dict, type_name: str, *legacy_names: str) -> metadata_store_pb2.Artifact:
+    found = [artifact for name in dict.fromkeys((type_name, *legacy_names)) for artifact in by_type.get(name, [])]
     if len(found) != 1:
         raise LookupError(f"expected one {type_name} artifact in the run, found {len(found)}")
     return found[0]
@@ -89,7 +89,7 @@ def _read(path: str) -> str:
 def run_result(metadata_path: str, run_id: str) -> RunResult:
     """What run ``run_id`` pruned, judged and pushed."""
     by_type = _run_artifacts(metadata_path, run_id)
-    report = _only(by_type, PruningReport.TYPE_NAME)
+    report = _only(by_type, PruningReport.TYPE_NAME, *PruningReport.LEGACY_TYPE_NAMES)
     evaluation = _only(by_type, "ModelEvaluation")
     blessing = _only(by_type, "ModelBlessing")
     pushed = _only(by_type, "PushedModel")

@@ -9,13 +9,14 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import penguin_trainer  # noqa: E402
-from pipelines.penguin_trainer import FEATURE_KEYS as PENGUIN_FEATURE_KEYS  # noqa: E402
-from pipelines.penguin_trainer import penguin_data_root  # noqa: E402
+from tfx_model_pruning.pipelines import penguin_trainer  # noqa: E402
+from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS as PENGUIN_FEATURE_KEYS  # noqa: E402
+from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root  # noqa: E402
 
 # The integration tier: pipelines (LocalDagRunner, Beam, TFMA), subprocesses, package builds and
 # trained-and-saved baselines. Everything else is the unit tier: `pytest -m "not integration"`.
 INTEGRATION_MODULES = {
+    "test_artifact_type_migration",
     "test_atomic_push",
     "test_bench",
     "test_executors",

@@ -5,13 +5,13 @@ import json
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.artifacts import PruningReport
-from components.engine import FineTuneConfig, PruningConfig
-from components.evaluator_gate import executor as gate_executor
-from components.evaluator_gate.config import GateConfig
-from components.prune import executor as prune_executor
-from components.retrain import executor as retrain_executor
-from pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS
+from tfx_model_pruning.artifacts import PruningReport
+from tfx_model_pruning.engine import FineTuneConfig, PruningConfig
+from tfx_model_pruning.evaluator_gate import executor as gate_executor
+from tfx_model_pruning.evaluator_gate.config import GateConfig
+from tfx_model_pruning.pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS
+from tfx_model_pruning.prune import executor as prune_executor
+from tfx_model_pruning.retrain import executor as retrain_executor
 
 
 def artifact(artifact_type, uri):

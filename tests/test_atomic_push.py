@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from components.atomic_pusher.executor import STAGING_PREFIX, StaleVerdictError, publish_version
+from tfx_model_pruning.atomic_pusher.executor import STAGING_PREFIX, StaleVerdictError, publish_version
 
 
 def _fake_model(directory, payload):
@@ -134,8 +134,8 @@ def test_the_pusher_reads_what_the_gate_judged_from_the_blessing(tmp_path):
     from tfx.types import standard_artifacts
     from tfx.utils import proto_utils
 
-    from components.atomic_pusher.executor import Executor
-    from components.serving_versions import JUDGED_SERVING_VERSION_PROPERTY, SERVING_MODEL_DIR_PROPERTY
+    from tfx_model_pruning.atomic_pusher.executor import Executor
+    from tfx_model_pruning.serving_versions import JUDGED_SERVING_VERSION_PROPERTY, SERVING_MODEL_DIR_PROPERTY
 
     base = tmp_path / "serving"
     landed, _ = publish_version(_fake_model(str(tmp_path / "better"), b"B"), str(base))

@@ -7,10 +7,10 @@ from pydantic import ValidationError
 from tfx import types
 from tfx.types import standard_artifacts
 
-from components import EvaluatorGate, PruneComponent, RetrainComponent
-from components.evaluator_gate.metrics import UnknownMetricError
-from components.serving_versions import check_push_destination
-from pipelines import pruning_pipeline
+from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
+from tfx_model_pruning.evaluator_gate.metrics import UnknownMetricError
+from tfx_model_pruning.pipelines import pruning_pipeline
+from tfx_model_pruning.serving_versions import check_push_destination
 
 
 def _channel(artifact_type):
@@ -33,7 +33,7 @@ def test_components_expose_the_agreed_channel_names():
         thresholds=[{"metric": ACCURACY, "lower_bound": 0.9}],
     )
     assert set(prune.outputs) == {"model", "pruning_report"}
-    assert prune.outputs["pruning_report"].type.TYPE_NAME == "components.PruningReport"
+    assert prune.outputs["pruning_report"].type.TYPE_NAME == "tfx_model_pruning.PruningReport"
     assert re.fullmatch(r"[a-z_]+\.[A-Za-z]+", prune.outputs["pruning_report"].type.TYPE_NAME)
     assert set(retrain.outputs) == {"model"}
     assert set(gate.outputs) == {"blessing", "evaluation"}
@@ -134,7 +134,7 @@ def test_pipeline_construction_validates_everything_static(tmp_path, penguin_dat
 
 
 def test_pipeline_rejects_a_missing_or_non_savedmodel_baseline(tmp_path, penguin_data):
-    from components.engine import ModelLoadError
+    from tfx_model_pruning.engine import ModelLoadError
 
     for uri, message in ((tmp_path / "missing", "does not exist"), (tmp_path, "no saved_model.pb")):
         with pytest.raises(ModelLoadError, match=message):

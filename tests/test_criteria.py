@@ -6,10 +6,10 @@ import tensorflow as tf
 import tf_keras as keras
 from pydantic import ValidationError
 
-from components.engine.config import PruningConfig, StructuredPruningConfig
-from components.engine.importance import MissingSampleError, _chain_end, channel_scores
-from components.engine.magnitude import prune_model
-from components.engine.structured import analyse, prune_structured
+from tfx_model_pruning.engine.config import PruningConfig, StructuredPruningConfig
+from tfx_model_pruning.engine.importance import MissingSampleError, channel_scores
+from tfx_model_pruning.engine.magnitude import prune_model
+from tfx_model_pruning.engine.structured import analyse, prune_structured
 
 L = keras.layers
 
@@ -60,7 +60,7 @@ def test_activations_are_read_after_batchnorm_and_relu():
     x = L.ReLU(name="relu")(x)
     model = keras.Model(image, L.Dense(2, name="out")(L.Flatten()(x)))
     graph = analyse(model)
-    end = _chain_end(graph, graph.layer_outputs["conv"][0])
+    end = graph.chain_end(graph.layer_outputs["conv"][0])
     assert end == graph.layer_outputs["relu"][0]
 
 

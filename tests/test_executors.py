@@ -9,10 +9,10 @@ import tensorflow as tf
 from executor_calls import artifact, examples_artifact, run_gate, run_prune, run_retrain
 from tfx.types import standard_artifacts
 
-from components.artifacts import PruningReport
-from components.engine import ExamplesMismatchError, load_model
-from components.evaluator_gate.config import GateConfig, MetricThreshold
-from components.prune import executor as prune_executor
+from tfx_model_pruning.artifacts import PruningReport
+from tfx_model_pruning.engine import ExamplesMismatchError, load_model
+from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.prune import executor as prune_executor
 
 
 def _accuracy_gate(min_sparsity=None, efficiency=None, **bounds):
@@ -60,7 +60,7 @@ def test_retrain_executor_uses_a_module_file_input_fn(tmp_path, pruned, penguin_
     module = tmp_path / "my_input.py"
     module.write_text(
         f"""
-from components.engine import examples_dataset
+from tfx_model_pruning.engine import examples_dataset
 
 def input_fn(file_paths, model, label_key, batch_size, shuffle_buffer, seed):
     with open({str(calls)!r}, "a") as f:

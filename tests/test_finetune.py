@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from components.engine import (
+from tfx_model_pruning.engine import (
     ExamplesMismatchError,
     FineTuneConfig,
     PruningConfig,
@@ -13,7 +13,7 @@ from components.engine import (
     load_model,
     prune_saved_model,
 )
-from components.engine.finetune import make_loss
+from tfx_model_pruning.engine.finetune import make_loss
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pytest
 import tf_keras as keras
 
-from components.engine.efficiency import count_flops, layer_macs
+from tfx_model_pruning.engine.efficiency import count_flops, layer_macs
 
 L = keras.layers
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from components.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
-from components.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
+from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 
 NAMES = {"SparseCategoricalAccuracy": "sparse_categorical_accuracy"}
 EFFICIENCY = {

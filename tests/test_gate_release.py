@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from executor_calls import run_gate, run_prune
 
-from components.engine import load_model
-from components.engine.saved_model import save_model
-from components.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.engine import load_model
+from tfx_model_pruning.engine.saved_model import save_model
+from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 
 ACCURACY = "sparse_categorical_accuracy"
 

@@ -8,12 +8,12 @@ from pydantic import ValidationError
 from tfx import types
 from tfx.types import standard_artifacts
 
-from components import RetrainComponent
-from components.engine import FineTuneConfig, examples_dataset, fine_tune, load_model
-from components.engine.config import DistillationConfig, GradualPruningSchedule
-from components.engine.finetune import make_loss
-from components.engine.gradual import GradualPruner, distillation_loss, masked_train_loop
-from components.engine.magnitude import find_prunable_weights
+from tfx_model_pruning import RetrainComponent
+from tfx_model_pruning.engine import FineTuneConfig, examples_dataset, fine_tune, load_model
+from tfx_model_pruning.engine.config import DistillationConfig, GradualPruningSchedule
+from tfx_model_pruning.engine.finetune import make_loss
+from tfx_model_pruning.engine.gradual import GradualPruner, distillation_loss, masked_train_loop
+from tfx_model_pruning.engine.magnitude import find_prunable_weights
 
 MODEL = types.Channel(type=standard_artifacts.Model)
 EXAMPLES = types.Channel(type=standard_artifacts.Examples)

@@ -6,7 +6,7 @@ import re
 import kfp_api_server
 import pytest
 
-from pipelines import cli, kfp_runs
+from tfx_model_pruning.pipelines import cli, kfp_runs
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from kfp import components as kfp_components
 
-from pipelines import cli
+from tfx_model_pruning.pipelines import cli
 
 TASKS = {"ImportExampleGen", "Trainer", "PruneComponent", "RetrainComponent", "EvaluatorGate", "Pusher"}
 
@@ -49,7 +49,7 @@ def test_compiled_spec_has_every_component_edge_image_and_runtime_parameter(tmp_
     assert "--direct_num_workers=2" in prune["args"]
     assert prune["command"][-1] == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     report = spec["components"]["PruneComponent"]["outputDefinitions"]["artifacts"]["pruning_report"]
-    assert report["artifactType"]["instanceSchema"].startswith("title: components.PruningReport")
+    assert report["artifactType"]["instanceSchema"].startswith("title: tfx_model_pruning.PruningReport")
 
 
 def test_a_gate_without_a_serving_baseline_may_be_cached(tmp_path):

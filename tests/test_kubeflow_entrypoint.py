@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from components.engine import load_model
-from pipelines import cli
+from tfx_model_pruning.engine import load_model
+from tfx_model_pruning.pipelines import cli
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_prune_retrain_gate_and_pusher_pods(tmp_path, compiled, penguin_baseline
         {"input_model": baseline, "examples": examples},
         {
             "model": _artifact(pruned_uri, "tfx.Model"),
-            "pruning_report": _artifact(report_uri, "components.PruningReport"),
+            "pruning_report": _artifact(report_uri, "tfx_model_pruning.PruningReport"),
         },
         {"pruning_config": '{"method": "magnitude", "target_sparsity": 0.8}'},
         tmp_path,

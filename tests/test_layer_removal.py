@@ -8,11 +8,13 @@ from pydantic import ValidationError
 from tfx import types
 from tfx.types import standard_artifacts
 
-from components import PruneComponent
-from components.engine import load_model, prune_saved_model
-from components.engine.config import LayerRemovalConfig
-from components.engine.data import read_serialized
-from components.engine.layer_removal import find_candidates, remove_layers, without
+from tfx_model_pruning import PruneComponent
+from tfx_model_pruning.engine import load_model, prune_saved_model
+from tfx_model_pruning.engine.config import LayerRemovalConfig
+from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.graph import model_without as without
+from tfx_model_pruning.engine.graph import removal_candidates as find_candidates
+from tfx_model_pruning.engine.layer_removal import remove_layers
 
 L = keras.layers
 

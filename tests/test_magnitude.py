@@ -7,7 +7,7 @@ import pytest
 import tf_keras as keras
 from pydantic import ValidationError
 
-from components.engine import PruningConfig, PruningConfigError, find_prunable_weights, prune_model
+from tfx_model_pruning.engine import PruningConfig, PruningConfigError, find_prunable_weights, prune_model
 
 
 def _mlp(seed=0) -> keras.Model:
@@ -222,7 +222,7 @@ def _wrapped_recurrent_model() -> keras.Model:
 
 
 def test_layers_inside_bidirectional_and_time_distributed_are_pruned_and_reported():
-    from components.engine.report import layer_rows, weight_stats
+    from tfx_model_pruning.engine.report import layer_rows, weight_stats
 
     model = _wrapped_recurrent_model()
     nonzeros_before = {

@@ -1,5 +1,6 @@
 """What can be checked of the package and the image without a Docker engine."""
 
+import json
 import os
 import re
 import shlex
@@ -76,9 +77,12 @@ def test_pinned_environment_has_no_broken_requirements():
 
 def test_console_entry_point_is_installed_and_runs():
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
-    assert scripts["prune-pipeline"] == "pipelines.cli:main"
+    assert scripts["prune-pipeline"] == "tfx_model_pruning.pipelines.cli:main"
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run-local", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "tfx_model_pruning.pipelines.cli", "run-local", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--target-sparsity" in out.stdout
 
@@ -121,8 +125,9 @@ def test_dockerfile_copies_only_what_the_build_context_keeps():
 
 def test_dockerfile_command_is_a_declared_console_script():
     cmd = next(arg for op, arg in reversed(_dockerfile_instructions()) if op == "CMD")
-    assert cmd.startswith('["prune-pipeline"')
-    assert "prune-pipeline=pipelines.cli:main" in _read("setup.py")
+    scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
+    assert json.loads(cmd)[0] == "prune-pipeline"
+    assert scripts["prune-pipeline"] == "tfx_model_pruning.pipelines.cli:main"
 
 
 def _make_dry_run(target: str) -> list[str]:
@@ -178,29 +183,30 @@ def wheel_files(tmp_path_factory):
 def test_the_image_package_holds_every_module_the_compiled_pipeline_names(tmp_path, wheel_files):
     import yaml
 
-    from pipelines import cli, kubeflow
+    from tfx_model_pruning.pipelines import cli, kubeflow
 
     out = tmp_path / "kfp"
     args = ["compile", "--output-dir", str(out), "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving"]
     assert cli.main([*args, "--data-root", "gs://b/data"]) == 0
     spec = yaml.safe_load((out / "penguin-pruning.yaml").read_text())
-    modules = {"pipelines/penguin_trainer.py"}  # the Trainer's run_fn
+    modules = {"tfx_model_pruning/pipelines/penguin_trainer.py"}  # the Trainer's run_fn
     for executor in spec["deploymentSpec"]["executors"].values():
         container = executor["container"]
         assert container["image"] == kubeflow.default_image()
         container_args = container["args"]
         if "--executor_class_path" in container_args:
             path = container_args[container_args.index("--executor_class_path") + 1]
-            if path.startswith(("components.", "pipelines.")):
+            if path.startswith("tfx_model_pruning."):
                 modules.add(path.rsplit(".", 1)[0].replace(".", "/") + ".py")
-    assert {"components/evaluator_gate/executor.py", "components/atomic_pusher/executor.py"} <= modules
+    assert {"tfx_model_pruning/evaluator_gate/executor.py", "tfx_model_pruning/atomic_pusher/executor.py"} <= modules
     missing = sorted(modules - wheel_files)
     assert not missing, f"the image would lack {missing}"
-    assert "components/evaluator_gate/templates/release_report.html.j2" in wheel_files
-    assert "components/artifacts.py" in wheel_files  # TFX's entrypoint imports the custom type by its title
+    assert "tfx_model_pruning/evaluator_gate/templates/release_report.html.j2" in wheel_files
+    # TFX's entrypoint imports the custom type by its title, tfx_model_pruning.PruningReport.
+    assert {"tfx_model_pruning/__init__.py", "tfx_model_pruning/artifacts.py"} <= wheel_files
 
 
 def test_make_image_tags_the_image_the_compiled_pipeline_names():
-    from pipelines import kubeflow
+    from tfx_model_pruning.pipelines import kubeflow
 
     assert _make_dry_run("image") == [f"docker build -t {kubeflow.default_image()} ."]

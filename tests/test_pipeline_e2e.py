@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 
-from components.engine import load_model
-from pipelines import cli
-from pipelines.results import run_result
+from tfx_model_pruning.engine import load_model
+from tfx_model_pruning.pipelines import cli
+from tfx_model_pruning.pipelines.results import run_result
 
 
 def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, capsys):

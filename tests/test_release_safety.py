@@ -10,15 +10,15 @@ import tf_keras as keras
 from executor_calls import run_gate, run_prune, run_retrain
 from tfx import v1 as tfx
 
-from components import EvaluatorGate
-from components.engine import ModelLoadError, load_model, save_model
-from components.engine.data import ExamplesMismatchError
-from components.engine.finetune import FineTuneDataError
-from components.engine.saved_model import NonFiniteWeightsError
-from components.evaluator_gate.config import GateConfig, MetricThreshold
-from pipelines import cli, pruning_pipeline
-from pipelines.penguin_trainer import FEATURE_KEYS
-from pipelines.results import failed_steps
+from tfx_model_pruning import EvaluatorGate
+from tfx_model_pruning.engine import ModelLoadError, load_model, save_model
+from tfx_model_pruning.engine.data import ExamplesMismatchError
+from tfx_model_pruning.engine.finetune import FineTuneDataError
+from tfx_model_pruning.engine.saved_model import NonFiniteWeightsError
+from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.pipelines import cli, pruning_pipeline
+from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS
+from tfx_model_pruning.pipelines.results import failed_steps
 
 ACCURACY = MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.5)
 
@@ -290,7 +290,7 @@ def test_a_corrupt_tfrecord_fails_the_gate_closed(tmp_path, penguin_baseline, pe
 
 
 def test_slice_values_are_escaped_in_the_html_report():
-    from components.evaluator_gate.report import release_report_html
+    from tfx_model_pruning.evaluator_gate.report import release_report_html
 
     label = 'island=<script>alert("x")</script>'
     check = {"name": f"[{label}] sparse_categorical_accuracy >= lower_bound", "passed": False, "measured": 0.5,
@@ -314,7 +314,7 @@ def test_slice_values_are_escaped_in_the_html_report():
 
 
 def test_the_distillation_loop_names_bad_labels_in_one_line_too(penguin_baseline, penguin_files):
-    from components.engine import FineTuneConfig, examples_dataset, fine_tune
+    from tfx_model_pruning.engine import FineTuneConfig, examples_dataset, fine_tune
 
     student, teacher = load_model(penguin_baseline).model, load_model(penguin_baseline).model
     shifted = examples_dataset(penguin_files["train"], student, "species", 32).map(lambda x, y: (x, y + 3))

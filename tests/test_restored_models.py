@@ -13,17 +13,17 @@ from executor_calls import run_gate, run_retrain
 from tfx.examples.penguin import penguin_utils_base
 from tfx_example_models import save_penguin_example
 
-from components.engine import (
+from tfx_model_pruning.engine import (
     ExamplesMismatchError,
     LayerRemovalConfig,
     PruningConfig,
     StructuredPruningConfig,
     prune_saved_model,
 )
-from components.engine.data import read_serialized
-from components.engine.restored import NeedsKerasModelError
-from components.engine.saved_model import load_model, signature_specs
-from components.evaluator_gate.config import GateConfig
+from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.restored import NeedsKerasModelError
+from tfx_model_pruning.engine.saved_model import load_model, signature_specs
+from tfx_model_pruning.evaluator_gate.config import GateConfig
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +241,8 @@ def test_vocabulary_assets_survive_pruning_and_fine_tuning_without_the_source(
 
 
 def test_run_local_releases_an_imported_model_saved_with_tf_saved_model_save(tmp_path, penguin_baseline, capsys):
-    from pipelines import cli
-    from pipelines.results import run_result
+    from tfx_model_pruning.pipelines import cli
+    from tfx_model_pruning.pipelines.results import run_result
 
     keras_model = load_model(penguin_baseline)
     plain = str(tmp_path / "plain")

@@ -8,8 +8,8 @@ import sys
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipelines import cli
-from pipelines.results import failed_steps, run_result
+from tfx_model_pruning.pipelines import cli
+from tfx_model_pruning.pipelines.results import failed_steps, run_result
 
 
 def _executions(metadata_path, run_id):
@@ -55,7 +55,16 @@ def test_a_verdict_is_not_reused_after_a_better_model_lands(tmp_path, penguin_ba
 
 
 def _run_local(out, baseline, run_id, *extra):
-    command = [sys.executable, "-m", "pipelines.cli", "run-local", "--output-dir", str(out), "--run-id", run_id]
+    command = [
+        sys.executable,
+        "-m",
+        "tfx_model_pruning.pipelines.cli",
+        "run-local",
+        "--output-dir",
+        str(out),
+        "--run-id",
+        run_id,
+    ]
     command += ["--baseline-model", baseline, "--compare-with", "parent", "--epochs", "3", *extra]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,14 +8,18 @@ import tensorflow as tf
 import tf_keras as keras
 from tfx_example_models import penguin_example_model
 
-from components.engine import (
+from tfx_model_pruning.engine import (
     ModelLoadError,
     PruningConfig,
     load_model,
     prune_saved_model,
     save_model,
 )
-from components.engine.saved_model import MASKS_RELATIVE_PATH, SignatureMismatchError, verify_signatures_preserved
+from tfx_model_pruning.engine.saved_model import (
+    MASKS_RELATIVE_PATH,
+    SignatureMismatchError,
+    verify_signatures_preserved,
+)
 
 
 def _serialized_examples(files, count=32):
@@ -154,7 +158,7 @@ def test_a_raw_tensor_signature_with_several_inputs_and_outputs_is_kept(tmp_path
 def test_tfx_penguin_example_model_keeps_its_signature_after_pruning(tmp_path):
     # The model TFX's own example module builds (tfx/examples/penguin/penguin_utils_keras.py): four
     # raw-tensor inputs, which the previous repr() comparison refused as a changed signature.
-    from components.engine.saved_model import unsafe_layers
+    from tfx_model_pruning.engine.saved_model import unsafe_layers
 
     penguin_example_model().save(str(tmp_path / "model"), save_format="tf")
     assert unsafe_layers(str(tmp_path / "model")) == []
@@ -165,7 +169,7 @@ def test_tfx_penguin_example_model_keeps_its_signature_after_pruning(tmp_path):
 
 def test_signature_outputs_restored_in_any_key_order_compare_equal():
     # TF restores a signature's output dict in an arbitrary order; the comparison must not care.
-    from components.engine.saved_model import _canonical_structure
+    from tfx_model_pruning.engine.saved_model import _canonical_structure
 
     outputs = {name: tf.TensorSpec([None, 1], tf.float32, name) for name in ("a_xf", "b_xf", "label_xf")}
     for order in (["label_xf", "a_xf", "b_xf"], ["b_xf", "label_xf", "a_xf"]):

@@ -7,13 +7,13 @@ import pytest
 from pydantic import ValidationError
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.artifacts import PruningReport
-from components.engine import prune_saved_model
-from components.engine.config import PruningConfig, StructuredPruningConfig
-from components.engine.data import read_serialized
-from components.engine.prune import MissingExamplesError
-from components.engine.sensitivity import BudgetError, Curve, allocate
-from components.prune import executor as prune_executor
+from tfx_model_pruning.artifacts import PruningReport
+from tfx_model_pruning.engine import prune_saved_model
+from tfx_model_pruning.engine.config import PruningConfig, StructuredPruningConfig
+from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.prune import MissingExamplesError
+from tfx_model_pruning.engine.sensitivity import BudgetError, Curve, allocate
+from tfx_model_pruning.prune import executor as prune_executor
 
 
 def _curves():

@@ -8,7 +8,7 @@ import yaml
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
-from pipelines import cli
+from tfx_model_pruning.pipelines import cli
 
 SPAN_PATTERNS = [
     "--split-pattern",

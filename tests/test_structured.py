@@ -9,8 +9,8 @@ import pytest
 import tf_keras as keras
 from pydantic import ValidationError
 
-from components.engine.importance import channel_scores
-from components.engine.structured import (
+from tfx_model_pruning.engine.importance import channel_scores
+from tfx_model_pruning.engine.structured import (
     StructuredPruningConfig,
     StructuredPruningError,
     analyse,

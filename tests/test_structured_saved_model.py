@@ -7,13 +7,13 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine import load_model, prune_saved_model
-from components.engine.config import StructuredPruningConfig
-from components.engine.data import read_serialized
-from components.engine.prune import MissingExamplesError
-from components.engine.saved_model import save_model
-from components.engine.signatures import SignatureRebuildError
-from pipelines import penguin_trainer
+from tfx_model_pruning.engine import load_model, prune_saved_model
+from tfx_model_pruning.engine.config import StructuredPruningConfig
+from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.prune import MissingExamplesError
+from tfx_model_pruning.engine.saved_model import save_model
+from tfx_model_pruning.engine.signatures import SignatureRebuildError
+from tfx_model_pruning.pipelines import penguin_trainer
 
 
 def test_structured_pruning_shrinks_the_penguin_model_and_keeps_its_signature(

@@ -11,9 +11,9 @@ import numpy as np
 import tensorflow as tf
 from tfx.examples.penguin import penguin_utils_keras
 
-from components.engine.saved_model import load_model, signature_specs
-from pipelines.pruning_pipeline import create_pipeline, run_locally
-from pipelines.results import run_result
+from tfx_model_pruning.engine.saved_model import load_model, signature_specs
+from tfx_model_pruning.pipelines.pruning_pipeline import create_pipeline, run_locally
+from tfx_model_pruning.pipelines.results import run_result
 
 TFX_PENGUIN_MODULE = penguin_utils_keras.__file__.removesuffix("c")  # the .py, never a .pyc
 

@@ -9,11 +9,11 @@ from executor_calls import run_gate
 from tfx.examples.penguin import penguin_utils_base
 from tfx_example_models import save_penguin_example
 
-from components.engine import LayerRemovalConfig, PruningConfig, StructuredPruningConfig, prune_saved_model
-from components.engine.data import read_serialized
-from components.engine.prune import UnclonableLayerError
-from components.engine.saved_model import signature_specs, unsafe_layers
-from components.evaluator_gate.config import GateConfig
+from tfx_model_pruning.engine import LayerRemovalConfig, PruningConfig, StructuredPruningConfig, prune_saved_model
+from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.prune import UnclonableLayerError
+from tfx_model_pruning.engine.saved_model import signature_specs, unsafe_layers
+from tfx_model_pruning.evaluator_gate.config import GateConfig
 
 
 def test_transform_layer_is_trusted_while_a_lambda_is_still_refused(tmp_path, penguin_transform_graph):

@@ -7,10 +7,10 @@ import pytest
 import tf_keras as keras
 from tfx.types import standard_artifacts
 
-from components.artifacts import PruningReport
-from components.engine import load_model
-from components.engine.saved_model import UnsafeModelError, unsafe_layers
-from components.prune import executor as prune_executor
+from tfx_model_pruning.artifacts import PruningReport
+from tfx_model_pruning.engine import load_model
+from tfx_model_pruning.engine.saved_model import UnsafeModelError, unsafe_layers
+from tfx_model_pruning.prune import executor as prune_executor
 
 
 class Doubling(keras.layers.Layer):

@@ -7,8 +7,8 @@ from typing import Any, Optional
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from components import standard_component_specs as specs
-from components.atomic_pusher import executor
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.atomic_pusher import executor
 
 
 class AtomicPusher(tfx.components.Pusher):

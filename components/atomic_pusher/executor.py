@@ -38,8 +38,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from components import standard_component_specs as specs
-from components.serving_versions import (
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.serving_versions import (
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
     check_push_destination,

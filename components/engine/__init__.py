@@ -1,13 +1,13 @@
 """The pruning engine: plain TensorFlow / tf-keras, no TFX. Usable and testable on its own.
 
 Models saved by tf-keras or by ``tf.saved_model.save`` load with ``load_model``; a tf.Transform
-graph becomes fine-tuning input through ``components.engine.transform.transform_preprocessing``.
+graph becomes fine-tuning input through ``tfx_model_pruning.engine.transform.transform_preprocessing``.
 
-from components.engine import PruningConfig, prune_saved_model
+from tfx_model_pruning.engine import PruningConfig, prune_saved_model
 report = prune_saved_model("path/to/saved_model", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
 """
 
-from components.engine.config import (
+from tfx_model_pruning.engine.config import (
     DistillationConfig,
     FineTuneConfig,
     GradualPruningSchedule,
@@ -15,14 +15,16 @@ from components.engine.config import (
     PruningConfig,
     StructuredPruningConfig,
 )
-from components.engine.data import ExamplesMismatchError, Preprocessing, examples_dataset
-from components.engine.finetune import FineTuneResult, KeepPrunedWeightsZero, fine_tune
-from components.engine.layer_removal import remove_layers
-from components.engine.magnitude import PruningConfigError, find_prunable_weights, prune_model
-from components.engine.prune import UnclonableLayerError, prune_saved_model
-from components.engine.report import summary_markdown, weight_stats
-from components.engine.restored import NeedsKerasModelError
-from components.engine.saved_model import (
+from tfx_model_pruning.engine.data import ExamplesMismatchError, Preprocessing, examples_dataset
+from tfx_model_pruning.engine.finetune import FineTuneResult, KeepPrunedWeightsZero, fine_tune
+from tfx_model_pruning.engine.importance import Criterion, register_criterion
+from tfx_model_pruning.engine.layer_handlers import LayerHandler, Producer, register_layer_handler
+from tfx_model_pruning.engine.layer_removal import remove_layers
+from tfx_model_pruning.engine.magnitude import PruningConfigError, find_prunable_weights, prune_model
+from tfx_model_pruning.engine.prune import UnclonableLayerError, prune_saved_model
+from tfx_model_pruning.engine.report import summary_markdown, weight_stats
+from tfx_model_pruning.engine.restored import NeedsKerasModelError
+from tfx_model_pruning.engine.saved_model import (
     LoadedModel,
     ModelLoadError,
     NonFiniteWeightsError,
@@ -31,9 +33,14 @@ from components.engine.saved_model import (
     save_model,
     verify_signatures_preserved,
 )
-from components.engine.structured import StructuredPruningError, prune_structured
+from tfx_model_pruning.engine.structured import StructuredPruningError, prune_structured
 
 __all__ = [
+    "Criterion",
+    "LayerHandler",
+    "Producer",
+    "register_criterion",
+    "register_layer_handler",
     "DistillationConfig",
     "ExamplesMismatchError",
     "FineTuneConfig",

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from components.engine.restored import input_structure, is_restored, output_structure
+from tfx_model_pruning.engine.graph import producing_layer
+from tfx_model_pruning.engine.restored import input_structure, is_restored, output_structure
 
 
 class ExamplesMismatchError(ValueError):
@@ -46,9 +47,7 @@ def model_input_specs(model: Any) -> dict[str, tf.TensorSpec]:
     """Each model input by name (the Keras ``Input`` name), Keras or restored model."""
     if not is_restored(model):
         return {
-            tensor._keras_history.layer.name: tf.TensorSpec(
-                tensor.shape, tensor.dtype, tensor._keras_history.layer.name
-            )
+            producing_layer(tensor).name: tf.TensorSpec(tensor.shape, tensor.dtype, producing_layer(tensor).name)
             for tensor in model.inputs
         }
     structure = input_structure(model)
@@ -59,7 +58,7 @@ def model_input_specs(model: Any) -> dict[str, tf.TensorSpec]:
 
 def model_output_names(model: Any) -> list[str]:
     if not is_restored(model):
-        return [tensor._keras_history.layer.name for tensor in model.outputs]
+        return [producing_layer(tensor).name for tensor in model.outputs]
     structure = output_structure(model)
     if isinstance(structure, Mapping):
         return [str(key) for key in structure]

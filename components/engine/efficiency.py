@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.data import model_features, model_input_specs
-from components.engine.restored import call, is_restored
+from tfx_model_pruning.engine.data import model_features, model_input_specs
+from tfx_model_pruning.engine.restored import call, is_restored
 
 L = keras.layers
 

@@ -11,11 +11,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.config import FineTuneConfig
-from components.engine.gradual import GradualPruner, masked_train_loop
-from components.engine.magnitude import find_prunable_weights, iter_prunable_weights
-from components.engine.restored import call, is_restored, require_keras, trainable_variables
-from components.engine.saved_model import compiled_metrics
+from tfx_model_pruning.engine.config import FineTuneConfig
+from tfx_model_pruning.engine.gradual import GradualPruner, masked_train_loop
+from tfx_model_pruning.engine.magnitude import find_prunable_weights
+from tfx_model_pruning.engine.masks import iter_prunable_weights
+from tfx_model_pruning.engine.restored import call, is_restored, require_keras, trainable_variables
+from tfx_model_pruning.engine.saved_model import compiled_metrics
 
 
 class MaskedWeightsError(ValueError):

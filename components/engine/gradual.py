@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.config import DistillationConfig, GradualPruningSchedule
-from components.engine.magnitude import PrunableWeight
+from tfx_model_pruning.engine.config import DistillationConfig, GradualPruningSchedule
+from tfx_model_pruning.engine.masks import PrunableWeight
 
 
 class GradualPruner:

@@ -1,26 +1,34 @@
-"""Importance criteria: which units (structured) or weights (unstructured) matter least.
+"""Importance criteria: which channels (structured) or weights (unstructured) matter least.
 
-Weight criteria (``l1``, ``l2``) read only the kernels. Data criteria use a sample of the train
-split: ``apoz`` (1 - average percentage of zeros of a unit's activation, Hu et al. 2016),
-``mean_activation`` (mean |activation|) and ``taylor`` (first-order Taylor, sum of
-|weight x gradient| over a unit's weights, Molchanov et al. 2017). Activations are read where
-the unit's channel-wise chain ends (after its BatchNorm and ReLU, say), not at the raw
-convolution output, so APoZ sees the zeros a ReLU actually makes.
+A criterion is an object with one call, ``criterion(model, targets, sample)``, returning one
+score array per target (higher = keep). A target is a ``ChannelSource`` (a producer's output
+channels: one score per channel) or a ``PrunableWeight`` (one score per entry). Built-ins are
+registered by name, the names the configs accept; a user's criterion object can be passed to
+``prune_structured``/``prune_model`` directly.
+
+- ``l1``/``l2`` (alias ``magnitude``): norms of the channel's kernel slice; |w| for a weight.
+- ``apoz``: 1 - average percentage of zeros of the channel's activation (Hu et al. 2016).
+- ``mean_activation``: mean |activation|.
+- ``taylor``: first-order Taylor, sum of |weight x d loss / d weight| (Molchanov et al. 2017).
+
+Activations are read where the channel's channel-wise chain ends (after its BatchNorm and
+ReLU, say), not at the raw convolution output, so APoZ sees the zeros a ReLU actually makes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+import abc
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-if TYPE_CHECKING:
-    from components.engine.structured import ChannelGraph
+from tfx_model_pruning.engine.graph import ChannelGraph
+from tfx_model_pruning.engine.layer_handlers import handler_for
+from tfx_model_pruning.engine.masks import PrunableWeight
 
-WEIGHT_CRITERIA = ("l1", "l2")
-DATA_CRITERIA = ("apoz", "mean_activation", "taylor")
 BATCH = 64
 
 
@@ -28,12 +36,56 @@ class MissingSampleError(ValueError):
     """A data-driven criterion was asked for without data."""
 
 
-def _producers(graph: ChannelGraph) -> list[str]:
-    return [name for name, kind in graph.layer_kinds.items() if kind == "producer"]
+class CriterionError(ValueError):
+    """The criterion cannot score this kind of target."""
 
 
-def _kernel_of(layer) -> tf.Variable:
-    return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+@dataclass(frozen=True)
+class ChannelSource:
+    """A producer layer's output channels: the kernel that makes them and the tensor that carries them."""
+
+    layer_name: str
+    kernel: tf.Variable
+    output_axis: int
+    activation: Any  # the symbolic tensor where the channels' channel-wise chain ends
+
+    def per_channel(self, values: np.ndarray) -> np.ndarray:
+        """``values`` of the kernel's shape as rows of the channel axis: shape (-1, channels)."""
+        moved = np.moveaxis(values, self.output_axis, -1)
+        return moved.reshape(-1, moved.shape[-1])
+
+
+Target = Union[ChannelSource, PrunableWeight]
+
+
+class Criterion(abc.ABC):
+    """Scores targets; ``needs_sample`` says whether it reads examples ``(features, labels)``."""
+
+    needs_sample: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def __call__(self, model: Any, targets: Sequence[Target], sample: Optional[tuple[Any, Any]]) -> list[np.ndarray]:
+        """One score array per target: per channel for a ChannelSource, per entry for a weight."""
+
+
+class L1Norm(Criterion):
+    def __call__(self, model, targets, sample=None):
+        return [
+            np.abs(t.per_channel(t.kernel.numpy())).sum(axis=0)
+            if isinstance(t, ChannelSource)
+            else np.abs(t.variable.numpy())
+            for t in targets
+        ]
+
+
+class L2Norm(Criterion):
+    def __call__(self, model, targets, sample=None):
+        return [
+            np.sqrt((t.per_channel(t.kernel.numpy()) ** 2).sum(axis=0))
+            if isinstance(t, ChannelSource)
+            else np.abs(t.variable.numpy())
+            for t in targets
+        ]
 
 
 def _batches(sample, size=BATCH):
@@ -44,78 +96,132 @@ def _batches(sample, size=BATCH):
         yield chunk, (labels[start : start + size] if labels is not None else None)
 
 
-def _chain_end(graph: ChannelGraph, tensor_id: str) -> str:
-    """Follows a tensor through single-consumer channel-wise layers (BN, activations, pooling)."""
-    while True:
-        consumers = graph.consumers.get(tensor_id, [])
-        if len(consumers) != 1 or graph.layer_kinds.get(consumers[0]) not in ("channelwise", "passthrough"):
-            return tensor_id
-        if len(graph.layer_inputs[consumers[0]]) != 1:
-            return tensor_id
-        tensor_id = graph.layer_outputs[consumers[0]][0]
-
-
-def channel_scores(
-    model: keras.Model, graph: ChannelGraph, criterion: str, sample: Optional[tuple[Any, Any]] = None
-) -> dict[str, np.ndarray]:
-    """Per producer layer, one importance score per output channel (higher = keep)."""
-    producers = _producers(graph)
-    if criterion in WEIGHT_CRITERIA:
-        scores = {}
-        for name in producers:
-            kernel = _kernel_of(model.get_layer(name)).numpy()
-            flat = kernel.reshape(-1, kernel.shape[-1])
-            scores[name] = np.abs(flat).sum(axis=0) if criterion == "l1" else np.sqrt((flat**2).sum(axis=0))
-        return scores
+def _require_sample(criterion: Criterion, sample) -> None:
     if sample is None:
-        raise MissingSampleError(f"criterion {criterion!r} needs a sample of examples")
-    if criterion == "taylor":
-        return _taylor_channel_scores(model, producers, sample)
-    return _activation_scores(model, graph, producers, criterion, sample)
+        raise MissingSampleError(f"criterion {type(criterion).__name__} needs a sample of examples")
 
 
-def _activation_scores(model, graph, producers, criterion, sample) -> dict[str, np.ndarray]:
-    ends = [_chain_end(graph, graph.layer_outputs[name][0]) for name in producers]
-    probe = keras.Model(model.inputs, [graph.tensors[tensor_id] for tensor_id in ends])
-    totals = [None] * len(producers)
-    count = 0
-    for features, _ in _batches(sample):
-        outputs = probe(features, training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for index, activation in enumerate(outputs):
-            values = tf.reshape(activation, [-1, activation.shape[-1]])
-            statistic = tf.cast(values > 0, tf.float32) if criterion == "apoz" else tf.abs(values)
-            batch_sum = tf.reduce_sum(statistic, axis=0).numpy()
-            totals[index] = batch_sum if totals[index] is None else totals[index] + batch_sum
-        count += int(tf.shape(values)[0])
-    # For APoZ the score is the fraction of non-zero activations: 1 - APoZ.
-    return {name: total / max(count, 1) for name, total in zip(producers, totals, strict=True)}
+class _ActivationStatistic(Criterion):
+    needs_sample = True
+
+    @staticmethod
+    @abc.abstractmethod
+    def statistic(values: tf.Tensor) -> tf.Tensor: ...
+
+    def __call__(self, model, targets, sample=None):
+        _require_sample(self, sample)
+        if any(not isinstance(t, ChannelSource) for t in targets):
+            raise CriterionError(f"{type(self).__name__} scores channels by their activations, not single weights")
+        probe = keras.Model(model.inputs, [t.activation for t in targets])
+        totals: list[Optional[np.ndarray]] = [None] * len(targets)
+        count = 0
+        for features, _ in _batches(sample):
+            outputs = probe(features, training=False)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            for index, activation in enumerate(outputs):
+                values = tf.reshape(activation, [-1, activation.shape[-1]])
+                batch_sum = tf.reduce_sum(self.statistic(values), axis=0).numpy()
+                totals[index] = batch_sum if totals[index] is None else totals[index] + batch_sum
+            count += int(tf.shape(values)[0])
+        return [total / max(count, 1) for total in totals]
 
 
-def _loss_of(model: keras.Model):
+class APoZ(_ActivationStatistic):
+    """The fraction of non-zero activations: 1 - APoZ."""
+
+    @staticmethod
+    def statistic(values):
+        return tf.cast(values > 0, tf.float32)
+
+
+class MeanActivation(_ActivationStatistic):
+    @staticmethod
+    def statistic(values):
+        return tf.abs(values)
+
+
+def _loss_of(model: keras.Model) -> Callable:
     if getattr(model, "loss", None) is None:
         raise MissingSampleError("the taylor criterion needs the model's compiled loss; the model has none")
     return keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
 
 
-def taylor_weight_scores(model: keras.Model, variables: list[tf.Variable], sample) -> list[np.ndarray]:
-    """Sum over the sample's batches of |weight x d loss / d weight|, per weight."""
-    loss_fn = _loss_of(model)
-    totals = [np.zeros(v.shape, dtype=np.float64) for v in variables]
-    for features, labels in _batches(sample):
-        if labels is None:
-            raise MissingSampleError("the taylor criterion needs labels in the sample")
-        with tf.GradientTape() as tape:
-            loss = loss_fn(labels, model(features, training=False))
-        for total, variable, gradient in zip(totals, variables, tape.gradient(loss, variables), strict=True):
-            total += np.abs((variable * gradient).numpy())
-    return totals
+class Taylor(Criterion):
+    needs_sample = True
+
+    def __call__(self, model, targets, sample=None):
+        _require_sample(self, sample)
+        variables = [t.kernel if isinstance(t, ChannelSource) else t.variable for t in targets]
+        loss_fn = _loss_of(model)
+        totals = [np.zeros(v.shape, dtype=np.float64) for v in variables]
+        for features, labels in _batches(sample):
+            if labels is None:
+                raise MissingSampleError("the taylor criterion needs labels in the sample")
+            with tf.GradientTape() as tape:
+                loss = loss_fn(labels, model(features, training=False))
+            for total, variable, gradient in zip(totals, variables, tape.gradient(loss, variables), strict=True):
+                total += np.abs((variable * gradient).numpy())
+        return [
+            t.per_channel(total).sum(axis=0) if isinstance(t, ChannelSource) else total
+            for t, total in zip(targets, totals, strict=True)
+        ]
 
 
-def _taylor_channel_scores(model, producers, sample) -> dict[str, np.ndarray]:
-    kernels = [_kernel_of(model.get_layer(name)) for name in producers]
-    per_weight = taylor_weight_scores(model, kernels, sample)
-    return {
-        name: scores.reshape(-1, scores.shape[-1]).sum(axis=0)
-        for name, scores in zip(producers, per_weight, strict=True)
-    }
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, criterion: Criterion) -> None:
+    """Makes ``criterion`` available by ``name`` to the engine's functions."""
+    if not isinstance(criterion, Criterion):
+        raise TypeError(f"{criterion!r} is not a Criterion")
+    CRITERIA[name] = criterion
+
+
+def get_criterion(criterion: Union[str, Criterion]) -> Criterion:
+    if isinstance(criterion, Criterion):
+        return criterion
+    if criterion not in CRITERIA:
+        raise KeyError(f"unknown criterion {criterion!r}; known: {sorted(CRITERIA)}")
+    return CRITERIA[criterion]
+
+
+for _name, _criterion in {
+    "l1": L1Norm(),
+    "magnitude": L1Norm(),
+    "l2": L2Norm(),
+    "apoz": APoZ(),
+    "mean_activation": MeanActivation(),
+    "taylor": Taylor(),
+}.items():
+    register_criterion(_name, _criterion)
+
+
+def channel_sources(model: keras.Model, graph: ChannelGraph) -> list[ChannelSource]:
+    """One ChannelSource per producer of the channel graph."""
+    sources = []
+    for name in graph.producers:
+        layer = model.get_layer(name)
+        kernel, axis = handler_for(layer).scored_kernel(layer)
+        end = graph.chain_end(graph.layer_outputs[name][0])
+        sources.append(ChannelSource(name, kernel, axis, graph.tensors[end]))
+    return sources
+
+
+def channel_scores(
+    model: keras.Model,
+    graph: ChannelGraph,
+    criterion: Union[str, Criterion],
+    sample: Optional[tuple[Any, Any]] = None,
+) -> dict[str, np.ndarray]:
+    """Per producer layer, one importance score per output channel (higher = keep)."""
+    sources = channel_sources(model, graph)
+    scores = get_criterion(criterion)(model, sources, sample)
+    return {source.layer_name: score for source, score in zip(sources, scores, strict=True)}
+
+
+def weight_scores(
+    model: Any, weights: Sequence[PrunableWeight], criterion: Union[str, Criterion], sample=None
+) -> dict[str, np.ndarray]:
+    """Per weight key, one importance score per entry (higher = keep)."""
+    scores = get_criterion(criterion)(model, list(weights), sample)
+    return {weight.key: score for weight, score in zip(weights, scores, strict=True)}

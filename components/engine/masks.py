@@ -1,11 +1,56 @@
-"""Keep-masks over arrays of scores: the arithmetic every pruning method shares.
+"""Prunable weights and their keep-masks: the arithmetic every pruning method shares.
 
-A mask is a boolean array of the weight's shape, True where the weight is kept.
+A mask is a boolean array of the weight's shape, True where the weight is kept; it is keyed by
+the weight's ``key`` (``layer/path::attribute``), which is stable across save and load.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional
+
 import numpy as np
+import tensorflow as tf
+
+from tfx_model_pruning.engine.graph import leaf_layers, prunable_variables
+from tfx_model_pruning.engine.restored import is_restored, kernel_variables
+
+
+@dataclass
+class PrunableWeight:
+    """One prunable variable; ``key`` is stable across save/load (``layer/path::attribute``)."""
+
+    key: str
+    layer_name: str
+    attribute: str
+    variable: tf.Variable
+    protected_by: Optional[str] = None
+
+    @property
+    def protected(self) -> bool:
+        return self.protected_by is not None
+
+
+def iter_prunable_weights(model: Any) -> Iterator[PrunableWeight]:
+    """Every prunable weight of ``model`` (nested models and wrapped layers included), unprotected.
+
+    A model restored without its Keras classes names its kernels by variable name instead.
+    """
+    if is_restored(model):
+        for layer_name, attribute, variable in kernel_variables(model):
+            yield PrunableWeight(f"{layer_name}::{attribute}", layer_name, attribute, variable)
+        return
+    for path, layer in leaf_layers(model):
+        for attribute, variable in prunable_variables(layer):
+            yield PrunableWeight(f"{path}::{attribute}", path, attribute, variable)
+
+
+def apply_masks(weights: Iterable[PrunableWeight], masks: dict[str, np.ndarray]) -> None:
+    """Zeroes every masked-out entry in place."""
+    for weight in weights:
+        mask = masks.get(weight.key)
+        if mask is not None:
+            weight.variable.assign(weight.variable.numpy() * mask.astype(weight.variable.dtype.as_numpy_dtype))
 
 
 def keep_largest(values: np.ndarray, sparsity: float) -> np.ndarray:

@@ -9,15 +9,16 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.config import LayerRemovalConfig, PruningConfig, StructuredPruningConfig
-from components.engine.data import parse_sample
-from components.engine.efficiency import efficiency_stats
-from components.engine.importance import DATA_CRITERIA
-from components.engine.layer_removal import remove_layers
-from components.engine.magnitude import find_prunable_weights, prune_model
-from components.engine.report import directory_size, gzip_size, layer_rows, weight_stats
-from components.engine.restored import require_keras
-from components.engine.saved_model import (
+from tfx_model_pruning.engine.config import LayerRemovalConfig, PruningConfig, StructuredPruningConfig
+from tfx_model_pruning.engine.data import parse_sample
+from tfx_model_pruning.engine.efficiency import efficiency_stats
+from tfx_model_pruning.engine.graph import in_layer_graph
+from tfx_model_pruning.engine.importance import get_criterion
+from tfx_model_pruning.engine.layer_removal import remove_layers
+from tfx_model_pruning.engine.magnitude import find_prunable_weights, prune_model
+from tfx_model_pruning.engine.report import directory_size, gzip_size, layer_rows, weight_stats
+from tfx_model_pruning.engine.restored import require_keras
+from tfx_model_pruning.engine.saved_model import (
     LoadedModel,
     copy_compile_settings,
     load_model,
@@ -25,9 +26,9 @@ from components.engine.saved_model import (
     save_model,
     verify_signatures_preserved,
 )
-from components.engine.sensitivity import allocate, sensitivity_curves, sensitivity_report
-from components.engine.signatures import rebuild_example_signatures
-from components.engine.structured import prune_structured
+from tfx_model_pruning.engine.sensitivity import allocate, sensitivity_curves, sensitivity_report
+from tfx_model_pruning.engine.signatures import rebuild_example_signatures
+from tfx_model_pruning.engine.structured import prune_structured
 
 
 class MissingExamplesError(ValueError):
@@ -82,7 +83,7 @@ def prune_saved_model(
     if isinstance(config, LayerRemovalConfig):
         return _remove_layers(loaded, output_dir, config, sample_examples, holdout_examples, latency_repeats)
     sample = None
-    if config.criterion in DATA_CRITERIA + ("taylor",):
+    if get_criterion(config.criterion).needs_sample:
         if sample_examples is None or int(tf.size(sample_examples)) == 0:
             raise MissingExamplesError(f"criterion {config.criterion!r} reads examples: connect `examples`")
         sample = parse_sample(loaded.model, sample_examples[: config.sample_size], config.label_key)
@@ -141,7 +142,7 @@ def _require_rebuildable(model: keras.Model, what: str, whole_model: bool) -> No
     signatures around it); what clones the whole model (layer removal, sensitivity curves) cannot.
     """
     for layer in model.layers:
-        if not whole_model and not layer.inbound_nodes:
+        if not whole_model and not in_layer_graph(layer):
             continue
         try:
             layer.get_config()

@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 from tabulate import tabulate
 
-from components.engine.magnitude import PrunableWeight, iter_prunable_weights
-from components.engine.restored import count_params, model_variables
-from components.engine.saved_model import MASKS_RELATIVE_PATH
+from tfx_model_pruning.engine.masks import PrunableWeight, iter_prunable_weights
+from tfx_model_pruning.engine.restored import count_params, model_variables
+from tfx_model_pruning.engine.saved_model import MASKS_RELATIVE_PATH
 
 
 def gzip_size(directory: str, exclude: Iterable[str] = (MASKS_RELATIVE_PATH,)) -> int:

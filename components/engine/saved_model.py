@@ -6,7 +6,7 @@ model can be pruned or fine-tuned in place and saved again with the very same si
 (including any preprocessing they do), which is what the stock Pusher, TFMA and TF Serving
 expect. A SavedModel written by ``tf.saved_model.save`` (no Keras metadata, as TFX's examples
 write them) is reloaded with ``tf.saved_model.load`` and behaves the same way for everything
-that does not need the layer graph (``components.engine.restored``). Pruning masks travel
+that does not need the layer graph (``tfx_model_pruning.engine.restored``). Pruning masks travel
 inside the SavedModel under ``assets.extra/`` (a directory TF Serving ignores), so a later
 fine-tuning step knows which zeros to keep; other ``assets.extra`` files (warm-up requests)
 are carried over.
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.restored import is_restored, model_variables, trainable_variables
+from tfx_model_pruning.engine.restored import is_restored, model_variables, trainable_variables
 
 MASKS_RELATIVE_PATH = os.path.join("assets.extra", "pruning_masks.npz")
 

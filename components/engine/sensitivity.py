@@ -3,7 +3,8 @@
 Each prunable layer is pruned alone (by magnitude) at several sparsities and the model's loss
 is measured on a sample of held-out examples. From those curves a greedy allocation meets a
 global parameter budget with the least predicted loss: repeatedly take the next sparsity step
-of the layer whose step costs the least loss per parameter removed.
+of the layer whose step costs the least loss per parameter removed. Structured pruning
+allocates per channel family with the same curves (``structured.structured_allocation``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.magnitude import PrunableWeight
-from components.engine.masks import keep_largest
+from tfx_model_pruning.engine.masks import PrunableWeight, keep_largest
 
 
 class BudgetError(ValueError):
@@ -123,74 +123,3 @@ def sensitivity_report(dense_loss: float, curves: list[Curve], allocation: dict[
         "curves": {c.key: {"params": c.params, "levels": c.levels, "losses": c.losses} for c in curves},
         "allocation": allocation,
     }
-
-
-def structured_allocation(model: keras.Model, graph, units: list, config, holdout) -> tuple[dict[int, float], dict]:
-    """Per-family fractions of units to remove that bring FLOPs under ``config.flops_budget``.
-
-    Each family (producers whose channels are coupled) is pruned alone at each level with its
-    channels disconnected, its held-out loss measured and its FLOPs saving counted on the
-    rebuilt model; then the cheapest steps in loss per FLOP saved are taken until the budget holds.
-
-    Raises:
-      BudgetError: even every family at the highest level keeps more FLOPs than the budget
-        (checked before any curve is measured).
-    """
-    from components.engine.efficiency import count_flops
-    from components.engine.structured import disconnect_in_place, rebuild, select_units_to_remove
-
-    families = sorted({unit.family for unit in units})
-    names = {f: "+".join(sorted({n for u in units if u.family == f for n, _ in u.producers})) for f in families}
-    dense_flops = count_flops(model)
-    target = config.flops_budget * dense_flops
-
-    def removed_roots(fractions):
-        return {u.root for u in select_units_to_remove(units, graph, model, config, fractions)}
-
-    floor = count_flops(rebuild(model, graph, removed_roots({f: max(config.sensitivity_levels) for f in families})))
-    if floor > target:
-        raise BudgetError(
-            f"flops_budget {config.flops_budget} cannot be met: with every group at the highest level "
-            f"({max(config.sensitivity_levels)}) the model keeps {floor / dense_flops:.3f} of its FLOPs"
-        )
-    dense_loss = sample_loss(model, holdout)
-    curves, savings = [], {}
-    for family in families:
-        losses = []
-        for level in config.sensitivity_levels:
-            roots = removed_roots({family: level})
-            trial = keras.models.clone_model(model)
-            trial.set_weights(model.get_weights())
-            trial.compile(loss=model.loss)
-            disconnect_in_place(trial, graph, roots)
-            losses.append(sample_loss(trial, holdout))
-            savings[(family, level)] = dense_flops - count_flops(rebuild(model, graph, roots))
-        curves.append(Curve(names[family], 0, list(config.sensitivity_levels), losses))
-
-    position = {family: -1 for family in families}
-
-    def current_fractions():
-        return {f: (config.sensitivity_levels[position[f]] if position[f] >= 0 else 0.0) for f in families}
-
-    # Savings of coupled groups overlap (a layer narrowed at both ends), so the budget is checked
-    # on the actually rebuilt model after every step rather than on the sum of estimates.
-    while count_flops(rebuild(model, graph, removed_roots(current_fractions()))) > target:
-        best, best_cost = None, np.inf
-        for family, curve in zip(families, curves, strict=True):
-            index = position[family]
-            if index + 1 >= len(curve.levels):
-                continue
-            gained = savings[(family, curve.levels[index + 1])] - (
-                savings[(family, curve.levels[index])] if index >= 0 else 0.0
-            )
-            loss_before = curve.losses[index] if index >= 0 else dense_loss
-            cost = max(curve.losses[index + 1] - loss_before, 0.0) / max(gained, 1e-12)
-            if cost < best_cost:
-                best, best_cost = family, cost
-        if best is None:
-            break  # every group at its highest level; the floor check above says this meets the target
-        position[best] += 1
-    fractions = current_fractions()
-    report = sensitivity_report(dense_loss, curves, {names[f]: fractions[f] for f in families})
-    report["flops_budget"] = config.flops_budget
-    return fractions, report

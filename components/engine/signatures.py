@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.engine.data import ExamplesMismatchError, input_feature_spec, model_features
-from components.engine.structured import attached_layers
+from tfx_model_pruning.engine.data import ExamplesMismatchError, input_feature_spec, model_features
+from tfx_model_pruning.engine.graph import attached_layers, in_layer_graph
 
 
 class SignatureRebuildError(ValueError):
@@ -80,7 +80,7 @@ def _candidate_forms(model: keras.Model, sample: tf.train.Example) -> list[tuple
 
 
 def _reads_model_weights(function, model: keras.Model) -> bool:
-    weights = {id(weight.handle) for layer in model.layers if layer.inbound_nodes for weight in layer.weights}
+    weights = {id(weight.handle) for layer in model.layers if in_layer_graph(layer) for weight in layer.weights}
     return any(id(captured) in weights for captured in function.captured_inputs)
 
 

@@ -1,103 +1,48 @@
 """Structured pruning: remove whole Dense units and convolution filters and rebuild a smaller model.
 
 Channels are tracked through the layer graph the way Torch-Pruning's DepGraph does it for
-PyTorch. Every output channel of a *producer* (Dense, Conv1D/2D/3D, SeparableConv) is a node;
-channel-wise layers (BatchNormalization, activations, Dropout, pooling, padding,
+PyTorch (``graph.analyse_channels``), each layer by its handler (``layer_handlers``). Every
+output channel of a *producer* (Dense, Conv1D/2D/3D, SeparableConv, a registered custom layer)
+is a node; channel-wise layers (BatchNormalization, activations, Dropout, pooling, padding,
 DepthwiseConv2D, ...) pass nodes through; ``Flatten`` repeats them once per spatial position;
 ``Concatenate`` lays its inputs' nodes side by side; ``Add``/``Subtract``/``Multiply``/
 ``Average``/``Maximum``/``Minimum`` join the nodes at equal positions into one (union-find), so
-coupled channels are removed together or not at all. A layer the analysis does not understand
-(``Lambda``, ``TFOpLambda``, ``Reshape``, custom or nested models, ...) is a *barrier*: every
-channel flowing into it is frozen and its outputs are new frozen channels. Channels reaching a
-model output, and the outputs of protected layers, are frozen too. A removable unit is a set of
-joined nodes; removing it deletes the producer columns, the channel-wise parameters and the
-consumer rows of every member, so the rebuilt model computes exactly what the original computes
-with those channels disconnected.
+coupled channels are removed together or not at all. A layer without a handler (``Lambda``,
+``TFOpLambda``, ``Reshape``, custom or nested models, ...) is a *barrier*: every channel flowing
+into it is frozen and its outputs are new frozen channels. Channels reaching a model output,
+and the outputs of protected layers, are frozen too. A removable unit is a set of joined nodes;
+removing it deletes the producer columns, the channel-wise parameters and the consumer rows of
+every member, so the rebuilt model computes exactly what the original computes with those
+channels disconnected.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 import numpy as np
 import tf_keras as keras
 
-from components.engine.config import StructuredPruningConfig
-from components.engine.importance import channel_scores
-
-L = keras.layers
-
-_PRODUCERS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.SeparableConv1D, L.SeparableConv2D)
-_PASS_THROUGH = (
-    L.InputLayer, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU,
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
-)  # fmt: skip
-_ELEMENTWISE_MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
-# Activations that normalise across channels: dropping a channel would change the others.
-_CROSS_CHANNEL_ACTIVATIONS = {"softmax", "log_softmax"}
+from tfx_model_pruning.engine.config import StructuredPruningConfig
+from tfx_model_pruning.engine.efficiency import count_flops
+from tfx_model_pruning.engine.graph import (
+    ChannelBarrier,
+    ChannelGraph,
+    UnionFind,
+    analyse_channels,
+    attached_layers,
+    in_layer_graph,
+)
+from tfx_model_pruning.engine.importance import Criterion, channel_scores
+from tfx_model_pruning.engine.layer_handlers import handler_for
+from tfx_model_pruning.engine.sensitivity import BudgetError, Curve, sample_loss, sensitivity_report
 
 
 class StructuredPruningError(ValueError):
     """The configuration cannot be applied to this model."""
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def add(self) -> int:
-        self.parent.append(len(self.parent))
-        return len(self.parent) - 1
-
-    def find(self, node: int) -> int:
-        while self.parent[node] != node:
-            self.parent[node] = self.parent[self.parent[node]]
-            node = self.parent[node]
-        return node
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-@dataclass
-class ChannelGraph:
-    """Channel nodes of every tensor, who produces them, and which are frozen (and why)."""
-
-    tensor_channels: dict[str, list[int]] = field(default_factory=dict)
-    node_producer: dict[int, tuple[str, int]] = field(default_factory=dict)  # node -> (layer, output index)
-    frozen: dict[int, str] = field(default_factory=dict)
-    barriers: dict[str, str] = field(default_factory=dict)
-    layer_inputs: dict[str, list[str]] = field(default_factory=dict)
-    layer_outputs: dict[str, list[str]] = field(default_factory=dict)
-    layer_kinds: dict[str, str] = field(default_factory=dict)
-    tensors: dict[str, Any] = field(default_factory=dict)
-    consumers: dict[str, list[str]] = field(default_factory=dict)
-    sets: _UnionFind = field(default_factory=_UnionFind)
-
-    def new_channels(self, count: int, producer: Optional[str] = None) -> list[int]:
-        nodes = [self.sets.add() for _ in range(count)]
-        if producer is not None:
-            for index, node in enumerate(nodes):
-                self.node_producer[node] = (producer, index)
-        return nodes
-
-    def freeze(self, nodes, reason: str) -> None:
-        for node in nodes:
-            self.frozen.setdefault(node, reason)
-
-    def unit_of(self, node: int) -> int:
-        return self.sets.find(node)
 
 
 def _last_dim(tensor) -> Optional[int]:
@@ -105,126 +50,12 @@ def _last_dim(tensor) -> Optional[int]:
     return int(dim) if dim is not None else None
 
 
-def _layer_kind(layer) -> str:
-    if isinstance(layer, keras.Model):
-        return "barrier:nested model"
-    if isinstance(layer, _PRODUCERS):
-        if getattr(layer, "groups", 1) != 1:
-            return "barrier:grouped convolution"
-        if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)) and layer.data_format != "channels_last":
-            return "barrier:channels_first"
-        if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.data_format != "channels_last":
-            return "barrier:channels_first"
-        return "producer"
-    if isinstance(layer, L.BatchNormalization):
-        rank = len(layer.input_shape)
-        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        if [axis % rank for axis in axes] == [rank - 1]:
-            return "channelwise"
-        return "barrier:BatchNormalization over a non-channel axis"
-    if isinstance(layer, L.DepthwiseConv2D):
-        return "channelwise" if layer.depth_multiplier == 1 else "barrier:depth_multiplier > 1"
-    if isinstance(layer, L.Activation):
-        name = keras.activations.serialize(layer.activation)
-        name = name if isinstance(name, str) else str(name)
-        return "barrier:cross-channel activation" if name in _CROSS_CHANNEL_ACTIVATIONS else "passthrough"
-    if isinstance(layer, L.Softmax):
-        return "barrier:softmax mixes channels"
-    if isinstance(layer, _PASS_THROUGH):
-        return "passthrough"
-    if isinstance(layer, L.Flatten):
-        return "flatten"
-    if isinstance(layer, L.Concatenate):
-        return "concatenate"
-    if isinstance(layer, _ELEMENTWISE_MERGE):
-        return "merge"
-    return f"barrier:{type(layer).__name__} is not understood by the channel analysis"
-
-
 def analyse(model: keras.Model, protected: tuple[str, ...] = ()) -> ChannelGraph:
-    """Builds the channel graph of a functional or Sequential tf-keras model."""
-    if not getattr(model, "_is_graph_network", False):
-        raise StructuredPruningError(
-            f"{model.name} is a subclassed model; structured pruning needs a functional or Sequential graph"
-        )
-    graph = ChannelGraph()
-    patterns = [re.compile(p) for p in protected]
-    calls: dict[str, int] = {}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            calls[node.layer.name] = calls.get(node.layer.name, 0) + 1
-
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            layer = node.layer
-            inputs = [graph.tensor_channels.get(tensor_id) for tensor_id in node.flat_input_ids]
-            outputs = list(node.flat_output_ids)
-            graph.layer_inputs[layer.name] = list(node.flat_input_ids)
-            graph.layer_outputs[layer.name] = outputs
-            output_tensors = node.outputs if isinstance(node.outputs, (list, tuple)) else [node.outputs]
-            for tensor_id, tensor in zip(outputs, output_tensors, strict=True):
-                graph.tensors[tensor_id] = tensor
-            for tensor_id in node.flat_input_ids:
-                graph.consumers.setdefault(tensor_id, []).append(layer.name)
-            kind = _layer_kind(layer)
-            if calls[layer.name] > 1:
-                kind = "barrier:layer called more than once (shared weights)"
-            graph.layer_kinds[layer.name] = kind
-            if isinstance(layer, L.InputLayer) or not node.flat_input_ids:
-                for tensor_id, tensor in zip(outputs, output_tensors, strict=True):
-                    graph.tensor_channels[tensor_id] = graph.new_channels(_last_dim(tensor) or 0)
-                    graph.freeze(graph.tensor_channels[tensor_id], "model input")
-                continue
-            if any(channels is None for channels in inputs):
-                kind = "barrier:input of unknown width"
-
-            if kind == "producer":
-                channels = graph.new_channels(_last_dim(output_tensors[0]), producer=layer.name)
-                graph.tensor_channels[outputs[0]] = channels
-                activation = keras.activations.serialize(getattr(layer, "activation", None) or keras.activations.linear)
-                if activation in _CROSS_CHANNEL_ACTIVATIONS:
-                    graph.freeze(channels, f"{layer.name} has a {activation} activation")
-                if any(p.fullmatch(layer.name) for p in patterns):
-                    graph.freeze(channels, f"{layer.name} is protected")
-            elif kind in ("channelwise", "passthrough"):
-                graph.tensor_channels[outputs[0]] = list(inputs[0])
-            elif kind == "flatten":
-                spatial = output_tensors[0].shape[-1] // max(len(inputs[0]), 1) if inputs[0] else 0
-                if not inputs[0] or output_tensors[0].shape[-1] is None:
-                    graph.barriers[layer.name] = "Flatten of unknown shape"
-                    graph.freeze(inputs[0] or [], f"barrier {layer.name}")
-                    graph.tensor_channels[outputs[0]] = graph.new_channels(_last_dim(output_tensors[0]) or 0)
-                    graph.freeze(graph.tensor_channels[outputs[0]], f"barrier {layer.name}")
-                else:
-                    graph.tensor_channels[outputs[0]] = list(inputs[0]) * spatial
-            elif kind == "concatenate":
-                rank = len(output_tensors[0].shape)
-                if layer.axis in (-1, rank - 1):
-                    graph.tensor_channels[outputs[0]] = [c for channels in inputs for c in channels]
-                else:  # concatenating along another axis keeps channel positions aligned, as a merge does
-                    kind = "merge"
-            if kind == "merge":
-                widths = {len(channels) for channels in inputs}
-                if len(widths) != 1:
-                    kind = "barrier:merge of inputs with different widths (broadcast)"
-                else:
-                    for channels in inputs[1:]:
-                        for a, b in zip(inputs[0], channels, strict=True):
-                            graph.sets.union(a, b)
-                    graph.tensor_channels[outputs[0]] = list(inputs[0])
-            if kind.startswith("barrier:"):
-                reason = kind.split(":", 1)[1]
-                graph.barriers[layer.name] = reason
-                for channels in inputs:
-                    graph.freeze(channels or [], f"feeds barrier {layer.name} ({reason})")
-                for tensor_id, tensor in zip(outputs, output_tensors, strict=True):
-                    graph.tensor_channels[tensor_id] = graph.new_channels(_last_dim(tensor) or 0)
-                    graph.freeze(graph.tensor_channels[tensor_id], f"output of barrier {layer.name}")
-
-    for tensor in model.outputs:
-        for output_id in (str(id(tensor)),):
-            graph.freeze(graph.tensor_channels.get(output_id, []), "reaches a model output")
-    return graph
+    """The channel graph of a functional or Sequential tf-keras model, through the registered handlers."""
+    try:
+        return analyse_channels(model, handler_for, protected)
+    except ChannelBarrier as refused:
+        raise StructuredPruningError(str(refused)) from None
 
 
 @dataclass
@@ -252,7 +83,7 @@ def removable_units(graph: ChannelGraph, channel_scores: dict[str, np.ndarray]) 
         importance = float(sum(channel_scores[layer_name][index] for layer_name, index in producers))
         units.append(Unit(root, nodes, producers, importance))
     # Families: producers whose channels are joined prune together, with one allocation.
-    family_sets = _UnionFind()
+    family_sets = UnionFind()
     layer_family: dict[str, int] = {}
     for unit in units:
         ids = []
@@ -339,83 +170,118 @@ def _kept_positions(channels: list[int], removed: set[int], graph: ChannelGraph)
 
 
 def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> keras.Model:
-    """A new model without the removed channels, weights sliced from ``model``."""
-    new_widths: dict[str, int] = {}
-    for layer in model.layers:
-        if _layer_kind(layer) == "producer" and layer.name in graph.layer_outputs:
-            channels = graph.tensor_channels[graph.layer_outputs[layer.name][0]]
-            new_widths[layer.name] = len(_kept_positions(channels, removed_roots, graph))
+    """A new model without the removed channels, weights sliced from ``model`` by each layer's handler."""
+    new_widths = {
+        name: len(_kept_positions(graph.output_channels(name), removed_roots, graph)) for name in graph.producers
+    }
 
     def clone(layer):
-        if not layer.inbound_nodes:
+        if not in_layer_graph(layer):
             # Outside the layer graph (a tf.Transform layer attached for the signatures): shared as is.
             return layer
-        config = layer.get_config()
         if layer.name in new_widths:
-            config["units" if isinstance(layer, L.Dense) else "filters"] = new_widths[layer.name]
-        return type(layer).from_config(config)
+            return type(layer).from_config(handler_for(layer).resized_config(layer, new_widths[layer.name]))
+        return type(layer).from_config(layer.get_config())
 
     smaller = keras.models.clone_model(model, clone_function=clone)
     for attribute, layer in attached_layers(model).items():
         setattr(smaller, attribute, layer)
     for layer in model.layers:
-        if not layer.weights or not layer.inbound_nodes:
+        if not layer.weights or not in_layer_graph(layer):
             continue
         target = smaller.get_layer(layer.name)
         if layer.name in graph.barriers or layer.name not in graph.layer_inputs:
             target.set_weights(layer.get_weights())
             continue
-        inputs = graph.tensor_channels.get(graph.layer_inputs[layer.name][0], [])
-        keep_in = _kept_positions(inputs, removed_roots, graph)
-        target.set_weights(_sliced_weights(layer, keep_in, removed_roots, graph))
+        keep_in = _kept_positions(graph.input_channels(layer.name), removed_roots, graph)
+        keep_out = (
+            _kept_positions(graph.output_channels(layer.name), removed_roots, graph)
+            if layer.name in new_widths
+            else None
+        )
+        target.set_weights(handler_for(layer).sliced_weights(layer, keep_in, keep_out))
     return smaller
-
-
-def attached_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
-    """Layers set as attributes of ``model`` but outside its layer graph, by attribute name.
-
-    TFX's examples attach tf.Transform's layer this way (``model.tft_layer = ...``) so that the
-    serving signatures, which call it, can be saved with the model.
-    """
-    outside = [layer for layer in model.layers if not layer.inbound_nodes]
-    return {
-        name: value
-        for name, value in vars(model).items()
-        if not name.startswith("_") and any(value is layer for layer in outside)
-    }
-
-
-def _sliced_weights(layer, keep_in: np.ndarray, removed: set[int], graph: ChannelGraph) -> list[np.ndarray]:
-    weights = layer.get_weights()
-    if isinstance(layer, L.BatchNormalization):
-        return [w[keep_in] for w in weights]
-    if isinstance(layer, L.DepthwiseConv2D):
-        kernel = weights[0][..., keep_in, :]
-        return [kernel] + [w[keep_in] for w in weights[1:]]
-    if _layer_kind(layer) != "producer":
-        return weights
-    keep_out = _kept_positions(graph.tensor_channels[graph.layer_outputs[layer.name][0]], removed, graph)
-    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        depthwise, pointwise, *bias = weights
-        multiplier = depthwise.shape[-1]
-        rows = (keep_in[:, None] * multiplier + np.arange(multiplier)[None, :]).ravel()
-        return [depthwise[..., keep_in, :], pointwise[..., rows, :][..., keep_out]] + [b[keep_out] for b in bias]
-    kernel, *bias = weights
-    return [kernel[..., keep_in, :][..., keep_out]] + [b[keep_out] for b in bias]
 
 
 def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> None:
     """Zeroes every consumer row that reads a removed channel: the dense-model equivalent of removal."""
-    for layer in model.layers:
-        if _layer_kind(layer) != "producer" or layer.name in graph.barriers or layer.name not in graph.layer_inputs:
-            continue
-        inputs = graph.tensor_channels.get(graph.layer_inputs[layer.name][0], [])
+    for name in graph.producers:
+        inputs = graph.input_channels(name)
         dropped = np.array([i for i, n in enumerate(inputs) if graph.unit_of(n) in removed_roots], dtype=np.int64)
         if dropped.size == 0:
             continue
-        weights = layer.get_weights()
-        weights[0][..., dropped, :] = 0  # kernel (or a separable layer's depthwise kernel): axis -2 is input
-        layer.set_weights(weights)
+        layer = model.get_layer(name)
+        layer.set_weights(handler_for(layer).disconnected_weights(layer, dropped))
+
+
+def structured_allocation(
+    model: keras.Model, graph: ChannelGraph, units: list[Unit], config: StructuredPruningConfig, holdout
+) -> tuple[dict[int, float], dict]:
+    """Per-family fractions of units to remove that bring FLOPs under ``config.flops_budget``.
+
+    Each family (producers whose channels are coupled) is pruned alone at each level with its
+    channels disconnected, its held-out loss measured and its FLOPs saving counted on the
+    rebuilt model; then the cheapest steps in loss per FLOP saved are taken until the budget holds.
+
+    Raises:
+      BudgetError: even every family at the highest level keeps more FLOPs than the budget
+        (checked before any curve is measured).
+    """
+    families = sorted({unit.family for unit in units})
+    names = {f: "+".join(sorted({n for u in units if u.family == f for n, _ in u.producers})) for f in families}
+    dense_flops = count_flops(model)
+    target = config.flops_budget * dense_flops
+
+    def removed_roots(fractions):
+        return {u.root for u in select_units_to_remove(units, graph, model, config, fractions)}
+
+    floor = count_flops(rebuild(model, graph, removed_roots({f: max(config.sensitivity_levels) for f in families})))
+    if floor > target:
+        raise BudgetError(
+            f"flops_budget {config.flops_budget} cannot be met: with every group at the highest level "
+            f"({max(config.sensitivity_levels)}) the model keeps {floor / dense_flops:.3f} of its FLOPs"
+        )
+    dense_loss = sample_loss(model, holdout)
+    curves, savings = [], {}
+    for family in families:
+        losses = []
+        for level in config.sensitivity_levels:
+            roots = removed_roots({family: level})
+            trial = keras.models.clone_model(model)
+            trial.set_weights(model.get_weights())
+            trial.compile(loss=model.loss)
+            disconnect_in_place(trial, graph, roots)
+            losses.append(sample_loss(trial, holdout))
+            savings[(family, level)] = dense_flops - count_flops(rebuild(model, graph, roots))
+        curves.append(Curve(names[family], 0, list(config.sensitivity_levels), losses))
+
+    position = {family: -1 for family in families}
+
+    def current_fractions():
+        return {f: (config.sensitivity_levels[position[f]] if position[f] >= 0 else 0.0) for f in families}
+
+    # Savings of coupled groups overlap (a layer narrowed at both ends), so the budget is checked
+    # on the actually rebuilt model after every step rather than on the sum of estimates.
+    while count_flops(rebuild(model, graph, removed_roots(current_fractions()))) > target:
+        best, best_cost = None, np.inf
+        for family, curve in zip(families, curves, strict=True):
+            index = position[family]
+            if index + 1 >= len(curve.levels):
+                continue
+            gained = savings[(family, curve.levels[index + 1])] - (
+                savings[(family, curve.levels[index])] if index >= 0 else 0.0
+            )
+            loss_before = curve.losses[index] if index >= 0 else dense_loss
+            cost = max(curve.losses[index + 1] - loss_before, 0.0) / max(gained, 1e-12)
+            if cost < best_cost:
+                best, best_cost = family, cost
+        if best is None:
+            break  # every group at its highest level; the floor check above says this meets the target
+        position[best] += 1
+    fractions = current_fractions()
+    report = sensitivity_report(dense_loss, curves, {names[f]: fractions[f] for f in families})
+    report["flops_budget"] = config.flops_budget
+    return fractions, report
 
 
 def prune_structured(
@@ -423,18 +289,20 @@ def prune_structured(
     config: StructuredPruningConfig,
     sample: Optional[tuple[Any, Any]] = None,
     holdout: Optional[tuple[Any, Any]] = None,
+    criterion: Optional[Union[str, Criterion]] = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Removes the least important units/filters; returns the smaller model and a report.
 
     ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor);
-    ``holdout`` the labelled examples the sensitivity curves are measured on.
+    ``holdout`` the labelled examples the sensitivity curves are measured on; ``criterion``
+    (default ``config.criterion``) a registered name or a ``Criterion`` object.
     """
     names = [layer.name for layer in model.layers]
     unmatched = [p for p in config.protected_layers if not any(re.fullmatch(p, n) for n in names)]
     if unmatched:
         raise StructuredPruningError(f"protected layer pattern(s) {unmatched} match no layer; layers are: {names}")
     graph = analyse(model, tuple(config.protected_layers))
-    units = removable_units(graph, channel_scores(model, graph, config.criterion, sample))
+    units = removable_units(graph, channel_scores(model, graph, criterion or config.criterion, sample))
     if not units:
         raise StructuredPruningError(
             "no unit or filter can be removed: every channel is protected, frozen by a barrier or reaches an output"
@@ -442,19 +310,16 @@ def prune_structured(
         )
     family_fractions, sensitivity = None, None
     if config.scope == "sensitivity":
-        from components.engine.sensitivity import structured_allocation
-
         if holdout is None:
             raise StructuredPruningError("scope='sensitivity' needs held-out labelled examples")
         family_fractions, sensitivity = structured_allocation(model, graph, units, config, holdout)
     chosen = select_units_to_remove(units, graph, model, config, family_fractions)
     removed = {unit.root for unit in chosen}
     smaller = rebuild(model, graph, removed)
-    widths = {}
-    for layer in model.layers:
-        if _layer_kind(layer) == "producer":
-            after = _last_dim(smaller.get_layer(layer.name).output)
-            widths[layer.name] = {"before": _last_dim(layer.output), "after": after}
+    widths = {
+        name: {"before": _last_dim(model.get_layer(name).output), "after": _last_dim(smaller.get_layer(name).output)}
+        for name in graph.producers
+    }
     report = {
         "removable_units": len(units),
         "removed_units": len(chosen),

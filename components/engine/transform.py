@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow_transform as tft
 
-from components.engine.data import Preprocessing
+from tfx_model_pruning.engine.data import Preprocessing
 
 
 def transform_preprocessing(transform_graph_dir: str) -> Preprocessing:

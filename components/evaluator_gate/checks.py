@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from scipy.stats import binomtest
 
-from components.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import standard_component_specs as specs
-from components.evaluator_gate import executor
-from components.evaluator_gate.config import GateConfig, MetricThreshold
-from components.evaluator_gate.metrics import metric_output_name
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.evaluator_gate import executor
+from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.evaluator_gate.metrics import metric_output_name
 
 
 class EvaluatorGateSpec(ComponentSpec):

@@ -24,24 +24,24 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 
-from components import artifact_files as files
-from components import standard_component_specs as specs
-from components._io import split_files, split_patterns, write_bytes, write_json, write_text
-from components.engine.data import ExamplesMismatchError, first_example
-from components.engine.efficiency import count_flops, cpu_latency_ms
-from components.engine.prune import size_stats
-from components.engine.report import layer_table, weight_stats
-from components.engine.saved_model import load_model, non_finite_weights
-from components.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
-from components.evaluator_gate.config import GateConfig
-from components.evaluator_gate.metrics import (
+from tfx_model_pruning import artifact_files as files
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning._io import split_files, split_patterns, write_bytes, write_json, write_text
+from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
+from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
+from tfx_model_pruning.engine.prune import size_stats
+from tfx_model_pruning.engine.report import layer_table, weight_stats
+from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights
+from tfx_model_pruning.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
+from tfx_model_pruning.evaluator_gate.config import GateConfig
+from tfx_model_pruning.evaluator_gate.metrics import (
     NON_FINITE_PREDICTIONS,
     metric_config,
     metric_output_name,
     non_finite_predictions_config,
 )
-from components.evaluator_gate.report import release_report_html, release_report_png, summary_markdown
-from components.serving_versions import (
+from tfx_model_pruning.evaluator_gate.report import release_report_html, release_report_png, summary_markdown
+from tfx_model_pruning.serving_versions import (
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
     latest_version_dir,

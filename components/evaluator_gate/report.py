@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 from tabulate import tabulate
 
-from components.evaluator_gate.metrics import metric_output_name
+from tfx_model_pruning.evaluator_gate.metrics import metric_output_name
 
 MODEL_ORDER = ("baseline", "serving", "candidate")
 MODEL_LABELS = {"baseline": "baseline (parent)", "serving": "serving now", "candidate": "candidate"}
@@ -194,7 +194,7 @@ def release_report_png(result: dict[str, Any]) -> bytes:
 
 # The template ships inside the package (setup.py package_data), so pods and wheels have it.
 _HTML = jinja2.Environment(
-    loader=jinja2.PackageLoader("components.evaluator_gate", "templates"),
+    loader=jinja2.PackageLoader("tfx_model_pruning.evaluator_gate", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,

@@ -10,10 +10,10 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import standard_component_specs as specs
-from components.artifacts import PruningReport
-from components.engine.config import AnyPruningConfig
-from components.prune import executor
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.artifacts import PruningReport
+from tfx_model_pruning.engine.config import AnyPruningConfig
+from tfx_model_pruning.prune import executor
 
 
 class PruneComponentSpec(ComponentSpec):

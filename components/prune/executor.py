@@ -11,13 +11,13 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from components import artifact_files as files
-from components import standard_component_specs as specs
-from components._io import split_files, write_json, write_text
-from components.engine import prune_saved_model, summary_markdown
-from components.engine.config import pruning_config_from_json
-from components.engine.data import read_serialized
-from components.engine.sensitivity import Curve, plot_curves
+from tfx_model_pruning import artifact_files as files
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning._io import split_files, write_json, write_text
+from tfx_model_pruning.engine import prune_saved_model, summary_markdown
+from tfx_model_pruning.engine.config import pruning_config_from_json
+from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.sensitivity import Curve, plot_curves
 
 # Structured pruning proves its rebuilt serving signatures on at least this many real
 # examples; data-driven criteria read config.sample_size of them.

@@ -10,10 +10,10 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components import standard_component_specs as specs
-from components.engine.config import DistillationConfig, FineTuneConfig, GradualPruningSchedule
-from components.engine.finetune import make_loss
-from components.retrain import executor
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.engine.config import DistillationConfig, FineTuneConfig, GradualPruningSchedule
+from tfx_model_pruning.engine.finetune import make_loss
+from tfx_model_pruning.retrain import executor
 
 
 class RetrainComponentSpec(ComponentSpec):

@@ -11,10 +11,10 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import import_utils, path_utils
 
-from components import artifact_files as files
-from components import standard_component_specs as specs
-from components._io import split_files, write_json
-from components.engine import (
+from tfx_model_pruning import artifact_files as files
+from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning._io import split_files, write_json
+from tfx_model_pruning.engine import (
     FineTuneConfig,
     examples_dataset,
     fine_tune,
@@ -24,7 +24,7 @@ from components.engine import (
     verify_signatures_preserved,
     weight_stats,
 )
-from components.engine.transform import transform_preprocessing
+from tfx_model_pruning.engine.transform import transform_preprocessing
 
 INPUT_FN_NAME = "input_fn"
 

@@ -1,0 +1,407 @@
+"""The Keras layer graph, read in one place.
+
+Everything else in the engine sees layers, their calls and tensor ids through this module; it
+is the only one that touches tf-keras internals (``_nodes_by_depth``, ``_keras_history``,
+nodes' ``flat_input_ids`` and ``map_arguments``), so a Keras upgrade is fixed here.
+
+It holds:
+- the calls of a functional/Sequential model in topological order (``layer_calls``);
+- layers outside the graph (``attached_layers``), wrapped and nested layers (``leaf_layers``),
+  the last weighted layers before the outputs (``output_weight_layers``);
+- the layer-removal candidates and the model without one (``removal_candidates``,
+  ``model_without``);
+- the channel graph structured pruning works on (``ChannelGraph``, ``analyse_channels``),
+  driven by a handler per layer that the caller supplies (see ``layer_handlers``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfx_model_pruning.engine.restored import PRUNABLE_WEIGHT_ATTRIBUTES
+
+
+def tensor_id(tensor: Any) -> str:
+    """The id Keras nodes use for a symbolic tensor."""
+    return str(id(tensor))
+
+
+def producing_layer(tensor: Any) -> keras.layers.Layer:
+    """The layer whose call made the symbolic ``tensor`` (an ``Input`` for a model input)."""
+    return tensor._keras_history.layer
+
+
+def is_layer_graph(model: Any) -> bool:
+    """True for a functional or Sequential model, whose calls can be read and replayed."""
+    return bool(getattr(model, "_is_graph_network", False))
+
+
+def in_layer_graph(layer: keras.layers.Layer) -> bool:
+    """False for a layer set as a model attribute but never called in the model's graph."""
+    return bool(layer.inbound_nodes)
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a layer in a model's graph: which tensors it reads and makes."""
+
+    layer: keras.layers.Layer
+    input_ids: tuple[str, ...]
+    output_ids: tuple[str, ...]
+    input_tensors: tuple[Any, ...]
+    output_tensors: tuple[Any, ...]
+    _node: Any = field(repr=False, compare=False)
+
+    def replay(self, computed: dict[str, Any]) -> list[Any]:
+        """Calls the layer again on the tensors ``computed`` holds for this call's input ids."""
+        uses = self._node.flat_input_ids
+        args, kwargs = self._node.map_arguments({i: [computed[i]] * uses.count(i) for i in uses})
+        return tf.nest.flatten(self.layer(*args, **kwargs))
+
+
+def layer_calls(model: keras.Model) -> list[LayerCall]:
+    """Every layer call of a functional/Sequential model, inputs first."""
+    calls = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            outputs = node.outputs if isinstance(node.outputs, (list, tuple)) else [node.outputs]
+            calls.append(
+                LayerCall(
+                    layer=node.layer,
+                    input_ids=tuple(node.flat_input_ids),
+                    output_ids=tuple(node.flat_output_ids),
+                    input_tensors=tuple(tf.nest.flatten(node.keras_inputs)),
+                    output_tensors=tuple(outputs),
+                    _node=node,
+                )
+            )
+    return calls
+
+
+def call_counts(calls: list[LayerCall]) -> dict[str, int]:
+    """How often each layer is called; a layer called twice shares its weights between calls."""
+    counts: dict[str, int] = {}
+    for call in calls:
+        counts[call.layer.name] = counts.get(call.layer.name, 0) + 1
+    return counts
+
+
+def input_layer_names(model: keras.Model) -> list[str]:
+    return [producing_layer(tensor).name for tensor in model.inputs]
+
+
+def output_layer_names(model: keras.Model) -> list[str]:
+    return [producing_layer(tensor).name for tensor in model.outputs]
+
+
+def attached_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Layers set as attributes of ``model`` but outside its layer graph, by attribute name.
+
+    TFX's examples attach tf.Transform's layer this way (``model.tft_layer = ...``) so that the
+    serving signatures, which call it, can be saved with the model.
+    """
+    outside = [layer for layer in model.layers if not in_layer_graph(layer)]
+    return {
+        name: value
+        for name, value in vars(model).items()
+        if not name.startswith("_") and any(value is layer for layer in outside)
+    }
+
+
+def wrapped_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers a wrapper runs: ``Bidirectional``'s two directions, ``TimeDistributed``'s layer."""
+    directions = [getattr(layer, name, None) for name in ("forward_layer", "backward_layer")]
+    if all(isinstance(direction, keras.layers.Layer) for direction in directions):
+        return directions  # Bidirectional also keeps the unbuilt template it was given as .layer
+    inner = getattr(layer, "layer", None)
+    return [inner] if isinstance(inner, keras.layers.Layer) and inner is not layer else []
+
+
+def leaf_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+    """``(path, layer)`` for every layer, descending into nested models and wrappers."""
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer, prefix=f"{path}/")
+        elif wrapped_layers(layer):
+            for inner in wrapped_layers(layer):
+                yield f"{path}/{inner.name}", inner
+        else:
+            yield path, layer
+
+
+def prunable_variables(layer: keras.layers.Layer) -> Iterator[tuple[str, tf.Variable]]:
+    """``(attribute, variable)`` for each matrix of connections the layer owns."""
+    owners = [layer]
+    if getattr(layer, "cell", None) is not None:  # RNN layers keep their kernels on the cell
+        owners.append(layer.cell)
+    for owner in owners:
+        for attribute in PRUNABLE_WEIGHT_ATTRIBUTES:
+            variable = getattr(owner, attribute, None)
+            if isinstance(variable, tf.Variable) and variable.shape.rank and variable.shape.rank >= 2:
+                yield attribute, variable
+
+
+def _has_prunable_variables(layer: keras.layers.Layer) -> bool:
+    return any(True for _ in prunable_variables(layer)) or any(
+        any(True for _ in prunable_variables(inner)) for inner in wrapped_layers(layer)
+    )
+
+
+def output_weight_layers(model: keras.Model) -> set[str]:
+    """Names of the last layers with prunable weights on each path to a model output."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    frontier = [producing_layer(tensor) for tensor in model.outputs]
+    while frontier:
+        layer = frontier.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.Model):
+            found |= output_weight_layers(layer)
+            continue
+        if _has_prunable_variables(layer):
+            found.add(layer.name)
+            continue
+        for node in layer.inbound_nodes:
+            inbound = node.inbound_layers
+            frontier.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+    return found
+
+
+# Layer removal -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemovalCandidate:
+    """A layer or residual block whose removal keeps every shape valid."""
+
+    kind: str  # "layer" or "block"
+    name: str  # the bypassed layer, or the Add that closes the block
+    bypass: tuple[tuple[str, str], ...]  # (output tensor id, replacement tensor id)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+def _shape(tensor) -> tuple:
+    return tuple(tensor.shape[1:])
+
+
+def removal_candidates(model: keras.Model) -> list[RemovalCandidate]:
+    """A weighted layer whose output has its input's shape (bypassed), or ``Add([skip, branch])``
+    whose branch derives from its skip (collapsed to the skip path)."""
+    calls = layer_calls(model)
+    counts = call_counts(calls)
+    producer_of = {tensor: call for call in calls for tensor in call.output_ids}
+    output_ids = {tensor_id(t) for t in model.outputs}
+    candidates = []
+    for call in calls:
+        layer = call.layer
+        if isinstance(layer, keras.layers.InputLayer) or counts[layer.name] > 1:
+            continue
+        if any(output in output_ids for output in call.output_ids):
+            continue
+        if isinstance(layer, keras.layers.Add) and len(call.input_ids) == 2:
+            first, second = call.input_ids
+            for skip, branch in ((first, second), (second, first)):
+                if _is_ancestor(skip, branch, producer_of):
+                    candidates.append(RemovalCandidate("block", layer.name, ((call.output_ids[0], skip),)))
+                    break
+            continue
+        if layer.weights and len(call.input_ids) == 1 and len(call.output_tensors) == 1:
+            if _shape(call.input_tensors[0]) == _shape(call.output_tensors[0]):
+                candidates.append(RemovalCandidate("layer", layer.name, ((call.output_ids[0], call.input_ids[0]),)))
+    return candidates
+
+
+def _is_ancestor(ancestor_id: str, tensor: str, producer_of: dict[str, LayerCall]) -> bool:
+    frontier, seen = [tensor], set()
+    while frontier:
+        current = frontier.pop()
+        if current == ancestor_id:
+            return True
+        if current in seen or current not in producer_of:
+            continue
+        seen.add(current)
+        frontier.extend(producer_of[current].input_ids)
+    return False
+
+
+def model_without(model: keras.Model, candidate: RemovalCandidate) -> keras.Model:
+    """A new, independent model with ``candidate`` removed (weights copied)."""
+    bypass = dict(candidate.bypass)
+    new_inputs = [keras.Input(shape=_shape(t), dtype=t.dtype, name=producing_layer(t).name) for t in model.inputs]
+    computed: dict[str, Any] = {tensor_id(t): n for t, n in zip(model.inputs, new_inputs, strict=True)}
+    for call in layer_calls(model):
+        if isinstance(call.layer, keras.layers.InputLayer):
+            continue
+        if all(output in bypass for output in call.output_ids):
+            for output in call.output_ids:
+                if bypass[output] in computed:
+                    computed[output] = computed[bypass[output]]
+            continue
+        if any(tensor not in computed for tensor in call.input_ids):
+            continue  # only reachable through the removed branch
+        computed.update(zip(call.output_ids, call.replay(computed), strict=True))
+    inputs = tf.nest.pack_sequence_as(model._nested_inputs, new_inputs)
+    outputs = tf.nest.pack_sequence_as(model._nested_outputs, [computed[tensor_id(t)] for t in model.outputs])
+    shared = keras.Model(inputs, outputs, name=model.name)
+    independent = keras.models.clone_model(shared)
+    independent.set_weights(shared.get_weights())
+    return independent
+
+
+# Channel graph -------------------------------------------------------------------------------
+
+
+class ChannelBarrier(Exception):
+    """Raised by a layer handler for a call it cannot track channels through; says why."""
+
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def add(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, node: int) -> int:
+        while self.parent[node] != node:
+            self.parent[node] = self.parent[self.parent[node]]
+            node = self.parent[node]
+        return node
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+@dataclass
+class ChannelGraph:
+    """Channel nodes of every tensor, who produces them, and which are frozen (and why).
+
+    Every output channel of a producer is a node; nodes joined (``join``) are one removable
+    unit; a frozen node freezes its whole unit.
+    """
+
+    tensor_channels: dict[str, list[int]] = field(default_factory=dict)
+    node_producer: dict[int, tuple[str, int]] = field(default_factory=dict)  # node -> (layer, output index)
+    frozen: dict[int, str] = field(default_factory=dict)
+    barriers: dict[str, str] = field(default_factory=dict)
+    layer_inputs: dict[str, list[str]] = field(default_factory=dict)
+    layer_outputs: dict[str, list[str]] = field(default_factory=dict)
+    producers: list[str] = field(default_factory=list)
+    channelwise: set[str] = field(default_factory=set)  # output channel i depends on input channel i only
+    tensors: dict[str, Any] = field(default_factory=dict)
+    consumers: dict[str, list[str]] = field(default_factory=dict)
+    sets: UnionFind = field(default_factory=UnionFind)
+
+    def new_channels(self, count: int, producer: Optional[str] = None) -> list[int]:
+        nodes = [self.sets.add() for _ in range(count)]
+        if producer is not None:
+            for index, node in enumerate(nodes):
+                self.node_producer[node] = (producer, index)
+        return nodes
+
+    def join(self, a: int, b: int) -> None:
+        self.sets.union(a, b)
+
+    def freeze(self, nodes, reason: str) -> None:
+        for node in nodes:
+            self.frozen.setdefault(node, reason)
+
+    def unit_of(self, node: int) -> int:
+        return self.sets.find(node)
+
+    def input_channels(self, layer_name: str) -> list[int]:
+        """Channel nodes of a layer's first input."""
+        inputs = self.layer_inputs.get(layer_name)
+        return self.tensor_channels.get(inputs[0], []) if inputs else []
+
+    def output_channels(self, layer_name: str) -> list[int]:
+        return self.tensor_channels[self.layer_outputs[layer_name][0]]
+
+    def chain_end(self, tensor: str) -> str:
+        """Follows a tensor through single-consumer channel-wise layers (BN, activations, pooling)."""
+        while True:
+            consumers = self.consumers.get(tensor, [])
+            if len(consumers) != 1 or consumers[0] not in self.channelwise:
+                return tensor
+            if len(self.layer_inputs[consumers[0]]) != 1:
+                return tensor
+            tensor = self.layer_outputs[consumers[0]][0]
+
+
+def _width(tensor) -> Optional[int]:
+    dim = tensor.shape[-1]
+    return int(dim) if dim is not None else None
+
+
+HandlerLookup = Callable[[keras.layers.Layer], Any]
+
+
+def analyse_channels(model: keras.Model, handler_for: HandlerLookup, protected: tuple[str, ...] = ()) -> ChannelGraph:
+    """Builds the channel graph of a functional or Sequential tf-keras model.
+
+    ``handler_for(layer)`` returns the layer's handler (``layer_handlers.handler_for``): an
+    object with ``produces_channels``, ``channelwise`` and
+    ``output_channels(layer, call, inputs, graph) -> list of channel lists`` that raises
+    ``ChannelBarrier`` where it cannot follow the channels.
+    """
+    if not is_layer_graph(model):
+        raise ChannelBarrier(
+            f"{model.name} is a subclassed model; structured pruning needs a functional or Sequential graph"
+        )
+    graph = ChannelGraph()
+    patterns = [re.compile(p) for p in protected]
+    calls = layer_calls(model)
+    counts = call_counts(calls)
+    for call in calls:
+        layer = call.layer
+        graph.layer_inputs[layer.name] = list(call.input_ids)
+        graph.layer_outputs[layer.name] = list(call.output_ids)
+        graph.tensors.update(zip(call.output_ids, call.output_tensors, strict=True))
+        for tensor in call.input_ids:
+            graph.consumers.setdefault(tensor, []).append(layer.name)
+        if isinstance(layer, keras.layers.InputLayer) or not call.input_ids:
+            for output, tensor in zip(call.output_ids, call.output_tensors, strict=True):
+                graph.tensor_channels[output] = graph.new_channels(_width(tensor) or 0)
+                graph.freeze(graph.tensor_channels[output], "model input")
+            continue
+        inputs = [graph.tensor_channels.get(tensor) for tensor in call.input_ids]
+        handler = handler_for(layer)
+        try:
+            if counts[layer.name] > 1:
+                raise ChannelBarrier("layer called more than once (shared weights)")
+            if any(channels is None for channels in inputs):
+                raise ChannelBarrier("input of unknown width")
+            outputs = handler.output_channels(layer, call, inputs, graph)
+        except ChannelBarrier as barrier:
+            reason = str(barrier)
+            graph.barriers[layer.name] = reason
+            for channels in inputs:
+                graph.freeze(channels or [], f"feeds barrier {layer.name} ({reason})")
+            for output, tensor in zip(call.output_ids, call.output_tensors, strict=True):
+                graph.tensor_channels[output] = graph.new_channels(_width(tensor) or 0)
+                graph.freeze(graph.tensor_channels[output], f"output of barrier {layer.name}")
+            continue
+        graph.tensor_channels.update(zip(call.output_ids, outputs, strict=True))
+        if handler.produces_channels:
+            graph.producers.append(layer.name)
+            if any(p.fullmatch(layer.name) for p in patterns):
+                graph.freeze(outputs[0], f"{layer.name} is protected")
+        if handler.channelwise:
+            graph.channelwise.add(layer.name)
+
+    for tensor in model.outputs:
+        graph.freeze(graph.tensor_channels.get(tensor_id(tensor), []), "reaches a model output")
+    return graph

@@ -1,0 +1,339 @@
+"""Layer handlers: how channels flow through each layer class, and which weights a channel owns.
+
+Structured pruning asks the handler of every layer call two things: which channel nodes its
+outputs carry (new ones for a *producer* such as Dense or Conv2D, its input's for a
+channel-wise layer, joined ones for an ``Add``), and, once channels are removed, which slices
+of the layer's weights remain. A layer without a handler is a barrier: the channels around it
+are frozen, which is always safe.
+
+Built-in layers are registered below through ``register_layer_handler``, the same call a user
+makes for a custom layer::
+
+    from tfx_model_pruning.engine.layer_handlers import Producer, register_layer_handler
+
+    register_layer_handler(ScaledDense, Producer("units", {"kernel": (0, 1), "bias": (None, 0),
+                                                           "scale": (None, 0)}))
+
+A handler applies to its class and to subclasses that do not override ``call``; a subclass
+with its own ``call`` computes something else, so it needs its own registration.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfx_model_pruning.engine.graph import ChannelBarrier, ChannelGraph, LayerCall
+
+L = keras.layers
+
+# Activations that normalise across channels: dropping a channel would change the others.
+_CROSS_CHANNEL_ACTIVATIONS = {"softmax", "log_softmax"}
+
+# Per weight attribute: (input-channel axis, output-channel axis); None where it has none.
+WeightAxes = dict[str, tuple[Optional[int], Optional[int]]]
+
+
+class LayerHandler:
+    """Base handler: the layer is a barrier. Subclass and override what the layer supports.
+
+    ``produces_channels``: the layer's output channels are new, prunable units.
+    ``channelwise``: output channel i depends on input channel i only (activations are read
+    where such a chain ends).
+    """
+
+    produces_channels = False
+    channelwise = False
+
+    def output_channels(
+        self, layer: keras.layers.Layer, call: LayerCall, inputs: list[list[int]], graph: ChannelGraph
+    ) -> list[list[int]]:
+        """Channel nodes of each output tensor of ``call``; raises ChannelBarrier if unknown."""
+        raise ChannelBarrier(
+            f"{type(layer).__name__} is not understood by the channel analysis (register a layer handler for it)"
+        )
+
+    def sliced_weights(
+        self, layer: keras.layers.Layer, keep_in: np.ndarray, keep_out: Optional[np.ndarray]
+    ) -> list[np.ndarray]:
+        """The layer's weights with only the kept input (and, for a producer, output) channels."""
+        return layer.get_weights()
+
+    def resized_config(self, layer: keras.layers.Layer, width: int) -> dict[str, Any]:
+        """The layer's config with ``width`` output channels (producers only)."""
+        return layer.get_config()
+
+    def scored_kernel(self, layer: keras.layers.Layer) -> Optional[tuple[tf.Variable, int]]:
+        """``(variable, output-channel axis)`` that weight criteria score a channel by (producers)."""
+        return None
+
+    def disconnected_weights(self, layer: keras.layers.Layer, dropped_in: np.ndarray) -> list[np.ndarray]:
+        """The weights with every connection from the ``dropped_in`` input channels zeroed."""
+        return layer.get_weights()
+
+
+def _take(layer: keras.layers.Layer, axes: WeightAxes, keep_in, keep_out) -> list[np.ndarray]:
+    values = layer.get_weights()
+    position = {id(variable): index for index, variable in enumerate(layer.weights)}
+    for attribute, (in_axis, out_axis) in axes.items():
+        variable = getattr(layer, attribute, None)
+        if variable is None or id(variable) not in position:
+            continue
+        index = position[id(variable)]
+        if in_axis is not None:
+            values[index] = np.take(values[index], keep_in, axis=in_axis)
+        if out_axis is not None and keep_out is not None:
+            values[index] = np.take(values[index], keep_out, axis=out_axis)
+    return values
+
+
+class PassThrough(LayerHandler):
+    """One input, one output, the same channels, no per-channel weights (activations, pooling, ...)."""
+
+    channelwise = True
+
+    def output_channels(self, layer, call, inputs, graph):
+        if len(inputs) != 1 or len(call.output_ids) != 1:
+            raise ChannelBarrier(f"{type(layer).__name__} with {len(inputs)} inputs")
+        return [list(inputs[0])]
+
+
+class ChannelWise(PassThrough):
+    """Like PassThrough, with weights indexed by channel (``weight_axes``: attribute -> axis)."""
+
+    def __init__(self, weight_axes: dict[str, int]):
+        self.weight_axes = weight_axes
+
+    def sliced_weights(self, layer, keep_in, keep_out):
+        return _take(layer, {name: (axis, None) for name, axis in self.weight_axes.items()}, keep_in, None)
+
+
+class BatchNormalizationHandler(ChannelWise):
+    def __init__(self):
+        super().__init__({"gamma": 0, "beta": 0, "moving_mean": 0, "moving_variance": 0})
+
+    def output_channels(self, layer, call, inputs, graph):
+        rank = len(call.input_tensors[0].shape)
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if [axis % rank for axis in axes] != [rank - 1]:
+            raise ChannelBarrier("BatchNormalization over a non-channel axis")
+        return super().output_channels(layer, call, inputs, graph)
+
+
+class DepthwiseConvHandler(ChannelWise):
+    def __init__(self):
+        super().__init__({"depthwise_kernel": -2, "bias": 0})
+
+    def output_channels(self, layer, call, inputs, graph):
+        if layer.depth_multiplier != 1:
+            raise ChannelBarrier("depth_multiplier > 1")
+        return super().output_channels(layer, call, inputs, graph)
+
+
+class ActivationHandler(PassThrough):
+    def output_channels(self, layer, call, inputs, graph):
+        name = keras.activations.serialize(layer.activation)
+        if (name if isinstance(name, str) else str(name)) in _CROSS_CHANNEL_ACTIVATIONS:
+            raise ChannelBarrier("cross-channel activation")
+        return super().output_channels(layer, call, inputs, graph)
+
+
+class Producer(LayerHandler):
+    """A layer whose output channels are new units: Dense, convolutions, a user's own.
+
+    ``width_argument`` is the config key of the output width (``units``, ``filters``);
+    ``weight_axes`` maps each weight attribute to its (input, output) channel axes. The first
+    attribute with both axes is the kernel that weight criteria score and that disconnection
+    zeroes.
+    """
+
+    produces_channels = True
+
+    def __init__(self, width_argument: str, weight_axes: WeightAxes):
+        self.width_argument = width_argument
+        self.weight_axes = weight_axes
+        self.kernel_attribute = next(name for name, (i, o) in weight_axes.items() if i is not None and o is not None)
+
+    def output_channels(self, layer, call, inputs, graph):
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ChannelBarrier("channels_first")
+        if len(call.output_tensors) != 1 or call.output_tensors[0].shape[-1] is None:
+            raise ChannelBarrier(f"{type(layer).__name__} output of unknown width")
+        channels = graph.new_channels(int(call.output_tensors[0].shape[-1]), producer=layer.name)
+        activation = keras.activations.serialize(getattr(layer, "activation", None) or keras.activations.linear)
+        if activation in _CROSS_CHANNEL_ACTIVATIONS:
+            graph.freeze(channels, f"{layer.name} has a {activation} activation")
+        return [channels]
+
+    def sliced_weights(self, layer, keep_in, keep_out):
+        return _take(layer, self.weight_axes, keep_in, keep_out)
+
+    def resized_config(self, layer, width):
+        config = layer.get_config()
+        config[self.width_argument] = width
+        return config
+
+    def scored_kernel(self, layer):
+        return getattr(layer, self.kernel_attribute), self.weight_axes[self.kernel_attribute][1]
+
+    def disconnected_weights(self, layer, dropped_in):
+        values = layer.get_weights()
+        position = {id(variable): index for index, variable in enumerate(layer.weights)}
+        kernel = getattr(layer, self.kernel_attribute)
+        values[position[id(kernel)]] = _zeroed(
+            values[position[id(kernel)]], dropped_in, self.weight_axes[self.kernel_attribute][0]
+        )
+        return values
+
+
+def _zeroed(values: np.ndarray, dropped: np.ndarray, axis: int) -> np.ndarray:
+    values = values.copy()
+    index = [slice(None)] * values.ndim
+    index[axis] = dropped
+    values[tuple(index)] = 0
+    return values
+
+
+class ConvolutionHandler(Producer):
+    """Conv1D/2D/3D: grouped convolutions are barriers (whole groups are not removed yet)."""
+
+    def __init__(self):
+        super().__init__("filters", {"kernel": (-2, -1), "bias": (None, 0)})
+
+    def output_channels(self, layer, call, inputs, graph):
+        if getattr(layer, "groups", 1) != 1:
+            raise ChannelBarrier("grouped convolution")
+        return super().output_channels(layer, call, inputs, graph)
+
+
+class SeparableConvHandler(Producer):
+    """Depthwise then pointwise: an input channel owns ``depth_multiplier`` pointwise rows."""
+
+    def __init__(self):
+        super().__init__("filters", {"pointwise_kernel": (-2, -1), "bias": (None, 0)})
+
+    def _rows(self, layer, channels: np.ndarray) -> np.ndarray:
+        multiplier = layer.depth_multiplier
+        return (channels[:, None] * multiplier + np.arange(multiplier)[None, :]).ravel()
+
+    def sliced_weights(self, layer, keep_in, keep_out):
+        depthwise, pointwise, *bias = layer.get_weights()
+        pointwise = pointwise[..., self._rows(layer, keep_in), :][..., keep_out]
+        return [depthwise[..., keep_in, :], pointwise] + [b[keep_out] for b in bias]
+
+    def disconnected_weights(self, layer, dropped_in):
+        depthwise, *rest = layer.get_weights()
+        return [_zeroed(depthwise, dropped_in, -2), *rest]
+
+
+class FlattenHandler(LayerHandler):
+    """Channels last: the flat vector repeats the channels once per spatial position."""
+
+    def output_channels(self, layer, call, inputs, graph):
+        width = call.output_tensors[0].shape[-1]
+        if not inputs[0] or width is None:
+            raise ChannelBarrier("Flatten of unknown shape")
+        return [list(inputs[0]) * (int(width) // len(inputs[0]))]
+
+
+class ElementwiseMergeHandler(LayerHandler):
+    """Add, Multiply, ...: channel i of every input meets channel i of the others, so they are joined."""
+
+    def output_channels(self, layer, call, inputs, graph):
+        if len({len(channels) for channels in inputs}) != 1:
+            raise ChannelBarrier("merge of inputs with different widths (broadcast)")
+        for channels in inputs[1:]:
+            for a, b in zip(inputs[0], channels, strict=True):
+                graph.join(a, b)
+        return [list(inputs[0])]
+
+
+class ConcatenateHandler(ElementwiseMergeHandler):
+    """Along channels: the inputs' channels side by side; along another axis: a merge."""
+
+    def output_channels(self, layer, call, inputs, graph):
+        rank = len(call.output_tensors[0].shape)
+        if layer.axis in (-1, rank - 1):
+            return [[c for channels in inputs for c in channels]]
+        return super().output_channels(layer, call, inputs, graph)
+
+
+class Barrier(LayerHandler):
+    """Registered for a class that must stop the analysis, with the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def output_channels(self, layer, call, inputs, graph):
+        raise ChannelBarrier(self.reason)
+
+
+_HANDLERS: dict[type, tuple[LayerHandler, bool]] = {}
+_UNKNOWN = LayerHandler()
+
+
+def register_layer_handler(layer_class: type, handler: LayerHandler, *, every_subclass: bool = False) -> None:
+    """Makes structured pruning track channels through ``layer_class`` with ``handler``.
+
+    ``every_subclass`` extends it to subclasses that override ``call`` too (for barriers).
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(f"{layer_class!r} is not a tf-keras Layer class")
+    if not isinstance(handler, LayerHandler):
+        raise TypeError(f"{handler!r} is not a LayerHandler")
+    _HANDLERS[layer_class] = (handler, every_subclass)
+
+
+def unregister_layer_handler(layer_class: type) -> None:
+    _HANDLERS.pop(layer_class, None)
+
+
+def handler_for(layer: keras.layers.Layer) -> LayerHandler:
+    """The handler registered for the layer's class, or for the nearest ancestor whose ``call``
+    it inherits; the barrier handler otherwise."""
+    cls = type(layer)
+    for ancestor in cls.__mro__:
+        if ancestor in _HANDLERS:
+            handler, every_subclass = _HANDLERS[ancestor]
+            return handler if every_subclass or cls.call is ancestor.call else _UNKNOWN
+    return _UNKNOWN
+
+
+_PASS_THROUGH = (
+    L.InputLayer, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU,
+    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+    L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
+    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+)  # fmt: skip
+
+
+def _register_builtins() -> None:
+    for layer_class in _PASS_THROUGH:
+        register_layer_handler(layer_class, PassThrough())
+    register_layer_handler(L.Activation, ActivationHandler())
+    register_layer_handler(L.Softmax, Barrier("softmax mixes channels"))
+    register_layer_handler(L.BatchNormalization, BatchNormalizationHandler())
+    register_layer_handler(L.DepthwiseConv2D, DepthwiseConvHandler())
+    register_layer_handler(L.Dense, Producer("units", {"kernel": (-2, -1), "bias": (None, 0)}))
+    for layer_class in (L.Conv1D, L.Conv2D, L.Conv3D):
+        register_layer_handler(layer_class, ConvolutionHandler())
+    for layer_class in (L.SeparableConv1D, L.SeparableConv2D):
+        register_layer_handler(layer_class, SeparableConvHandler())
+    # Transposed convolutions subclass Conv2D but store their kernel as (..., out, in).
+    for layer_class in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
+        register_layer_handler(layer_class, Barrier(f"{layer_class.__name__} is not handled yet"))
+    register_layer_handler(L.Flatten, FlattenHandler())
+    register_layer_handler(L.Concatenate, ConcatenateHandler())
+    for layer_class in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
+        register_layer_handler(layer_class, ElementwiseMergeHandler())
+    register_layer_handler(keras.Model, Barrier("nested model"), every_subclass=True)
+
+
+_register_builtins()
