@@ -1,9 +1,11 @@
 """The gate's checks as pure functions: every bound, measured value and verdict."""
 
+import json
+
 import numpy as np
 import pytest
 
-from tfx_model_pruning.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
+from tfx_model_pruning.evaluator_gate.checks import GateDecision, is_blessed, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 
 NAMES = {"SparseCategoricalAccuracy": "sparse_categorical_accuracy"}
@@ -178,3 +180,32 @@ def test_a_drop_equal_to_its_bound_in_float32_passes_and_a_bit_more_refuses(cand
     results = _run(config, candidate=float(np.float32(candidate)), baseline=float(np.float32(0.99)))
     (drop,) = [r for r in results if "drop" in r.name]
     assert drop.measured > 0.03 and drop.passed is blessed
+
+
+def test_each_check_says_its_metric_slice_reference_and_comparator():
+    config = _config(serving_model_dir="/serving", slice_feature="island", slice_thresholds=[SLICE_THRESHOLD],
+                     max_flops=9000)  # fmt: skip
+    slices = _slices(**{"island=a": (0.95, 40)})
+    results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
+                         100, 0.8, EFFICIENCY, serving={"sparse_categorical_accuracy": 0.95}, slices=slices,
+                         non_finite=FINITE)  # fmt: skip
+    fields = {(r.metric, r.slice, r.reference, r.comparator): r for r in results}
+    accuracy = "sparse_categorical_accuracy"
+    assert fields[(accuracy, None, None, ">=")].bound == 0.9
+    assert fields[(accuracy, None, "baseline", "<=")].measured == pytest.approx(0.01)
+    assert fields[(accuracy, None, "serving model", "<=")].measured == pytest.approx(0.0)
+    assert fields[(accuracy, "island=a", None, ">=")].name == "[island=a] sparse_categorical_accuracy >= lower_bound"
+    assert fields[("flops", None, None, "<=")].bound == 9000
+    assert {r.verdict for r in results} == {"PASS"}
+
+
+def test_the_decision_json_reads_back_as_the_same_decision():
+    results = _run(_config(min_sparsity=0.9))
+    decision = GateDecision(
+        checks=results, config=_config().model_dump(), models={"candidate": "/c"}, metrics={"candidate": {}},
+        slices={}, unchecked_slices={}, weights={}, layers={}, judged_serving_version="/serving/3",
+    )  # fmt: skip
+    written = json.loads(json.dumps(decision.to_json()))
+    assert written["blessed"] is False and written["failed_checks"] == ["sparsity >= min_sparsity"]
+    assert written["checks"][-1]["verdict"] in ("PASS", "FAIL")
+    assert GateDecision.from_json(written) == decision

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
 from scipy.stats import binomtest
@@ -12,6 +12,8 @@ from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One check: what was measured, against which bound, on which slice, compared with what."""
+
     name: str
     passed: bool
     measured: Optional[float]
@@ -20,9 +22,64 @@ class CheckResult:
     # 95% Wilson interval of a proportion (accuracy) over the examples it was measured on:
     # how much the measured value can be trusted, shown next to the bound.
     interval: Optional[tuple[float, float]] = None
+    metric: Optional[str] = None  # the metric or quantity checked: "sparse_categorical_accuracy", "flops", ...
+    slice: Optional[str] = None  # "species=2"; None for the whole eval split
+    reference: Optional[str] = None  # the model a drop is measured against; None for an absolute bound
+    comparator: Optional[str] = None  # ">=" or "<=" between measured and bound; None where nothing is compared
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "verdict": self.verdict}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("interval") is not None:
+            values["interval"] = tuple(values["interval"])
+        return cls(**values)
+
+
+@dataclass
+class GateDecision:
+    """The gate's verdict with everything it was decided on; ``to_json()`` is ``gate_result.json``."""
+
+    checks: list[CheckResult]
+    config: dict[str, Any]
+    models: dict[str, str]  # role ("candidate", "baseline", "serving") -> SavedModel path
+    metrics: dict[str, dict[str, float]]  # role -> metric -> value on the whole eval split
+    slices: dict[str, dict[str, dict[str, float]]]  # slice label -> role -> metric -> value
+    unchecked_slices: dict[str, float]  # slices too small to check -> example count
+    weights: dict[str, dict[str, Any]]  # role -> measured weight, size and cost figures
+    layers: dict[str, list[dict[str, Any]]]  # role -> per-weight table
+    judged_serving_version: str = ""  # the serving version compared with, so a stale verdict is not pushed
+
+    @property
+    def blessed(self) -> bool:
+        return is_blessed(self.checks)
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [check.name for check in self.checks if not check.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "checks"}
+        return {
+            "blessed": self.blessed,
+            **data,
+            "checks": [check.as_dict() for check in self.checks],
+            "failed_checks": self.failed_checks,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GateDecision:
+        known = {f.name for f in fields(cls)} - {"checks"}
+        return cls(
+            checks=[CheckResult.from_dict(c) for c in data["checks"]], **{k: data[k] for k in known if k in data}
+        )
 
 
 # Metrics that are a fraction of examples, so a binomial interval describes their uncertainty.
@@ -93,6 +150,8 @@ def run_checks(
             example_count,
             config.min_eval_examples,
             "a metric measured on a handful of examples means little",
+            metric="example_count",
+            comparator=">=",
         ),
         _finite_check(non_finite),
     ]
@@ -109,6 +168,7 @@ def run_checks(
                     None,
                     f"no version under {config.serving_model_dir} yet"
                     + ("" if config.require_serving_model else ": first release, no serving model to compare with"),
+                    reference=SERVING_LABEL,
                 )
             )
         else:
@@ -119,7 +179,7 @@ def run_checks(
         metric_names,
         candidate,
         references,
-        prefix="",
+        slice_label=None,
         skip_drops=no_reference_is_expected,
         examples=example_count,
     )
@@ -133,6 +193,8 @@ def run_checks(
                 sparsity,
                 config.min_sparsity,
                 "measured from the candidate's weights",
+                metric="sparsity",
+                comparator=">=",
             )
         )
     results += _efficiency_checks(config, efficiency or {})
@@ -162,7 +224,11 @@ def _slice_checks(
             if absent
             else f"TFMA found no values of {config.slice_feature!r} in the eval split"
         )
-        return [CheckResult(f"slices by {config.slice_feature} computed", False, 0, None, detail)]
+        return [
+            CheckResult(
+                f"slices by {config.slice_feature} computed", False, 0, None, detail, slice=config.slice_feature
+            )
+        ]
     too_small = unchecked_slices(config, slices)
     results = []
     for label, models in sorted(slices.items()):
@@ -178,7 +244,7 @@ def _slice_checks(
             metric_names,
             models.get("candidate", {}),
             references,
-            prefix=f"[{label}] ",
+            slice_label=label,
             skip_drops=skip_drops,
             examples=models.get("candidate", {}).get("example_count", 0.0),
         )
@@ -194,7 +260,9 @@ def _finite_check(non_finite: Optional[Mapping[str, int]]) -> CheckResult:
         [f"{count} non-finite {what}" for what, count in sorted(non_finite.items())]
         + [f"{what} not measured" for what in unmeasured]
     )
-    return CheckResult(name, total == 0 and not unmeasured, total, 0, detail)
+    return CheckResult(
+        name, total == 0 and not unmeasured, total, 0, detail, metric="non_finite_values", comparator="<="
+    )
 
 
 def _metric_checks(
@@ -202,16 +270,18 @@ def _metric_checks(
     metric_names: Mapping[str, str],
     candidate: Mapping[str, float],
     references: list[tuple[str, Mapping[str, float]]],
-    prefix: str,
+    slice_label: Optional[str],
     skip_drops: bool,
     examples: float,
 ) -> list[CheckResult]:
+    prefix = f"[{slice_label}] " if slice_label else ""
     results = []
     for threshold in thresholds:
         name = metric_names[threshold.metric]
         value = candidate.get(name)
+        on = {"metric": name, "slice": slice_label}
         if value is None:
-            results.append(CheckResult(f"{prefix}{name} computed", False, None, None, "TFMA produced no value"))
+            results.append(CheckResult(f"{prefix}{name} computed", False, None, None, "TFMA produced no value", **on))
             continue
         interval = wilson_interval(value, examples) if threshold.metric in _PROPORTION_METRICS else None
         detail = f"95% interval {interval[0]:.3f}-{interval[1]:.3f} over {int(examples)} examples" if interval else ""
@@ -224,6 +294,8 @@ def _metric_checks(
                     threshold.lower_bound,
                     detail,
                     interval,
+                    comparator=">=",
+                    **on,
                 )
             )
         if threshold.upper_bound is not None:
@@ -235,6 +307,8 @@ def _metric_checks(
                     threshold.upper_bound,
                     detail,
                     interval,
+                    comparator="<=",
+                    **on,
                 )
             )
         if (threshold.max_absolute_drop is None and threshold.max_relative_drop is None) or skip_drops:
@@ -242,11 +316,17 @@ def _metric_checks(
         if not references:
             results.append(
                 CheckResult(
-                    f"{prefix}{name} baseline available", False, None, None, "a drop bound needs a baseline value"
+                    f"{prefix}{name} baseline available",
+                    False,
+                    None,
+                    None,
+                    "a drop bound needs a baseline value",
+                    reference="baseline",
+                    **on,
                 )
             )
         for reference_name, reference_metrics in references:
-            results += _drop_checks(threshold, name, value, reference_name, reference_metrics, prefix)
+            results += _drop_checks(threshold, name, value, reference_name, reference_metrics, slice_label)
     return results
 
 
@@ -256,8 +336,10 @@ def _drop_checks(
     value: float,
     reference_name: str,
     reference_metrics: Mapping[str, float],
-    prefix: str,
+    slice_label: Optional[str],
 ) -> list[CheckResult]:
+    prefix = f"[{slice_label}] " if slice_label else ""
+    on = {"metric": name, "slice": slice_label, "reference": reference_name}
     reference = reference_metrics.get(name)
     if reference is None:
         return [
@@ -267,6 +349,7 @@ def _drop_checks(
                 None,
                 None,
                 "a drop bound needs the reference's value",
+                **on,
             )
         ]
     drop = (reference - value) if threshold.higher_is_better else (value - reference)
@@ -281,6 +364,8 @@ def _drop_checks(
                 drop,
                 threshold.max_absolute_drop,
                 detail,
+                comparator="<=",
+                **on,
             )
         )
     if threshold.max_relative_drop is not None:
@@ -292,6 +377,8 @@ def _drop_checks(
                 relative,
                 threshold.max_relative_drop,
                 detail,
+                comparator="<=",
+                **on,
             )
         )
     return results
@@ -313,11 +400,19 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
             detail = "measured on the candidate" if value is not None else "not measurable for this model: refused"
             if value is None and key == "flops":
                 detail = "not counted: the model was saved without its Keras layers (tf.saved_model.save)"
-            results.append(CheckResult(name, passed, value, bound, detail))
+            results.append(CheckResult(name, passed, value, bound, detail, metric=key, comparator="<="))
     if config.min_size_reduction is not None:
         if baseline is None:
             results.append(
-                CheckResult("size reduction vs baseline", False, None, config.min_size_reduction, "needs a baseline")
+                CheckResult(
+                    "size reduction vs baseline",
+                    False,
+                    None,
+                    config.min_size_reduction,
+                    "needs a baseline",
+                    metric="size_reduction",
+                    reference="baseline",
+                )
             )
         else:
             reduction = 1.0 - candidate["weights_gzip_bytes"] / baseline["weights_gzip_bytes"]
@@ -329,6 +424,9 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
                     config.min_size_reduction,
                     f"gzip-compressed weights: baseline {baseline['weights_gzip_bytes']}, "
                     f"candidate {candidate['weights_gzip_bytes']} bytes",
+                    metric="size_reduction",
+                    reference="baseline",
+                    comparator=">=",
                 )
             )
     return results

@@ -32,7 +32,7 @@ from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
 from tfx_model_pruning.engine.prune import size_stats
 from tfx_model_pruning.engine.report import layer_table, weight_stats
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights
-from tfx_model_pruning.evaluator_gate.checks import is_blessed, run_checks, unchecked_slices
+from tfx_model_pruning.evaluator_gate.checks import GateDecision, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.metrics import (
     NON_FINITE_PREDICTIONS,
@@ -69,9 +69,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         try:
             config = GateConfig.model_validate_json(exec_properties[specs.GATE_CONFIG_KEY])
             allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
-            result = self._evaluate(
+            decision = self._evaluate(
                 config, candidate, baseline, input_dict[specs.EXAMPLES_KEY], evaluation.uri, allow_unsafe
             )
+            result = decision.to_json()
             write_json(evaluation.uri, files.GATE_RESULT_JSON, result)
             write_text(evaluation.uri, files.GATE_SUMMARY_MARKDOWN, summary_markdown(result))
             png = release_report_png(result)
@@ -93,14 +94,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             raise
         if config.serving_model_dir is not None:
             blessing.set_string_custom_property(SERVING_MODEL_DIR_PROPERTY, config.serving_model_dir)
-            blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, result["judged_serving_version"])
-        failed = result["failed_checks"]
-        blessing.set_string_custom_property(FAILED_CHECKS_PROPERTY, "; ".join(failed))
-        _write_blessing(blessing, blessed=result["blessed"])
-        if result["blessed"]:
-            logging.info("EvaluatorGate: BLESSED (%d checks passed)", len(result["checks"]))
+            blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, decision.judged_serving_version)
+        blessing.set_string_custom_property(FAILED_CHECKS_PROPERTY, "; ".join(decision.failed_checks))
+        _write_blessing(blessing, blessed=decision.blessed)
+        if decision.blessed:
+            logging.info("EvaluatorGate: BLESSED (%d checks passed)", len(decision.checks))
         else:
-            logging.warning("EvaluatorGate: NOT_BLESSED; failed checks: %s", _failed_check_lines(result))
+            logging.warning("EvaluatorGate: NOT_BLESSED; failed checks: %s", _failed_check_lines(decision))
         return None
 
     def _evaluate(
@@ -111,7 +111,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples: list[types.Artifact],
         evaluation_uri: str,
         allow_unsafe_layers: bool = False,
-    ) -> dict[str, Any]:
+    ) -> GateDecision:
         models = {CANDIDATE: load_model(candidate.uri, allow_unsafe_layers)}
         if baseline is not None:
             models[BASELINE] = load_model(baseline.uri, allow_unsafe_layers)
@@ -181,19 +181,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             non_finite=non_finite,
             eval_features=eval_features,
         )
-        return {
-            "blessed": is_blessed(checks),
-            "config": config.model_dump(),
-            "models": {name: loaded.path for name, loaded in models.items()},
-            "metrics": metrics,
-            "slices": by_slice,
-            "unchecked_slices": unchecked_slices(config, by_slice),
-            "weights": stats,
-            "layers": layers,
-            "checks": [check.as_dict() for check in checks],
-            "failed_checks": [check.name for check in checks if not check.passed],
-            "judged_serving_version": os.path.realpath(serving_dir) if serving_dir is not None else "",
-        }
+        return GateDecision(
+            checks=checks,
+            config=config.model_dump(),
+            models={name: loaded.path for name, loaded in models.items()},
+            metrics=metrics,
+            slices=by_slice,
+            unchecked_slices=unchecked_slices(config, by_slice),
+            weights=stats,
+            layers=layers,
+            judged_serving_version=os.path.realpath(serving_dir) if serving_dir is not None else "",
+        )
 
 
 def _eval_config(config: GateConfig, model_names: list[str]) -> tfma.EvalConfig:
@@ -326,9 +324,9 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def _failed_check_lines(result: dict[str, Any]) -> str:
+def _failed_check_lines(decision: GateDecision) -> str:
     return "; ".join(
-        f"{check['name']} (measured {check['measured']}, bound {check['bound']})"
-        for check in result["checks"]
-        if not check["passed"]
+        f"{check.name} (measured {check.measured}, bound {check.bound})"
+        for check in decision.checks
+        if not check.passed
     )

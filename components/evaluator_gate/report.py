@@ -121,7 +121,12 @@ def release_report_png(result: dict[str, Any]) -> bytes:
         ]
         bars = ax.bar(x + index * width, values, width, label=MODEL_LABELS[name], color=MODEL_COLORS[name])
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    for bound in {c["bound"] for c in result["checks"] if c["name"].endswith(f"{metric} >= lower_bound")}:
+    lower_bounds = {
+        c["bound"]
+        for c in result["checks"]
+        if c.get("metric") == metric and c.get("comparator") == ">=" and not c.get("reference")
+    }
+    for bound in lower_bounds:
         ax.axhline(bound, color="#c62828", linestyle="--", linewidth=1, label=f"lower bound {bound:g}")
     ax.set_xticks(x + width * (len(models) - 1) / 2, slice_labels, rotation=20, ha="right")
     ax.set_title(f"{metric} per slice")
