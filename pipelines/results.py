@@ -12,11 +12,12 @@ from ml_metadata.proto import metadata_store_pb2
 
 from tfx_model_pruning import artifact_files as files
 from tfx_model_pruning.artifacts import PruningReport
+from tfx_model_pruning.engine.results import PruningResult
 
 
 @dataclass
 class RunResult:
-    pruning_report: dict[str, Any]
+    pruning_report: PruningResult
     gate_result: dict[str, Any]
     gate_summary: str
     pruning_report_path: str
@@ -96,7 +97,7 @@ def run_result(metadata_path: str, run_id: str) -> RunResult:
     props = pushed.custom_properties
     was_pushed = "pushed" in props and props["pushed"].int_value == 1
     return RunResult(
-        pruning_report=json.loads(_read(os.path.join(report.uri, files.PRUNING_REPORT_JSON))),
+        pruning_report=PruningResult.from_json(json.loads(_read(os.path.join(report.uri, files.PRUNING_REPORT_JSON)))),
         gate_result=json.loads(_read(os.path.join(evaluation.uri, files.GATE_RESULT_JSON))),
         gate_summary=_read(os.path.join(evaluation.uri, files.GATE_SUMMARY_MARKDOWN)),
         pruning_report_path=os.path.join(report.uri, files.PRUNING_SUMMARY_MARKDOWN),

@@ -33,12 +33,10 @@ def test_a_store_written_under_the_old_type_name_does_not_break_a_new_run(tmp_pa
     assert _run(out, penguin_baseline, "cached-after-rename") == 0
     result = run_result(str(out / "metadata.sqlite"), "cached-after-rename")
     assert result.blessed and result.pushed
-    assert result.pruning_report["after"]["masked_sparsity"] >= 0.5
+    assert result.pruning_report.after.masked_sparsity >= 0.5
 
     # New settings: a fresh execution registers the new name beside the old one in the same store.
     assert _run(out, penguin_baseline, "fresh-after-rename", sparsity="0.6") == 0
     assert {OLD_TYPE_NAME, PruningReport.TYPE_NAME} <= _type_names(out)
-    assert (
-        run_result(str(out / "metadata.sqlite"), "fresh-after-rename").pruning_report["after"]["masked_sparsity"] > 0.55
-    )
+    assert run_result(str(out / "metadata.sqlite"), "fresh-after-rename").pruning_report.after.masked_sparsity > 0.55
     assert run_result(str(out / "metadata.sqlite"), "before-rename").pushed  # the old run still reads

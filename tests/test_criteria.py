@@ -43,7 +43,7 @@ def test_activation_criteria_score_a_dead_unit_lowest(criterion):
     scores = channel_scores(model, graph, criterion, _sample())["hidden"]
     assert scores[0] == 0.0 and np.all(scores[2:] > 0)
     _, report = prune_structured(model, StructuredPruningConfig(prune_fraction=0.125, criterion=criterion), _sample())
-    assert report["widths"]["hidden"]["after"] == 7
+    assert report.widths["hidden"].after == 7
 
 
 def test_taylor_scores_a_unit_that_feeds_nothing_lowest():

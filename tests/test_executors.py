@@ -11,6 +11,7 @@ from tfx.types import standard_artifacts
 
 from tfx_model_pruning.artifacts import PruningReport
 from tfx_model_pruning.engine import ExamplesMismatchError, load_model
+from tfx_model_pruning.engine.results import LayerWidth, PruningResult
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 from tfx_model_pruning.prune import executor as prune_executor
 
@@ -162,7 +163,8 @@ def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_basel
         {"pruning_config": config},
     )
     payload = json.load(open(os.path.join(report.uri, "report.json")))
-    assert payload["widths"]["hidden_0"] == {"before": 64, "after": 48}
+    assert payload["structure"]["widths"]["hidden_0"] == {"before": 64, "after": 48}
+    assert PruningResult.from_json(payload).structure.widths["hidden_0"] == LayerWidth(before=64, after=48)
     assert report.get_int_custom_property("flops") == payload["after"]["flops"]
     summary = open(os.path.join(report.uri, "summary.md")).read()
     assert "structured (l1)" in summary and "| hidden_0 " in summary and "CPU latency, batch 64" in summary

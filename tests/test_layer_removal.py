@@ -71,9 +71,9 @@ def test_a_removal_that_hurts_beyond_tolerance_is_rolled_back():
     final, report = remove_layers(
         model, LayerRemovalConfig(label_key="y", tolerance=0.0, fine_tune_steps=0), data, data
     )
-    assert report["metric"] == "loss"
-    assert report["steps"][0]["removed"] == "layer scale" and report["steps"][0]["kept"] is False
-    assert report["removed"] == [] and final is model
+    assert report.metric == "loss"
+    assert report.steps[0].removed == "layer scale" and report.steps[0].kept is False
+    assert report.removed == [] and final is model
 
 
 def test_negative_tolerance_is_an_error_before_work():
@@ -94,12 +94,12 @@ def test_layer_removal_on_the_penguin_model_keeps_the_signature(tmp_path, pengui
     report = prune_saved_model(
         penguin_baseline, str(tmp_path / "out"), config, train, latency_repeats=2, holdout_examples=holdout
     )
-    steps = report["layer_removal"]["steps"]
-    assert steps[0]["removed"] == "layer hidden_1" and steps[0]["candidates"] == 1
+    steps = report.layer_removal.steps
+    assert steps[0].removed == "layer hidden_1" and steps[0].candidates == 1
     result = load_model(str(tmp_path / "out"))
     assert list(result.signatures) == ["serving_default"]
-    if steps[0]["kept"]:
+    if steps[0].kept:
         assert "hidden_1" not in [layer.name for layer in result.model.layers]
-        assert report["after"]["params"] == report["before"]["params"] - (64 * 64 + 64)
+        assert report.after.params == report.before.params - (64 * 64 + 64)
     else:
-        assert report["after"]["params"] == report["before"]["params"]
+        assert report.after.params == report.before.params

@@ -230,7 +230,7 @@ def test_layers_inside_bidirectional_and_time_distributed_are_pruned_and_reporte
         for w in find_prunable_weights(model, PruningConfig(target_sparsity=0.8))
     }
     weights, masks = prune_model(model, PruningConfig(target_sparsity=0.8))
-    rows = {f"{row['layer']}::{row['weight']}": row for row in layer_rows(weights, nonzeros_before)}
+    rows = {f"{row.layer}::{row.weight}": row for row in layer_rows(weights, nonzeros_before)}
 
     lstm_keys = [
         f"bidirectional/{direction}_lstm::{attribute}"
@@ -238,15 +238,15 @@ def test_layers_inside_bidirectional_and_time_distributed_are_pruned_and_reporte
         for attribute in ("kernel", "recurrent_kernel")
     ]
     assert set(lstm_keys + ["per_step/dense::kernel"]) <= set(rows)
-    assert rows["head/dense_1::kernel"]["protected_by"] == "output layer"
-    assert sum(rows[key]["params"] for key in lstm_keys) == 2 * (16 * 128 + 32 * 128)  # every LSTM weight counted
-    pruned = [row for row in rows.values() if row["protected_by"] is None]
-    measured = sum(row["params"] - row["nonzeros_after"] for row in pruned) / sum(row["params"] for row in pruned)
+    assert rows["head/dense_1::kernel"].protected_by == "output layer"
+    assert sum(rows[key].params for key in lstm_keys) == 2 * (16 * 128 + 32 * 128)  # every LSTM weight counted
+    pruned = [row for row in rows.values() if row.protected_by is None]
+    measured = sum(row.params - row.nonzeros_after for row in pruned) / sum(row.params for row in pruned)
     assert abs(measured - 0.8) <= 0.001
 
     # Each sparsity figure is measured over the weights it names: the masked ones, then every kernel.
     stats = weight_stats(model, masks)
     assert abs(stats["masked_sparsity"] - measured) <= 1e-9
-    every = sum(row["params"] for row in rows.values())
+    every = sum(row.params for row in rows.values())
     assert stats["kernel_params"] == every
-    assert abs(stats["kernel_sparsity"] - sum(r["params"] - r["nonzeros_after"] for r in rows.values()) / every) < 1e-9
+    assert abs(stats["kernel_sparsity"] - sum(r.params - r.nonzeros_after for r in rows.values()) / every) < 1e-9

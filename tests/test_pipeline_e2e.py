@@ -34,7 +34,7 @@ def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, ca
     metrics = result.gate_result["metrics"]
     drop = metrics["baseline"]["sparse_categorical_accuracy"] - metrics["candidate"]["sparse_categorical_accuracy"]
     assert drop <= 0.01 + 1e-9
-    assert result.pruning_report["after"]["masked_sparsity"] >= 0.8
+    assert result.pruning_report.after.masked_sparsity >= 0.8
 
 
 def _imported_baseline_run(out, baseline, epochs):
@@ -69,7 +69,7 @@ def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(
     assert pushed.model.get_layer("hidden_0").kernel.shape == (4, 32)
     assert pushed.model.count_params() < 0.3 * baseline.model.count_params()
     assert list(pushed.signatures) == list(baseline.signatures)
-    assert result.pruning_report["after"]["flops"] < result.pruning_report["before"]["flops"]
+    assert result.pruning_report.after.flops < result.pruning_report.before.flops
     assert [c["name"] for c in result.gate_result["checks"] if "sparsity" in c["name"]] == []
     retrain_dirs = list((out / "root" / "RetrainComponent" / "model").iterdir())
     record = json.load(open(retrain_dirs[0] / "fine_tuning.json"))

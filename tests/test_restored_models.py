@@ -43,14 +43,14 @@ def test_magnitude_pruning_keeps_signatures_and_assets_and_protects_the_output_l
 
     assert not os.path.exists(os.path.join(out, "keras_metadata.pb"))
     assert signature_specs(out) == signature_specs(restored_model)
-    assert sorted(report["signatures"]) == ["serving_default", "transform_features"]
+    assert sorted(report.signatures) == ["serving_default", "transform_features"]
     with open(os.path.join(out, "assets.extra", "tf_serving_warmup_requests"), "rb") as f:
         assert f.read() == b"warm-up records"
-    rows = {row["layer"]: row for row in report["layers"]}
-    assert rows["dense_2"]["protected_by"] == "output layer"  # found in the serving graph, not by name
-    assert rows["dense"]["protected_by"] is None and rows["dense_1"]["protected_by"] is None
-    assert abs(report["after"]["masked_sparsity"] - 0.8) <= 0.011
-    assert report["after"]["flops"] is None  # not counted without Keras layers, and the report says so
+    rows = {row.layer: row for row in report.weights}
+    assert rows["dense_2"].protected_by == "output layer"  # found in the serving graph, not by name
+    assert rows["dense"].protected_by is None and rows["dense_1"].protected_by is None
+    assert abs(report.after.masked_sparsity - 0.8) <= 0.011
+    assert report.after.flops is None  # not counted without Keras layers, and the report says so
 
     pruned = load_model(out)
     assert sorted(pruned.masks) == ["dense::kernel", "dense_1::kernel"]
@@ -59,9 +59,9 @@ def test_magnitude_pruning_keeps_signatures_and_assets_and_protects_the_output_l
 def test_protected_layers_match_restored_layer_names(tmp_path, restored_model):
     config = PruningConfig(target_sparsity=0.5, protected_layers=["dense_1"])
     report = prune_saved_model(restored_model, str(tmp_path / "out"), config, latency_repeats=1)
-    rows = {row["layer"]: row for row in report["layers"]}
-    assert rows["dense_1"]["nonzeros_after"] == rows["dense_1"]["params"]
-    assert rows["dense"]["sparsity_after"] == pytest.approx(0.5)
+    rows = {row.layer: row for row in report.weights}
+    assert rows["dense_1"].nonzeros_after == rows["dense_1"].params
+    assert rows["dense"].sparsity_after == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +220,7 @@ def test_vocabulary_assets_survive_pruning_and_fine_tuning_without_the_source(
 
     pruned = str(tmp_path / "pruned")
     report = prune_saved_model(copy, pruned, PruningConfig(target_sparsity=0.7), latency_repeats=1)
-    assert {row["layer"] for row in report["layers"]} >= {"embedding", "dense"}  # embeddings are pruned too
+    assert {row.layer for row in report.weights} >= {"embedding", "dense"}  # embeddings are pruned too
     retrained = run_retrain(
         pruned,
         penguin_data,

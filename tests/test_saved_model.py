@@ -32,8 +32,8 @@ def test_pruned_model_reloads_with_identical_signatures_and_consistent_outputs(
     out = str(tmp_path / "pruned")
     report = prune_saved_model(penguin_baseline, out, PruningConfig(target_sparsity=0.8))
 
-    assert abs(report["after"]["masked_sparsity"] - 0.8) <= 0.005
-    assert report["signatures"] == ["serving_default"]
+    assert abs(report.after.masked_sparsity - 0.8) <= 0.005
+    assert report.signatures == ["serving_default"]
     verify_signatures_preserved(os.path.join(penguin_baseline, "Format-Serving"), out)
 
     served = tf.saved_model.load(out)
@@ -56,17 +56,17 @@ def test_pruned_model_reloads_with_identical_signatures_and_consistent_outputs(
 
 def test_report_counts_and_sizes(tmp_path, penguin_baseline):
     report = prune_saved_model(penguin_baseline, str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8))
-    before, after = report["before"], report["after"]
-    assert before["params"] == after["params"], "unstructured pruning keeps every shape"
-    assert after["nonzero_params"] == before["nonzero_params"] - (after["kernel_zeros"] - before["kernel_zeros"])
-    assert after["weights_gzip_bytes"] < 0.5 * before["weights_gzip_bytes"]
-    assert after["gzip_bytes"] < before["gzip_bytes"]
-    rows = {row["layer"]: row for row in report["layers"]}
-    assert rows["logits"]["protected_by"] == "output layer"
-    assert rows["logits"]["nonzeros_after"] == rows["logits"]["params"]
-    pruned_zeros = sum(r["params"] - r["nonzeros_after"] for r in rows.values() if not r["protected_by"])
-    pruned_params = sum(r["params"] for r in rows.values() if not r["protected_by"])
-    assert pruned_zeros / pruned_params == pytest.approx(after["masked_sparsity"])
+    before, after = report.before, report.after
+    assert before.params == after.params, "unstructured pruning keeps every shape"
+    assert after.nonzero_params == before.nonzero_params - (after.kernel_zeros - before.kernel_zeros)
+    assert after.weights_gzip_bytes < 0.5 * before.weights_gzip_bytes
+    assert after.gzip_bytes < before.gzip_bytes
+    rows = {row.layer: row for row in report.weights}
+    assert rows["logits"].protected_by == "output layer"
+    assert rows["logits"].nonzeros_after == rows["logits"].params
+    pruned_zeros = sum(r.params - r.nonzeros_after for r in rows.values() if not r.protected_by)
+    pruned_params = sum(r.params for r in rows.values() if not r.protected_by)
+    assert pruned_zeros / pruned_params == pytest.approx(after.masked_sparsity)
 
 
 def test_missing_model_directory(tmp_path):
@@ -163,7 +163,7 @@ def test_tfx_penguin_example_model_keeps_its_signature_after_pruning(tmp_path):
     penguin_example_model().save(str(tmp_path / "model"), save_format="tf")
     assert unsafe_layers(str(tmp_path / "model")) == []
     report = prune_saved_model(str(tmp_path / "model"), str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8))
-    assert abs(report["after"]["masked_sparsity"] - 0.8) <= 0.01
+    assert abs(report.after.masked_sparsity - 0.8) <= 0.01
     verify_signatures_preserved(str(tmp_path / "model"), str(tmp_path / "pruned"))
 
 

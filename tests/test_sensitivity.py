@@ -47,14 +47,14 @@ def test_sensitivity_pruning_of_the_penguin_model(tmp_path, penguin_baseline, pe
     report = prune_saved_model(
         penguin_baseline, str(tmp_path / "out"), config, latency_repeats=2, holdout_examples=holdout
     )
-    sensitivity = report["sensitivity"]
-    assert set(sensitivity["curves"]) == {"hidden_0::kernel", "hidden_1::kernel"}
-    for curve in sensitivity["curves"].values():
-        assert len(curve["losses"]) == len(config.sensitivity_levels)
-    rows = {row["layer"]: row for row in report["layers"]}
-    for key, level in sensitivity["allocation"].items():
-        assert rows[key.split("::")[0]]["sparsity_after"] == pytest.approx(level, abs=0.01)
-    assert report["after"]["masked_sparsity"] >= 0.8 - 0.005
+    sensitivity = report.sensitivity
+    assert {curve.key for curve in sensitivity.curves} == {"hidden_0::kernel", "hidden_1::kernel"}
+    for curve in sensitivity.curves:
+        assert len(curve.losses) == len(config.sensitivity_levels)
+    rows = {row.layer: row for row in report.weights}
+    for key, level in sensitivity.allocation.items():
+        assert rows[key.split("::")[0]].sparsity_after == pytest.approx(level, abs=0.01)
+    assert report.after.masked_sparsity >= 0.8 - 0.005
 
 
 def test_executor_writes_the_sensitivity_plot(tmp_path, penguin_baseline, penguin_data):
@@ -87,13 +87,13 @@ def test_structured_sensitivity_meets_a_flops_budget(tmp_path, penguin_baseline,
     report = prune_saved_model(
         penguin_baseline, str(tmp_path / "out"), config, samples, latency_repeats=2, holdout_examples=holdout
     )
-    assert report["after"]["flops"] <= 0.4 * report["before"]["flops"]
-    sensitivity = report["sensitivity"]
-    assert set(sensitivity["curves"]) == {"hidden_0", "hidden_1"}
-    assert all(level in (0.0, 0.25, 0.5, 0.75) for level in sensitivity["allocation"].values())
-    widths = report["widths"]
-    for name, fraction in sensitivity["allocation"].items():
-        assert widths[name]["after"] == 64 - int(fraction * 64)
+    assert report.after.flops <= 0.4 * report.before.flops
+    sensitivity = report.sensitivity
+    assert {curve.key for curve in sensitivity.curves} == {"hidden_0", "hidden_1"}
+    assert all(level in (0.0, 0.25, 0.5, 0.75) for level in sensitivity.allocation.values())
+    widths = report.structure.widths
+    for name, fraction in sensitivity.allocation.items():
+        assert widths[name].after == 64 - int(fraction * 64)
 
 
 def test_structured_sensitivity_budget_that_cannot_be_met(tmp_path, penguin_baseline, penguin_files):

@@ -4,6 +4,8 @@ The rebuilt (smaller) model must compute what the original computes with the rem
 disconnected (their consumer rows zeroed), to float tolerance.
 """
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -177,8 +179,8 @@ def test_softmax_mixes_channels_so_it_is_a_barrier():
     x = L.Dense(8, name="after")(x)
     model = keras.Model(inputs, L.Dense(2, name="out")(x))
     _, report = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
-    assert report["widths"]["scores"]["after"] == 8
-    assert "attention" in report["barriers"]
+    assert report.widths["scores"].after == 8
+    assert "attention" in report.barriers
 
 
 def test_output_layer_protected_layers_and_min_units():
@@ -191,7 +193,7 @@ def test_output_layer_protected_layers_and_min_units():
         prune_structured(model, StructuredPruningConfig(prune_fraction=0.8, protected_layers=["a"], min_units=4))
     config = StructuredPruningConfig(prune_fraction=0.8, protected_layers=["a"], min_units=4, scope="global")
     smaller, report = prune_structured(model, config)  # a global ranking stops at the minimum instead
-    assert report["widths"] == {
+    assert {name: asdict(width) for name, width in report.widths.items()} == {
         "a": {"before": 10, "after": 10},
         "b": {"before": 10, "after": 4},
         "out": {"before": 3, "after": 3},

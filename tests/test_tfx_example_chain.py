@@ -60,10 +60,10 @@ def test_tfx_penguin_keras_example_is_pruned_retrained_gated_and_pushed(tmp_path
     assert sorted(signature_specs(pushed_dir)) == ["serving_default", "transform_features"]
 
     pushed = load_model(pushed_dir)
-    rows = result.pruning_report["layers"]
-    (output_layer,) = [row for row in rows if row["protected_by"] == "output layer"]
-    assert output_layer["shape"] == [8, 3]  # the logits layer, found in the serving graph
-    hidden = sorted(f"{row['layer']}::{row['weight']}" for row in rows if row["protected_by"] is None)
+    rows = result.pruning_report.weights
+    (output_layer,) = [row for row in rows if row.protected_by == "output layer"]
+    assert output_layer.shape == [8, 3]  # the logits layer, found in the serving graph
+    hidden = sorted(f"{row.layer}::{row.weight}" for row in rows if row.protected_by is None)
     assert len(hidden) == 2 and sorted(pushed.masks) == hidden
     variables = {v.name.split(":")[0]: v.numpy() for v in pushed.model.variables}
     kernels = [variables[key.replace("::", "/")] for key in hidden]

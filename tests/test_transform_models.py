@@ -62,7 +62,7 @@ def test_structured_pruning_rebuilds_the_signatures_around_the_transform_layer(
     report = prune_saved_model(
         model_dir, out, StructuredPruningConfig(prune_fraction=0.5), sample_examples=samples, latency_repeats=1
     )
-    assert report["removed_units"] > 0
+    assert report.structure.removed_units > 0
     assert signature_specs(out) == signature_specs(model_dir)
 
     original, pruned = tf.saved_model.load(model_dir).signatures, tf.saved_model.load(out).signatures
@@ -81,7 +81,7 @@ def test_magnitude_pruning_keeps_the_transform_signatures_of_a_keras_saved_model
     model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=True)
     out = str(tmp_path / "out")
     report = prune_saved_model(model_dir, out, PruningConfig(target_sparsity=0.8))
-    assert report["after"]["masked_sparsity"] >= 0.79
+    assert report.after.masked_sparsity >= 0.79
     assert sorted(signature_specs(out)) == ["serving_default", "transform_features"]
     examples = read_serialized(penguin_files["eval"], 8)
     transformed = tf.saved_model.load(out).signatures["transform_features"](examples=examples)

@@ -11,13 +11,14 @@ reported.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
 
 from tfx_model_pruning.engine.config import LayerRemovalConfig
 from tfx_model_pruning.engine.graph import model_without, removal_candidates
+from tfx_model_pruning.engine.results import LayerRemovalResult, RemovalStep
 from tfx_model_pruning.engine.saved_model import compiled_metrics
 
 
@@ -37,11 +38,11 @@ def remove_layers(
     train_dataset: tf.data.Dataset,
     eval_dataset: tf.data.Dataset,
     metric: Optional[str] = None,
-) -> tuple[keras.Model, dict[str, Any]]:
+) -> tuple[keras.Model, LayerRemovalResult]:
     """Greedily removes layers/blocks while ``metric`` stays within ``config.tolerance``.
 
     ``metric`` is a name from ``model.evaluate`` (default: the first compiled metric, higher is
-    better; ``"loss"`` is lower-is-better). Returns the final model and the step report.
+    better; ``"loss"`` is lower-is-better). Returns the final model and every step taken.
     """
     if getattr(model, "loss", None) is None:
         raise ValueError("layer removal evaluates and fine-tunes: the model needs its compiled loss")
@@ -54,11 +55,11 @@ def remove_layers(
     def worse_by(value: float) -> float:
         return (baseline - value) if higher_is_better else (value - baseline)
 
-    current, steps = model, []
+    current, steps, stop_reason = model, [], f"max_removals ({config.max_removals}) reached"
     while len(steps) < config.max_removals:
         candidates = removal_candidates(current)
         if not candidates:
-            steps.append({"stop": "no candidate left"})
+            stop_reason = "no candidate left"
             break
         trials = []
         for candidate in candidates:
@@ -71,24 +72,25 @@ def remove_layers(
         after = worse_by(_score(trial, eval_dataset, metric))
         kept = after <= config.tolerance + 1e-9
         steps.append(
-            {
-                "removed": candidate.describe(),
-                "candidates": len(candidates),
-                "drop_before_fine_tune": before_fine_tune,
-                "drop_after_fine_tune": after,
-                "params": int(trial.count_params()),
-                "kept": kept,
-            }
+            RemovalStep(
+                removed=candidate.describe(),
+                candidates=len(candidates),
+                drop_before_fine_tune=before_fine_tune,
+                drop_after_fine_tune=after,
+                params=int(trial.count_params()),
+                kept=kept,
+            )
         )
         if not kept:
+            stop_reason = f"removing {candidate.describe()} dropped {metric} beyond the tolerance; rolled back"
             break
         current = trial
-    return current, {
-        "metric": metric,
-        "baseline": baseline,
-        "tolerance": config.tolerance,
-        "steps": steps,
-        "removed": [s["removed"] for s in steps if s.get("kept")],
-        "params_before": int(model.count_params()),
-        "params_after": int(current.count_params()),
-    }
+    return current, LayerRemovalResult(
+        metric=metric,
+        baseline=baseline,
+        tolerance=config.tolerance,
+        steps=steps,
+        stop_reason=stop_reason,
+        params_before=int(model.count_params()),
+        params_after=int(current.count_params()),
+    )

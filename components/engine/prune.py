@@ -18,6 +18,7 @@ from tfx_model_pruning.engine.layer_removal import remove_layers
 from tfx_model_pruning.engine.magnitude import find_prunable_weights, prune_model
 from tfx_model_pruning.engine.report import directory_size, gzip_size, layer_rows, weight_stats
 from tfx_model_pruning.engine.restored import require_keras
+from tfx_model_pruning.engine.results import ModelStats, PruningResult
 from tfx_model_pruning.engine.saved_model import (
     LoadedModel,
     copy_compile_settings,
@@ -39,21 +40,28 @@ def size_stats(model_dir: str) -> dict[str, int]:
     return {"saved_model_bytes": directory_size(model_dir), "gzip_bytes": gzip_size(model_dir)}
 
 
+def _measured(model: Any, masks: Optional[dict[str, np.ndarray]], model_dir: str, latency_repeats: int) -> ModelStats:
+    return ModelStats(
+        **weight_stats(model, masks), **efficiency_stats(model, repeats=latency_repeats), **size_stats(model_dir)
+    )
+
+
 def model_stats(
     model: Any,
     masks: Optional[dict[str, np.ndarray]],
     signatures,
     latency_repeats: int,
-) -> dict[str, Any]:
+    input_path: Optional[str] = None,
+) -> ModelStats:
     """Weights, efficiency, and the size of ``model`` saved the way pruned models are saved.
 
     Saving both sides identically makes the size difference what pruning bought and not, say,
     optimizer state that the input SavedModel happened to carry.
     """
-    stats = {**weight_stats(model, masks), **efficiency_stats(model, repeats=latency_repeats)}
     with tempfile.TemporaryDirectory() as scratch:
         save_model(model, scratch, signatures, masks)
-        stats.update(size_stats(scratch))
+        stats = _measured(model, masks, scratch, latency_repeats)
+    stats.input_saved_model_bytes = directory_size(input_path) if input_path else None
     return stats
 
 
@@ -65,8 +73,8 @@ def prune_saved_model(
     latency_repeats: int = 30,
     holdout_examples: Optional[tf.Tensor] = None,
     allow_unsafe_layers: bool = False,
-) -> dict[str, Any]:
-    """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns the report.
+) -> PruningResult:
+    """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns what it did.
 
     ``sample_examples`` (a batch of serialized tf.Examples) is required by structured pruning,
     which has to rebuild the serving signatures and proves them on those examples, and by the
@@ -75,7 +83,7 @@ def prune_saved_model(
     Example::
 
         report = prune_saved_model("trainer/model/7", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
-        report["after"]["masked_sparsity"]  # 0.8
+        report.after.masked_sparsity  # 0.8
     """
     loaded = load_model(input_path, allow_unsafe_layers)
     require_finite_weights(loaded.model, f"the model to prune ({loaded.path})")
@@ -95,8 +103,7 @@ def prune_saved_model(
 
     weights = find_prunable_weights(loaded.model, config)  # fails on a bad config before any work
     nonzeros_before = {w.key: int(np.count_nonzero(w.variable.numpy())) for w in weights}
-    before = model_stats(loaded.model, loaded.masks or None, loaded.signatures, latency_repeats)
-    before["input_saved_model_bytes"] = directory_size(loaded.path)
+    before = model_stats(loaded.model, loaded.masks or None, loaded.signatures, latency_repeats, loaded.path)
 
     sensitivity = None
     layer_sparsity = None
@@ -108,12 +115,13 @@ def prune_saved_model(
     weights, masks = prune_model(loaded.model, config, loaded.masks, sample, layer_sparsity)
     save_model(loaded.model, output_dir, loaded.signatures, masks, extra_assets_from=loaded.path)
     verify_signatures_preserved(loaded.path, output_dir)
-    after = {**weight_stats(loaded.model, masks), **efficiency_stats(loaded.model, repeats=latency_repeats)}
-    return {
-        **_common_report(config, loaded, output_dir, before, after),
-        "layers": layer_rows(weights, nonzeros_before),
-        "sensitivity": sensitivity,
-    }
+    return PruningResult(
+        **_common_fields(config, loaded, output_dir),
+        before=before,
+        after=_measured(loaded.model, masks, output_dir, latency_repeats),
+        weights=layer_rows(weights, nonzeros_before),
+        sensitivity=sensitivity,
+    )
 
 
 class UnclonableLayerError(ValueError):
@@ -174,42 +182,34 @@ def _remove_layers(
     sample_examples: Optional[tf.Tensor],
     holdout_examples: Optional[tf.Tensor],
     latency_repeats: int,
-) -> dict[str, Any]:
+) -> PruningResult:
     train = _labelled_dataset(loaded.model, sample_examples, config.label_key, config.batch_size, "train examples")
     holdout = _labelled_dataset(loaded.model, holdout_examples, config.label_key, config.batch_size, "eval examples")
-    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats)
-    smaller, steps = remove_layers(loaded.model, config, train, holdout)
-    report = _save_rebuilt(loaded, smaller, output_dir, config, sample_examples, before, latency_repeats)
-    return {**report, "layer_removal": steps}
+    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path)
+    smaller, removal = remove_layers(loaded.model, config, train, holdout)
+    after = _save_rebuilt(loaded, smaller, output_dir, sample_examples, latency_repeats)
+    return PruningResult(
+        **_common_fields(config, loaded, output_dir), before=before, after=after, layer_removal=removal
+    )
 
 
 def _save_rebuilt(
-    loaded: LoadedModel,
-    smaller: keras.Model,
-    output_dir: str,
-    config,
-    sample_examples: tf.Tensor,
-    before: dict[str, Any],
-    latency_repeats: int,
-) -> dict[str, Any]:
-    """Saves a rebuilt model with signatures proven on real examples; returns the common report."""
+    loaded: LoadedModel, smaller: keras.Model, output_dir: str, sample_examples: tf.Tensor, latency_repeats: int
+) -> ModelStats:
+    """Saves a rebuilt model with signatures proven on real examples; returns its measurements."""
     signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
     copy_compile_settings(loaded.model, smaller)
     save_model(smaller, output_dir, signatures, extra_assets_from=loaded.path)
     verify_signatures_preserved(loaded.path, output_dir)
-    after = {**weight_stats(smaller, None), **efficiency_stats(smaller, repeats=latency_repeats)}
-    before["input_saved_model_bytes"] = directory_size(loaded.path)
-    return _common_report(config, loaded, output_dir, before, after)
+    return _measured(smaller, None, output_dir, latency_repeats)
 
 
-def _common_report(config, loaded: LoadedModel, output_dir: str, before: dict, after: dict) -> dict[str, Any]:
+def _common_fields(config, loaded: LoadedModel, output_dir: str) -> dict[str, Any]:
     return {
         "config": config.model_dump(),
         "input_model": loaded.path,
         "output_model": output_dir,
         "signatures": sorted(loaded.signatures),
-        "before": before,
-        "after": {**after, **size_stats(output_dir)},
     }
 
 
@@ -221,21 +221,20 @@ def _prune_structured(
     sample,
     holdout,
     latency_repeats: int,
-) -> dict[str, Any]:
+) -> PruningResult:
     if sample_examples is None or int(tf.size(sample_examples)) == 0:
         raise MissingExamplesError(
             "structured pruning rebuilds the serving signatures and checks them on real examples: "
             "connect `examples` to PruneComponent"
         )
     smaller, structure = prune_structured(loaded.model, config, sample, holdout)
-    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats)
-    report = _save_rebuilt(loaded, smaller, output_dir, config, sample_examples, before, latency_repeats)
-    return {
-        **report,
-        "widths": structure["widths"],
-        "barriers": structure["barriers"],
-        "removed_units": structure["removed_units"],
-        "removable_units": structure["removable_units"],
-        "dropped_masks": sorted(loaded.masks),
-        "sensitivity": structure["sensitivity"],
-    }
+    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path)
+    after = _save_rebuilt(loaded, smaller, output_dir, sample_examples, latency_repeats)
+    return PruningResult(
+        **_common_fields(config, loaded, output_dir),
+        before=before,
+        after=after,
+        structure=structure,
+        dropped_masks=sorted(loaded.masks),
+        sensitivity=structure.sensitivity,
+    )

@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import tarfile
+from dataclasses import asdict
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -14,6 +15,7 @@ from tabulate import tabulate
 
 from tfx_model_pruning.engine.masks import PrunableWeight, iter_prunable_weights
 from tfx_model_pruning.engine.restored import count_params, model_variables
+from tfx_model_pruning.engine.results import PruningResult, SensitivityResult, WeightRow
 from tfx_model_pruning.engine.saved_model import MASKS_RELATIVE_PATH
 
 
@@ -102,23 +104,23 @@ def layer_table(model: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def layer_rows(weights: Iterable[PrunableWeight], nonzeros_before: dict[str, int]) -> list[dict[str, Any]]:
+def layer_rows(weights: Iterable[PrunableWeight], nonzeros_before: dict[str, int]) -> list[WeightRow]:
     rows = []
     for weight in weights:
         values = weight.variable.numpy()
         nonzero_after = int(np.count_nonzero(values))
         rows.append(
-            {
-                "layer": weight.layer_name,
-                "weight": weight.attribute,
-                "shape": list(values.shape),
-                "params": int(values.size),
-                "nonzeros_before": nonzeros_before[weight.key],
-                "nonzeros_after": nonzero_after,
-                "sparsity_before": 1.0 - nonzeros_before[weight.key] / values.size,
-                "sparsity_after": 1.0 - nonzero_after / values.size,
-                "protected_by": weight.protected_by,
-            }
+            WeightRow(
+                layer=weight.layer_name,
+                weight=weight.attribute,
+                shape=list(values.shape),
+                params=int(values.size),
+                nonzeros_before=nonzeros_before[weight.key],
+                nonzeros_after=nonzero_after,
+                sparsity_before=1.0 - nonzeros_before[weight.key] / values.size,
+                sparsity_after=1.0 - nonzero_after / values.size,
+                protected_by=weight.protected_by,
+            )
         )
     return rows
 
@@ -156,9 +158,9 @@ def _or_unmeasured(value: Any) -> Any:
     return "not measured (no Keras layers)" if value is None else value
 
 
-def summary_markdown(report: dict[str, Any]) -> str:
-    """A readable rendering of a pruning report."""
-    before, after = report["before"], report["after"]
+def summary_markdown(result: PruningResult) -> str:
+    """A readable rendering of a pruning result."""
+    before, after = asdict(result.before), asdict(result.after)
     rows = [
         ["params", before["params"], after["params"]],
         ["non-zero params", before["nonzero_params"], after["nonzero_params"]],
@@ -182,62 +184,63 @@ def summary_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Pruning report",
         "",
-        f"Criterion: {_criterion(report['config'])}.",
+        f"Criterion: {_criterion(result.config)}.",
         "",
         tabulate(rows, headers=["", "before", "after"], tablefmt="github", disable_numparse=True),
         "",
         "## Layers",
         "",
     ]
-    if report["config"]["method"] == "layer_removal":
-        removal = report["layer_removal"]
-        lines.append(f"Metric: {removal['metric']} (original {removal['baseline']:.4f}).")
+    if result.layer_removal is not None:
+        removal = result.layer_removal
+        lines.append(f"Metric: {removal.metric} (original {removal.baseline:.4f}).")
         lines.append("")
         rows = [
             [
-                step.get("removed", step.get("stop")),
-                step.get("candidates", ""),
-                f"{step['drop_before_fine_tune']:.4f}" if "drop_before_fine_tune" in step else "",
-                f"{step['drop_after_fine_tune']:.4f}" if "drop_after_fine_tune" in step else "",
-                step.get("params", ""),
-                {True: "kept", False: "rolled back"}.get(step.get("kept"), ""),
+                step.removed,
+                step.candidates,
+                f"{step.drop_before_fine_tune:.4f}",
+                f"{step.drop_after_fine_tune:.4f}",
+                step.params,
+                "kept" if step.kept else "rolled back",
             ]
-            for step in removal["steps"]
+            for step in removal.steps
         ]
         headers = ["step", "candidates", "drop before fine-tune", "drop after", "params", "verdict"]
         lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    elif report["config"]["method"] == "structured":
-        widths = [[name, w["before"], w["after"]] for name, w in report["widths"].items()]
+        lines += ["", f"Stopped: {removal.stop_reason}."]
+    elif result.structure is not None:
+        widths = [[name, w.before, w.after] for name, w in result.structure.widths.items()]
         lines.append(tabulate(widths, headers=["layer", "width before", "width after"], tablefmt="github"))
         lines += ["", "## Barriers (channels through these layers keep their width)", ""]
-        barriers = report["barriers"] or {"(none)": ""}
+        barriers = result.structure.barriers or {"(none)": ""}
         lines += [f"- {name}: {reason}" for name, reason in barriers.items()]
     else:
         table = [
             [
-                row["layer"],
-                row["weight"],
-                "x".join(map(str, row["shape"])),
-                row["params"],
-                row["nonzeros_after"],
-                f"{row['sparsity_after']:.2%}",
-                row["protected_by"] or "",
+                row.layer,
+                row.weight,
+                "x".join(map(str, row.shape)),
+                row.params,
+                row.nonzeros_after,
+                f"{row.sparsity_after:.2%}",
+                row.protected_by or "",
             ]
-            for row in report["layers"]
+            for row in result.weights or []
         ]
         headers = ["layer", "weight", "shape", "params", "non-zeros", "sparsity", "protected"]
         lines.append(tabulate(table, headers=headers, tablefmt="github"))
-    if report.get("sensitivity"):
-        lines += _sensitivity_lines(report["sensitivity"])
+    if result.sensitivity is not None:
+        lines += _sensitivity_lines(result.sensitivity)
     lines.append("")
     return "\n".join(lines)
 
 
-def _sensitivity_lines(sensitivity: dict[str, Any]) -> list[str]:
-    levels = next(iter(sensitivity["curves"].values()))["levels"]
+def _sensitivity_lines(sensitivity: SensitivityResult) -> list[str]:
+    levels = sensitivity.curves[0].levels
     rows = [
-        [key, f"{sensitivity['allocation'][key]:.2f}", *[f"{loss:.4f}" for loss in curve["losses"]]]
-        for key, curve in sensitivity["curves"].items()
+        [curve.key, f"{sensitivity.allocation[curve.key]:.2f}", *[f"{loss:.4f}" for loss in curve.losses]]
+        for curve in sensitivity.curves
     ]
     headers = ["pruned alone", "allocated", *[f"{level:.2f}" for level in levels]]
     return [
@@ -246,5 +249,5 @@ def _sensitivity_lines(sensitivity: dict[str, Any]) -> list[str]:
         "",
         tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
         "",
-        f"Dense loss: {sensitivity['dense_loss']:.4f}. Plot: sensitivity.png",
+        f"Dense loss: {sensitivity.dense_loss:.4f}. Plot: sensitivity.png",
     ]

@@ -10,26 +10,18 @@ allocates per channel family with the same curves (``structured.structured_alloc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from tfx_model_pruning.engine.masks import PrunableWeight, keep_largest
+from tfx_model_pruning.engine.results import Curve, SensitivityResult
 
 
 class BudgetError(ValueError):
     """The requested budget cannot be met with the allowed sparsities."""
-
-
-@dataclass
-class Curve:
-    key: str
-    params: int
-    levels: list[float]
-    losses: list[float]
 
 
 def sample_loss(model: keras.Model, sample) -> float:
@@ -117,9 +109,5 @@ def plot_curves(curves: list[Curve], dense_loss: float, allocation: dict[str, fl
     plt.close(figure)
 
 
-def sensitivity_report(dense_loss: float, curves: list[Curve], allocation: dict[str, float]) -> dict[str, Any]:
-    return {
-        "dense_loss": dense_loss,
-        "curves": {c.key: {"params": c.params, "levels": c.levels, "losses": c.losses} for c in curves},
-        "allocation": allocation,
-    }
+def sensitivity_report(dense_loss: float, curves: list[Curve], allocation: dict[str, float]) -> SensitivityResult:
+    return SensitivityResult(dense_loss, curves, allocation)

@@ -38,7 +38,8 @@ from tfx_model_pruning.engine.graph import (
 )
 from tfx_model_pruning.engine.importance import Criterion, channel_scores
 from tfx_model_pruning.engine.layer_handlers import handler_for
-from tfx_model_pruning.engine.sensitivity import BudgetError, Curve, sample_loss, sensitivity_report
+from tfx_model_pruning.engine.results import Curve, LayerWidth, SensitivityResult, StructureChange
+from tfx_model_pruning.engine.sensitivity import BudgetError, sample_loss
 
 
 class StructuredPruningError(ValueError):
@@ -216,7 +217,7 @@ def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: 
 
 def structured_allocation(
     model: keras.Model, graph: ChannelGraph, units: list[Unit], config: StructuredPruningConfig, holdout
-) -> tuple[dict[int, float], dict]:
+) -> tuple[dict[int, float], SensitivityResult]:
     """Per-family fractions of units to remove that bring FLOPs under ``config.flops_budget``.
 
     Each family (producers whose channels are coupled) is pruned alone at each level with its
@@ -279,9 +280,8 @@ def structured_allocation(
             break  # every group at its highest level; the floor check above says this meets the target
         position[best] += 1
     fractions = current_fractions()
-    report = sensitivity_report(dense_loss, curves, {names[f]: fractions[f] for f in families})
-    report["flops_budget"] = config.flops_budget
-    return fractions, report
+    allocation = {names[f]: fractions[f] for f in families}
+    return fractions, SensitivityResult(dense_loss, curves, allocation, flops_budget=config.flops_budget)
 
 
 def prune_structured(
@@ -290,8 +290,8 @@ def prune_structured(
     sample: Optional[tuple[Any, Any]] = None,
     holdout: Optional[tuple[Any, Any]] = None,
     criterion: Optional[Union[str, Criterion]] = None,
-) -> tuple[keras.Model, dict[str, Any]]:
-    """Removes the least important units/filters; returns the smaller model and a report.
+) -> tuple[keras.Model, StructureChange]:
+    """Removes the least important units/filters; returns the smaller model and what changed.
 
     ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor);
     ``holdout`` the labelled examples the sensitivity curves are measured on; ``criterion``
@@ -317,16 +317,15 @@ def prune_structured(
     removed = {unit.root for unit in chosen}
     smaller = rebuild(model, graph, removed)
     widths = {
-        name: {"before": _last_dim(model.get_layer(name).output), "after": _last_dim(smaller.get_layer(name).output)}
+        name: LayerWidth(_last_dim(model.get_layer(name).output), _last_dim(smaller.get_layer(name).output))
         for name in graph.producers
     }
-    report = {
-        "removable_units": len(units),
-        "removed_units": len(chosen),
-        "widths": widths,
-        "barriers": dict(graph.barriers),
-        "params_before": int(model.count_params()),
-        "params_after": int(smaller.count_params()),
-        "sensitivity": sensitivity,
-    }
-    return smaller, report
+    return smaller, StructureChange(
+        removable_units=len(units),
+        removed_units=len(chosen),
+        widths=widths,
+        barriers=dict(graph.barriers),
+        params_before=int(model.count_params()),
+        params_after=int(smaller.count_params()),
+        sensitivity=sensitivity,
+    )

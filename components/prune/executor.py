@@ -17,7 +17,7 @@ from tfx_model_pruning._io import split_files, write_json, write_text
 from tfx_model_pruning.engine import prune_saved_model, summary_markdown
 from tfx_model_pruning.engine.config import pruning_config_from_json
 from tfx_model_pruning.engine.data import read_serialized
-from tfx_model_pruning.engine.sensitivity import Curve, plot_curves
+from tfx_model_pruning.engine.sensitivity import plot_curves
 
 # Structured pruning proves its rebuilt serving signatures on at least this many real
 # examples; data-driven criteria read config.sample_size of them.
@@ -46,7 +46,7 @@ class Executor(base_executor.BaseExecutor):
                     split_files(input_dict[specs.EXAMPLES_KEY], HOLDOUT_SPLIT), config.sample_size
                 )
 
-        report = prune_saved_model(
+        result = prune_saved_model(
             input_uri,
             path_utils.serving_model_dir(output_model.uri),
             config,
@@ -54,23 +54,23 @@ class Executor(base_executor.BaseExecutor):
             holdout_examples=holdout,
             allow_unsafe_layers=bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY)),
         )
-        if report.get("sensitivity"):
-            sensitivity = report["sensitivity"]
-            curves = [Curve(key, c["params"], c["levels"], c["losses"]) for key, c in sensitivity["curves"].items()]
+        if result.sensitivity is not None:
+            sensitivity = result.sensitivity
             plot_curves(
-                curves,
-                sensitivity["dense_loss"],
-                sensitivity["allocation"],
+                sensitivity.curves,
+                sensitivity.dense_loss,
+                sensitivity.allocation,
                 os.path.join(report_artifact.uri, files.SENSITIVITY_PLOT),
             )
-        logging.info("Pruned %s: sparsity of pruned layers %.4f", input_uri, report["after"]["masked_sparsity"])
+        after = result.after
+        logging.info("Pruned %s: sparsity of pruned layers %.4f", input_uri, after.masked_sparsity)
 
-        write_json(report_artifact.uri, files.PRUNING_REPORT_JSON, report)
-        write_text(report_artifact.uri, files.PRUNING_SUMMARY_MARKDOWN, summary_markdown(report))
+        write_json(report_artifact.uri, files.PRUNING_REPORT_JSON, result.to_json())
+        write_text(report_artifact.uri, files.PRUNING_SUMMARY_MARKDOWN, summary_markdown(result))
         for artifact in (output_model, report_artifact):
-            artifact.set_float_custom_property("sparsity", report["after"]["masked_sparsity"])
-        report_artifact.set_int_custom_property("params", report["after"]["params"])
-        report_artifact.set_int_custom_property("nonzero_params", report["after"]["nonzero_params"])
-        report_artifact.set_int_custom_property("gzip_bytes", report["after"]["gzip_bytes"])
-        if report["after"]["flops"] is not None:  # unmeasured for a model without Keras layers
-            report_artifact.set_int_custom_property("flops", report["after"]["flops"])
+            artifact.set_float_custom_property("sparsity", after.masked_sparsity)
+        report_artifact.set_int_custom_property("params", after.params)
+        report_artifact.set_int_custom_property("nonzero_params", after.nonzero_params)
+        report_artifact.set_int_custom_property("gzip_bytes", after.gzip_bytes)
+        if after.flops is not None:  # unmeasured for a model without Keras layers
+            report_artifact.set_int_custom_property("flops", after.flops)
