@@ -152,6 +152,7 @@ def start(api: Optional[FakeKfpApi] = None) -> tuple[FakeKfpApi, ThreadingHTTPSe
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits up to one poll interval; the default half second, per test, adds up.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     api.host = f"http://127.0.0.1:{server.server_address[1]}"
     return api, server

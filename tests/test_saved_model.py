@@ -148,7 +148,8 @@ def test_a_raw_tensor_signature_with_several_inputs_and_outputs_is_kept(tmp_path
     model = _raw_tensor_model(["culmen_length_mm", "flipper_length_mm", "body_mass_g"])
     model.save(str(tmp_path / "model"), save_format="tf")
     out = str(tmp_path / "pruned")
-    prune_saved_model(str(tmp_path / "model"), out, PruningConfig(target_sparsity=0.5, protect_output_layer=False))
+    config = PruningConfig(target_sparsity=0.5, protect_output_layer=False)
+    prune_saved_model(str(tmp_path / "model"), out, config, latency_repeats=1)  # signatures, not timings
     verify_signatures_preserved(str(tmp_path / "model"), out)
     signature = tf.saved_model.load(out).signatures["serving_default"]
     assert sorted(signature.structured_input_signature[1]) == ["body_mass_g", "culmen_length_mm", "flipper_length_mm"]
@@ -162,7 +163,9 @@ def test_tfx_penguin_example_model_keeps_its_signature_after_pruning(tmp_path):
 
     penguin_example_model().save(str(tmp_path / "model"), save_format="tf")
     assert unsafe_layers(str(tmp_path / "model")) == []
-    report = prune_saved_model(str(tmp_path / "model"), str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8))
+    report = prune_saved_model(
+        str(tmp_path / "model"), str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8), latency_repeats=1
+    )
     assert abs(report.after.masked_sparsity - 0.8) <= 0.01
     verify_signatures_preserved(str(tmp_path / "model"), str(tmp_path / "pruned"))
 
