@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from eager import forward
+from equivalence import forward
 from pydantic import ValidationError
 from tfx import types
 from tfx.types import standard_artifacts

@@ -1,7 +1,7 @@
 """Structured pruning: every dependency rule on small handmade models, checked by equivalence.
 
 The rebuilt (smaller) model must compute what the original computes with the removed channels
-disconnected (their consumer rows zeroed), to float tolerance.
+disconnected (their consumer rows zeroed), to float tolerance (``equivalence.check_equivalent``).
 """
 
 from dataclasses import asdict
@@ -9,57 +9,18 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import tf_keras as keras
-from eager import forward
+from equivalence import check_equivalent
 from pydantic import ValidationError
 
 from tfx_model_pruning.engine.importance import channel_scores
 from tfx_model_pruning.engine.structured import (
     StructuredPruningConfig,
     StructuredPruningError,
-    analyse,
-    disconnect_in_place,
     prune_structured,
-    rebuild,
     removable_units,
-    select_units_to_remove,
 )
 
 L = keras.layers
-
-
-def _randomise_batchnorm(model):
-    rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights(
-                [rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape), rng.normal(size=mean.shape),
-                 rng.uniform(0.5, 1.5, var.shape)]
-            )  # fmt: skip
-
-
-def _check_equivalent(model, fraction=0.5, **config):
-    """Prunes ``model`` and asserts the rebuilt model equals the disconnected original."""
-    _randomise_batchnorm(model)
-    cfg = StructuredPruningConfig(prune_fraction=fraction, **config)
-    graph = analyse(model, tuple(cfg.protected_layers))
-    units = removable_units(graph, channel_scores(model, graph, cfg.criterion))
-    chosen = select_units_to_remove(units, graph, model, cfg)
-    assert chosen, "nothing was removed, so nothing is tested"
-    removed = {unit.root for unit in chosen}
-    smaller = rebuild(model, graph, removed)
-    reference = keras.models.clone_model(model)
-    reference.set_weights(model.get_weights())
-    disconnect_in_place(reference, graph, removed)
-
-    rng = np.random.default_rng(0)
-    inputs = [rng.normal(size=(3, *t.shape[1:])).astype("float32") for t in model.inputs]
-    inputs = inputs[0] if len(inputs) == 1 else inputs
-    got, want, dense = (forward(m, inputs) for m in (smaller, reference, model))
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(dense, want, atol=1e-4), "removal changed nothing: the check would be vacuous"
-    assert smaller.count_params() < model.count_params()
-    return smaller, graph
 
 
 def _width(model, name):
@@ -72,7 +33,7 @@ def test_sequential_dense_chain():
         [keras.Input((10,)), L.Dense(16, activation="relu", name="a"), L.Dropout(0.2), L.Dense(12, name="b"),
          L.ReLU(), L.Dense(3, name="out")]
     )  # fmt: skip
-    smaller, _ = _check_equivalent(model)
+    smaller, _ = check_equivalent(model)
     assert (_width(smaller, "a"), _width(smaller, "b"), _width(smaller, "out")) == (8, 6, 3)
 
 
@@ -86,7 +47,7 @@ def test_conv_batchnorm_pooling_flatten_dense():
     x = L.ZeroPadding2D(1)(x)
     x = L.Flatten()(x)  # channels map to every spatial position's rows of the next kernel
     model = keras.Model(image, L.Dense(4, name="out")(x))
-    smaller, _ = _check_equivalent(model)
+    smaller, _ = check_equivalent(model)
     assert _width(smaller, "conv") == 4
     assert smaller.get_layer("out").kernel.shape[0] == 6 * 6 * 4
 
@@ -97,7 +58,7 @@ def test_conv1d_global_pooling():
     x = L.Conv1D(10, 3, activation="relu", name="conv")(seq)
     x = L.GlobalAveragePooling1D()(x)
     model = keras.Model(seq, L.Dense(2, name="out")(x))
-    smaller, _ = _check_equivalent(model, fraction=0.3)
+    smaller, _ = check_equivalent(model, fraction=0.3)
     assert _width(smaller, "conv") == 7
 
 
@@ -110,7 +71,7 @@ def test_elementwise_merges_couple_their_inputs(merge):
     x = merge(name="merge")([a, b])
     x = L.Conv2D(6, 1, name="c")(x)
     model = keras.Model(image, L.Dense(2, name="out")(L.GlobalMaxPooling2D()(x)))
-    smaller, graph = _check_equivalent(model)
+    smaller, graph = check_equivalent(model)
     assert _width(smaller, "a") == _width(smaller, "b") == 4
     units = removable_units(graph, channel_scores(model, graph, "l1"))
     assert all(sorted(layer for layer, _ in u.producers) == ["a", "b"] for u in units if len(u.producers) > 1)
@@ -130,7 +91,7 @@ def test_residual_block_keeps_skip_and_branch_aligned():
     x = L.Add()([x, y])
     x = L.ReLU()(x)
     model = keras.Model(image, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(x)))
-    smaller, _ = _check_equivalent(model)
+    smaller, _ = check_equivalent(model)
     assert _width(smaller, "stem") == _width(smaller, "expand") == 4
     assert _width(smaller, "inner") == 3
 
@@ -143,7 +104,7 @@ def test_concatenate_maps_channel_offsets():
     x = L.Concatenate()([a, b])
     x = L.Conv2D(4, 1, name="c")(x)
     model = keras.Model(image, L.Dense(2, name="out")(L.Flatten()(x)))
-    smaller, _ = _check_equivalent(model)
+    smaller, _ = check_equivalent(model)
     assert (_width(smaller, "a"), _width(smaller, "b")) == (3, 5)
     assert smaller.get_layer("c").kernel.shape[-2] == 8
 
@@ -155,7 +116,7 @@ def test_depthwise_and_separable_convolutions():
     x = L.DepthwiseConv2D(3, name="depthwise")(x)
     x = L.SeparableConv2D(6, 3, depth_multiplier=2, name="separable")(x)
     model = keras.Model(image, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
-    smaller, _ = _check_equivalent(model)
+    smaller, _ = check_equivalent(model)
     assert smaller.get_layer("depthwise").depthwise_kernel.shape[-2] == 4
     assert smaller.get_layer("separable").pointwise_kernel.shape[-2:] == (8, 3)
 
@@ -167,7 +128,7 @@ def test_lambda_is_a_barrier_and_reported():
     x = L.Lambda(lambda t: t * 2.0, name="double")(x)
     x = L.Dense(8, name="after")(x)
     model = keras.Model(inputs, L.Dense(2, name="out")(x))
-    smaller, graph = _check_equivalent(model)
+    smaller, graph = check_equivalent(model)
     assert "double" in graph.barriers
     assert _width(smaller, "before") == 8, "channels feeding a barrier keep their width"
     assert _width(smaller, "after") == 4
@@ -222,7 +183,7 @@ def test_mixed_model_with_every_rule():
     x = L.Dense(20, activation="relu", name="d1")(x)
     x = L.Dropout(0.1)(x)
     model = keras.Model(image, L.Dense(5, name="out")(x))
-    smaller, graph = _check_equivalent(model)
+    smaller, graph = check_equivalent(model)
     widths = {name: _width(smaller, name) for name in ("c1", "c2", "sep", "c3", "c4", "d1", "out")}
     assert widths == {"c1": 8, "c2": 8, "sep": 4, "c3": 12, "c4": 5, "d1": 10, "out": 5}
     assert list(graph.barriers) == ["identity_lambda"]
