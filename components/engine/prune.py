@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -88,19 +89,31 @@ def prune_saved_model(
     loaded = load_model(input_path, allow_unsafe_layers)
     require_finite_weights(loaded.model, f"the model to prune ({loaded.path})")
     _require_layer_graph_if_needed(loaded, config)
-    if isinstance(config, LayerRemovalConfig):
-        return _remove_layers(loaded, output_dir, config, sample_examples, holdout_examples, latency_repeats)
-    sample = None
-    if get_criterion(config.criterion).needs_sample:
-        if sample_examples is None or int(tf.size(sample_examples)) == 0:
-            raise MissingExamplesError(f"criterion {config.criterion!r} reads examples: connect `examples`")
-        sample = parse_sample(loaded.model, sample_examples[: config.sample_size], config.label_key)
-    if isinstance(config, StructuredPruningConfig):
-        holdout = None
-        if config.scope == "sensitivity":
-            holdout = _holdout_sample(loaded.model, holdout_examples, config)
-        return _prune_structured(loaded, output_dir, config, sample_examples, sample, holdout, latency_repeats)
+    examples = _Examples(sample_examples, holdout_examples)
+    return PRUNING_METHODS[config.method](loaded, output_dir, config, examples, latency_repeats)
 
+
+@dataclass(frozen=True)
+class _Examples:
+    """Serialized tf.Examples handed in: a train sample and a held-out (eval) sample."""
+
+    sample: Optional[tf.Tensor]
+    holdout: Optional[tf.Tensor]
+
+
+def _criterion_sample(loaded: LoadedModel, config, examples: _Examples):
+    """``(features, labels)`` for a criterion that reads examples; None for one that does not."""
+    if not get_criterion(config.criterion).needs_sample:
+        return None
+    if examples.sample is None or int(tf.size(examples.sample)) == 0:
+        raise MissingExamplesError(f"criterion {config.criterion!r} reads examples: connect `examples`")
+    return parse_sample(loaded.model, examples.sample[: config.sample_size], config.label_key)
+
+
+def _prune_magnitude(
+    loaded: LoadedModel, output_dir: str, config: PruningConfig, examples: _Examples, latency_repeats: int
+) -> PruningResult:
+    sample = _criterion_sample(loaded, config, examples)
     weights = find_prunable_weights(loaded.model, config)  # fails on a bad config before any work
     nonzeros_before = {w.key: int(np.count_nonzero(w.variable.numpy())) for w in weights}
     before = model_stats(loaded.model, loaded.masks or None, loaded.signatures, latency_repeats, loaded.path)
@@ -108,7 +121,7 @@ def prune_saved_model(
     sensitivity = None
     layer_sparsity = None
     if config.scope == "sensitivity":
-        holdout = _holdout_sample(loaded.model, holdout_examples, config)
+        holdout = _holdout_sample(loaded.model, examples.holdout, config)
         dense_loss, curves = sensitivity_curves(loaded.model, weights, config.sensitivity_levels, holdout)
         layer_sparsity = allocate(curves, dense_loss, config.target_sparsity)
         sensitivity = sensitivity_report(dense_loss, curves, layer_sparsity)
@@ -176,18 +189,13 @@ def _labelled_dataset(model: keras.Model, serialized: Optional[tf.Tensor], label
 
 
 def _remove_layers(
-    loaded: LoadedModel,
-    output_dir: str,
-    config: LayerRemovalConfig,
-    sample_examples: Optional[tf.Tensor],
-    holdout_examples: Optional[tf.Tensor],
-    latency_repeats: int,
+    loaded: LoadedModel, output_dir: str, config: LayerRemovalConfig, examples: _Examples, latency_repeats: int
 ) -> PruningResult:
-    train = _labelled_dataset(loaded.model, sample_examples, config.label_key, config.batch_size, "train examples")
-    holdout = _labelled_dataset(loaded.model, holdout_examples, config.label_key, config.batch_size, "eval examples")
+    train = _labelled_dataset(loaded.model, examples.sample, config.label_key, config.batch_size, "train examples")
+    holdout = _labelled_dataset(loaded.model, examples.holdout, config.label_key, config.batch_size, "eval examples")
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path)
     smaller, removal = remove_layers(loaded.model, config, train, holdout)
-    after = _save_rebuilt(loaded, smaller, output_dir, sample_examples, latency_repeats)
+    after = _save_rebuilt(loaded, smaller, output_dir, examples.sample, latency_repeats)
     return PruningResult(
         **_common_fields(config, loaded, output_dir), before=before, after=after, layer_removal=removal
     )
@@ -214,22 +222,18 @@ def _common_fields(config, loaded: LoadedModel, output_dir: str) -> dict[str, An
 
 
 def _prune_structured(
-    loaded: LoadedModel,
-    output_dir: str,
-    config: StructuredPruningConfig,
-    sample_examples: Optional[tf.Tensor],
-    sample,
-    holdout,
-    latency_repeats: int,
+    loaded: LoadedModel, output_dir: str, config: StructuredPruningConfig, examples: _Examples, latency_repeats: int
 ) -> PruningResult:
-    if sample_examples is None or int(tf.size(sample_examples)) == 0:
+    sample = _criterion_sample(loaded, config, examples)
+    holdout = _holdout_sample(loaded.model, examples.holdout, config) if config.scope == "sensitivity" else None
+    if examples.sample is None or int(tf.size(examples.sample)) == 0:
         raise MissingExamplesError(
             "structured pruning rebuilds the serving signatures and checks them on real examples: "
             "connect `examples` to PruneComponent"
         )
     smaller, structure = prune_structured(loaded.model, config, sample, holdout)
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path)
-    after = _save_rebuilt(loaded, smaller, output_dir, sample_examples, latency_repeats)
+    after = _save_rebuilt(loaded, smaller, output_dir, examples.sample, latency_repeats)
     return PruningResult(
         **_common_fields(config, loaded, output_dir),
         before=before,
@@ -238,3 +242,12 @@ def _prune_structured(
         dropped_masks=sorted(loaded.masks),
         sensitivity=structure.sensitivity,
     )
+
+
+PruningMethod = Callable[[LoadedModel, str, Any, _Examples, int], PruningResult]
+# config.method -> the function that prunes a loaded model by that method.
+PRUNING_METHODS: dict[str, PruningMethod] = {
+    "magnitude": _prune_magnitude,
+    "structured": _prune_structured,
+    "layer_removal": _remove_layers,
+}
