@@ -39,7 +39,9 @@ def test_every_kind_of_result_reads_back_as_written():
         **common,
         before=_stats(500),
         after=_stats(200, flops=None),
-        structure=StructureChange(10, 5, {"a": LayerWidth(8, 4)}, {"lambda": "not understood"}, 500, 200, sensitivity),
+        structure=StructureChange(
+            10, 5, {"a": LayerWidth(8, 4)}, {"lambda": "not understood"}, 500, 200, 24, 4, sensitivity=sensitivity
+        ),
         sensitivity=sensitivity,
         dropped_masks=["a::kernel"],
     )

@@ -8,14 +8,17 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 from equivalence import check_equivalent
 from pydantic import ValidationError
 
 from tfx_model_pruning.engine.importance import channel_scores
+from tfx_model_pruning.engine.report import coverage_lines
 from tfx_model_pruning.engine.structured import (
     StructuredPruningConfig,
     StructuredPruningError,
+    analyse,
     prune_structured,
     removable_units,
 )
@@ -225,3 +228,81 @@ def test_nothing_removable_is_an_error():
 def test_invalid_structured_configs(kwargs):
     with pytest.raises(ValidationError):
         StructuredPruningConfig(**kwargs)
+
+
+def test_a_concat_then_add_group_is_charged_per_layer_not_its_whole_quota_on_each():
+    # NASNet's shape: two 22-filter convolutions concatenated, then added to a 44-filter one. The
+    # 44 coupled units are one family; at 0.5 the family loses 22 units, not 22 filters of each side.
+    keras.utils.set_random_seed(0)
+    image = keras.Input((6, 6, 3))
+    a = L.Conv2D(22, 3, padding="same", name="a")(image)
+    b = L.Conv2D(22, 3, padding="same", name="b")(image)
+    c = L.Conv2D(44, 3, padding="same", name="c")(image)
+    joined = L.Add()([L.Concatenate()([a, b]), c])
+    head = L.Conv2D(8, 1, name="head")(L.ReLU()(joined))
+    model = keras.Model(image, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(head)))
+    smaller, _ = check_equivalent(model)
+    assert _width(smaller, "a") + _width(smaller, "b") == _width(smaller, "c") == 22
+    assert _width(smaller, "a") >= 1 and _width(smaller, "b") >= 1
+
+
+def test_the_report_says_how_much_of_the_whole_model_went_and_warns_when_barriers_kept_most():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    free = L.Dense(8, name="free")(inputs)
+    stuck = L.Dense(24, name="stuck")(inputs)
+    stuck = L.Lambda(lambda t: t * 2.0, name="opaque")(stuck)  # a barrier: its 24 channels stay
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Concatenate()([free, stuck])))
+    _, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+    assert (change.channels_before, change.channels_removed) == (8 + 24 + 2, 4)
+    assert change.removed_share == pytest.approx(4 / 34)
+    lines = coverage_lines(change, 0.5)
+    assert lines[0].startswith("**Warning: far less was removed than asked.** Removed 4 of 34")
+    assert not coverage_lines(change, 0.1)[0].startswith("**Warning")
+
+
+def test_tensorflow_ops_residuals_hard_swish_and_squeeze_excite_are_followed():
+    # RegNet's `x + y` residual, MobileNetV3's hard-swish (x * relu6(x + 3) / 6) and an
+    # EfficientNet-style squeeze-and-excite gate (Reshape to (1, 1, C), broadcasting Multiply).
+    keras.utils.set_random_seed(0)
+    image = keras.Input((6, 6, 3))
+    stem = L.Conv2D(8, 3, padding="same", name="stem")(image)
+    residual = tf.nn.relu(stem + L.Conv2D(8, 3, padding="same", name="branch")(stem))
+    swished = residual * tf.nn.relu6(residual + 3.0) * (1.0 / 6.0)
+    squeezed = L.Dense(4, activation="relu", name="se_reduce")(L.GlobalAveragePooling2D()(swished))
+    gate = L.Reshape((1, 1, 8))(L.Dense(8, activation="sigmoid", name="se_expand")(squeezed))
+    head = L.Conv2D(6, 1, name="head")(L.Multiply()([swished, gate]))
+    model = keras.Model(image, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(head)))
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {}
+    assert [_width(smaller, n) for n in ("stem", "branch", "se_reduce", "se_expand", "head")] == [4, 4, 2, 4, 3]
+
+
+def test_a_tensorflow_op_with_a_per_channel_constant_is_a_barrier():
+    inputs = keras.Input((4,))
+    scaled = L.Dense(4, name="a")(inputs) * tf.constant([1.0, 2.0, 3.0, 4.0])
+    graph = analyse(keras.Model(inputs, L.Dense(2, name="out")(scaled)))
+    assert list(graph.barriers.values()) == ["tf.math.multiply with a non-scalar constant"]
+
+
+@pytest.mark.parametrize("groups, filters, after", [(2, 12, (6, 1)), (8, 8, (4, 4))])
+def test_grouped_convolutions_lose_whole_groups(groups, filters, after):
+    keras.utils.set_random_seed(0)
+    image = keras.Input((6, 6, 3))
+    stem = L.Conv2D(8, 3, padding="same", name="stem")(image)
+    grouped = L.Conv2D(filters, 3, padding="same", groups=groups, name="grouped")(L.ReLU()(stem))
+    head = L.Conv2D(5, 1, name="head")(L.BatchNormalization()(grouped))
+    model = keras.Model(image, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(head)))
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {}
+    assert (_width(smaller, "grouped"), smaller.get_layer("grouped").groups) == after
+    assert _width(smaller, "stem") == 4  # a group's input channels go with it
+
+
+def test_transposed_convolutions_are_pruned_with_their_kernel_axes_swapped():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((4, 4, 3))
+    upsampled = L.Conv2DTranspose(8, 3, strides=2, padding="same", name="up")(image)
+    features = L.Conv2D(6, 3, name="c")(L.ReLU()(upsampled))
+    smaller, _ = check_equivalent(keras.Model(image, L.Dense(2, name="out")(L.Flatten()(features))))
+    assert _width(smaller, "up") == 4 and smaller.get_layer("up").kernel.shape == (3, 3, 4, 3)

@@ -11,7 +11,8 @@ It holds:
 - the layer-removal candidates and the model without one (``removal_candidates``,
   ``model_without``);
 - the channel graph structured pruning works on (``ChannelGraph``, ``analyse_channels``),
-  driven by a handler per layer that the caller supplies (see ``layer_handlers``).
+  driven by a handler per layer that the caller supplies (see ``layer_handlers``);
+- ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import tensorflow as tf
 import tf_keras as keras
+from tf_keras.src.layers.core.tf_op_layer import TFOpLambda  # noqa: F401  (for layer_handlers)
 
 from tfx_model_pruning.engine.restored import PRUNABLE_WEIGHT_ATTRIBUTES
 
@@ -56,6 +58,13 @@ class LayerCall:
     input_tensors: tuple[Any, ...]
     output_tensors: tuple[Any, ...]
     _node: Any = field(repr=False, compare=False)
+
+    def constant_arguments(self) -> list[Any]:
+        """The call's arguments that are not symbolic tensors (scalars, constants, options), ``name`` aside."""
+        args = tf.nest.flatten(self._node.call_args)
+        kwargs = {k: v for k, v in (self._node.call_kwargs or {}).items() if k != "name"}
+        values = args + tf.nest.flatten(kwargs)
+        return [value for value in values if not (tf.is_tensor(value) and keras.backend.is_keras_tensor(value))]
 
     def replay(self, computed: dict[str, Any]) -> list[Any]:
         """Calls the layer again on the tensors ``computed`` holds for this call's input ids."""

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfx_model_pruning.engine.graph import ChannelBarrier, ChannelGraph, LayerCall
+from tfx_model_pruning.engine.graph import ChannelBarrier, ChannelGraph, LayerCall, TFOpLambda
 
 L = keras.layers
 
@@ -63,7 +63,8 @@ class LayerHandler:
         return layer.get_weights()
 
     def resized_config(self, layer: keras.layers.Layer, width: int) -> dict[str, Any]:
-        """The layer's config with ``width`` output channels (producers only)."""
+        """The layer's config with ``width`` output channels: a producer's new width, or a layer
+        whose config spells out the width it passes on (``Reshape``'s target shape)."""
         return layer.get_config()
 
     def scored_kernel(self, layer: keras.layers.Layer) -> Optional[tuple[tf.Variable, int]]:
@@ -198,15 +199,47 @@ def _zeroed(values: np.ndarray, dropped: np.ndarray, axis: int) -> np.ndarray:
 
 
 class ConvolutionHandler(Producer):
-    """Conv1D/2D/3D: grouped convolutions are barriers (whole groups are not removed yet)."""
+    """Conv1D/2D/3D. A grouped convolution (``groups > 1``; depthwise when ``groups`` equals the
+    channels) loses whole groups: a group's input channels and its filters form one unit."""
 
     def __init__(self):
         super().__init__("filters", {"kernel": (-2, -1), "bias": (None, 0)})
 
     def output_channels(self, layer, call, inputs, graph):
+        (channels,) = super().output_channels(layer, call, inputs, graph)
+        groups = getattr(layer, "groups", 1)
+        if groups == 1:
+            return [channels]
+        incoming = inputs[0]
+        in_size, out_size = len(incoming) // groups, len(channels) // groups
+        for group in range(groups):
+            members = (
+                incoming[group * in_size : (group + 1) * in_size] + channels[group * out_size : (group + 1) * out_size]
+            )
+            for member in members[1:]:
+                graph.join(members[0], member)
+        return [channels]
+
+    def sliced_weights(self, layer, keep_in, keep_out):
+        if getattr(layer, "groups", 1) == 1:
+            return super().sliced_weights(layer, keep_in, keep_out)
+        # Whole groups go, so each kept filter still reads its group's inputs at the same offsets.
+        return _take(layer, {"kernel": (None, -1), "bias": (None, 0)}, keep_in, keep_out)
+
+    def resized_config(self, layer, width):
+        config = super().resized_config(layer, width)
         if getattr(layer, "groups", 1) != 1:
-            raise ChannelBarrier("grouped convolution")
-        return super().output_channels(layer, call, inputs, graph)
+            config["groups"] = width // (layer.filters // layer.groups)
+        return config
+
+    def disconnected_weights(self, layer, dropped_in):
+        if getattr(layer, "groups", 1) == 1:
+            return super().disconnected_weights(layer, dropped_in)
+        in_size, out_size = layer.kernel.shape[-2], layer.filters // layer.groups
+        columns = np.array(
+            [g * out_size + k for g in sorted({int(i) // in_size for i in dropped_in}) for k in range(out_size)]
+        )
+        return [_zeroed(values, columns, -1) for values in layer.get_weights()]
 
 
 class SeparableConvHandler(Producer):
@@ -259,6 +292,65 @@ class ConcatenateHandler(ElementwiseMergeHandler):
         if layer.axis in (-1, rank - 1):
             return [[c for channels in inputs for c in channels]]
         return super().output_channels(layer, call, inputs, graph)
+
+
+class ReshapeHandler(PassThrough):
+    """A reshape that keeps the last axis keeps every channel's index (row-major order), e.g.
+    squeeze-and-excite's ``(C,) -> (1, 1, C)``; any other reshape mixes channels."""
+
+    def output_channels(self, layer, call, inputs, graph):
+        width_in, width_out = call.input_tensors[0].shape[-1], call.output_tensors[0].shape[-1]
+        if width_in is None or width_in != width_out:
+            raise ChannelBarrier(f"reshape changes the channel axis ({width_in} -> {width_out})")
+        return super().output_channels(layer, call, inputs, graph)
+
+    def resized_config(self, layer, width):
+        config = layer.get_config()
+        config["target_shape"] = (*tuple(config["target_shape"])[:-1], width)
+        return config
+
+
+# TensorFlow ops Keras records as TFOpLambda layers (``x + y``, ``tf.nn.relu6(x)``, ``x * (1/6)``)
+# whose output channel i depends on channel i of each input only.
+ELEMENTWISE_TF_OPS = frozenset(
+    {
+        "__operators__.add", "math.add", "math.subtract", "math.multiply", "math.truediv", "math.divide",
+        "math.maximum", "math.minimum", "math.negative", "math.abs", "math.square", "math.exp",
+        "nn.relu", "nn.relu6", "nn.elu", "nn.selu", "nn.gelu", "nn.silu", "nn.swish", "nn.leaky_relu",
+        "math.sigmoid", "nn.sigmoid", "math.tanh", "nn.tanh", "math.softplus", "nn.softplus",
+    }
+)  # fmt: skip
+
+
+def _is_scalar(value) -> bool:
+    if isinstance(value, (bool, int, float)):
+        return True
+    size = getattr(value, "size", None) if not isinstance(value, tf.Tensor) else int(tf.size(value))
+    return size == 1
+
+
+class ElementwiseOpHandler(ElementwiseMergeHandler):
+    """A TFOpLambda of an elementwise op: with scalars it passes channels through; between
+    tensors of one width it joins them, as ``Add`` does; a width-1 tensor broadcast over the
+    channels (a gate) is frozen and the other's channels pass."""
+
+    channelwise = True
+
+    def output_channels(self, layer, call, inputs, graph):
+        if getattr(layer, "symbol", None) not in ELEMENTWISE_TF_OPS:
+            raise ChannelBarrier(f"tf.{getattr(layer, 'symbol', '?')} is not a known elementwise op")
+        if not all(_is_scalar(value) for value in call.constant_arguments()):
+            raise ChannelBarrier(f"tf.{layer.symbol} with a non-scalar constant")
+        if len(call.output_tensors) != 1:
+            raise ChannelBarrier(f"tf.{layer.symbol} with several outputs")
+        width = call.output_tensors[0].shape[-1]
+        wide = [channels for channels in inputs if len(channels) == width]
+        for channels in inputs:
+            if len(channels) == 1 and width != 1:
+                graph.freeze(channels, f"broadcast over every channel by {layer.name}")
+            elif len(channels) != width:
+                raise ChannelBarrier(f"tf.{layer.symbol} broadcasts {len(channels)} channels to {width}")
+        return super().output_channels(layer, call, wide, graph)
 
 
 class Barrier(LayerHandler):
@@ -328,8 +420,10 @@ def _register_builtins() -> None:
         register_layer_handler(layer_class, SeparableConvHandler())
     # Transposed convolutions subclass Conv2D but store their kernel as (..., out, in).
     for layer_class in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
-        register_layer_handler(layer_class, Barrier(f"{layer_class.__name__} is not handled yet"))
+        register_layer_handler(layer_class, Producer("filters", {"kernel": (-1, -2), "bias": (None, 0)}))
     register_layer_handler(L.Flatten, FlattenHandler())
+    register_layer_handler(L.Reshape, ReshapeHandler())
+    register_layer_handler(TFOpLambda, ElementwiseOpHandler())
     register_layer_handler(L.Concatenate, ConcatenateHandler())
     for layer_class in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
         register_layer_handler(layer_class, ElementwiseMergeHandler())

@@ -15,8 +15,11 @@ from tabulate import tabulate
 
 from tfx_model_pruning.engine.masks import PrunableWeight, iter_prunable_weights
 from tfx_model_pruning.engine.restored import count_params, model_variables
-from tfx_model_pruning.engine.results import PruningResult, SensitivityResult, WeightRow
+from tfx_model_pruning.engine.results import PruningResult, SensitivityResult, StructureChange, WeightRow
 from tfx_model_pruning.engine.saved_model import MASKS_RELATIVE_PATH
+
+# Below this share of the requested fraction the summary warns that barriers kept most channels.
+COVERAGE_WARNING_RATIO = 0.8
 
 
 def gzip_size(directory: str, exclude: Iterable[str] = (MASKS_RELATIVE_PATH,)) -> int:
@@ -210,6 +213,7 @@ def summary_markdown(result: PruningResult) -> str:
         lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
         lines += ["", f"Stopped: {removal.stop_reason}."]
     elif result.structure is not None:
+        lines += coverage_lines(result.structure, result.config.get("prune_fraction"))
         widths = [[name, w.before, w.after] for name, w in result.structure.widths.items()]
         lines.append(tabulate(widths, headers=["layer", "width before", "width after"], tablefmt="github"))
         lines += ["", "## Barriers (channels through these layers keep their width)", ""]
@@ -234,6 +238,23 @@ def summary_markdown(result: PruningResult) -> str:
         lines += _sensitivity_lines(result.sensitivity)
     lines.append("")
     return "\n".join(lines)
+
+
+def coverage_lines(structure: StructureChange, fraction: Optional[float]) -> list[str]:
+    """How much of the whole model was removed, against what was asked, said first."""
+    line = (
+        f"Removed {structure.channels_removed} of {structure.channels_before} Dense/convolution channels "
+        f"({structure.removed_share:.1%})"
+    )
+    if fraction is None:
+        return [line + ".", ""]
+    line += f"; asked for {fraction:.0%}."
+    if structure.removed_share < COVERAGE_WARNING_RATIO * fraction:
+        line = (
+            f"**Warning: far less was removed than asked.** {line} Channels behind barriers keep their "
+            "width; the barriers are listed below (register a layer handler for a custom layer)."
+        )
+    return [line, ""]
 
 
 def _sensitivity_lines(sensitivity: SensitivityResult) -> list[str]:

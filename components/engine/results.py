@@ -82,7 +82,15 @@ class StructureChange:
     barriers: dict[str, str]
     params_before: int
     params_after: int
+    # Output channels of every Dense/convolution-like layer, barriers and protected ones included:
+    # the honest denominator ("removed / removable" hides what barriers kept).
+    channels_before: int = 0
+    channels_removed: int = 0
     sensitivity: Optional[SensitivityResult] = None  # scope="sensitivity"; also PruningResult.sensitivity
+
+    @property
+    def removed_share(self) -> float:
+        return self.channels_removed / self.channels_before if self.channels_before else 0.0
 
 
 @dataclass

@@ -134,7 +134,7 @@ def select_units_to_remove(
         budget = int(math.floor(config.prune_fraction * len(units) + 1e-9))
 
     if quotas is not None and config.scope == "per_layer" and family_fractions is None:
-        _check_requested_widths(by_family, quotas, widths, config.min_units)
+        _check_requested_widths(by_family, config.prune_fraction, widths, config.min_units)
     removed_per_layer: dict[str, int] = {name: 0 for name in widths}
     chosen: list[Unit] = []
     taken: dict[int, int] = {family: 0 for family in by_family}
@@ -153,12 +153,20 @@ def select_units_to_remove(
     return chosen
 
 
-def _check_requested_widths(by_family, quotas, widths, min_units: int) -> None:
-    """A per-layer fraction that would leave a layer narrower than ``min_units`` is an error."""
-    for family, family_units in by_family.items():
-        layers = {name for unit in family_units for name, _ in unit.producers}
-        for name in sorted(layers):
-            requested = widths[name] - quotas[family]
+def _check_requested_widths(by_family, fraction: float, widths, min_units: int) -> None:
+    """A per-layer fraction that would leave a layer narrower than ``min_units`` is an error.
+
+    A family's quota is a fraction of its units; a layer is charged that fraction of the units
+    it has channels in, not the family's whole quota (two convolutions concatenated and added to
+    a third are one family, but each loses only its share).
+    """
+    for family_units in by_family.values():
+        touching: dict[str, int] = {}
+        for unit in family_units:
+            for name in {name for name, _ in unit.producers}:
+                touching[name] = touching.get(name, 0) + 1
+        for name in sorted(touching):
+            requested = widths[name] - int(math.floor(fraction * touching[name] + 1e-9))
             if requested < min_units:
                 raise StructuredPruningError(
                     f"the requested width of {name} ({requested} of {widths[name]}) is below min_units={min_units}; "
@@ -175,13 +183,21 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
     new_widths = {
         name: len(_kept_positions(graph.output_channels(name), removed_roots, graph)) for name in graph.producers
     }
+    narrowed = {  # layers that pass on fewer channels; their handler may have to say so in the config
+        name: len(kept)
+        for name, outputs in graph.layer_outputs.items()
+        if len(outputs) == 1 and name not in graph.barriers and name not in new_widths
+        for kept in [_kept_positions(graph.tensor_channels.get(outputs[0], []), removed_roots, graph)]
+        if len(kept) != len(graph.tensor_channels.get(outputs[0], []))
+    }
 
     def clone(layer):
         if not in_layer_graph(layer):
             # Outside the layer graph (a tf.Transform layer attached for the signatures): shared as is.
             return layer
-        if layer.name in new_widths:
-            return type(layer).from_config(handler_for(layer).resized_config(layer, new_widths[layer.name]))
+        width = new_widths.get(layer.name, narrowed.get(layer.name))
+        if width is not None:
+            return type(layer).from_config(handler_for(layer).resized_config(layer, width))
         return type(layer).from_config(layer.get_config())
 
     smaller = keras.models.clone_model(model, clone_function=clone)
@@ -320,7 +336,10 @@ def prune_structured(
         name: LayerWidth(_last_dim(model.get_layer(name).output), _last_dim(smaller.get_layer(name).output))
         for name in graph.producers
     }
+    every_producer = [layer for layer in model.layers if handler_for(layer).produces_channels and in_layer_graph(layer)]
     return smaller, StructureChange(
+        channels_before=sum(_last_dim(layer.output) or 0 for layer in every_producer),
+        channels_removed=sum(width.before - width.after for width in widths.values()),
         removable_units=len(units),
         removed_units=len(chosen),
         widths=widths,
