@@ -39,3 +39,35 @@ def test_model_flops_are_two_per_multiply_accumulate_nested_models_included():
     inputs = keras.Input((16,))
     model = keras.Model(inputs, inner(L.Dense(8)(inputs)))
     assert count_flops(model) == 2 * (16 * 8 + 8 * 4)
+
+
+@pytest.mark.parametrize(
+    "layer, macs",
+    [
+        (L.LSTM(8), 4 * (6 * 8 + 8 * 8) * 5),  # four gates, input and recurrent matrices, every step
+        (L.GRU(8, return_sequences=True), 3 * (6 * 8 + 8 * 8) * 5),
+        (L.SimpleRNN(8), (6 * 8 + 8 * 8) * 5),
+        (L.Bidirectional(L.LSTM(8)), 2 * 4 * (6 * 8 + 8 * 8) * 5),
+        (L.Conv1DTranspose(4, 3, strides=2, padding="same"), 3 * 4 * 6 * 5),  # each input step scatters a kernel
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, L.Layer) else None,
+)
+def test_recurrent_and_transposed_layers_count_every_step(layer, macs):
+    inputs = keras.Input((5, 6))
+    keras.Model(inputs, layer(inputs))
+    assert layer_macs(layer) == macs
+
+
+def test_multi_head_attention_counts_projections_scores_and_output():
+    query, value = keras.Input((5, 8)), keras.Input((7, 6))
+    attention = L.MultiHeadAttention(num_heads=2, key_dim=4)
+    keras.Model([query, value], attention(query, value))
+    heads, key_dim, value_dim = 2, 4, 4
+    expected = (
+        5 * 8 * heads * key_dim  # query projection
+        + 7 * 6 * heads * key_dim  # key projection (the key is the value)
+        + 7 * 6 * heads * value_dim  # value projection
+        + heads * 5 * 7 * (key_dim + value_dim)  # scores and weighted values
+        + 5 * heads * value_dim * 8  # output projection back to the query's width
+    )
+    assert layer_macs(attention) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -10,6 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfx_model_pruning.engine.data import model_features, model_input_specs
+from tfx_model_pruning.engine.graph import call_input_shapes
 from tfx_model_pruning.engine.restored import call, is_restored
 
 L = keras.layers
@@ -19,16 +21,56 @@ def _spatial(shape) -> int:
     return int(np.prod([d for d in shape[1:-1]])) if len(shape) > 2 else 1
 
 
+_RECURRENT_GATES = ((L.LSTM, 4), (L.GRU, 3), (L.SimpleRNN, 1))
+
+
+def _recurrent_macs(layer, in_shape) -> int:
+    """Every timestep multiplies the input and the previous state by each gate's matrices."""
+    gates = next((count for kind, count in _RECURRENT_GATES if isinstance(layer, kind)), None)
+    if gates is None or in_shape[1] is None:
+        return 0
+    units = layer.units
+    return int(gates * (in_shape[-1] * units + units * units) * in_shape[1])
+
+
+def _attention_macs(layer) -> int:
+    """Projections of query, key and value, the scores, the weighted values, and the output."""
+    shapes = call_input_shapes(layer)
+    query, value = shapes[0], shapes[1]
+    key = shapes[2] if len(shapes) > 2 else value
+    if any(dim is None for shape in (query, value, key) for dim in shape[1:]):
+        return 0
+    config = layer.get_config()
+    heads, key_dim = config["num_heads"], config["key_dim"]
+    value_dim = config.get("value_dim") or key_dim
+    queries, values = int(np.prod(query[1:-1])), int(np.prod(value[1:-1]))
+    output_dim = config.get("output_shape") or query[-1]
+    output_dim = int(np.prod(output_dim)) if isinstance(output_dim, (list, tuple)) else int(output_dim)
+    return int(
+        queries * query[-1] * heads * key_dim
+        + values * key[-1] * heads * key_dim
+        + values * value[-1] * heads * value_dim
+        + heads * queries * values * (key_dim + value_dim)
+        + queries * heads * value_dim * output_dim
+    )
+
+
 def layer_macs(layer) -> int:
     """Multiply-accumulates of one call of ``layer`` (0 for layers without matrix weights)."""
     if not layer.built or not hasattr(layer, "output"):
         return 0
+    if isinstance(layer, L.MultiHeadAttention):
+        return _attention_macs(layer)
     try:
         in_shape, out_shape = layer.input_shape, layer.output_shape
     except (AttributeError, RuntimeError):
         return 0
     if isinstance(in_shape, list) or isinstance(out_shape, list):
         return 0
+    if isinstance(layer, L.Bidirectional):
+        return _recurrent_macs(layer.forward_layer, in_shape) + _recurrent_macs(layer.backward_layer, in_shape)
+    if isinstance(layer, L.RNN):
+        return _recurrent_macs(layer, in_shape)
     if isinstance(layer, L.Dense):
         return int(in_shape[-1] * out_shape[-1] * _spatial(out_shape))
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
@@ -37,6 +79,8 @@ def layer_macs(layer) -> int:
         return (depthwise + pointwise) * _spatial(out_shape)
     if isinstance(layer, L.DepthwiseConv2D):
         return int(np.prod(layer.depthwise_kernel.shape)) * _spatial(out_shape)
+    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+        return int(np.prod(layer.kernel.shape)) * _spatial(in_shape)  # each input position is scattered
     if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
         return int(np.prod(layer.kernel.shape)) * _spatial(out_shape)
     return 0
@@ -80,16 +124,25 @@ def cpu_latency_ms(model: Any, batch_size: int, repeats: int = 30, warmup: int =
     return float(np.median(timings))
 
 
-def latency_ratio(model: Any, reference: Any, batch_size: int, repeats: int = 50) -> float:
-    """Median latency of ``model`` over that of ``reference``, timed in alternation.
+@dataclass(frozen=True)
+class Latency:
+    """Wall time of one forward pass, in ms: the median and the interquartile range."""
 
-    Alternating the two cancels the drift (frequency scaling, caches, other load) that makes
-    two back-to-back medians of the *same* model differ by tens of percent on a shared machine.
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+
+
+def alternating_latency(models: list[Any], batch_size: int, repeats: int = 50) -> list[Latency]:
+    """Each model's latency on ``batch_size`` random examples, the models timed in alternation.
+
+    Alternating cancels the drift (frequency scaling, caches, other load) that makes two
+    back-to-back medians of the *same* model differ by tens of percent on a shared machine.
     """
     runs = []
-    for candidate in (model, reference):
-        inputs = _random_inputs(candidate, batch_size)
-        forward = tf.function(lambda x, m=candidate: call(m, x, training=False))
+    for model in models:
+        inputs = _random_inputs(model, batch_size)
+        forward = tf.function(lambda x, m=model: call(m, x, training=False))
         for _ in range(5):
             forward(inputs)
         runs.append((forward, inputs, []))
@@ -97,8 +150,14 @@ def latency_ratio(model: Any, reference: Any, batch_size: int, repeats: int = 50
         for forward, inputs, timings in runs:
             start = time.perf_counter()
             tf.nest.map_structure(lambda t: t.numpy(), forward(inputs))
-            timings.append(time.perf_counter() - start)
-    return float(np.median(runs[0][2]) / np.median(runs[1][2]))
+            timings.append((time.perf_counter() - start) * 1000.0)
+    return [Latency(*(float(q) for q in np.percentile(timings, [50, 25, 75]))) for _, _, timings in runs]
+
+
+def latency_ratio(model: Any, reference: Any, batch_size: int, repeats: int = 50) -> float:
+    """Median latency of ``model`` over that of ``reference``, timed in alternation."""
+    candidate, base = alternating_latency([model, reference], batch_size, repeats)
+    return candidate.median_ms / base.median_ms
 
 
 def efficiency_stats(model: Any, batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 30) -> dict[str, Any]:

@@ -100,6 +100,12 @@ def call_counts(calls: list[LayerCall]) -> dict[str, int]:
     return counts
 
 
+def call_input_shapes(layer: keras.layers.Layer) -> list[tuple]:
+    """Shapes of the tensors the layer's first call read (``MultiHeadAttention``'s query, value, key)."""
+    node = layer.inbound_nodes[0]
+    return [tuple(tensor.shape) for tensor in tf.nest.flatten(node.keras_inputs)]
+
+
 def input_layer_names(model: keras.Model) -> list[str]:
     return [producing_layer(tensor).name for tensor in model.inputs]
 
