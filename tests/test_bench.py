@@ -22,3 +22,13 @@ def test_benchmark_runs_every_method_on_a_tiny_budget(monkeypatch):
     sparsity_90 = rows[names.index("ours: magnitude 90% (one-shot + masked fine-tune)")][1]
     assert float(sparsity_90) == pytest.approx(0.9, abs=0.005)
     assert "dense CPU latency: batch 64" in footnote
+
+
+def test_the_coverage_benchmark_measures_a_model_with_a_half_width_ideal():
+    import structured_coverage
+
+    row = structured_coverage.measure("MobileNetV3Small", fraction=0.5, repeats=2)
+    name, share, params, flops, exactness, barriers, batch_1, batch_32, _ = row
+    assert name == "MobileNetV3Small" and float(share.rstrip("%")) > 45
+    assert float(params) < 0.5 and float(flops) < 0.6 and float(exactness) < 1e-5
+    assert " vs " in batch_1 and " vs " in batch_32  # the alpha=0.5 model timed alongside
