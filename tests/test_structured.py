@@ -306,3 +306,16 @@ def test_transposed_convolutions_are_pruned_with_their_kernel_axes_swapped():
     features = L.Conv2D(6, 3, name="c")(L.ReLU()(upsampled))
     smaller, _ = check_equivalent(keras.Model(image, L.Dense(2, name="out")(L.Flatten()(features))))
     assert _width(smaller, "up") == 4 and smaller.get_layer("up").kernel.shape == (3, 3, 4, 3)
+
+
+@pytest.mark.parametrize("recurrent", [L.LSTM, L.GRU, L.SimpleRNN])
+def test_recurrent_layers_lose_hidden_units_with_every_gate_and_their_recurrent_row(recurrent):
+    keras.utils.set_random_seed(0)
+    steps = keras.Input((5, 4))
+    projected = L.Dense(10, name="project")(steps)
+    sequence = recurrent(8, return_sequences=True, name="first")(projected)
+    last = recurrent(6, name="second")(sequence)
+    model = keras.Model(steps, L.Dense(3, name="out")(last))
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {}
+    assert [_width(smaller, name) for name in ("project", "first", "second")] == [5, 4, 3]

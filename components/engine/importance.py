@@ -48,11 +48,13 @@ class ChannelSource:
     kernel: tf.Variable
     output_axis: int
     activation: Any  # the symbolic tensor where the channels' channel-wise chain ends
+    gates: int = 1  # blocks of columns per channel on the output axis (an LSTM's four gates)
 
     def per_channel(self, values: np.ndarray) -> np.ndarray:
         """``values`` of the kernel's shape as rows of the channel axis: shape (-1, channels)."""
         moved = np.moveaxis(values, self.output_axis, -1)
-        return moved.reshape(-1, moved.shape[-1])
+        channels = moved.shape[-1] // self.gates
+        return moved.reshape(-1, self.gates, channels).reshape(-1, channels)
 
 
 Target = Union[ChannelSource, PrunableWeight]
@@ -201,9 +203,10 @@ def channel_sources(model: keras.Model, graph: ChannelGraph) -> list[ChannelSour
     sources = []
     for name in graph.producers:
         layer = model.get_layer(name)
-        kernel, axis = handler_for(layer).scored_kernel(layer)
+        handler = handler_for(layer)
+        kernel, axis = handler.scored_kernel(layer)
         end = graph.chain_end(graph.layer_outputs[name][0])
-        sources.append(ChannelSource(name, kernel, axis, graph.tensors[end]))
+        sources.append(ChannelSource(name, kernel, axis, graph.tensors[end], handler.gates(layer)))
     return sources
 
 

@@ -71,8 +71,15 @@ class LayerHandler:
         """``(variable, output-channel axis)`` that weight criteria score a channel by (producers)."""
         return None
 
-    def disconnected_weights(self, layer: keras.layers.Layer, dropped_in: np.ndarray) -> list[np.ndarray]:
-        """The weights with every connection from the ``dropped_in`` input channels zeroed."""
+    def gates(self, layer: keras.layers.Layer) -> int:
+        """How many blocks of columns the scored kernel's output axis holds per channel (LSTM: 4)."""
+        return 1
+
+    def disconnected_weights(
+        self, layer: keras.layers.Layer, dropped_in: np.ndarray, dropped_out: np.ndarray
+    ) -> list[np.ndarray]:
+        """The weights with every connection from the ``dropped_in`` input channels zeroed, and
+        whatever else a removed output channel feeds inside the layer (a recurrent state)."""
         return layer.get_weights()
 
 
@@ -180,7 +187,7 @@ class Producer(LayerHandler):
     def scored_kernel(self, layer):
         return getattr(layer, self.kernel_attribute), self.weight_axes[self.kernel_attribute][1]
 
-    def disconnected_weights(self, layer, dropped_in):
+    def disconnected_weights(self, layer, dropped_in, dropped_out):
         values = layer.get_weights()
         position = {id(variable): index for index, variable in enumerate(layer.weights)}
         kernel = getattr(layer, self.kernel_attribute)
@@ -232,9 +239,9 @@ class ConvolutionHandler(Producer):
             config["groups"] = width // (layer.filters // layer.groups)
         return config
 
-    def disconnected_weights(self, layer, dropped_in):
+    def disconnected_weights(self, layer, dropped_in, dropped_out):
         if getattr(layer, "groups", 1) == 1:
-            return super().disconnected_weights(layer, dropped_in)
+            return super().disconnected_weights(layer, dropped_in, dropped_out)
         in_size, out_size = layer.kernel.shape[-2], layer.filters // layer.groups
         columns = np.array(
             [g * out_size + k for g in sorted({int(i) // in_size for i in dropped_in}) for k in range(out_size)]
@@ -257,9 +264,50 @@ class SeparableConvHandler(Producer):
         pointwise = pointwise[..., self._rows(layer, keep_in), :][..., keep_out]
         return [depthwise[..., keep_in, :], pointwise] + [b[keep_out] for b in bias]
 
-    def disconnected_weights(self, layer, dropped_in):
+    def disconnected_weights(self, layer, dropped_in, dropped_out):
         depthwise, *rest = layer.get_weights()
         return [_zeroed(depthwise, dropped_in, -2), *rest]
+
+
+class RecurrentHandler(LayerHandler):
+    """LSTM (4 gates), GRU (3), SimpleRNN (1): a hidden unit owns its column in every gate of the
+    input kernel, the recurrent kernel and the bias, and its row of the recurrent kernel (the
+    state it feeds back)."""
+
+    produces_channels = True
+
+    def __init__(self, gates: int):
+        self._gates = gates
+
+    def gates(self, layer):
+        return self._gates
+
+    def output_channels(self, layer, call, inputs, graph):
+        if getattr(layer, "return_state", False) or getattr(layer, "go_backwards", False) or len(inputs) != 1:
+            raise ChannelBarrier(f"{type(layer).__name__} returning its state, reversed, or with several inputs")
+        return [graph.new_channels(layer.units, producer=layer.name)]
+
+    def _columns(self, layer, units: np.ndarray) -> np.ndarray:
+        return np.concatenate([gate * layer.units + units for gate in range(self._gates)])
+
+    def sliced_weights(self, layer, keep_in, keep_out):
+        kernel, recurrent, *bias = layer.get_weights()
+        columns = self._columns(layer, keep_out)
+        return [
+            kernel[keep_in][:, columns],
+            recurrent[keep_out][:, columns],
+            *[b[..., columns] for b in bias],
+        ]
+
+    def resized_config(self, layer, width):
+        return {**layer.get_config(), "units": width}
+
+    def scored_kernel(self, layer):
+        return layer.cell.kernel, -1
+
+    def disconnected_weights(self, layer, dropped_in, dropped_out):
+        kernel, recurrent, *bias = layer.get_weights()
+        return [_zeroed(kernel, dropped_in, 0), _zeroed(recurrent, dropped_out, 0), *bias]
 
 
 class FlattenHandler(LayerHandler):
@@ -422,6 +470,8 @@ def _register_builtins() -> None:
     for layer_class in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
         register_layer_handler(layer_class, Producer("filters", {"kernel": (-1, -2), "bias": (None, 0)}))
     register_layer_handler(L.Flatten, FlattenHandler())
+    for layer_class, gates in ((L.LSTM, 4), (L.GRU, 3), (L.SimpleRNN, 1)):
+        register_layer_handler(layer_class, RecurrentHandler(gates))
     register_layer_handler(L.Reshape, ReshapeHandler())
     register_layer_handler(TFOpLambda, ElementwiseOpHandler())
     register_layer_handler(L.Concatenate, ConcatenateHandler())

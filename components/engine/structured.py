@@ -222,13 +222,16 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
 
 def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> None:
     """Zeroes every consumer row that reads a removed channel: the dense-model equivalent of removal."""
+
+    def dropped(channels: list[int]) -> np.ndarray:
+        return np.array([i for i, n in enumerate(channels) if graph.unit_of(n) in removed_roots], dtype=np.int64)
+
     for name in graph.producers:
-        inputs = graph.input_channels(name)
-        dropped = np.array([i for i, n in enumerate(inputs) if graph.unit_of(n) in removed_roots], dtype=np.int64)
-        if dropped.size == 0:
+        dropped_in, dropped_out = dropped(graph.input_channels(name)), dropped(graph.output_channels(name))
+        if dropped_in.size == 0 and dropped_out.size == 0:
             continue
         layer = model.get_layer(name)
-        layer.set_weights(handler_for(layer).disconnected_weights(layer, dropped))
+        layer.set_weights(handler_for(layer).disconnected_weights(layer, dropped_in, dropped_out))
 
 
 def structured_allocation(
