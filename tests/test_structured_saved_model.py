@@ -34,6 +34,11 @@ def test_structured_pruning_shrinks_the_penguin_model_and_keeps_its_signature(
     assert report.after.flops == 2 * (4 * 32 + 32 * 32 + 32 * 3)
     assert report.after.flops < report.before.flops
     assert report.structure.barriers == {} and report.after.latency_ms_batch_64 > 0
+    # Before and after are timed in alternation, each with its spread, so drift cannot pose as a gain.
+    for stats in (report.before, report.after):
+        assert stats.latency_timing == "in alternation"
+        low, high = stats.latency_iqr_ms_batch_1
+        assert low <= stats.latency_ms_batch_1 <= high
 
     served = tf.saved_model.load(out)
     assert list(served.signatures) == ["serving_default"]

@@ -160,8 +160,12 @@ def latency_ratio(model: Any, reference: Any, batch_size: int, repeats: int = 50
     return candidate.median_ms / base.median_ms
 
 
-def efficiency_stats(model: Any, batch_sizes: tuple[int, ...] = (1, 64), repeats: int = 30) -> dict[str, Any]:
+# The batch sizes reports time a forward pass at: one request, and a batch.
+LATENCY_BATCH_SIZES = (1, 64)
+
+
+def efficiency_stats(model: Any, repeats: int = 30, with_latency: bool = True) -> dict[str, Any]:
     stats: dict[str, Any] = {"flops": count_flops(model)}
-    for batch_size in batch_sizes:
+    for batch_size in LATENCY_BATCH_SIZES if with_latency else ():
         stats[f"latency_ms_batch_{batch_size}"] = cpu_latency_ms(model, batch_size, repeats=repeats)
     return stats

@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from tfx_model_pruning.engine.config import LayerRemovalConfig, PruningConfig, StructuredPruningConfig
 from tfx_model_pruning.engine.data import parse_sample
-from tfx_model_pruning.engine.efficiency import efficiency_stats
+from tfx_model_pruning.engine.efficiency import LATENCY_BATCH_SIZES, alternating_latency, efficiency_stats
 from tfx_model_pruning.engine.graph import in_layer_graph
 from tfx_model_pruning.engine.importance import get_criterion
 from tfx_model_pruning.engine.layer_removal import remove_layers
@@ -41,10 +41,21 @@ def size_stats(model_dir: str) -> dict[str, int]:
     return {"saved_model_bytes": directory_size(model_dir), "gzip_bytes": gzip_size(model_dir)}
 
 
-def _measured(model: Any, masks: Optional[dict[str, np.ndarray]], model_dir: str, latency_repeats: int) -> ModelStats:
-    return ModelStats(
-        **weight_stats(model, masks), **efficiency_stats(model, repeats=latency_repeats), **size_stats(model_dir)
-    )
+def _measured(
+    model: Any, masks: Optional[dict[str, np.ndarray]], model_dir: str, latency_repeats: int, with_latency: bool = True
+) -> ModelStats:
+    efficiency = efficiency_stats(model, repeats=latency_repeats, with_latency=with_latency)
+    return ModelStats(**weight_stats(model, masks), **efficiency, **size_stats(model_dir))
+
+
+def _time_in_alternation(models: tuple[Any, Any], stats: tuple[ModelStats, ModelStats], repeats: int) -> None:
+    """Times the model before and after pruning in alternation, so drift on a shared machine
+    cannot masquerade as a speed-up or a slow-down, and records median and interquartile range."""
+    for batch_size in LATENCY_BATCH_SIZES:
+        for latency, measured in zip(alternating_latency(list(models), batch_size, repeats), stats, strict=True):
+            setattr(measured, f"latency_ms_batch_{batch_size}", latency.median_ms)
+            setattr(measured, f"latency_iqr_ms_batch_{batch_size}", [latency.p25_ms, latency.p75_ms])
+            measured.latency_timing = "in alternation"
 
 
 def model_stats(
@@ -53,6 +64,7 @@ def model_stats(
     signatures,
     latency_repeats: int,
     input_path: Optional[str] = None,
+    with_latency: bool = True,
 ) -> ModelStats:
     """Weights, efficiency, and the size of ``model`` saved the way pruned models are saved.
 
@@ -61,7 +73,7 @@ def model_stats(
     """
     with tempfile.TemporaryDirectory() as scratch:
         save_model(model, scratch, signatures, masks)
-        stats = _measured(model, masks, scratch, latency_repeats)
+        stats = _measured(model, masks, scratch, latency_repeats, with_latency)
     stats.input_saved_model_bytes = directory_size(input_path) if input_path else None
     return stats
 
@@ -193,23 +205,23 @@ def _remove_layers(
 ) -> PruningResult:
     train = _labelled_dataset(loaded.model, examples.sample, config.label_key, config.batch_size, "train examples")
     holdout = _labelled_dataset(loaded.model, examples.holdout, config.label_key, config.batch_size, "eval examples")
-    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path)
+    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path, with_latency=False)
     smaller, removal = remove_layers(loaded.model, config, train, holdout)
-    after = _save_rebuilt(loaded, smaller, output_dir, examples.sample, latency_repeats)
+    after = _save_rebuilt(loaded, smaller, output_dir, examples.sample)
+    _time_in_alternation((loaded.model, smaller), (before, after), latency_repeats)
     return PruningResult(
         **_common_fields(config, loaded, output_dir), before=before, after=after, layer_removal=removal
     )
 
 
-def _save_rebuilt(
-    loaded: LoadedModel, smaller: keras.Model, output_dir: str, sample_examples: tf.Tensor, latency_repeats: int
-) -> ModelStats:
-    """Saves a rebuilt model with signatures proven on real examples; returns its measurements."""
+def _save_rebuilt(loaded: LoadedModel, smaller: keras.Model, output_dir: str, sample_examples: tf.Tensor) -> ModelStats:
+    """Saves a rebuilt model with signatures proven on real examples; returns its measurements
+    (latency aside: the caller times it in alternation with the original)."""
     signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
     copy_compile_settings(loaded.model, smaller)
     save_model(smaller, output_dir, signatures, extra_assets_from=loaded.path)
     verify_signatures_preserved(loaded.path, output_dir)
-    return _measured(smaller, None, output_dir, latency_repeats)
+    return _measured(smaller, None, output_dir, latency_repeats=0, with_latency=False)
 
 
 def _common_fields(config, loaded: LoadedModel, output_dir: str) -> dict[str, Any]:
@@ -232,8 +244,9 @@ def _prune_structured(
             "connect `examples` to PruneComponent"
         )
     smaller, structure = prune_structured(loaded.model, config, sample, holdout)
-    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path)
-    after = _save_rebuilt(loaded, smaller, output_dir, examples.sample, latency_repeats)
+    before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path, with_latency=False)
+    after = _save_rebuilt(loaded, smaller, output_dir, examples.sample)
+    _time_in_alternation((loaded.model, smaller), (before, after), latency_repeats)
     return PruningResult(
         **_common_fields(config, loaded, output_dir),
         before=before,

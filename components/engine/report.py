@@ -156,6 +156,13 @@ def _criterion(config: dict[str, Any]) -> str:
     return f"magnitude: |w| < {config['magnitude_threshold']}"
 
 
+def _latency(stats: dict[str, Any], batch_size: int) -> str:
+    median, iqr = stats[f"latency_ms_batch_{batch_size}"], stats.get(f"latency_iqr_ms_batch_{batch_size}")
+    if median is None:
+        return "not measured"
+    return f"{median:.3f} ({iqr[0]:.3f}–{iqr[1]:.3f})" if iqr else f"{median:.3f}"
+
+
 def _or_unmeasured(value: Any) -> Any:
     # A model saved with tf.saved_model.save has no Keras layers to count FLOPs from.
     return "not measured (no Keras layers)" if value is None else value
@@ -170,16 +177,8 @@ def summary_markdown(result: PruningResult) -> str:
         ["sparsity of pruned layers", f"{before['masked_sparsity']:.2%}", f"{after['masked_sparsity']:.2%}"],
         ["sparsity of all kernels", f"{before['kernel_sparsity']:.2%}", f"{after['kernel_sparsity']:.2%}"],
         ["FLOPs per example", _or_unmeasured(before["flops"]), _or_unmeasured(after["flops"])],
-        [
-            "CPU latency, batch 1 (ms, median)",
-            f"{before['latency_ms_batch_1']:.3f}",
-            f"{after['latency_ms_batch_1']:.3f}",
-        ],
-        [
-            "CPU latency, batch 64 (ms, median)",
-            f"{before['latency_ms_batch_64']:.3f}",
-            f"{after['latency_ms_batch_64']:.3f}",
-        ],
+        ["CPU latency, batch 1 (ms, median)", _latency(before, 1), _latency(after, 1)],
+        ["CPU latency, batch 64 (ms, median)", _latency(before, 64), _latency(after, 64)],
         ["gzip bytes (weights only)", before["weights_gzip_bytes"], after["weights_gzip_bytes"]],
         ["gzip bytes (whole SavedModel)", before["gzip_bytes"], after["gzip_bytes"]],
         ["SavedModel bytes", before["saved_model_bytes"], after["saved_model_bytes"]],
@@ -191,6 +190,11 @@ def summary_markdown(result: PruningResult) -> str:
         "",
         tabulate(rows, headers=["", "before", "after"], tablefmt="github", disable_numparse=True),
         "",
+        *(
+            ["Latencies: before and after timed in alternation; median (interquartile range).", ""]
+            if result.after.latency_timing == "in alternation"
+            else []
+        ),
         "## Layers",
         "",
     ]

@@ -24,10 +24,13 @@ class ModelStats:
     nonzero_params: int
     weights_gzip_bytes: int
     flops: Optional[int]  # None: a model without Keras layers, whose shapes are unknown
-    latency_ms_batch_1: float
-    latency_ms_batch_64: float
     saved_model_bytes: int  # saved the way pruned models are saved
     gzip_bytes: int
+    latency_ms_batch_1: Optional[float] = None  # median CPU latency of one forward pass
+    latency_ms_batch_64: Optional[float] = None
+    latency_iqr_ms_batch_1: Optional[list[float]] = None  # [25th, 75th] percentile, when timed in alternation
+    latency_iqr_ms_batch_64: Optional[list[float]] = None
+    latency_timing: str = "separately"  # or "in alternation" with the model on the other side of the report
     input_saved_model_bytes: Optional[int] = None  # the SavedModel as it was handed in
 
     @classmethod
