@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from equivalence import check_equivalent
+from equivalence import check_equivalent, forward
 from pydantic import ValidationError
 
 from tfx_model_pruning.engine.importance import channel_scores
@@ -319,3 +319,39 @@ def test_recurrent_layers_lose_hidden_units_with_every_gate_and_their_recurrent_
     smaller, graph = check_equivalent(model)
     assert graph.barriers == {}
     assert [_width(smaller, name) for name in ("project", "first", "second")] == [5, 4, 3]
+
+
+def test_layer_normalization_is_pruned_through_and_reported_as_not_exact():
+    # LayerNorm normalises over the channels, so the kept channels see a new mean and variance:
+    # the rebuilt model is LayerNorm over the kept channels, which the disconnected original is not.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = L.Dense(16, name="a")(inputs)
+    normalised = L.LayerNormalization(name="ln")(hidden)
+    model = keras.Model(inputs, L.Dense(3, name="out")(L.Dense(8, name="b")(normalised)))
+    smaller, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+    assert change.barriers == {} and change.widths["a"].after == 8
+    assert list(change.approximate) == ["ln"]
+
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    kernel, bias = model.get_layer("a").get_weights()
+    kept = [
+        i for i in range(16) if any(np.array_equal(kernel[:, i], k) for k in smaller.get_layer("a").kernel.numpy().T)
+    ]
+    h = x @ kernel[:, kept] + bias[kept]
+    gamma, beta = (w[kept] for w in model.get_layer("ln").get_weights())
+    expected = gamma * (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-3) + beta
+    probe = keras.Model(smaller.inputs, smaller.get_layer("ln").output)
+    np.testing.assert_allclose(forward(probe, x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_convnext_layer_scale_follows_its_channels():
+    from tf_keras.src.applications.convnext import LayerScale
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((4, 4, 3))
+    features = L.Conv2D(8, 1, name="pw")(image)
+    scaled = LayerScale(0.5, 8, name="scale")(features)
+    model = keras.Model(image, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="c")(scaled))))
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {} and smaller.get_layer("scale").gamma.shape == (4,)

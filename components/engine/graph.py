@@ -12,7 +12,8 @@ It holds:
   ``model_without``);
 - the channel graph structured pruning works on (``ChannelGraph``, ``analyse_channels``),
   driven by a handler per layer that the caller supplies (see ``layer_handlers``);
-- ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``).
+- ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``), and
+  ConvNeXt's ``LayerScale``, which tf-keras defines only inside its application module.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import tensorflow as tf
 import tf_keras as keras
+from tf_keras.src.applications.convnext import LayerScale as ConvNeXtLayerScale  # noqa: F401  (for layer_handlers)
 from tf_keras.src.layers.core.tf_op_layer import TFOpLambda  # noqa: F401  (for layer_handlers)
 
 from tfx_model_pruning.engine.restored import PRUNABLE_WEIGHT_ATTRIBUTES
@@ -312,6 +314,7 @@ class ChannelGraph:
     node_producer: dict[int, tuple[str, int]] = field(default_factory=dict)  # node -> (layer, output index)
     frozen: dict[int, str] = field(default_factory=dict)
     barriers: dict[str, str] = field(default_factory=dict)
+    approximate: dict[str, str] = field(default_factory=dict)  # layers a removal changes beyond disconnection
     layer_inputs: dict[str, list[str]] = field(default_factory=dict)
     layer_outputs: dict[str, list[str]] = field(default_factory=dict)
     producers: list[str] = field(default_factory=list)

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfx_model_pruning.engine.graph import ChannelBarrier, ChannelGraph, LayerCall, TFOpLambda
+from tfx_model_pruning.engine.graph import ChannelBarrier, ChannelGraph, ConvNeXtLayerScale, LayerCall, TFOpLambda
 
 L = keras.layers
 
@@ -110,13 +110,40 @@ class PassThrough(LayerHandler):
 
 
 class ChannelWise(PassThrough):
-    """Like PassThrough, with weights indexed by channel (``weight_axes``: attribute -> axis)."""
+    """Like PassThrough, with weights indexed by channel (``weight_axes``: attribute -> axis);
+    ``width_argument`` names the config key that spells out the width, if one does."""
 
-    def __init__(self, weight_axes: dict[str, int]):
+    def __init__(self, weight_axes: dict[str, int], width_argument: Optional[str] = None):
         self.weight_axes = weight_axes
+        self.width_argument = width_argument
 
     def sliced_weights(self, layer, keep_in, keep_out):
         return _take(layer, {name: (axis, None) for name, axis in self.weight_axes.items()}, keep_in, None)
+
+    def resized_config(self, layer, width):
+        config = layer.get_config()
+        if self.width_argument is not None:
+            config[self.width_argument] = width
+        return config
+
+
+class LayerNormalizationHandler(ChannelWise):
+    """Normalises each position over its channels: removing channels changes the mean and variance
+    the others see, so the rebuilt model is close to, not equal to, the disconnected original. The
+    group is pruned and the report names the layer; fine-tuning recovers the difference."""
+
+    channelwise = False  # an output channel depends on every input channel's statistics
+
+    def __init__(self):
+        super().__init__({"gamma": 0, "beta": 0})
+
+    def output_channels(self, layer, call, inputs, graph):
+        rank = len(call.input_tensors[0].shape)
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if [axis % rank for axis in axes] != [rank - 1]:
+            raise ChannelBarrier("LayerNormalization over more than the channel axis")
+        graph.approximate[layer.name] = "normalises over the channels: the kept ones see new statistics"
+        return super().output_channels(layer, call, inputs, graph)
 
 
 class BatchNormalizationHandler(ChannelWise):
@@ -460,6 +487,8 @@ def _register_builtins() -> None:
     register_layer_handler(L.Activation, ActivationHandler())
     register_layer_handler(L.Softmax, Barrier("softmax mixes channels"))
     register_layer_handler(L.BatchNormalization, BatchNormalizationHandler())
+    register_layer_handler(L.LayerNormalization, LayerNormalizationHandler())
+    register_layer_handler(ConvNeXtLayerScale, ChannelWise({"gamma": 0}, width_argument="projection_dim"))
     register_layer_handler(L.DepthwiseConv2D, DepthwiseConvHandler())
     register_layer_handler(L.Dense, Producer("units", {"kernel": (-2, -1), "bias": (None, 0)}))
     for layer_class in (L.Conv1D, L.Conv2D, L.Conv3D):

@@ -223,6 +223,9 @@ def summary_markdown(result: PruningResult) -> str:
         lines += ["", "## Barriers (channels through these layers keep their width)", ""]
         barriers = result.structure.barriers or {"(none)": ""}
         lines += [f"- {name}: {reason}" for name, reason in barriers.items()]
+        if result.structure.approximate:
+            lines += ["", "## Not exact: these layers' outputs changed beyond the removed channels (fine-tune)", ""]
+            lines += [f"- {name}: {reason}" for name, reason in result.structure.approximate.items()]
     else:
         table = [
             [

@@ -89,6 +89,9 @@ class StructureChange:
     # the honest denominator ("removed / removable" hides what barriers kept).
     channels_before: int = 0
     channels_removed: int = 0
+    # Layers whose outputs a removal changes beyond disconnecting the removed channels (a
+    # LayerNormalization renormalises the kept ones): the rebuilt model is close, not exact.
+    approximate: dict[str, str] = field(default_factory=dict)
     sensitivity: Optional[SensitivityResult] = None  # scope="sensitivity"; also PruningResult.sensitivity
 
     @property

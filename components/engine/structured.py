@@ -340,7 +340,13 @@ def prune_structured(
         for name in graph.producers
     }
     every_producer = [layer for layer in model.layers if handler_for(layer).produces_channels and in_layer_graph(layer)]
+    narrowed = {
+        name
+        for name in graph.approximate
+        if _last_dim(smaller.get_layer(name).output) != _last_dim(model.get_layer(name).output)
+    }
     return smaller, StructureChange(
+        approximate={name: graph.approximate[name] for name in sorted(narrowed)},
         channels_before=sum(_last_dim(layer.output) or 0 for layer in every_producer),
         channels_removed=sum(width.before - width.after for width in widths.values()),
         removable_units=len(units),
