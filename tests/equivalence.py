@@ -46,7 +46,12 @@ def check_equivalent(model, fraction=0.5, **config):
     disconnect_in_place(reference, graph, removed)
 
     rng = np.random.default_rng(0)
-    inputs = [rng.normal(size=(3, *t.shape[1:])).astype("float32") for t in model.inputs]
+    inputs = [
+        rng.integers(0, 20, size=(3, *t.shape[1:])).astype(t.dtype.name)  # token ids for an Embedding
+        if t.dtype.is_integer
+        else rng.normal(size=(3, *t.shape[1:])).astype("float32")
+        for t in model.inputs
+    ]
     inputs = inputs[0] if len(inputs) == 1 else inputs
     got, want, dense = (forward(m, inputs) for m in (smaller, reference, model))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -355,3 +355,14 @@ def test_convnext_layer_scale_follows_its_channels():
     model = keras.Model(image, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="c")(scaled))))
     smaller, graph = check_equivalent(model)
     assert graph.barriers == {} and smaller.get_layer("scale").gamma.shape == (4,)
+
+
+def test_embedding_widths_go_with_the_layer_that_reads_them():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((5,), dtype="int32")
+    embedded = L.Embedding(20, 8, name="embed")(tokens)
+    model = keras.Model(tokens, L.Dense(2, name="out")(L.LSTM(6, name="lstm")(embedded)))
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {}
+    assert (_width(smaller, "embed"), _width(smaller, "lstm")) == (4, 3)
+    assert smaller.get_layer("embed").embeddings.shape == (20, 4)

@@ -181,8 +181,8 @@ class Producer(LayerHandler):
 
     ``width_argument`` is the config key of the output width (``units``, ``filters``);
     ``weight_axes`` maps each weight attribute to its (input, output) channel axes. The first
-    attribute with both axes is the kernel that weight criteria score and that disconnection
-    zeroes.
+    attribute with an output axis is the kernel that weight criteria score; disconnection zeroes
+    its input axis, if it has one (an Embedding's table has none: its inputs are token ids).
     """
 
     produces_channels = True
@@ -190,7 +190,7 @@ class Producer(LayerHandler):
     def __init__(self, width_argument: str, weight_axes: WeightAxes):
         self.width_argument = width_argument
         self.weight_axes = weight_axes
-        self.kernel_attribute = next(name for name, (i, o) in weight_axes.items() if i is not None and o is not None)
+        self.kernel_attribute = next(name for name, (_, output_axis) in weight_axes.items() if output_axis is not None)
 
     def output_channels(self, layer, call, inputs, graph):
         if getattr(layer, "data_format", "channels_last") != "channels_last":
@@ -216,6 +216,8 @@ class Producer(LayerHandler):
 
     def disconnected_weights(self, layer, dropped_in, dropped_out):
         values = layer.get_weights()
+        if self.weight_axes[self.kernel_attribute][0] is None:
+            return values
         position = {id(variable): index for index, variable in enumerate(layer.weights)}
         kernel = getattr(layer, self.kernel_attribute)
         values[position[id(kernel)]] = _zeroed(
@@ -491,6 +493,7 @@ def _register_builtins() -> None:
     register_layer_handler(ConvNeXtLayerScale, ChannelWise({"gamma": 0}, width_argument="projection_dim"))
     register_layer_handler(L.DepthwiseConv2D, DepthwiseConvHandler())
     register_layer_handler(L.Dense, Producer("units", {"kernel": (-2, -1), "bias": (None, 0)}))
+    register_layer_handler(L.Embedding, Producer("output_dim", {"embeddings": (None, 1)}))
     for layer_class in (L.Conv1D, L.Conv2D, L.Conv3D):
         register_layer_handler(layer_class, ConvolutionHandler())
     for layer_class in (L.SeparableConv1D, L.SeparableConv2D):
