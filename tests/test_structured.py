@@ -259,6 +259,11 @@ def test_the_report_says_how_much_of_the_whole_model_went_and_warns_when_barrier
     lines = coverage_lines(change, 0.5)
     assert lines[0].startswith("**Warning: far less was removed than asked.** Removed 4 of 34")
     assert not coverage_lines(change, 0.1)[0].startswith("**Warning")
+    # Told to, it fails instead, naming the barrier.
+    with pytest.raises(StructuredPruningError, match=r"only 4 of 34 .* below min_removed_share=0.3.*opaque"):
+        prune_structured(model, StructuredPruningConfig(prune_fraction=0.5, min_removed_share=0.3))
+    with pytest.raises(ValidationError, match="can never be met"):
+        StructuredPruningConfig(prune_fraction=0.5, min_removed_share=0.6)
 
 
 def test_tensorflow_ops_residuals_hard_swish_and_squeeze_excite_are_followed():

@@ -137,6 +137,13 @@ class StructuredPruningConfig(_StrictModel):
         default_factory=lambda: [0.25, 0.5, 0.75], min_length=1, description="Fractions each group is tried at."
     )
     min_units: int = Field(default=1, ge=1, description="Fewest units/filters any pruned layer keeps.")
+    min_removed_share: Optional[float] = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Fail when less than this share of all Dense/convolution channels was removed "
+        "(barriers kept the rest); by default the summary only warns.",
+    )
     protected_layers: list[str] = Field(default_factory=list)
 
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
@@ -156,6 +163,12 @@ class StructuredPruningConfig(_StrictModel):
             raise ValueError("prune_fraction is required (or use scope='sensitivity' with flops_budget)")
         elif self.flops_budget is not None:
             raise ValueError("flops_budget applies to scope='sensitivity' only")
+        if self.min_removed_share is not None and self.prune_fraction is not None:
+            if self.min_removed_share > self.prune_fraction:
+                raise ValueError(
+                    f"min_removed_share={self.min_removed_share} above prune_fraction={self.prune_fraction} "
+                    "can never be met"
+                )
         return self
 
 

@@ -345,7 +345,7 @@ def prune_structured(
         for name in graph.approximate
         if _last_dim(smaller.get_layer(name).output) != _last_dim(model.get_layer(name).output)
     }
-    return smaller, StructureChange(
+    change = StructureChange(
         approximate={name: graph.approximate[name] for name in sorted(narrowed)},
         channels_before=sum(_last_dim(layer.output) or 0 for layer in every_producer),
         channels_removed=sum(width.before - width.after for width in widths.values()),
@@ -357,3 +357,10 @@ def prune_structured(
         params_after=int(smaller.count_params()),
         sensitivity=sensitivity,
     )
+    if config.min_removed_share is not None and change.removed_share < config.min_removed_share:
+        raise StructuredPruningError(
+            f"only {change.channels_removed} of {change.channels_before} Dense/convolution channels "
+            f"({change.removed_share:.1%}) could be removed, below min_removed_share={config.min_removed_share}; "
+            f"barriers kept the rest: {graph.barriers}"
+        )
+    return smaller, change

@@ -112,6 +112,9 @@ class PruneComponent(base_component.BaseComponent):
       sample_size: Train examples the data-driven criteria read (default 256).
       label_key: Label feature, required by the taylor criterion.
       min_units: (structured) fewest units/filters any layer keeps.
+      min_removed_share: (structured) fail, before anything is saved, when less than this share
+        of all Dense/convolution channels was removed (barriers kept the rest), e.g. 0.4 with
+        ``prune_fraction=0.5``; by default the summary only warns.
 
     Raises:
       pydantic.ValidationError: at construction, for a sparsity or fraction outside (0, 1),
@@ -141,6 +144,7 @@ class PruneComponent(base_component.BaseComponent):
         prune_fraction: Optional[float] = None,
         criterion: Optional[str] = None,
         min_units: Optional[int] = None,
+        min_removed_share: Optional[float] = None,
         sample_size: Optional[int] = None,
         label_key: Optional[str] = None,
         sensitivity_levels: Optional[Sequence[float]] = None,
@@ -161,6 +165,7 @@ class PruneComponent(base_component.BaseComponent):
             "prune_fraction": prune_fraction,
             "criterion": criterion,
             "min_units": min_units,
+            "min_removed_share": min_removed_share,
             "sample_size": sample_size,
             "label_key": label_key,
             "sensitivity_levels": list(sensitivity_levels) if sensitivity_levels is not None else None,
