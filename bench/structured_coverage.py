@@ -32,7 +32,7 @@ from tfx_model_pruning.engine.importance import channel_scores  # noqa: E402
 from tfx_model_pruning.engine.structured import (  # noqa: E402
     StructuredPruningError,
     analyse,
-    disconnect_in_place,
+    disconnected_copy,
     prune_structured,
     removable_units,
     select_units_to_remove,
@@ -93,9 +93,7 @@ def measure(name: str, fraction: float, repeats: int) -> list:
     graph = analyse(model)
     units = removable_units(graph, channel_scores(model, graph, config.criterion))
     removed = {unit.root for unit in select_units_to_remove(units, graph, model, config)}
-    reference = keras.models.clone_model(model)
-    reference.set_weights(model.get_weights())
-    disconnect_in_place(reference, graph, removed)
+    reference = disconnected_copy(model, graph, removed)
     x = _inputs(model, 2)
     exactness = float(np.max(np.abs(smaller(x, training=False).numpy() - reference(x, training=False).numpy())))
 

@@ -8,7 +8,7 @@ from tfx_model_pruning.engine.importance import channel_scores
 from tfx_model_pruning.engine.structured import (
     StructuredPruningConfig,
     analyse,
-    disconnect_in_place,
+    disconnected_copy,
     rebuild,
     removable_units,
     select_units_to_remove,
@@ -41,9 +41,7 @@ def check_equivalent(model, fraction=0.5, **config):
     assert chosen, "nothing was removed, so nothing is tested"
     removed = {unit.root for unit in chosen}
     smaller = rebuild(model, graph, removed)
-    reference = keras.models.clone_model(model)
-    reference.set_weights(model.get_weights())
-    disconnect_in_place(reference, graph, removed)
+    reference = disconnected_copy(model, graph, removed)
 
     rng = np.random.default_rng(0)
     inputs = [

@@ -109,19 +109,9 @@ def _random_inputs(model: Any, batch_size: int):
     return model_features(model, inputs)
 
 
-def cpu_latency_ms(model: Any, batch_size: int, repeats: int = 30, warmup: int = 5) -> float:
+def cpu_latency_ms(model: Any, batch_size: int, repeats: int = 30) -> float:
     """Median wall time (ms) of a compiled forward pass on ``batch_size`` random examples."""
-    inputs = _random_inputs(model, batch_size)
-    forward = tf.function(lambda x: call(model, x, training=False))
-    for _ in range(warmup):
-        forward(inputs)
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = forward(inputs)
-        tf.nest.map_structure(lambda t: t.numpy(), result)
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(timings))
+    return alternating_latency([model], batch_size, repeats)[0].median_ms
 
 
 @dataclass(frozen=True)

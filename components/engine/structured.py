@@ -234,6 +234,14 @@ def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: 
         layer.set_weights(handler_for(layer).disconnected_weights(layer, dropped_in, dropped_out))
 
 
+def disconnected_copy(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> keras.Model:
+    """An independent copy of ``model`` with the removed channels disconnected, not removed."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    disconnect_in_place(copy, graph, removed_roots)
+    return copy
+
+
 def structured_allocation(
     model: keras.Model, graph: ChannelGraph, units: list[Unit], config: StructuredPruningConfig, holdout
 ) -> tuple[dict[int, float], SensitivityResult]:
@@ -267,10 +275,8 @@ def structured_allocation(
         losses = []
         for level in config.sensitivity_levels:
             roots = removed_roots({family: level})
-            trial = keras.models.clone_model(model)
-            trial.set_weights(model.get_weights())
+            trial = disconnected_copy(model, graph, roots)
             trial.compile(loss=model.loss)
-            disconnect_in_place(trial, graph, roots)
             losses.append(sample_loss(trial, holdout))
             savings[(family, level)] = dense_flops - count_flops(rebuild(model, graph, roots))
         curves.append(Curve(names[family], 0, list(config.sensitivity_levels), losses))
