@@ -28,15 +28,7 @@ from tabulate import tabulate  # noqa: E402
 
 from tfx_model_pruning.engine.config import StructuredPruningConfig  # noqa: E402
 from tfx_model_pruning.engine.efficiency import alternating_latency, count_flops  # noqa: E402
-from tfx_model_pruning.engine.importance import channel_scores  # noqa: E402
-from tfx_model_pruning.engine.structured import (  # noqa: E402
-    StructuredPruningError,
-    analyse,
-    disconnected_copy,
-    prune_structured,
-    removable_units,
-    select_units_to_remove,
-)
+from tfx_model_pruning.engine.structured import StructuredPruningError, apply_removal, plan_removal  # noqa: E402
 
 L = keras.layers
 A = keras.applications
@@ -86,14 +78,11 @@ def measure(name: str, fraction: float, repeats: int) -> list:
     model = build(name)
     config = StructuredPruningConfig(prune_fraction=fraction)
     try:
-        smaller, change = prune_structured(model, config)
+        plan = plan_removal(model, config)
+        smaller, change = apply_removal(plan, config)
     except StructuredPruningError as refused:
         return [name, f"refused: {refused}"[:60], *[""] * 7]
-    # The same (deterministic) selection again, to build the disconnected reference.
-    graph = analyse(model)
-    units = removable_units(graph, channel_scores(model, graph, config.criterion))
-    removed = {unit.root for unit in select_units_to_remove(units, graph, model, config)}
-    reference = disconnected_copy(model, graph, removed)
+    reference = plan.disconnected()
     x = _inputs(model, 2)
     exactness = float(np.max(np.abs(smaller(x, training=False).numpy() - reference(x, training=False).numpy())))
 
@@ -115,7 +104,7 @@ def measure(name: str, fraction: float, repeats: int) -> list:
         f"{smaller.count_params() / model.count_params():.2f}",
         f"{flops_after / flops_before:.2f}" if flops_before else "-",
         f"{exactness:.1e}",
-        len(graph.barriers),
+        len(plan.graph.barriers),
         *ratios,
         f"{time.perf_counter() - started:.0f}",
     ]

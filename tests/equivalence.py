@@ -4,15 +4,7 @@ removed channels disconnected (their consumer rows zeroed), to float tolerance."
 import numpy as np
 import tf_keras as keras
 
-from tfx_model_pruning.engine.importance import channel_scores
-from tfx_model_pruning.engine.structured import (
-    StructuredPruningConfig,
-    analyse,
-    disconnected_copy,
-    rebuild,
-    removable_units,
-    select_units_to_remove,
-)
+from tfx_model_pruning.engine.structured import StructuredPruningConfig, apply_removal, plan_removal
 
 
 def forward(model, inputs) -> np.ndarray:
@@ -35,13 +27,10 @@ def check_equivalent(model, fraction=0.5, **config):
     """Prunes ``model`` and asserts the rebuilt model equals the disconnected original."""
     _randomise_batchnorm(model)
     cfg = StructuredPruningConfig(prune_fraction=fraction, **config)
-    graph = analyse(model, tuple(cfg.protected_layers))
-    units = removable_units(graph, channel_scores(model, graph, cfg.criterion))
-    chosen = select_units_to_remove(units, graph, model, cfg)
-    assert chosen, "nothing was removed, so nothing is tested"
-    removed = {unit.root for unit in chosen}
-    smaller = rebuild(model, graph, removed)
-    reference = disconnected_copy(model, graph, removed)
+    plan = plan_removal(model, cfg)
+    assert plan.chosen, "nothing was removed, so nothing is tested"
+    smaller, _ = apply_removal(plan, cfg)
+    reference = plan.disconnected()
 
     rng = np.random.default_rng(0)
     inputs = [
@@ -55,4 +44,4 @@ def check_equivalent(model, fraction=0.5, **config):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert not np.allclose(dense, want, atol=1e-4), "removal changed nothing: the check would be vacuous"
     assert smaller.count_params() < model.count_params()
-    return smaller, graph
+    return smaller, plan.graph

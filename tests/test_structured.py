@@ -13,6 +13,7 @@ import tf_keras as keras
 from equivalence import check_equivalent, forward
 from pydantic import ValidationError
 
+from tfx_model_pruning.engine.graph import attention_projections
 from tfx_model_pruning.engine.importance import channel_scores
 from tfx_model_pruning.engine.report import coverage_lines
 from tfx_model_pruning.engine.structured import (
@@ -186,7 +187,7 @@ def test_mixed_model_with_every_rule():
     x = L.Dense(20, activation="relu", name="d1")(x)
     x = L.Dropout(0.1)(x)
     model = keras.Model(image, L.Dense(5, name="out")(x))
-    smaller, graph = check_equivalent(model)
+    smaller, graph = check_equivalent(model, width_multiple=1)  # exact halves, to see each rule
     widths = {name: _width(smaller, name) for name in ("c1", "c2", "sep", "c3", "c4", "d1", "out")}
     assert widths == {"c1": 8, "c2": 8, "sep": 4, "c3": 12, "c4": 5, "d1": 10, "out": 5}
     assert list(graph.barriers) == ["identity_lambda"]
@@ -371,3 +372,118 @@ def test_embedding_widths_go_with_the_layer_that_reads_them():
     assert graph.barriers == {}
     assert (_width(smaller, "embed"), _width(smaller, "lstm")) == (4, 3)
     assert smaller.get_layer("embed").embeddings.shape == (20, 4)
+
+
+def test_attention_heads_go_whole_with_their_query_key_value_columns_and_output_rows():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6, 10))
+    x = L.Dense(16, name="embed")(tokens)
+    attended = L.MultiHeadAttention(num_heads=4, key_dim=8, value_dim=6, name="mha")(x, x)
+    x = L.Add(name="residual")([x, attended])
+    model = keras.Model(tokens, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(L.Dense(12, name="ffn")(x))))
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {}
+    mha = smaller.get_layer("mha")
+    assert mha.get_config()["num_heads"] == 2
+    # The residual stream (embed + attention output) lost half its channels together.
+    assert _width(smaller, "embed") == _width(smaller, "mha") == 8
+    assert attention_projections(mha)[0].kernel.shape == (8, 2, 8) and attention_projections(mha)[2].kernel.shape == (
+        8,
+        2,
+        6,
+    )
+    assert attention_projections(mha)[3].kernel.shape == (2, 6, 8)
+    _, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+    assert (change.widths["mha:heads"].before, change.widths["mha:heads"].after) == (4, 2)
+
+
+def test_cross_attention_follows_query_key_and_value_streams_separately():
+    keras.utils.set_random_seed(0)
+    query_in, memory_in = keras.Input((5, 7), name="q"), keras.Input((9, 3), name="m")
+    query = L.Dense(12, name="query_proj")(query_in)
+    key = L.Dense(10, name="key_proj")(memory_in)
+    value = L.Dense(6, name="value_proj")(memory_in)
+    attended = L.MultiHeadAttention(num_heads=2, key_dim=4, name="cross")(query, value, key=key)
+    model = keras.Model([query_in, memory_in], L.Dense(2, name="out")(L.Flatten()(attended)))
+    smaller, graph = check_equivalent(model)
+    cross = smaller.get_layer("cross")
+    assert graph.barriers == {} and graph.layer_arguments["cross"] == ["query", "value", "key"]
+    assert attention_projections(cross)[0].kernel.shape[0] == 6
+    assert attention_projections(cross)[1].kernel.shape[0] == 5 and attention_projections(cross)[2].kernel.shape[0] == 3
+    assert cross.get_config()["output_shape"] is None  # the output is as wide as the query again
+
+    smaller, _ = check_equivalent(model, protected_layers=["query_proj"])
+    cross = smaller.get_layer("cross")
+    # The query keeps its 12 channels and the output has 6: output_shape is written out.
+    assert attention_projections(cross)[0].kernel.shape[0] == 12 and _width(smaller, "cross") == 6
+    assert tuple(cross.get_config()["output_shape"]) == (6,)
+
+
+def test_attention_with_a_mask_is_a_barrier():
+    tokens = keras.Input((6, 8))
+    mask = keras.Input((6, 6), dtype="bool")
+    x = L.Dense(8, name="a")(tokens)
+    attended = L.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")(x, x, attention_mask=mask)
+    model = keras.Model([tokens, mask], L.Dense(2)(L.Flatten()(attended)))
+    assert "mask" in analyse(model).barriers["mha"]
+
+
+def _block(name: str, width: int) -> keras.Model:
+    inputs = keras.Input((width,))
+    hidden = L.Dense(width * 2, activation="relu", name="dense")(inputs)  # the same name in every block
+    return keras.Model(inputs, L.Add()([inputs, L.Dense(width, name="back")(hidden)]), name=name)
+
+
+def test_nested_blocks_are_flattened_into_one_graph_and_pruned_through():
+    from tfx_model_pruning.engine.graph import flatten_nested
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    x = L.Dense(8, name="stem")(inputs)
+    x = _block("block_1", 8)(x)
+    x = keras.Sequential([L.Dense(12, activation="relu", name="seq_dense"), L.BatchNormalization()], name="seq")(x)
+    x = _block("block_2", 12)(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+
+    flat = flatten_nested(model)
+    assert not any(isinstance(layer, keras.Model) for layer in flat.layers)
+    assert {"dense", "block_2_dense", "seq_dense"} <= {layer.name for layer in flat.layers}
+    sample = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    np.testing.assert_array_equal(forward(flat, sample), forward(model, sample))
+    assert flat.get_layer("dense") is not model.get_layer("block_1").get_layer("dense")  # weights of its own
+
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {}
+    assert (_width(smaller, "stem"), _width(smaller, "dense"), _width(smaller, "block_2_dense")) == (4, 8, 16)
+
+
+def test_rescaling_and_normalization_at_the_input_are_no_barriers():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((6, 6, 3))
+    x = L.Rescaling(1 / 255.0)(image)
+    x = L.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 3.0])(x)
+    x = L.Conv2D(8, 3, name="conv")(x)
+    x = L.Rescaling([0.5] * 8, name="per_channel")(x)
+    model = keras.Model(image, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(6, 1, name="c")(x))))
+    graph = analyse(model)
+    assert graph.barriers == {}
+    smaller, _ = check_equivalent(model)
+    # A per-channel rescale keeps its channels: its constants are in the config, not in weights.
+    assert _width(smaller, "conv") == 8 and _width(smaller, "c") == 3
+
+
+@pytest.mark.parametrize("multiple, widths", [(8, (16, 16, 24, 6)), (1, (10, 12, 20, 6)), (16, (10, 12, 32, 6))])
+def test_kept_widths_round_up_to_a_multiple_and_narrow_groups_stay_exact(multiple, widths):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    a = L.Dense(20, name="a")(inputs)
+    b = L.Dense(24, name="b")(L.Add()([a, L.Dense(20, name="a2")(inputs)]))  # a + a2: one group of 20
+    c = L.Dense(40, name="c")(b)
+    d = L.Dense(12, name="d")(c)  # keeps 6 < multiple: left exact
+    model = keras.Model(inputs, L.Dense(2, name="out")(d))
+    smaller, _ = check_equivalent(model, width_multiple=multiple)
+    assert tuple(_width(smaller, name) for name in ("a", "b", "c", "d")) == widths
+    assert _width(smaller, "a2") == _width(smaller, "a")
+    # The rounding gives back the most important of the units chosen for removal.
+    _, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5, width_multiple=multiple))
+    assert change.widths["c"].after == widths[2]

@@ -137,6 +137,13 @@ class StructuredPruningConfig(_StrictModel):
         default_factory=lambda: [0.25, 0.5, 0.75], min_length=1, description="Fractions each group is tried at."
     )
     min_units: int = Field(default=1, ge=1, description="Fewest units/filters any pruned layer keeps.")
+    width_multiple: int = Field(
+        default=8,
+        ge=1,
+        description="Round each pruned group's kept width up to a multiple of this (8 suits CPU vector "
+        "units; odd widths are often slower than their FLOPs say); 1 turns it off. A group keeping fewer "
+        "than this many units is left at its exact width.",
+    )
     min_removed_share: Optional[float] = Field(
         default=None,
         gt=0.0,

@@ -12,12 +12,16 @@ It holds:
   ``model_without``);
 - the channel graph structured pruning works on (``ChannelGraph``, ``analyse_channels``),
   driven by a handler per layer that the caller supplies (see ``layer_handlers``);
+- nested models flattened into one graph (``flatten_nested``), a call's argument names
+  (``LayerCall.input_arguments``) and MultiHeadAttention's private projection layers
+  (``attention_projections``);
 - ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``), and
   ConvNeXt's ``LayerScale``, which tf-keras defines only inside its application module.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -50,6 +54,10 @@ def in_layer_graph(layer: keras.layers.Layer) -> bool:
     return bool(layer.inbound_nodes)
 
 
+def _is_symbolic(value: Any) -> bool:
+    return tf.is_tensor(value) and keras.backend.is_keras_tensor(value)
+
+
 @dataclass(frozen=True)
 class LayerCall:
     """One call of a layer in a model's graph: which tensors it reads and makes."""
@@ -66,13 +74,27 @@ class LayerCall:
         args = tf.nest.flatten(self._node.call_args)
         kwargs = {k: v for k, v in (self._node.call_kwargs or {}).items() if k != "name"}
         values = args + tf.nest.flatten(kwargs)
-        return [value for value in values if not (tf.is_tensor(value) and keras.backend.is_keras_tensor(value))]
+        return [value for value in values if not _is_symbolic(value)]
 
-    def replay(self, computed: dict[str, Any]) -> list[Any]:
-        """Calls the layer again on the tensors ``computed`` holds for this call's input ids."""
+    def input_arguments(self) -> list[str]:
+        """The argument each input id was passed as (``query``, ``value``, ``key`` for attention):
+        positional arguments by the name ``call`` gives them, keyword arguments by keyword."""
+        parameters = list(inspect.signature(self.layer.call).parameters)
+        names: list[str] = []
+        for position, argument in enumerate(self._node.call_args):
+            name = parameters[position] if position < len(parameters) else f"arg{position}"
+            names += [name for value in tf.nest.flatten(argument) if _is_symbolic(value)]
+        kwargs = self._node.call_kwargs or {}
+        for keyword in sorted(kwargs):  # the order tf.nest, and so the node's input ids, use
+            names += [keyword for value in tf.nest.flatten(kwargs[keyword]) if _is_symbolic(value)]
+        return names
+
+    def replay(self, computed: dict[str, Any], layer: Optional[keras.layers.Layer] = None) -> list[Any]:
+        """Calls the layer (or ``layer`` in its place) again on the tensors ``computed`` holds for
+        this call's input ids."""
         uses = self._node.flat_input_ids
         args, kwargs = self._node.map_arguments({i: [computed[i]] * uses.count(i) for i in uses})
-        return tf.nest.flatten(self.layer(*args, **kwargs))
+        return tf.nest.flatten((layer or self.layer)(*args, **kwargs))
 
 
 def layer_calls(model: keras.Model) -> list[LayerCall]:
@@ -106,6 +128,11 @@ def call_input_shapes(layer: keras.layers.Layer) -> list[tuple]:
     """Shapes of the tensors the layer's first call read (``MultiHeadAttention``'s query, value, key)."""
     node = layer.inbound_nodes[0]
     return [tuple(tensor.shape) for tensor in tf.nest.flatten(node.keras_inputs)]
+
+
+def attention_projections(layer: keras.layers.MultiHeadAttention) -> tuple[keras.layers.Layer, ...]:
+    """The query, key, value and output ``EinsumDense`` layers of a built MultiHeadAttention."""
+    return layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense
 
 
 def input_layer_names(model: keras.Model) -> list[str]:
@@ -251,11 +278,35 @@ def _is_ancestor(ancestor_id: str, tensor: str, producer_of: dict[str, LayerCall
     return False
 
 
+def _fresh_inputs(model: keras.Model) -> tuple[list[Any], dict[str, Any]]:
+    """New ``Input`` tensors like the model's, and a map from the model's input ids to them."""
+    new_inputs = [keras.Input(shape=_shape(t), dtype=t.dtype, name=producing_layer(t).name) for t in model.inputs]
+    return new_inputs, {tensor_id(t): n for t, n in zip(model.inputs, new_inputs, strict=True)}
+
+
+def _independent_model(model: keras.Model, new_inputs: list[Any], computed: dict[str, Any]) -> keras.Model:
+    """The functional model from ``new_inputs`` to the replayed outputs, with weights of its own."""
+    inputs = tf.nest.pack_sequence_as(model._nested_inputs, new_inputs)
+    outputs = tf.nest.pack_sequence_as(model._nested_outputs, [computed[tensor_id(t)] for t in model.outputs])
+    shared = keras.Model(inputs, outputs, name=model.name)
+    return independent_clone(shared)
+
+
+def independent_clone(model: keras.Model) -> keras.Model:
+    """``clone_model`` with the weights copied layer by layer: a clone may order its layers, and
+    so ``get_weights()``, differently (two branches from one input), so a whole-model copy can
+    put one layer's weights into another."""
+    clone = keras.models.clone_model(model)
+    for layer in clone.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return clone
+
+
 def model_without(model: keras.Model, candidate: RemovalCandidate) -> keras.Model:
     """A new, independent model with ``candidate`` removed (weights copied)."""
     bypass = dict(candidate.bypass)
-    new_inputs = [keras.Input(shape=_shape(t), dtype=t.dtype, name=producing_layer(t).name) for t in model.inputs]
-    computed: dict[str, Any] = {tensor_id(t): n for t, n in zip(model.inputs, new_inputs, strict=True)}
+    new_inputs, computed = _fresh_inputs(model)
     for call in layer_calls(model):
         if isinstance(call.layer, keras.layers.InputLayer):
             continue
@@ -267,12 +318,59 @@ def model_without(model: keras.Model, candidate: RemovalCandidate) -> keras.Mode
         if any(tensor not in computed for tensor in call.input_ids):
             continue  # only reachable through the removed branch
         computed.update(zip(call.output_ids, call.replay(computed), strict=True))
-    inputs = tf.nest.pack_sequence_as(model._nested_inputs, new_inputs)
-    outputs = tf.nest.pack_sequence_as(model._nested_outputs, [computed[tensor_id(t)] for t in model.outputs])
-    shared = keras.Model(inputs, outputs, name=model.name)
-    independent = keras.models.clone_model(shared)
-    independent.set_weights(shared.get_weights())
-    return independent
+    return _independent_model(model, new_inputs, computed)
+
+
+def nested_graph_models(model: keras.Model) -> list[keras.Model]:
+    """The functional/Sequential models called inside ``model`` as layers (ConvNeXt's blocks)."""
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.Model) and is_layer_graph(layer) and in_layer_graph(layer)
+    ]
+
+
+def flatten_nested(model: keras.Model) -> keras.Model:
+    """``model`` itself when it nests no functional/Sequential model; otherwise a new, independent
+    model computing the same thing with every nested model's layers called at its top level.
+
+    A nested layer whose name is already taken is renamed ``<nested model>_<layer>``. Layers set
+    as attributes (a tf.Transform layer) and the compiled loss carry over.
+    """
+    if not is_layer_graph(model) or not nested_graph_models(model):
+        return model
+    nested = nested_graph_models(model)
+    taken = {layer.name for layer in model.layers if not any(layer is inner for inner in nested)}
+    renamed: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+
+    def replay_into(graph_model: keras.Model, computed: dict[str, Any], prefix: str) -> None:
+        for call in layer_calls(graph_model):
+            layer = call.layer
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if isinstance(layer, keras.Model) and is_layer_graph(layer):
+                inner = {tensor_id(t): computed[i] for t, i in zip(layer.inputs, call.input_ids, strict=True)}
+                replay_into(layer, inner, f"{prefix}{layer.name}_")
+                computed.update(zip(call.output_ids, [inner[tensor_id(t)] for t in layer.outputs], strict=True))
+                continue
+            stand_in = None
+            if prefix and layer.name in taken:
+                stand_in = type(layer).from_config({**layer.get_config(), "name": f"{prefix}{layer.name}"})
+                renamed.append((stand_in, layer))
+            if prefix:
+                taken.add(layer.name)
+            computed.update(zip(call.output_ids, call.replay(computed, stand_in), strict=True))
+
+    new_inputs, computed = _fresh_inputs(model)
+    replay_into(model, computed, "")
+    for stand_in, original in renamed:
+        stand_in.set_weights(original.get_weights())
+    flat = _independent_model(model, new_inputs, computed)
+    for attribute, layer in attached_layers(model).items():
+        setattr(flat, attribute, layer)
+    if getattr(model, "loss", None) is not None:
+        flat.compile(loss=model.loss)
+    return flat
 
 
 # Channel graph -------------------------------------------------------------------------------
@@ -322,13 +420,32 @@ class ChannelGraph:
     tensors: dict[str, Any] = field(default_factory=dict)
     consumers: dict[str, list[str]] = field(default_factory=dict)
     sets: UnionFind = field(default_factory=UnionFind)
+    # How many units each producer key makes: a producer's output width, or a layer's count of
+    # hidden units (``"<layer>:heads"``: attention heads no tensor carries one by one).
+    unit_counts: dict[str, int] = field(default_factory=dict)
+    hidden: dict[str, str] = field(default_factory=dict)  # hidden-unit key -> the layer that owns them
+    hidden_nodes: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # layer -> kind -> nodes
+    layer_arguments: dict[str, list[str]] = field(default_factory=dict)  # per input id: query, value, ...
 
     def new_channels(self, count: int, producer: Optional[str] = None) -> list[int]:
         nodes = [self.sets.add() for _ in range(count)]
         if producer is not None:
             for index, node in enumerate(nodes):
                 self.node_producer[node] = (producer, index)
+            self.unit_counts[producer] = count
         return nodes
+
+    def new_hidden_units(self, layer_name: str, kind: str, count: int) -> list[int]:
+        """Units inside a layer (its attention heads), removable like channels, keyed ``layer:kind``."""
+        key = hidden_key(layer_name, kind)
+        self.hidden[key] = layer_name
+        nodes = self.new_channels(count, producer=key)
+        self.hidden_nodes.setdefault(layer_name, {})[kind] = nodes
+        return nodes
+
+    def hidden_units(self, layer_name: str) -> dict[str, list[int]]:
+        """The layer's hidden units by kind (``{"heads": nodes}``)."""
+        return self.hidden_nodes.get(layer_name, {})
 
     def join(self, a: int, b: int) -> None:
         self.sets.union(a, b)
@@ -359,6 +476,10 @@ class ChannelGraph:
             tensor = self.layer_outputs[consumers[0]][0]
 
 
+def hidden_key(layer_name: str, kind: str) -> str:
+    return f"{layer_name}:{kind}"
+
+
 def _width(tensor) -> Optional[int]:
     dim = tensor.shape[-1]
     return int(dim) if dim is not None else None
@@ -387,6 +508,7 @@ def analyse_channels(model: keras.Model, handler_for: HandlerLookup, protected: 
         layer = call.layer
         graph.layer_inputs[layer.name] = list(call.input_ids)
         graph.layer_outputs[layer.name] = list(call.output_ids)
+        graph.layer_arguments[layer.name] = call.input_arguments()
         graph.tensors.update(zip(call.output_ids, call.output_tensors, strict=True))
         for tensor in call.input_ids:
             graph.consumers.setdefault(tensor, []).append(layer.name)

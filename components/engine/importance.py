@@ -47,7 +47,7 @@ class ChannelSource:
     layer_name: str
     kernel: tf.Variable
     output_axis: int
-    activation: Any  # the symbolic tensor where the channels' channel-wise chain ends
+    activation: Any  # the symbolic tensor where the channels' channel-wise chain ends; None for hidden units
     gates: int = 1  # blocks of columns per channel on the output axis (an LSTM's four gates)
 
     def per_channel(self, values: np.ndarray) -> np.ndarray:
@@ -114,6 +114,14 @@ class _ActivationStatistic(Criterion):
         _require_sample(self, sample)
         if any(not isinstance(t, ChannelSource) for t in targets):
             raise CriterionError(f"{type(self).__name__} scores channels by their activations, not single weights")
+        # No tensor carries a hidden unit (an attention head) alone: those are scored by weights.
+        by_weights = {i for i, t in enumerate(targets) if t.activation is None}
+        measured = [t for i, t in enumerate(targets) if i not in by_weights]
+        scores = iter(self._measure(model, measured, sample) if measured else [])
+        fallback = iter(L1Norm()(model, [targets[i] for i in sorted(by_weights)]))
+        return [next(fallback) if i in by_weights else next(scores) for i in range(len(targets))]
+
+    def _measure(self, model, targets, sample):
         probe = keras.Model(model.inputs, [t.activation for t in targets])
         totals: list[Optional[np.ndarray]] = [None] * len(targets)
         count = 0
@@ -199,7 +207,7 @@ for _name, _criterion in {
 
 
 def channel_sources(model: keras.Model, graph: ChannelGraph) -> list[ChannelSource]:
-    """One ChannelSource per producer of the channel graph."""
+    """One ChannelSource per producer of the channel graph, and one per kind of hidden unit."""
     sources = []
     for name in graph.producers:
         layer = model.get_layer(name)
@@ -207,6 +215,10 @@ def channel_sources(model: keras.Model, graph: ChannelGraph) -> list[ChannelSour
         kernel, axis = handler.scored_kernel(layer)
         end = graph.chain_end(graph.layer_outputs[name][0])
         sources.append(ChannelSource(name, kernel, axis, graph.tensors[end], handler.gates(layer)))
+    for key, name in graph.hidden.items():
+        layer = model.get_layer(name)
+        kernel, axis = handler_for(layer).scored_hidden(layer, key.split(":", 1)[1])
+        sources.append(ChannelSource(key, kernel, axis, activation=None))
     return sources
 
 

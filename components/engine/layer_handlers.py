@@ -20,13 +20,21 @@ with its own ``call`` computes something else, so it needs its own registration.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfx_model_pruning.engine.graph import ChannelBarrier, ChannelGraph, ConvNeXtLayerScale, LayerCall, TFOpLambda
+from tfx_model_pruning.engine.graph import (
+    ChannelBarrier,
+    ChannelGraph,
+    ConvNeXtLayerScale,
+    LayerCall,
+    TFOpLambda,
+    attention_projections,
+)
 
 L = keras.layers
 
@@ -35,6 +43,21 @@ _CROSS_CHANNEL_ACTIVATIONS = {"softmax", "log_softmax"}
 
 # Per weight attribute: (input-channel axis, output-channel axis); None where it has none.
 WeightAxes = dict[str, tuple[Optional[int], Optional[int]]]
+
+
+@dataclass
+class Kept:
+    """Channel positions of one layer call: per input tensor, of its (first) output, and of its
+    hidden units by kind. ``rebuild`` hands a handler the kept ones; disconnection the dropped."""
+
+    inputs: list[np.ndarray]
+    output: Optional[np.ndarray]
+    hidden: dict[str, np.ndarray] = field(default_factory=dict)
+    arguments: list[str] = field(default_factory=list)  # the call argument each input was passed as
+
+    @property
+    def first_input(self) -> np.ndarray:
+        return self.inputs[0] if self.inputs else np.zeros(0, dtype=np.int64)
 
 
 class LayerHandler:
@@ -81,6 +104,22 @@ class LayerHandler:
         """The weights with every connection from the ``dropped_in`` input channels zeroed, and
         whatever else a removed output channel feeds inside the layer (a recurrent state)."""
         return layer.get_weights()
+
+    def scored_hidden(self, layer: keras.layers.Layer, kind: str) -> tuple[tf.Variable, int]:
+        """``(variable, unit axis)`` that scores the layer's hidden units of ``kind`` (heads)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no hidden units")
+
+    # The general forms, given every input's and the hidden units' positions. The defaults call
+    # the simple methods above, which is all a one-input layer without hidden units needs.
+
+    def rebuilt_config(self, layer: keras.layers.Layer, kept: Kept) -> dict[str, Any]:
+        return self.resized_config(layer, len(kept.output))
+
+    def rebuilt_weights(self, layer: keras.layers.Layer, kept: Kept) -> list[np.ndarray]:
+        return self.sliced_weights(layer, kept.first_input, kept.output if self.produces_channels else None)
+
+    def disconnected(self, layer: keras.layers.Layer, dropped: Kept) -> list[np.ndarray]:
+        return self.disconnected_weights(layer, dropped.first_input, dropped.output)
 
 
 def _take(layer: keras.layers.Layer, axes: WeightAxes, keep_in, keep_out) -> list[np.ndarray]:
@@ -339,6 +378,74 @@ class RecurrentHandler(LayerHandler):
         return [_zeroed(kernel, dropped_in, 0), _zeroed(recurrent, dropped_out, 0), *bias]
 
 
+class MultiHeadAttentionHandler(LayerHandler):
+    """Attention heads are hidden units: a head owns its query, key and value columns (kernel and
+    bias) and its rows of the output projection, so whole heads go. The projections' input rows
+    follow the query, key and value channels; the output projection makes new channels (joined
+    with the residual stream where it is added back). Each head's softmax sees only its own
+    scores, so removal is exact."""
+
+    produces_channels = True
+
+    def output_channels(self, layer, call, inputs, graph):
+        if len(call.output_ids) != 1:
+            raise ChannelBarrier("MultiHeadAttention returning its attention scores")
+        shape = layer.get_config().get("output_shape")
+        if shape is not None and len(tuple(shape)) != 1:
+            raise ChannelBarrier("MultiHeadAttention with a multi-axis output_shape")
+        arguments = call.input_arguments()
+        if not {"query", "value"} <= set(arguments) or set(arguments) - {"query", "value", "key"}:
+            raise ChannelBarrier(f"MultiHeadAttention called with {arguments} (a mask is not followed)")
+        graph.new_hidden_units(layer.name, "heads", layer.get_config()["num_heads"])
+        return [graph.new_channels(int(call.output_tensors[0].shape[-1]), producer=layer.name)]
+
+    @staticmethod
+    def _kept_inputs(layer, kept: Kept) -> dict[str, np.ndarray]:
+        positions = {name: index for index, name in enumerate(kept.arguments)}
+        positions.setdefault("key", positions["value"])  # key defaults to value
+        return {name: kept.inputs[positions[name]] for name in ("query", "key", "value")}
+
+    def scored_kernel(self, layer):
+        return attention_projections(layer)[-1].kernel, -1
+
+    def scored_hidden(self, layer, kind):
+        return attention_projections(layer)[-1].kernel, 0  # (heads, dim, channels)
+
+    def rebuilt_config(self, layer, kept):
+        config = layer.get_config()
+        widths = {name: len(index) for name, index in self._kept_inputs(layer, kept).items()}
+        heads = len(kept.hidden["heads"])
+        config["num_heads"] = heads
+        for name in ("query", "key", "value"):
+            shape = config.get(f"{name}_shape")
+            if shape is not None:
+                config[f"{name}_shape"] = tf.TensorShape([*list(shape)[:-1], widths[name]])
+        if config.get("output_shape") is not None or len(kept.output) != widths["query"]:
+            config["output_shape"] = (len(kept.output),)
+        return config
+
+    def rebuilt_weights(self, layer, kept):
+        rows = self._kept_inputs(layer, kept)
+        heads = kept.hidden["heads"]
+        values = []
+        *projections, output = attention_projections(layer)
+        for projection, name in zip(projections, ("query", "key", "value"), strict=True):
+            kernel, *bias = projection.get_weights()  # (channels, heads, dim), (heads, dim)
+            values += [kernel[rows[name]][:, heads], *[b[heads] for b in bias]]
+        kernel, *bias = output.get_weights()  # (heads, dim, channels), (channels,)
+        return [*values, kernel[heads][..., kept.output], *[b[kept.output] for b in bias]]
+
+    def disconnected(self, layer, dropped):
+        rows = self._kept_inputs(layer, dropped)
+        values = []
+        *projections, output = attention_projections(layer)
+        for projection, name in zip(projections, ("query", "key", "value"), strict=True):
+            kernel, *bias = projection.get_weights()
+            values += [_zeroed(kernel, rows[name], 0), *bias]
+        kernel, *bias = output.get_weights()
+        return [*values, _zeroed(kernel, dropped.hidden["heads"], 0), *bias]
+
+
 class FlattenHandler(LayerHandler):
     """Channels last: the flat vector repeats the channels once per spatial position."""
 
@@ -430,6 +537,24 @@ class ElementwiseOpHandler(ElementwiseMergeHandler):
         return super().output_channels(layer, call, wide, graph)
 
 
+class KeepsChannels(PassThrough):
+    """Channel-wise with per-channel constants in its config or state (``Normalization``'s mean and
+    variance, ``Rescaling`` by a vector): its channels pass, but are kept, so the layer is never
+    resized. At a model's input, where these layers sit, the channels are kept anyway."""
+
+    def output_channels(self, layer, call, inputs, graph):
+        (channels,) = super().output_channels(layer, call, inputs, graph)
+        if not self._scalar_only(layer):
+            graph.freeze(channels, f"{layer.name} holds per-channel constants")
+        return [channels]
+
+    @staticmethod
+    def _scalar_only(layer) -> bool:
+        if isinstance(layer, L.Rescaling):
+            return all(np.size(value) == 1 for value in (layer.scale, layer.offset))
+        return False
+
+
 class Barrier(LayerHandler):
     """Registered for a class that must stop the analysis, with the reason."""
 
@@ -487,6 +612,8 @@ def _register_builtins() -> None:
     for layer_class in _PASS_THROUGH:
         register_layer_handler(layer_class, PassThrough())
     register_layer_handler(L.Activation, ActivationHandler())
+    for layer_class in (L.Rescaling, L.Normalization):
+        register_layer_handler(layer_class, KeepsChannels())
     register_layer_handler(L.Softmax, Barrier("softmax mixes channels"))
     register_layer_handler(L.BatchNormalization, BatchNormalizationHandler())
     register_layer_handler(L.LayerNormalization, LayerNormalizationHandler())
@@ -502,6 +629,7 @@ def _register_builtins() -> None:
     for layer_class in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
         register_layer_handler(layer_class, Producer("filters", {"kernel": (-1, -2), "bias": (None, 0)}))
     register_layer_handler(L.Flatten, FlattenHandler())
+    register_layer_handler(L.MultiHeadAttention, MultiHeadAttentionHandler())
     for layer_class, gates in ((L.LSTM, 4), (L.GRU, 3), (L.SimpleRNN, 1)):
         register_layer_handler(layer_class, RecurrentHandler(gates))
     register_layer_handler(L.Reshape, ReshapeHandler())

@@ -143,6 +143,11 @@ def _criterion(config: dict[str, Any]) -> str:
         return (
             f"structured ({config['criterion']}): remove {config['prune_fraction']:.0%} of the removable "
             f"units/filters ({config['scope']}), at least {config['min_units']} kept per layer"
+            + (
+                f", kept widths rounded up to a multiple of {config['width_multiple']}"
+                if config.get("width_multiple", 1) > 1
+                else ""
+            )
         )
     if config.get("n_m") is not None:
         return f"magnitude: N:M pattern {config['n_m']} along each kernel's input axis"

@@ -1,19 +1,26 @@
-"""Structured pruning: remove whole Dense units and convolution filters and rebuild a smaller model.
+"""Structured pruning: remove whole Dense units, convolution filters, recurrent units and
+attention heads, and rebuild a smaller model.
 
 Channels are tracked through the layer graph the way Torch-Pruning's DepGraph does it for
 PyTorch (``graph.analyse_channels``), each layer by its handler (``layer_handlers``). Every
-output channel of a *producer* (Dense, Conv1D/2D/3D, SeparableConv, a registered custom layer)
-is a node; channel-wise layers (BatchNormalization, activations, Dropout, pooling, padding,
-DepthwiseConv2D, ...) pass nodes through; ``Flatten`` repeats them once per spatial position;
-``Concatenate`` lays its inputs' nodes side by side; ``Add``/``Subtract``/``Multiply``/
-``Average``/``Maximum``/``Minimum`` join the nodes at equal positions into one (union-find), so
-coupled channels are removed together or not at all. A layer without a handler (``Lambda``,
-``TFOpLambda``, ``Reshape``, custom or nested models, ...) is a *barrier*: every channel flowing
-into it is frozen and its outputs are new frozen channels. Channels reaching a model output,
-and the outputs of protected layers, are frozen too. A removable unit is a set of joined nodes;
-removing it deletes the producer columns, the channel-wise parameters and the consumer rows of
-every member, so the rebuilt model computes exactly what the original computes with those
-channels disconnected.
+output channel of a *producer* (Dense, convolutions, LSTM/GRU, Embedding, MultiHeadAttention, a
+registered custom layer) is a node, and so is every attention head (a *hidden* unit no tensor
+carries alone); channel-wise layers (BatchNormalization, activations, pooling, DepthwiseConv2D,
+elementwise TensorFlow ops, ...) pass nodes through; ``Flatten`` repeats them once per spatial
+position; ``Concatenate`` lays its inputs' nodes side by side; ``Add``/``Multiply``/``x + y``
+join the nodes at equal positions into one (union-find), so coupled channels are removed
+together or not at all. Nested functional/Sequential models are flattened into one graph first.
+A layer without a handler (``Lambda``, a subclassed model, a custom layer, ...) is a *barrier*:
+every channel flowing into it is frozen and its outputs are new frozen channels. Channels
+reaching a model output, and the outputs of protected layers, are frozen too. A removable unit
+is a set of joined nodes; removing it deletes the producer columns, the channel-wise parameters
+and the consumer rows of every member, so the rebuilt model computes exactly what the original
+computes with those channels disconnected, except through layers that normalise across
+channels (LayerNormalization), which the result lists as not exact.
+
+    plan = plan_removal(model, StructuredPruningConfig(prune_fraction=0.5))
+    smaller, change = apply_removal(plan, config)   # what prune_structured does
+    reference = plan.disconnected()                 # what ``smaller`` must compute
 """
 
 from __future__ import annotations
@@ -34,10 +41,13 @@ from tfx_model_pruning.engine.graph import (
     UnionFind,
     analyse_channels,
     attached_layers,
+    flatten_nested,
+    hidden_key,
     in_layer_graph,
+    independent_clone,
 )
 from tfx_model_pruning.engine.importance import Criterion, channel_scores
-from tfx_model_pruning.engine.layer_handlers import handler_for
+from tfx_model_pruning.engine.layer_handlers import Kept, handler_for
 from tfx_model_pruning.engine.results import Curve, LayerWidth, SensitivityResult, StructureChange
 from tfx_model_pruning.engine.sensitivity import BudgetError, sample_loss
 
@@ -107,10 +117,7 @@ def select_units_to_remove(
     family_fractions: Optional[dict[int, float]] = None,
 ) -> list[Unit]:
     """The least important units, per family (``per_layer`` or ``family_fractions``) or overall."""
-    widths = {}
-    for unit in units:
-        for layer_name, _ in unit.producers:
-            widths[layer_name] = _last_dim(model.get_layer(layer_name).output)
+    widths = {key: graph.unit_counts[key] for unit in units for key, _ in unit.producers}
     by_family: dict[int, list[Unit]] = {}
     for unit in units:
         by_family.setdefault(unit.family, []).append(unit)
@@ -150,7 +157,35 @@ def select_units_to_remove(
             removed_per_layer[name] += 1
         taken[unit.family] += 1
         chosen.append(unit)
-    return chosen
+    return _round_kept_widths(chosen, by_family, widths, config.width_multiple)
+
+
+def _round_kept_widths(
+    chosen: list[Unit], by_family: dict[int, list[Unit]], widths: dict[str, int], multiple: int
+) -> list[Unit]:
+    """Gives back the most important chosen units of each family until its kept width is a
+    multiple of ``multiple`` (torch-pruning's ``round_to``: widths round up, never down).
+
+    Only families whose units are one channel in each of their layers are rounded (a grouped
+    convolution's unit is a whole group), and only where at least ``multiple`` units stay.
+    """
+    if multiple <= 1:
+        return chosen
+    chosen_by_family: dict[int, list[Unit]] = {}
+    for unit in chosen:
+        chosen_by_family.setdefault(unit.family, []).append(unit)
+    given_back: set[int] = set()
+    for family, removed in chosen_by_family.items():
+        family_units = by_family[family]
+        if any(widths[name] != len(family_units) for unit in family_units for name, _ in unit.producers):
+            continue
+        kept = len(family_units) - len(removed)
+        if kept < multiple or kept % multiple == 0:
+            continue
+        rounded = min(len(family_units), -(-kept // multiple) * multiple)
+        by_importance = sorted(removed, key=lambda u: u.importance, reverse=True)
+        given_back |= {id(unit) for unit in by_importance[: rounded - kept]}
+    return [unit for unit in chosen if id(unit) not in given_back]
 
 
 def _check_requested_widths(by_family, fraction: float, widths, min_units: int) -> None:
@@ -174,30 +209,47 @@ def _check_requested_widths(by_family, fraction: float, widths, min_units: int) 
                 )
 
 
-def _kept_positions(channels: list[int], removed: set[int], graph: ChannelGraph) -> np.ndarray:
-    return np.array([i for i, node in enumerate(channels) if graph.unit_of(node) not in removed], dtype=np.int64)
+def _positions(graph: ChannelGraph, layer_name: str, removed_roots: set[int], *, kept: bool) -> Kept:
+    """Where the layer's channels and hidden units are kept (or, ``kept=False``, dropped)."""
+
+    def select(channels: list[int]) -> np.ndarray:
+        return np.array(
+            [i for i, node in enumerate(channels) if (graph.unit_of(node) in removed_roots) != kept], dtype=np.int64
+        )
+
+    outputs = graph.layer_outputs.get(layer_name, [])
+    return Kept(
+        inputs=[select(graph.tensor_channels.get(tensor, [])) for tensor in graph.layer_inputs.get(layer_name, [])],
+        output=select(graph.tensor_channels.get(outputs[0], [])) if len(outputs) == 1 else None,
+        hidden={kind: select(nodes) for kind, nodes in graph.hidden_units(layer_name).items()},
+        arguments=graph.layer_arguments.get(layer_name, []),
+    )
+
+
+def _narrowed(graph: ChannelGraph, layer_name: str, kept: Kept) -> bool:
+    outputs = graph.layer_outputs.get(layer_name, [])
+    output_width = len(graph.tensor_channels.get(outputs[0], [])) if len(outputs) == 1 else None
+    hidden = graph.hidden_units(layer_name)
+    return (kept.output is not None and len(kept.output) != output_width) or any(
+        len(kept.hidden[kind]) != len(nodes) for kind, nodes in hidden.items()
+    )
 
 
 def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> keras.Model:
     """A new model without the removed channels, weights sliced from ``model`` by each layer's handler."""
-    new_widths = {
-        name: len(_kept_positions(graph.output_channels(name), removed_roots, graph)) for name in graph.producers
-    }
-    narrowed = {  # layers that pass on fewer channels; their handler may have to say so in the config
-        name: len(kept)
-        for name, outputs in graph.layer_outputs.items()
-        if len(outputs) == 1 and name not in graph.barriers and name not in new_widths
-        for kept in [_kept_positions(graph.tensor_channels.get(outputs[0], []), removed_roots, graph)]
-        if len(kept) != len(graph.tensor_channels.get(outputs[0], []))
+    kept = {
+        name: _positions(graph, name, removed_roots, kept=True)
+        for name in graph.layer_outputs
+        if name not in graph.barriers
     }
 
     def clone(layer):
         if not in_layer_graph(layer):
             # Outside the layer graph (a tf.Transform layer attached for the signatures): shared as is.
             return layer
-        width = new_widths.get(layer.name, narrowed.get(layer.name))
-        if width is not None:
-            return type(layer).from_config(handler_for(layer).resized_config(layer, width))
+        if layer.name in kept and _narrowed(graph, layer.name, kept[layer.name]):
+            # The layer passes on fewer channels (or keeps fewer heads); its config says so.
+            return type(layer).from_config(handler_for(layer).rebuilt_config(layer, kept[layer.name]))
         return type(layer).from_config(layer.get_config())
 
     smaller = keras.models.clone_model(model, clone_function=clone)
@@ -207,37 +259,26 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
         if not layer.weights or not in_layer_graph(layer):
             continue
         target = smaller.get_layer(layer.name)
-        if layer.name in graph.barriers or layer.name not in graph.layer_inputs:
+        if layer.name not in kept or layer.name not in graph.layer_inputs:
             target.set_weights(layer.get_weights())
             continue
-        keep_in = _kept_positions(graph.input_channels(layer.name), removed_roots, graph)
-        keep_out = (
-            _kept_positions(graph.output_channels(layer.name), removed_roots, graph)
-            if layer.name in new_widths
-            else None
-        )
-        target.set_weights(handler_for(layer).sliced_weights(layer, keep_in, keep_out))
+        target.set_weights(handler_for(layer).rebuilt_weights(layer, kept[layer.name]))
     return smaller
 
 
 def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> None:
     """Zeroes every consumer row that reads a removed channel: the dense-model equivalent of removal."""
-
-    def dropped(channels: list[int]) -> np.ndarray:
-        return np.array([i for i, n in enumerate(channels) if graph.unit_of(n) in removed_roots], dtype=np.int64)
-
     for name in graph.producers:
-        dropped_in, dropped_out = dropped(graph.input_channels(name)), dropped(graph.output_channels(name))
-        if dropped_in.size == 0 and dropped_out.size == 0:
+        dropped = _positions(graph, name, removed_roots, kept=False)
+        if not any(index.size for index in [*dropped.inputs, dropped.output, *dropped.hidden.values()]):
             continue
         layer = model.get_layer(name)
-        layer.set_weights(handler_for(layer).disconnected_weights(layer, dropped_in, dropped_out))
+        layer.set_weights(handler_for(layer).disconnected(layer, dropped))
 
 
 def disconnected_copy(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> keras.Model:
     """An independent copy of ``model`` with the removed channels disconnected, not removed."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = independent_clone(model)
     disconnect_in_place(copy, graph, removed_roots)
     return copy
 
@@ -309,19 +350,39 @@ def structured_allocation(
     return fractions, SensitivityResult(dense_loss, curves, allocation, flops_budget=config.flops_budget)
 
 
-def prune_structured(
+@dataclass
+class RemovalPlan:
+    """What structured pruning will remove from ``model``, before anything is rebuilt.
+
+    ``model`` is the model the plan was made on: the caller's, or its flattened copy when the
+    caller's nests functional/Sequential models (``graph.flatten_nested``).
+    """
+
+    model: keras.Model
+    graph: ChannelGraph
+    units: list[Unit]
+    chosen: list[Unit]
+    sensitivity: Optional[SensitivityResult] = None
+
+    @property
+    def removed_roots(self) -> set[int]:
+        return {unit.root for unit in self.chosen}
+
+    def disconnected(self) -> keras.Model:
+        """The planned model with the chosen channels disconnected, not removed: what the
+        rebuilt model must compute (the equivalence tests' and the benchmark's reference)."""
+        return disconnected_copy(self.model, self.graph, self.removed_roots)
+
+
+def plan_removal(
     model: keras.Model,
     config: StructuredPruningConfig,
     sample: Optional[tuple[Any, Any]] = None,
     holdout: Optional[tuple[Any, Any]] = None,
     criterion: Optional[Union[str, Criterion]] = None,
-) -> tuple[keras.Model, StructureChange]:
-    """Removes the least important units/filters; returns the smaller model and what changed.
-
-    ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor);
-    ``holdout`` the labelled examples the sensitivity curves are measured on; ``criterion``
-    (default ``config.criterion``) a registered name or a ``Criterion`` object.
-    """
+) -> RemovalPlan:
+    """Analyses the channels, scores them and chooses the units to remove (see ``prune_structured``)."""
+    model = flatten_nested(model)
     names = [layer.name for layer in model.layers]
     unmatched = [p for p in config.protected_layers if not any(re.fullmatch(p, n) for n in names)]
     if unmatched:
@@ -339,12 +400,22 @@ def prune_structured(
             raise StructuredPruningError("scope='sensitivity' needs held-out labelled examples")
         family_fractions, sensitivity = structured_allocation(model, graph, units, config, holdout)
     chosen = select_units_to_remove(units, graph, model, config, family_fractions)
-    removed = {unit.root for unit in chosen}
-    smaller = rebuild(model, graph, removed)
+    return RemovalPlan(model, graph, units, chosen, sensitivity)
+
+
+def apply_removal(plan: RemovalPlan, config: StructuredPruningConfig) -> tuple[keras.Model, StructureChange]:
+    """Rebuilds the planned model without the chosen units; returns it and what changed."""
+    model, graph = plan.model, plan.graph
+    smaller = rebuild(model, graph, plan.removed_roots)
     widths = {
         name: LayerWidth(_last_dim(model.get_layer(name).output), _last_dim(smaller.get_layer(name).output))
         for name in graph.producers
     }
+    channels_removed = sum(width.before - width.after for width in widths.values())
+    for layer_name, by_kind in graph.hidden_nodes.items():
+        for kind, nodes in by_kind.items():
+            kept = sum(graph.unit_of(node) not in plan.removed_roots for node in nodes)
+            widths[hidden_key(layer_name, kind)] = LayerWidth(len(nodes), kept)
     every_producer = [layer for layer in model.layers if handler_for(layer).produces_channels and in_layer_graph(layer)]
     narrowed = {
         name
@@ -354,14 +425,14 @@ def prune_structured(
     change = StructureChange(
         approximate={name: graph.approximate[name] for name in sorted(narrowed)},
         channels_before=sum(_last_dim(layer.output) or 0 for layer in every_producer),
-        channels_removed=sum(width.before - width.after for width in widths.values()),
-        removable_units=len(units),
-        removed_units=len(chosen),
+        channels_removed=channels_removed,
+        removable_units=len(plan.units),
+        removed_units=len(plan.chosen),
         widths=widths,
         barriers=dict(graph.barriers),
         params_before=int(model.count_params()),
         params_after=int(smaller.count_params()),
-        sensitivity=sensitivity,
+        sensitivity=plan.sensitivity,
     )
     if config.min_removed_share is not None and change.removed_share < config.min_removed_share:
         raise StructuredPruningError(
@@ -370,3 +441,26 @@ def prune_structured(
             f"barriers kept the rest: {graph.barriers}"
         )
     return smaller, change
+
+
+def prune_structured(
+    model: keras.Model,
+    config: StructuredPruningConfig,
+    sample: Optional[tuple[Any, Any]] = None,
+    holdout: Optional[tuple[Any, Any]] = None,
+    criterion: Optional[Union[str, Criterion]] = None,
+) -> tuple[keras.Model, StructureChange]:
+    """Removes the least important units/filters; returns the smaller model and what changed.
+
+    ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor);
+    ``holdout`` the labelled examples the sensitivity curves are measured on; ``criterion``
+    (default ``config.criterion``) a registered name or a ``Criterion`` object. Nested
+    functional/Sequential models are flattened into one graph first, so the smaller model has
+    their layers at its top level.
+
+    Example::
+
+        smaller, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+        print(f"{change.removed_share:.0%} of the channels removed")
+    """
+    return apply_removal(plan_removal(model, config, sample, holdout, criterion), config)

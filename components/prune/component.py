@@ -112,6 +112,8 @@ class PruneComponent(base_component.BaseComponent):
       sample_size: Train examples the data-driven criteria read (default 256).
       label_key: Label feature, required by the taylor criterion.
       min_units: (structured) fewest units/filters any layer keeps.
+      width_multiple: (structured) round each pruned group's kept width up to a multiple of this
+        (default 8; 1 keeps the exact widths). Groups keeping fewer than this are not rounded.
       min_removed_share: (structured) fail, before anything is saved, when less than this share
         of all Dense/convolution channels was removed (barriers kept the rest), e.g. 0.4 with
         ``prune_fraction=0.5``; by default the summary only warns.
@@ -144,6 +146,7 @@ class PruneComponent(base_component.BaseComponent):
         prune_fraction: Optional[float] = None,
         criterion: Optional[str] = None,
         min_units: Optional[int] = None,
+        width_multiple: Optional[int] = None,
         min_removed_share: Optional[float] = None,
         sample_size: Optional[int] = None,
         label_key: Optional[str] = None,
@@ -165,6 +168,7 @@ class PruneComponent(base_component.BaseComponent):
             "prune_fraction": prune_fraction,
             "criterion": criterion,
             "min_units": min_units,
+            "width_multiple": width_multiple,
             "min_removed_share": min_removed_share,
             "sample_size": sample_size,
             "label_key": label_key,
