@@ -7,10 +7,13 @@ encoder and an LSTM text model), prunes ``--fraction`` of every removable group 
 - exactness: the largest difference between the rebuilt model and the original with the removed
   channels disconnected;
 - CPU latency ratios at batch 1 and 32, timed in alternation (median and interquartile range),
-  next to the ideal: the ``alpha=0.5`` variant where the application has one.
+  next to the ideal: the latency ratio of the application built at half width by its own builder
+  where it has a width parameter (``half_width``), otherwise the FLOPs ratio (marked ``F``), and
+  the measured ratio over the ideal.
 
     .venv/bin/python bench/structured_coverage.py                  # the default set
     .venv/bin/python bench/structured_coverage.py --models ResNet50 MobileNetV2 --repeats 30
+    .venv/bin/python bench/structured_coverage.py --all               # all 71 applications (~1-2 h)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tabulate import tabulate  # noqa: E402
+from tf_keras.src.applications import efficientnet, resnet  # noqa: E402  (their width-parameterised builders)
 
 from tfx_model_pruning.engine.config import StructuredPruningConfig  # noqa: E402
 from tfx_model_pruning.engine.efficiency import alternating_latency, count_flops  # noqa: E402
@@ -37,8 +42,43 @@ DEFAULT_MODELS = [
     "DenseNet121", "VGG16", "ConvNeXtTiny", "TransformerEncoder", "LSTMText",
 ]  # fmt: skip
 # Applications with a width multiplier: the hand-built half-width model is the ideal to compare with.
-HALF_WIDTH = {"MobileNet": {"alpha": 0.5}, "MobileNetV2": {"alpha": 0.5}, "MobileNetV3Small": {"alpha": 0.5}}
+SEQUENCE_MODELS = ["TransformerEncoder", "LSTMText"]
+ALPHA = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large")
+# (width, depth, default size) of each EfficientNet: its width_coefficient is its width multiplier.
+EFFICIENTNET = {
+    "EfficientNetB0": (1.0, 1.0, 224), "EfficientNetB1": (1.0, 1.1, 240), "EfficientNetB2": (1.1, 1.2, 260),
+    "EfficientNetB3": (1.2, 1.4, 300), "EfficientNetB4": (1.4, 1.8, 380), "EfficientNetB5": (1.6, 2.2, 456),
+    "EfficientNetB6": (1.8, 2.6, 528), "EfficientNetB7": (2.0, 3.1, 600),
+}  # fmt: skip
+
+
+def half_width(name: str) -> Optional[keras.Model]:
+    """The application built natively at half width, where its own builder can: the ideal a pruned
+    model's latency is compared with (``alpha=0.5``; EfficientNet's ``width_coefficient`` halved;
+    ResNet50's stacks at half their filters, its 64-filter stem being fixed in tf-keras)."""
+    common = {"weights": None, "input_shape": SHAPE, "classes": 10}
+    if name in ALPHA:
+        return getattr(A, name)(alpha=0.5, **common)
+    if name in EFFICIENTNET:
+        width, depth, size = EFFICIENTNET[name]
+        return efficientnet.EfficientNet(width / 2, depth, size, model_name=f"{name}_half", **common)
+    if name == "ResNet50":
+
+        def stack_fn(x):
+            for filters, blocks, stage in ((32, 3, "conv2"), (64, 4, "conv3"), (128, 6, "conv4"), (256, 3, "conv5")):
+                x = resnet.stack1(x, filters, blocks, stride1=1 if stage == "conv2" else 2, name=stage)
+            return x
+
+        return resnet.ResNet(stack_fn, False, True, "resnet50_half", True, None, None, SHAPE, None, 10)
+    return None
+
+
 SHAPE = (96, 96, 3)
+
+
+def every_application() -> list[str]:
+    """The model builders ``tf_keras.applications`` exports (all CNNs; each builds at 96x96)."""
+    return sorted(name for name, value in vars(A).items() if callable(value) and name[:1].isupper())
 
 
 def transformer_encoder() -> keras.Model:
@@ -56,12 +96,12 @@ def lstm_text() -> keras.Model:
     return keras.Model(tokens, L.Dense(2)(L.Dense(64, activation="relu")(x)), name="LSTMText")
 
 
-def build(name: str, **extra) -> keras.Model:
+def build(name: str) -> keras.Model:
     if name == "TransformerEncoder":
         return transformer_encoder()
     if name == "LSTMText":
         return lstm_text()
-    return getattr(A, name)(weights=None, input_shape=SHAPE, classes=10, **extra)
+    return getattr(A, name)(weights=None, input_shape=SHAPE, classes=10)
 
 
 def _inputs(model: keras.Model, batch: int):
@@ -72,7 +112,17 @@ def _inputs(model: keras.Model, batch: int):
     return rng.normal(size=(batch, *spec.shape[1:])).astype("float32")
 
 
-def measure(name: str, fraction: float, repeats: int) -> list:
+def _repeats(model: keras.Model, batch: int, repeats: int, models: int, budget_s: float) -> int:
+    """As many timed passes as ``budget_s`` allows for the largest models (at least 5), at most ``repeats``."""
+    inputs = _inputs(model, batch)
+    model(inputs, training=False)
+    started = time.perf_counter()
+    model(inputs, training=False)
+    one_pass = time.perf_counter() - started
+    return int(min(repeats, max(5, budget_s / max(one_pass * models, 1e-6))))
+
+
+def measure(name: str, fraction: float, repeats: int, budget_s: float) -> list:
     started = time.perf_counter()
     keras.utils.set_random_seed(0)
     model = build(name)
@@ -86,24 +136,25 @@ def measure(name: str, fraction: float, repeats: int) -> list:
     x = _inputs(model, 2)
     exactness = float(np.max(np.abs(smaller(x, training=False).numpy() - reference(x, training=False).numpy())))
 
-    ideal = build(name, **HALF_WIDTH[name]) if name in HALF_WIDTH else None
+    flops_before, flops_after = count_flops(model), count_flops(smaller)
+    flops_ratio = flops_after / flops_before if flops_before else float("nan")
+    half = half_width(name)
     ratios = []
     for batch in (1, 32):
-        timed = [model, smaller] + ([ideal] if ideal is not None else [])
-        latencies = alternating_latency(timed, batch, repeats)
-        dense, pruned = latencies[0], latencies[1]
+        timed = [model, smaller] + ([half] if half is not None else [])
+        dense, pruned, *alpha = alternating_latency(timed, batch, _repeats(model, batch, repeats, len(timed), budget_s))
         low, high = pruned.p25_ms / dense.median_ms, pruned.p75_ms / dense.median_ms
-        cell = f"{pruned.median_ms / dense.median_ms:.2f} ({low:.2f}–{high:.2f})"
-        if ideal is not None:
-            cell += f" vs {latencies[2].median_ms / dense.median_ms:.2f}"
-        ratios.append(cell)
-    flops_before, flops_after = count_flops(model), count_flops(smaller)
+        ratio = pruned.median_ms / dense.median_ms
+        ideal = alpha[0].median_ms / dense.median_ms if alpha else flops_ratio
+        ratios.append(
+            f"{ratio:.2f} ({low:.2f}–{high:.2f}) vs {ideal:.2f}{'' if alpha else ' F'} = {ratio / ideal:.2f}×"
+        )
     return [
         name,
         f"{change.removed_share:.1%}",
         f"{smaller.count_params() / model.count_params():.2f}",
-        f"{flops_after / flops_before:.2f}" if flops_before else "-",
-        f"{exactness:.1e}",
+        f"{flops_ratio:.2f}",
+        f"{exactness:.1e}" + (f" (not exact: {len(change.approximate)} LayerNorm)" if change.approximate else ""),
         len(plan.graph.barriers),
         *ratios,
         f"{time.perf_counter() - started:.0f}",
@@ -116,15 +167,23 @@ def main() -> None:
         "--models", nargs="+", default=DEFAULT_MODELS, help="application names (or the two sequence models)"
     )
     parser.add_argument("--fraction", type=float, default=0.5, help="prune_fraction for every removable group")
-    parser.add_argument("--repeats", type=int, default=30, help="timed forward passes per model and batch size")
+    parser.add_argument("--repeats", type=int, default=30, help="most timed forward passes per model and batch size")
+    parser.add_argument(
+        "--budget-s", type=float, default=60.0, help="seconds of timing per batch size; large models get fewer passes"
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="every CNN in tf_keras.applications, then the two sequence models"
+    )
     args = parser.parse_args()
+    models = [*every_application(), *SEQUENCE_MODELS] if args.all else args.models
     headers = [
         "model", "channels removed (of all)", "params ratio", "FLOPs ratio", "max |rebuilt - disconnected|",
-        "barriers", "latency ratio b1 (IQR) vs ideal", "latency ratio b32 (IQR) vs ideal", "s",
+        "barriers", "latency ratio b1 (IQR) vs ideal = ×ideal", "latency ratio b32 (IQR) vs ideal = ×ideal", "s",
     ]  # fmt: skip
     rows = []
-    for name in args.models:
-        rows.append(measure(name, args.fraction, args.repeats))
+    for name in models:
+        rows.append(measure(name, args.fraction, args.repeats, args.budget_s))
+        keras.backend.clear_session()
         print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
     print()
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
