@@ -1,6 +1,7 @@
 """The benchmark script stays runnable (its figures are measured by `make bench`, not here)."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -27,8 +28,21 @@ def test_benchmark_runs_every_method_on_a_tiny_budget(monkeypatch):
 def test_the_coverage_benchmark_measures_a_model_with_a_half_width_ideal():
     import structured_coverage
 
-    row = structured_coverage.measure("MobileNetV3Small", fraction=0.5, repeats=2)
+    row = structured_coverage.measure("MobileNetV3Small", fraction=0.5, repeats=2, budget_s=1.0)
     name, share, params, flops, exactness, barriers, batch_1, batch_32, _ = row
     assert name == "MobileNetV3Small" and float(share.rstrip("%")) > 45
     assert float(params) < 0.5 and float(flops) < 0.6 and float(exactness) < 1e-5
-    assert " vs " in batch_1 and " vs " in batch_32  # the alpha=0.5 model timed alongside
+    for cell in (batch_1, batch_32):  # "0.93 (0.84–1.09) vs 0.86 = 1.08×": the alpha=0.5 model timed alongside
+        measured, ideal, over = re.fullmatch(r"([\d.]+) \([\d.]+–[\d.]+\) vs ([\d.]+) = ([\d.]+)×", cell).groups()
+        assert float(over) == pytest.approx(float(measured) / float(ideal), abs=0.02)
+
+
+def test_the_coverage_benchmark_lists_every_application_and_builds_the_half_width_ideals():
+    import structured_coverage
+
+    names = structured_coverage.every_application()
+    assert len(names) > 60 and {"ResNet50", "ConvNeXtTiny", "EfficientNetV2B0", "NASNetMobile"} <= set(names)
+    for name in ("ResNet50", "EfficientNetB0"):
+        dense, half = structured_coverage.build(name), structured_coverage.half_width(name)
+        assert 0.2 < half.count_params() / dense.count_params() < 0.4  # about a quarter: half width in and out
+    assert structured_coverage.half_width("VGG16") is None  # no width parameter: the FLOPs ratio is the ideal
