@@ -104,3 +104,33 @@ def test_data_driven_criteria_read_the_sample_examples(tmp_path, penguin_baselin
     assert asdict(report.structure.widths["hidden_0"]) == {"before": 64, "after": 32}
     with pytest.raises(MissingExamplesError, match=f"criterion '{config.criterion}' reads examples"):
         prune_saved_model(penguin_baseline, str(tmp_path / "other"), config)
+
+
+def test_a_saved_model_with_a_nested_block_and_attention_is_pruned_with_its_signature_proven(tmp_path, penguin_files):
+    keras.utils.set_random_seed(0)
+    inputs = {key: keras.layers.Input(shape=(1,), name=key) for key in penguin_trainer.FEATURE_KEYS}
+    x = keras.layers.Dense(32, activation="relu", name="embed")(keras.layers.concatenate(list(inputs.values())))
+    tokens = keras.layers.Reshape((4, 8), name="tokens")(x)  # four "tokens" of width 8: a barrier, kept
+    attended = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8, name="attention")(tokens, tokens)
+    block = keras.Sequential(
+        [keras.layers.Dense(64, activation="relu", name="inner"), keras.layers.Dense(16, name="inner_out")],
+        name="block",
+    )
+    x = block(keras.layers.Flatten()(attended))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    source = str(tmp_path / "model" / "Format-Serving")
+    model.save(source, save_format="tf", signatures=penguin_trainer.serving_signatures(model))
+
+    out = str(tmp_path / "smaller")
+    samples = read_serialized(penguin_files["train"], 32)
+    report = prune_saved_model(
+        str(tmp_path / "model"), out, StructuredPruningConfig(prune_fraction=0.5), samples, latency_repeats=1
+    )
+    widths = {name: (w.before, w.after) for name, w in report.structure.widths.items()}
+    assert widths["attention:heads"] == (4, 2) and widths["inner"] == (64, 32) and widths["inner_out"] == (16, 8)
+    assert "block" not in report.structure.barriers and report.after.params < report.before.params
+
+    served = tf.saved_model.load(out)
+    examples = read_serialized(penguin_files["eval"], 8)
+    assert served.signatures["serving_default"](examples=examples)["outputs"].shape == (8, 3)
