@@ -21,7 +21,7 @@ setup(
     + [f"{ROOT}.pipelines"]
     + [f"{ROOT}.pipelines.{name}" for name in find_packages("pipelines")],
     package_dir={ROOT: "components", f"{ROOT}.pipelines": "pipelines"},
-    package_data={f"{ROOT}.evaluator_gate": ["templates/*.html.j2"]},
+    package_data={f"{ROOT}.evaluator_gate": ["templates/*.html.j2"], f"{ROOT}.pipelines": ["presets/*.yaml"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow>=2.16,<2.17",

@@ -20,108 +20,130 @@ EXIT_FAILED = 1
 EXIT_NOT_PUSHED = 3
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prune-pipeline", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    data = argparse.ArgumentParser(add_help=False)
+def _version() -> str:
+    from importlib import metadata
+
+    return metadata.version("tfx-model-pruning")
+
+
+def _description_options(parser: argparse.ArgumentParser) -> None:
+    """The flags run-local and compile share: each overrides one key of the pipeline file."""
+    source = parser.add_argument_group("pipeline file (every flag below overrides one of its keys)")
+    source.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="pipeline description (YAML; `prune-pipeline config-schema` lists every key); default: the bundled "
+        "penguin preset",
+    )
+    source.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any key of the file by its dotted path, the value read as YAML, e.g. --set retrain.batch_size=64; "
+        "repeatable",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", help="folder of the examples [data.root]")
+    data.add_argument("--data-format", choices=["tfrecord", "csv"], help="[data.format]")
     data.add_argument(
         "--split-pattern",
         action="append",
-        default=[],
         metavar="SPLIT=GLOB",
-        help="files of a split under the data root; with {SPAN} the newest span is read at run time, e.g. "
-        "train=span-{SPAN}/Split-train/* (default: train=Split-train/* eval=Split-eval/*)",
+        help="files of a split under the data root, repeatable; with {SPAN} the newest span is read at run time, "
+        "e.g. train=span-{SPAN}/Split-train/* [data.splits]",
+    )
+    data.add_argument("--label-key", help="label feature in the raw examples [data.label_key]")
+    model = parser.add_argument_group("model to prune")
+    model.add_argument(
+        "--trainer-module", metavar="FILE", help="Trainer module file with run_fn [model.trainer_module]"
+    )
+    model.add_argument("--baseline-model", metavar="DIR", help="import this SavedModel instead of training one")
+    model.add_argument("--train-steps", type=int, help="Trainer steps [model.train_steps]")
+    model.add_argument(
+        "--transform-module", metavar="FILE", help="module with preprocessing_fn [model.transform_module]"
+    )
+    prune = parser.add_argument_group("pruning")
+    prune.add_argument("--method", choices=["magnitude", "structured", "layer_removal"], help="[prune.method]")
+    prune.add_argument("--target-sparsity", type=float, help="magnitude: fraction of weights zeroed")
+    prune.add_argument("--prune-fraction", type=float, help="structured: fraction of units/filters removed")
+    prune.add_argument("--scope", choices=["global", "per_layer"], help="[prune.scope]")
+    prune.add_argument("--protected-layer", action="append", help="layer name or regex; repeatable")
+    retrain = parser.add_argument_group("fine-tuning")
+    retrain.add_argument("--epochs", type=int, help="[retrain.epochs]")
+    retrain.add_argument("--learning-rate", type=float, help="[retrain.learning_rate]")
+    retrain.add_argument(
+        "--loss",
+        help="Keras loss class, e.g. SparseCategoricalCrossentropy; needed for a model saved with "
+        "tf.saved_model.save, which carries no compiled loss [retrain.loss]",
+    )
+    retrain.add_argument(
+        "--distill", action="store_true", default=None, help="distil from the unpruned model (T=4, alpha=0.5)"
+    )
+    gate = parser.add_argument_group("release gate (flags change the first threshold and slice threshold)")
+    gate.add_argument("--metric", help="Keras metric class the gate checks [gate.thresholds.0.metric]")
+    gate.add_argument("--min-metric", type=float, help="absolute lower bound [gate.thresholds.0.lower_bound]")
+    gate.add_argument(
+        "--max-drop", type=float, help="largest allowed drop vs each baseline [gate.thresholds.0.max_absolute_drop]"
+    )
+    gate.add_argument(
+        "--compare-with", choices=["parent", "serving", "both"], help="baselines of the gate [gate.compare_with]"
+    )
+    gate.add_argument("--slice-feature", help="check each value of this feature on its own; '' for none")
+    gate.add_argument("--slice-min-metric", type=float, help="lower bound in every slice")
+    gate.add_argument("--slice-max-drop", type=float, help="largest allowed drop in any slice")
+    gate.add_argument("--min-eval-examples", type=int, help="refuse an eval split with fewer [gate.min_eval_examples]")
+    gate.add_argument("--min-sparsity", type=float, help="default: magnitude pruning's target sparsity")
+    runner = parser.add_argument_group("runner")
+    runner.add_argument(
+        "--beam-arg", action="append", metavar="ARG", help="passed to Beam, repeatable, e.g. --beam-arg=--runner=..."
     )
 
-    gate = argparse.ArgumentParser(add_help=False)
-    gate.add_argument("--metric", default="SparseCategoricalAccuracy", help="Keras metric class the gate checks")
-    gate.add_argument("--min-metric", type=float, default=0.9, help="absolute lower bound on --metric")
-    gate.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of --metric vs each baseline")
-    gate.add_argument(
-        "--compare-with",
-        choices=["parent", "serving", "both"],
-        default="both",
-        help="gate baselines: the unpruned parent model, the newest pushed version, or both",
-    )
-    gate.add_argument(
-        "--slice-feature", default="species", help="check --slice-min-metric per value of this feature ('' for none)"
-    )
-    gate.add_argument(
-        "--min-eval-examples", type=int, default=100, help="the gate refuses an eval split with fewer examples"
-    )
-    gate.add_argument("--slice-min-metric", type=float, default=0.8, help="lower bound on --metric in every slice")
-    gate.add_argument(
-        "--slice-max-drop", type=float, default=0.05, help="largest allowed drop of --metric in any slice"
-    )
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prune-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True)
 
     local = commands.add_parser(
         "run-local",
-        parents=[data, gate],
         help="train a baseline (or import one), prune, fine-tune, gate and push, on this machine",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Runs the pipeline file (default: the penguin preset) on this machine with LocalDagRunner.",
     )
-    local.add_argument(
-        "--output-dir", default="runs/penguin", help="pipeline root, metadata and push destination go here"
+    _description_options(local)
+    local_only = local.add_argument_group("this run")
+    local_only.add_argument(
+        "--output-dir", default="runs/penguin", help="pipeline root, metadata and pushes go here (default: %(default)s)"
     )
-    local.add_argument("--data-root", default=None, help="TFRecord splits (default: the penguin data shipped with TFX)")
-    local.add_argument("--label-key", default="species")
-    local.add_argument("--baseline-model", default=None, help="import this SavedModel instead of training a baseline")
-    local.add_argument("--train-steps", type=int, default=500, help="baseline Trainer steps")
-    local.add_argument("--method", choices=["magnitude", "structured"], default="magnitude")
-    local.add_argument("--target-sparsity", type=float, default=0.8, help="magnitude: fraction of weights zeroed")
-    local.add_argument(
-        "--prune-fraction", type=float, default=0.5, help="structured: fraction of units/filters removed"
-    )
-    local.add_argument("--scope", choices=["global", "per_layer"], default=None, help="default: the method's")
-    local.add_argument("--protected-layer", action="append", default=[], help="layer name or regex; repeatable")
-    local.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs")
-    local.add_argument(
+    local_only.add_argument(
         "--enable-cache",
         action="store_true",
+        default=None,
         help="reuse outputs of components whose inputs and settings are unchanged (resume after a killed run)",
     )
-    local.add_argument("--learning-rate", type=float, default=1e-3)
-    local.add_argument(
-        "--loss",
-        default=None,
-        help="Keras loss class for fine-tuning, e.g. SparseCategoricalCrossentropy (default: the model's compiled "
-        "loss; a model saved with tf.saved_model.save has none, so give it)",
-    )
-    local.add_argument(
-        "--distill",
-        action="store_true",
-        help="fine-tune with knowledge distillation from the baseline (T=4, alpha=0.5)",
-    )
-    local.add_argument("--min-sparsity", type=float, default=None, help="default: the target sparsity")
-    local.add_argument(
+    local_only.add_argument(
         "--run-id", default=None, help="name of this run in ML Metadata (default: <pipeline>-<UTC time>-<random>)"
     )
-    local.add_argument("-v", "--verbose", action="store_true", help="print the full traceback when the run fails")
+    local_only.add_argument("-v", "--verbose", action="store_true", help="print the full traceback when the run fails")
 
     kubeflow = commands.add_parser(
         "compile",
-        parents=[data, gate],
         help="compile the pipeline for Kubeflow Pipelines v2 (PipelineJob JSON + bare pipeline-spec YAML)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Compiles the pipeline file (default: the penguin preset) for Kubeflow; the kubeflow section "
+        "of the file gives what the flags below do not.",
     )
-    kubeflow.add_argument("--output-dir", default="build/kubeflow")
-    kubeflow.add_argument("--image", default=None, help="component image (default: tfx-model-pruning:<version>)")
-    kubeflow.add_argument(
-        "--pipeline-root", required=True, help="shared storage for artifacts, e.g. gs://... or s3://..."
-    )
-    kubeflow.add_argument("--serving-dir", required=True, help="push destination the serving system watches")
-    kubeflow.add_argument(
-        "--push-root", default=None, help="refuse a --serving-dir outside this root (e.g. gs://bucket/serving)"
-    )
-    kubeflow.add_argument("--data-root", required=True, help="default of the data_root runtime parameter")
-    kubeflow.add_argument("--label-key", default="species")
-    kubeflow.add_argument("--target-sparsity", type=float, default=0.8)
-    kubeflow.add_argument("--epochs", type=int, default=20)
-    kubeflow.add_argument(
-        "--beam-arg",
-        action="append",
-        default=[],
-        help="passed to Beam; repeatable, e.g. --beam-arg=--runner=DirectRunner",
+    _description_options(kubeflow)
+    cluster = kubeflow.add_argument_group("Kubeflow locations")
+    cluster.add_argument("--output-dir", help="where the job and spec files go [kubeflow.output_dir]")
+    cluster.add_argument("--image", help="component image (default: tfx-model-pruning:<version>) [kubeflow.image]")
+    cluster.add_argument("--pipeline-root", help="shared storage for artifacts, gs://... [kubeflow.pipeline_root]")
+    cluster.add_argument("--serving-dir", help="push destination the serving system watches [kubeflow.serving_dir]")
+    cluster.add_argument("--push-root", help="refuse a --serving-dir outside this root [kubeflow.push_root]")
+    # --data-root (from the data group) is the default of the data_root runtime parameter here.
+
+    commands.add_parser(
+        "config-schema", help="print the JSON schema of the pipeline file (every key, its type and its meaning)"
     )
 
     connection = argparse.ArgumentParser(add_help=False)
@@ -195,16 +217,6 @@ def _pairs(pairs: Sequence[str], flag: str = "--param") -> dict[str, str]:
     return parameters
 
 
-def _split_patterns(args: argparse.Namespace) -> dict[str, str]:
-    from tfx_model_pruning.pipelines.pruning_pipeline import DEFAULT_SPLIT_PATTERNS
-
-    patterns = _pairs(args.split_pattern, "--split-pattern") or dict(DEFAULT_SPLIT_PATTERNS)
-    missing = sorted({"train", "eval"} - set(patterns))
-    if missing:
-        raise SystemExit(f"--split-pattern must name the train and eval splits; missing {missing}")
-    return patterns
-
-
 def kubeflow_command(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -260,36 +272,114 @@ def kubeflow_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune_args(args: argparse.Namespace) -> dict:
-    common = {"method": args.method, "scope": args.scope, "protected_layers": args.protected_layer}
-    if args.method == "structured":
-        return {**common, "prune_fraction": args.prune_fraction}
-    return {**common, "target_sparsity": args.target_sparsity}
+def _set_path(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SystemExit(f"--set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
 
 
-def _gate_args(args: argparse.Namespace, min_sparsity) -> dict:
-    gate_args = {
-        "thresholds": [{"metric": args.metric, "lower_bound": args.min_metric, "max_absolute_drop": args.max_drop}],
-        "min_sparsity": min_sparsity,
-        "min_eval_examples": args.min_eval_examples,
-    }
-    if args.slice_feature:
-        gate_args["slice_feature"] = args.slice_feature
-        gate_args["slice_thresholds"] = [
-            {"metric": args.metric, "lower_bound": args.slice_min_metric, "max_absolute_drop": args.slice_max_drop}
-        ]
-    return gate_args
+def _first(raw: dict, section: str, key: str) -> dict:
+    """The first entry of a list of thresholds, created when the file has none."""
+    entries = raw.setdefault(section, {}).setdefault(key, [{}])
+    if not entries:
+        entries.append({})
+    return entries[0]
 
 
-def _compare_with(args: argparse.Namespace) -> tuple[str, ...]:
-    return ("parent", "serving") if args.compare_with == "both" else (args.compare_with,)
+def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict:
+    """The pipeline-file keys the flags given on the command line set (flags left out change nothing)."""
+    import yaml
+
+    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
+
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    raw: dict = {}
+    flat = {
+        "data_root": "data.root", "data_format": "data.format", "label_key": "data.label_key",
+        "train_steps": "model.train_steps", "transform_module": "model.transform_module",
+        "scope": "prune.scope", "protected_layer": "prune.protected_layers",
+        "epochs": "retrain.epochs", "learning_rate": "retrain.learning_rate", "loss": "retrain.loss",
+        "min_eval_examples": "gate.min_eval_examples", "min_sparsity": "gate.min_sparsity",
+        "beam_arg": "beam_args", "enable_cache": "enable_cache",
+    }  # fmt: skip
+    if args.command == "compile":
+        flat.pop("data_root")  # the runtime parameter's default: kubeflow.data_root
+        flat.update(
+            {
+                "data_root": "kubeflow.data_root", "output_dir": "kubeflow.output_dir", "image": "kubeflow.image",
+                "pipeline_root": "kubeflow.pipeline_root", "serving_dir": "kubeflow.serving_dir",
+                "push_root": "kubeflow.push_root",
+            }
+        )  # fmt: skip
+    for name, path in flat.items():
+        if name in given:
+            _set_path(raw, path, given[name])
+    if "split_pattern" in given:
+        raw.setdefault("data", {})["splits"] = _pairs(given["split_pattern"], "--split-pattern")
+    for name in ("trainer_module", "baseline_model"):
+        if name in given:  # one source replaces the file's
+            raw["model"] = {**raw.get("model", {}), "trainer_module": None, "trainer_run_fn": None}
+            raw["model"]["baseline_model"] = None
+            raw["model"][name] = given[name]
+    file_prune = file_settings.get("prune") or {}
+    if "method" in given and given["method"] != file_prune.get("method", "magnitude"):
+        # Another method: the file's options for its own method do not apply.
+        raw["prune"] = {key: value for key, value in file_prune.items() if key in ("protected_layers", "criterion")}
+        if given["method"] == "structured":
+            raw["prune"].pop("criterion", None)
+            raw["prune"]["prune_fraction"] = 0.5
+        raw["prune"]["method"] = given["method"]
+        raw.setdefault("gate", {})
+    for name in ("target_sparsity", "prune_fraction"):
+        if name in given:
+            _set_path(raw, f"prune.{name}", given[name])
+    if given.get("distill"):
+        raw.setdefault("retrain", {})["distillation"] = {"temperature": 4.0, "alpha": 0.5}
+    if "compare_with" in given:
+        choice = given["compare_with"]
+        raw.setdefault("gate", {})["compare_with"] = ["parent", "serving"] if choice == "both" else [choice]
+    gate = {**(file_settings.get("gate") or {}), **raw.get("gate", {})}
+    threshold_flags = {"metric": "metric", "min_metric": "lower_bound", "max_drop": "max_absolute_drop"}
+    if any(flag in given for flag in threshold_flags):
+        raw.setdefault("gate", {})["thresholds"] = [dict(t) for t in gate.get("thresholds") or [{}]]
+        for flag, key in threshold_flags.items():
+            if flag in given:
+                _first(raw, "gate", "thresholds")[key] = given[flag]
+    if given.get("slice_feature") == "":
+        raw.setdefault("gate", {}).update({"slice_feature": None, "slice_thresholds": []})
+    else:
+        if "slice_feature" in given:
+            raw.setdefault("gate", {})["slice_feature"] = given["slice_feature"]
+        slice_flags = {"slice_min_metric": "lower_bound", "slice_max_drop": "max_absolute_drop"}
+        # --metric names the metric everywhere; slice bounds apply where there is a slice feature.
+        if any(flag in given for flag in slice_flags) or ("metric" in given and gate.get("slice_thresholds")):
+            raw.setdefault("gate", {})["slice_thresholds"] = [dict(t) for t in gate.get("slice_thresholds") or [{}]]
+            first = _first(raw, "gate", "slice_thresholds")
+            first.update({key: given[flag] for flag, key in slice_flags.items() if flag in given})
+            thresholds = raw.get("gate", {}).get("thresholds") or gate.get("thresholds") or [{}]
+            first["metric"] = given.get("metric") or first.get("metric") or thresholds[0].get("metric")
+    for pair in args.set:
+        path, sep, text = pair.partition("=")
+        if not sep or not path:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        if path.split(".")[0] not in PipelineConfig.model_fields:
+            raise SystemExit(
+                f"--set {path}: no section {path.split('.')[0]!r}; sections: {sorted(PipelineConfig.model_fields)}"
+            )
+        _set_path(raw, path, yaml.safe_load(text))
+    return raw
 
 
-def _min_sparsity(args: argparse.Namespace):
-    if args.min_sparsity is not None:
-        return args.min_sparsity
-    # Structured pruning removes weights instead of zeroing them, so it leaves no sparsity to check.
-    return args.target_sparsity if args.method == "magnitude" else None
+def load_description(args: argparse.Namespace):
+    """The validated pipeline description: the file (or the preset), then the flags."""
+    from tfx_model_pruning.pipelines.pipeline_config import PENGUIN_PRESET, load_pipeline_config, read_pipeline_file
+
+    file_settings = read_pipeline_file(args.config or PENGUIN_PRESET)
+    return load_pipeline_config(args.config, description_overrides(args, file_settings))
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -297,35 +387,24 @@ def run_local(args: argparse.Namespace) -> int:
     import uuid
     from datetime import datetime, timezone
 
-    from tfx_model_pruning.pipelines import penguin_trainer, pruning_pipeline
+    from tfx_model_pruning.pipelines import pruning_pipeline
+    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfigError
 
     output_dir = os.path.abspath(args.output_dir)
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
-    run_id = args.run_id or f"penguin-pruning-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     try:
-        pipeline = pruning_pipeline.create_pipeline(
-            pipeline_name="penguin-pruning",
+        config = load_description(args)
+        run_id = args.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        pipeline = pruning_pipeline.create_pipeline_from_config(
+            config,
             pipeline_root=os.path.join(output_dir, "root"),
-            data_root=args.data_root or penguin_trainer.penguin_data_root(),
-            serving_model_dir=os.path.join(output_dir, "serving"),
-            label_key=args.label_key,
-            trainer_module_file=None if args.baseline_model else pruning_pipeline.PENGUIN_TRAINER_MODULE,
-            baseline_model_uri=args.baseline_model,
-            train_steps=args.train_steps,
-            prune_args=_prune_args(args),
-            retrain_args={
-                "epochs": args.epochs,
-                "learning_rate": args.learning_rate,
-                "loss": args.loss,
-                "distillation": {"temperature": 4.0, "alpha": 0.5} if args.distill else None,
-            },
-            gate_args=_gate_args(args, _min_sparsity(args)),
-            compare_with=_compare_with(args),
-            split_patterns=_split_patterns(args),
+            serving_model_dir=config.push.destination or os.path.join(output_dir, "serving"),
             metadata_path=metadata_path,
-            push_root=output_dir,
-            enable_cache=args.enable_cache,
+            push_root=config.push.root or output_dir,
         )
+    except PipelineConfigError as err:
+        print(f"prune-pipeline run-local: error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as err:  # pydantic's ValidationError is a ValueError
         if args.verbose:
             traceback.print_exc()
@@ -401,28 +480,40 @@ def _print_run_result(metadata_path: str, run_id: str) -> int:
 
 def compile_kubeflow(args: argparse.Namespace) -> int:
     from tfx_model_pruning.pipelines import kubeflow
+    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfigError
 
-    pipeline = kubeflow.kubeflow_pipeline(
-        pipeline_name="penguin-pruning",
-        pipeline_root=args.pipeline_root,
-        default_data_root=args.data_root,
-        serving_model_dir=args.serving_dir,
-        label_key=args.label_key,
-        prune_args={"target_sparsity": args.target_sparsity},
-        retrain_args={"epochs": args.epochs},
-        gate_args=_gate_args(args, args.target_sparsity),
-        compare_with=_compare_with(args),
-        split_patterns=_split_patterns(args),
-        push_root=args.push_root,
-        beam_pipeline_args=args.beam_arg,
-    )
+    try:
+        config = load_description(args)
+        missing = [
+            f"kubeflow.{key} (--{key.replace('_', '-')})"
+            for key in ("pipeline_root", "serving_dir", "data_root")
+            if getattr(config.kubeflow, key) is None
+        ]
+        if missing:
+            raise PipelineConfigError(f"compiling for Kubeflow needs {', '.join(missing)}")
+        pipeline = kubeflow.kubeflow_pipeline_from_config(config)
+    except PipelineConfigError as err:
+        print(f"prune-pipeline compile: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as err:
+        print(f"prune-pipeline compile: error: {_one_line(err)}", file=sys.stderr)
+        return 2
     job, spec = kubeflow.compile_pipeline(
         pipeline,
-        args.output_dir,
-        args.image or kubeflow.default_image(),
-        parameter_defaults={kubeflow.DATA_ROOT_PARAMETER: args.data_root},
+        config.kubeflow.output_dir,
+        config.kubeflow.image or kubeflow.default_image(),
+        parameter_defaults={kubeflow.DATA_ROOT_PARAMETER: config.kubeflow.data_root},
     )
     print(f"PipelineJob: {job}\nPipeline spec (for KFP upload_pipeline): {spec}")
+    return 0
+
+
+def print_schema() -> int:
+    import json
+
+    from tfx_model_pruning.pipelines.pipeline_config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
     return 0
 
 
@@ -433,6 +524,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_local(args)
     if args.command == "compile":
         return compile_kubeflow(args)
+    if args.command == "config-schema":
+        return print_schema()
     if args.command in ("submit", "schedule"):
         from kfp_server_api import ApiException
         from urllib3.exceptions import HTTPError

@@ -19,6 +19,7 @@ from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from tfx_model_pruning.pipelines import pruning_pipeline
+from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
 
 PACKAGE = "tfx-model-pruning"
 IMAGE_REPOSITORY = "tfx-model-pruning"
@@ -70,6 +71,25 @@ def kubeflow_pipeline(
         compare_with=compare_with,
         split_patterns=split_patterns,
         push_root=push_root,
+    )
+
+
+def kubeflow_pipeline_from_config(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    """The pipeline of a validated description as it runs on Kubeflow: the ``kubeflow`` section
+    gives the locations, ``data_root`` becomes a runtime parameter (default ``kubeflow.data_root``).
+
+    The model source must be reachable from the pods: ``model.trainer_run_fn`` importable in the
+    image, a ``model.trainer_module`` or ``model.baseline_model`` path the pods can read.
+    """
+    kubeflow = config.kubeflow
+    data_root = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=kubeflow.data_root)
+    return pruning_pipeline.create_pipeline_from_config(
+        config,
+        pipeline_root=kubeflow.pipeline_root,
+        serving_model_dir=kubeflow.serving_dir,
+        data_root=data_root,
+        push_root=kubeflow.push_root,
+        beam_pipeline_args=config.beam_args or (),
     )
 
 

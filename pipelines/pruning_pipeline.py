@@ -20,6 +20,7 @@ from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.atomic_pusher.component import AtomicPusher
 from tfx_model_pruning.engine.saved_model import resolve_saved_model_dir
 from tfx_model_pruning.evaluator_gate.config import GateConfig
+from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
 from tfx_model_pruning.serving_versions import check_push_destination
 
 PENGUIN_TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "penguin_trainer.py")
@@ -43,7 +44,8 @@ def create_pipeline(
     transform_module_file: Optional[str] = None,
     train_steps: int = 500,
     baseline_model_uri: Optional[str] = None,
-    split_patterns: Mapping[str, str] = DEFAULT_SPLIT_PATTERNS,
+    split_patterns: Optional[Mapping[str, str]] = DEFAULT_SPLIT_PATTERNS,
+    data_format: str = "tfrecord",
     metadata_path: Optional[str] = None,
     beam_pipeline_args: Sequence[str] = IN_MEMORY_BEAM_ARGS,
     enable_cache: bool = False,
@@ -100,12 +102,7 @@ def create_pipeline(
     if baseline_model_uri is not None:
         resolve_saved_model_dir(baseline_model_uri)  # a missing or non-SavedModel path fails now
 
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=data_root,
-        input_config=example_gen_pb2.Input(
-            splits=[example_gen_pb2.Input.Split(name=name, pattern=pattern) for name, pattern in split_patterns.items()]
-        ),
-    )
+    example_gen = _example_gen(data_root, data_format, split_patterns)
     examples = example_gen.outputs["examples"]
     upstream: list = [example_gen]
     training_examples, transform_graph = examples, None
@@ -168,6 +165,79 @@ def create_pipeline(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path) if metadata_path else None
         ),
         beam_pipeline_args=list(beam_pipeline_args),
+    )
+
+
+def _example_gen(data_root, data_format: str, split_patterns: Optional[Mapping[str, str]]):
+    """ImportExampleGen for gzipped tf.Examples, CsvExampleGen for CSV; without split patterns a
+    CSV folder is hashed 2:1 into train and eval (CsvExampleGen's default)."""
+    if data_format not in ("tfrecord", "csv"):
+        raise ValueError(f"data_format is 'tfrecord' or 'csv', got {data_format!r}")
+    if split_patterns is None and data_format == "tfrecord":
+        split_patterns = DEFAULT_SPLIT_PATTERNS
+    input_config = (
+        example_gen_pb2.Input(
+            splits=[example_gen_pb2.Input.Split(name=name, pattern=pattern) for name, pattern in split_patterns.items()]
+        )
+        if split_patterns is not None
+        else None
+    )
+    if data_format == "csv":
+        return tfx.components.CsvExampleGen(input_base=data_root, input_config=input_config)
+    return tfx.components.ImportExampleGen(input_base=data_root, input_config=input_config)
+
+
+def create_pipeline_from_config(
+    config: PipelineConfig,
+    *,
+    pipeline_root: str,
+    serving_model_dir: str,
+    data_root: Union[str, tfx.dsl.experimental.RuntimeParameter, None] = None,
+    metadata_path: Optional[str] = None,
+    push_root: Optional[str] = None,
+    beam_pipeline_args: Optional[Sequence[str]] = None,
+) -> tfx.dsl.Pipeline:
+    """``create_pipeline`` from a validated pipeline description (``pipeline_config``); the
+    locations that differ between a local run and Kubeflow are given here.
+
+    Example::
+
+        config = load_pipeline_config("pipeline.yaml")
+        pipeline = create_pipeline_from_config(
+            config, pipeline_root="runs/root", serving_model_dir="runs/serving", metadata_path="runs/metadata.sqlite"
+        )
+    """
+    from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root
+
+    # Only what the file (or a flag) set: the components' own defaults stay theirs.
+    gate = config.gate.model_dump(exclude={"compare_with", "serving_model_dir"}, exclude_unset=True)
+    gate["label_key"] = config.gate.label_key
+    retrain = config.retrain.model_dump(exclude_unset=True)
+    return create_pipeline(
+        pipeline_name=config.name,
+        pipeline_root=pipeline_root,
+        data_root=data_root if data_root is not None else (config.data.root or penguin_data_root()),
+        serving_model_dir=serving_model_dir,
+        label_key=config.data.label_key,
+        prune_args=config.prune.model_dump(exclude_unset=True),
+        retrain_args=retrain,
+        gate_args=gate,
+        trainer_module_file=config.model.trainer_module,
+        trainer_run_fn=config.model.trainer_run_fn,
+        transform_module_file=config.model.transform_module,
+        train_steps=config.model.train_steps,
+        baseline_model_uri=config.model.baseline_model,
+        split_patterns=config.data.splits,
+        data_format=config.data.format,
+        metadata_path=metadata_path,
+        beam_pipeline_args=(
+            beam_pipeline_args
+            if beam_pipeline_args is not None
+            else (config.beam_args if config.beam_args is not None else IN_MEMORY_BEAM_ARGS)
+        ),
+        enable_cache=config.enable_cache,
+        push_root=push_root if push_root is not None else config.push.root,
+        compare_with=tuple(config.gate.compare_with),
     )
 
 

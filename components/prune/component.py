@@ -94,6 +94,7 @@ class PruneComponent(base_component.BaseComponent):
         fine-tuned for ``fine_tune_steps`` batches of the train split, and the removal kept only
         while the validation metric drops by at most ``tolerance``; otherwise it is rolled back
         and the search stops. Needs ``examples`` and ``label_key``; every step is reported.
+      learning_rate, batch_size: (``method="layer_removal"``) of that fine-tuning (1e-3, 32).
       allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
         runs code shipped with the model. Off by default: such models are refused.
       protected_layers: Layer names or regular expressions (full match) left untouched. A
@@ -155,6 +156,8 @@ class PruneComponent(base_component.BaseComponent):
         tolerance: Optional[float] = None,
         fine_tune_steps: Optional[int] = None,
         max_removals: Optional[int] = None,
+        learning_rate: Optional[float] = None,
+        batch_size: Optional[int] = None,
         allow_unsafe_layers: bool = False,
     ):
         options = {
@@ -177,6 +180,8 @@ class PruneComponent(base_component.BaseComponent):
             "tolerance": tolerance,
             "fine_tune_steps": fine_tune_steps,
             "max_removals": max_removals,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
         }
         config = TypeAdapter(AnyPruningConfig).validate_python(
             {key: value for key, value in options.items() if value is not None}

@@ -106,6 +106,7 @@ class RetrainComponent(base_component.BaseComponent):
       allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
         runs code shipped with the model. Off by default: such models are refused.
       train_split, eval_split: Split names in ``examples``.
+      seed, shuffle_buffer: Shuffling of the train split (seed 0, a buffer of 1024 examples).
     """
 
     SPEC_CLASS = RetrainComponentSpec
@@ -127,6 +128,7 @@ class RetrainComponent(base_component.BaseComponent):
         train_split: str = "train",
         eval_split: str = "eval",
         seed: int = 0,
+        shuffle_buffer: int = 1024,
         gradual_pruning: Optional[Union[GradualPruningSchedule, Mapping]] = None,
         distillation: Optional[Union[DistillationConfig, Mapping]] = None,
         teacher_model: Optional[types.BaseChannel] = None,
@@ -144,6 +146,7 @@ class RetrainComponent(base_component.BaseComponent):
             train_split=train_split,
             eval_split=eval_split,
             seed=seed,
+            shuffle_buffer=shuffle_buffer,
             gradual_pruning=gradual_pruning,
             distillation=distillation,
         )

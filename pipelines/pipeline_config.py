@@ -1,0 +1,247 @@
+"""One pipeline description for local runs and Kubeflow: a YAML file, validated by the components' own models.
+
+``prune-pipeline run-local --config F`` and ``compile --config F`` read the same file; flags
+override it. Each section is checked by the model its component uses (``prune`` by the pruning
+configs, ``retrain`` by ``FineTuneConfig``, ``gate`` by ``GateConfig``), so a typo fails with
+its path (``gate.thresholds.0.lower_bound: ...``) before any component runs. Relative paths are
+relative to the file. The penguin run is the bundled preset ``presets/penguin.yaml``.
+
+Example::
+
+    config = load_pipeline_config("my_pipeline.yaml", overrides={"prune": {"target_sparsity": 0.7}})
+    print(config.prune.target_sparsity)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
+from tfx_model_pruning.evaluator_gate.config import GateConfig
+
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+PENGUIN_PRESET = os.path.join(PRESETS_DIR, "penguin.yaml")
+
+
+class PipelineConfigError(ValueError):
+    """The pipeline description is invalid; the message names each bad key by its path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Section):
+    """Where the examples are and how to read them."""
+
+    root: Optional[str] = Field(
+        default=None, description="Folder of the examples (local or gs://...); empty: the penguin data TFX ships."
+    )
+    format: Literal["tfrecord", "csv"] = Field(
+        default="tfrecord", description="tfrecord: gzipped tf.Examples (ImportExampleGen); csv: CsvExampleGen."
+    )
+    splits: Optional[dict[str, str]] = Field(
+        default=None,
+        description="Split name -> file pattern under root; '{SPAN}' reads the newest span at run time. "
+        "Default for tfrecord: train=Split-train/*, eval=Split-eval/*; for csv: every file, hashed 2:1 into "
+        "train and eval.",
+    )
+    label_key: str = Field(min_length=1, description="Label feature in the raw examples.")
+
+    @model_validator(mode="after")
+    def _train_and_eval(self) -> DataSection:
+        if self.splits is not None:
+            missing = sorted({"train", "eval"} - set(self.splits))
+            if missing:
+                raise ValueError(f"splits must name the train and eval splits; missing {missing}")
+        return self
+
+
+class ModelSection(_Section):
+    """Where the model to prune comes from: a Trainer (module file or importable run_fn) or an existing SavedModel."""
+
+    trainer_module: Optional[str] = Field(
+        default=None, description="Trainer module file with run_fn (TFX's own module files work unchanged)."
+    )
+    trainer_run_fn: Optional[str] = Field(
+        default=None, description="Importable run_fn, e.g. 'my_package.trainer.run_fn' (nothing to package)."
+    )
+    baseline_model: Optional[str] = Field(default=None, description="An existing SavedModel to import instead.")
+    train_steps: int = Field(default=500, ge=1, description="Trainer steps.")
+    transform_module: Optional[str] = Field(
+        default=None, description="Module with preprocessing_fn: StatisticsGen, SchemaGen and Transform run first."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        sources = [name for name in ("trainer_module", "trainer_run_fn", "baseline_model") if getattr(self, name)]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of trainer_module, trainer_run_fn or baseline_model"
+                + (f", not {' and '.join(sources)}" if sources else "")
+            )
+        if self.transform_module and self.baseline_model:
+            raise ValueError("transform_module feeds a Trainer; an imported baseline_model has no use for it")
+        return self
+
+
+class RetrainSection(FineTuneConfig):
+    """RetrainComponent's options (``FineTuneConfig``); ``label_key`` defaults to ``data.label_key``."""
+
+
+class GateSection(GateConfig):
+    """EvaluatorGate's options (``GateConfig``); ``label_key`` defaults to ``data.label_key``.
+
+    ``min_sparsity`` defaults to magnitude pruning's ``target_sparsity`` (structured pruning
+    removes weights, leaving no zeros to count); ``serving_model_dir`` is the push destination
+    when ``compare_with`` names ``serving``.
+    """
+
+    compare_with: list[Literal["parent", "serving"]] = Field(
+        default_factory=lambda: ["parent", "serving"],
+        min_length=1,
+        description="Baselines: the unpruned parent and/or the newest version under the push destination.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GateSection:
+        # Same name: replaces GateConfig's check, since the serving directory is the push destination,
+        # which the pipeline fills in (a local run's lies under its output directory).
+        if self.require_serving_model and "serving" not in self.compare_with:
+            raise ValueError("require_serving_model needs 'serving' in compare_with")
+        filled = self.serving_model_dir or ("<push destination>" if "serving" in self.compare_with else None)
+        GateConfig.model_validate({**self.model_dump(exclude={"compare_with"}), "serving_model_dir": filled})
+        return self
+
+
+class PushSection(_Section):
+    destination: Optional[str] = Field(
+        default=None, description="Where versions are pushed (default for local runs: <output dir>/serving)."
+    )
+    root: Optional[str] = Field(default=None, description="Refuse a destination outside this folder.")
+
+
+class KubeflowSection(_Section):
+    """What only a Kubeflow run needs; the rest of the file is shared with local runs."""
+
+    pipeline_root: Optional[str] = Field(default=None, description="Shared storage for artifacts (gs://, s3://).")
+    data_root: Optional[str] = Field(default=None, description="Default of the data_root runtime parameter.")
+    serving_dir: Optional[str] = Field(default=None, description="Push destination the serving system watches.")
+    push_root: Optional[str] = None
+    image: Optional[str] = Field(default=None, description="Component image (default: tfx-model-pruning:<version>).")
+    output_dir: str = Field(default="build/kubeflow", description="Where compile writes the job and spec files.")
+    host: Optional[str] = Field(default=None, description="KFP API endpoint for submit/schedule.")
+    namespace: Optional[str] = None
+    experiment: Optional[str] = Field(default=None, description="KFP experiment (default: the pipeline name).")
+
+
+class PipelineConfig(_Section):
+    """A whole pipeline: data, model source, pruning, fine-tuning, release gate, push and runner options."""
+
+    name: str = Field(default="pruning-pipeline", pattern=r"^[a-z0-9][a-z0-9-]*$", description="Pipeline name.")
+    data: DataSection
+    model: ModelSection
+    prune: AnyPruningConfig = Field(default_factory=lambda: PruningConfig(target_sparsity=0.8))
+    retrain: RetrainSection
+    gate: GateSection
+    push: PushSection = Field(default_factory=PushSection)
+    beam_args: Optional[list[str]] = Field(
+        default=None, description="Beam pipeline args (default: DirectRunner in memory, one worker)."
+    )
+    enable_cache: bool = False
+    kubeflow: KubeflowSection = Field(default_factory=KubeflowSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_data(cls, values: Any) -> Any:
+        """The label key and the sparsity to check follow the data and pruning sections unless set."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        label = (values.get("data") or {}).get("label_key") if isinstance(values.get("data"), dict) else None
+        prune = values.get("prune") if isinstance(values.get("prune"), dict) else {}
+        for section in ("retrain", "gate"):
+            body = values.get(section)
+            body = dict(body) if isinstance(body, dict) else ({} if body is None else body)
+            if isinstance(body, dict) and label is not None:
+                body.setdefault("label_key", label)
+            values[section] = body
+        gate = values["gate"]
+        if isinstance(gate, dict) and "min_sparsity" not in gate and prune.get("method", "magnitude") == "magnitude":
+            gate["min_sparsity"] = prune.get("target_sparsity")
+        return values
+
+
+def _located(err: ValidationError, source: str) -> PipelineConfigError:
+    lines = []
+    for problem in err.errors():
+        # The discriminated union adds the chosen method to the path (prune.magnitude.x): drop it.
+        path = [str(part) for part in problem["loc"] if part not in ("magnitude", "structured", "layer_removal")]
+        where = ".".join(path) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        shown = "input" in problem and path and not isinstance(problem["input"], (dict, list))
+        lines.append(f"  {where}: {message}" + (f" (got {problem['input']!r})" if shown else ""))
+    return PipelineConfigError(f"{source}: {len(lines)} invalid setting(s):\n" + "\n".join(lines))
+
+
+def _merge(base: dict, overrides: Mapping) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+_PATH_KEYS = {("data", "root"), ("model", "trainer_module"), ("model", "baseline_model"), ("model", "transform_module")}
+_PATH_KEYS |= {("push", "destination"), ("push", "root")}
+
+
+def _resolve_paths(raw: dict, base_dir: str) -> dict:
+    """Relative local paths in the file are relative to the file; URLs (gs://...) stay as they are."""
+    for section, key in _PATH_KEYS:
+        value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+            raw[section][key] = os.path.normpath(os.path.join(base_dir, value))
+    return raw
+
+
+def read_pipeline_file(path: str) -> dict:
+    """The file's settings as a dict, relative paths resolved; a clear error for unreadable YAML."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as err:
+        raise PipelineConfigError(f"cannot read pipeline file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise PipelineConfigError(f"{path} is not valid YAML: {err}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PipelineConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return _resolve_paths(raw, os.path.dirname(os.path.abspath(path)))
+
+
+def load_pipeline_config(path: Optional[str] = None, overrides: Optional[Mapping] = None) -> PipelineConfig:
+    """The validated description in ``path`` (default: the penguin preset) with ``overrides`` merged in.
+
+    Raises:
+      PipelineConfigError: unreadable file, unknown key or bad value; every problem with its path.
+    """
+    source = path or PENGUIN_PRESET
+    raw = _merge(read_pipeline_file(source), overrides or {})
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _located(err, source + (" with the command line's settings" if overrides else "")) from None
+
+
+def json_schema() -> dict:
+    """The JSON schema of the pipeline file (``prune-pipeline config-schema`` prints it)."""
+    return PipelineConfig.model_json_schema()
