@@ -294,7 +294,7 @@ def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict
     """The pipeline-file keys the flags given on the command line set (flags left out change nothing)."""
     import yaml
 
-    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
+    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig, Replace
 
     given = {name: value for name, value in vars(args).items() if value is not None}
     raw: dict = {}
@@ -328,12 +328,9 @@ def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict
     file_prune = file_settings.get("prune") or {}
     if "method" in given and given["method"] != file_prune.get("method", "magnitude"):
         # Another method: the file's options for its own method do not apply.
-        raw["prune"] = {key: value for key, value in file_prune.items() if key in ("protected_layers", "criterion")}
-        if given["method"] == "structured":
-            raw["prune"].pop("criterion", None)
-            raw["prune"]["prune_fraction"] = 0.5
-        raw["prune"]["method"] = given["method"]
-        raw.setdefault("gate", {})
+        kept = {key: value for key, value in file_prune.items() if key in ("protected_layers", "label_key")}
+        defaults = {"structured": {"prune_fraction": 0.5}, "magnitude": {"target_sparsity": 0.8}}
+        raw["prune"] = Replace({**kept, **defaults.get(given["method"], {}), "method": given["method"]})
     for name in ("target_sparsity", "prune_fraction"):
         if name in given:
             _set_path(raw, f"prune.{name}", given[name])

@@ -189,10 +189,16 @@ def _located(err: ValidationError, source: str) -> PipelineConfigError:
     return PipelineConfigError(f"{source}: {len(lines)} invalid setting(s):\n" + "\n".join(lines))
 
 
+class Replace(dict):
+    """An override that replaces a whole section of the file instead of merging into it."""
+
+
 def _merge(base: dict, overrides: Mapping) -> dict:
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+        if isinstance(value, Replace):
+            merged[key] = dict(copy.deepcopy(value))
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

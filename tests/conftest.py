@@ -32,6 +32,7 @@ INTEGRATION_MODULES = {
     "test_tfx_example_chain",
     "test_transform_models",
     "test_untrusted_models",
+    "test_user_pipeline_file",
 }
 INTEGRATION_FIXTURES = {"penguin_baseline", "penguin_transform_graph", "examples_with_empty_eval"}
 

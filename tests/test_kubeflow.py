@@ -3,7 +3,6 @@
 import importlib
 import json
 
-import pytest
 import yaml
 from kfp import components as kfp_components
 

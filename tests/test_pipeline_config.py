@@ -1,0 +1,130 @@
+"""The pipeline file: validated with path-qualified errors before any component runs; flags override it."""
+
+import argparse
+import os
+
+import pytest
+import yaml
+
+from tfx_model_pruning.pipelines import cli
+from tfx_model_pruning.pipelines.pipeline_config import (
+    PENGUIN_PRESET,
+    PipelineConfigError,
+    json_schema,
+    load_pipeline_config,
+)
+
+
+def _description(argv):
+    """What run-local would build from ``argv``, without running anything."""
+    return cli.load_description(cli._parser().parse_args(["run-local", *argv]))
+
+
+def _write(path, settings) -> str:
+    path.write_text(yaml.safe_dump(settings))
+    return str(path)
+
+
+def test_the_penguin_preset_is_what_make_run_runs():
+    config = load_pipeline_config()
+    assert config.name == "penguin-pruning" and config.data.root is None and config.data.label_key == "species"
+    assert config.model.trainer_run_fn == "tfx_model_pruning.pipelines.penguin_trainer.run_fn"
+    assert config.prune.method == "magnitude" and config.prune.target_sparsity == 0.8
+    # Labels and the sparsity to check follow the data and pruning sections.
+    assert config.retrain.label_key == config.gate.label_key == "species"
+    assert config.gate.min_sparsity == 0.8 and config.gate.compare_with == ["parent", "serving"]
+    assert [(t.metric, t.lower_bound, t.max_absolute_drop) for t in config.gate.thresholds] == [
+        ("SparseCategoricalAccuracy", 0.9, 0.01)
+    ]
+    assert config.gate.slice_feature == "species" and config.gate.slice_thresholds[0].lower_bound == 0.8
+
+
+def test_every_bad_key_and_value_is_reported_with_its_path_at_once(tmp_path):
+    preset = yaml.safe_load(open(PENGUIN_PRESET))
+    preset["prune"]["target_sparsity"] = 1.5
+    preset["prune"]["sparsity"] = 0.5  # a typo for target_sparsity
+    preset["gate"]["thresholds"][0]["lower_bound"] = 2
+    preset["retrain"]["epoch"] = 3
+    preset["dataa"] = {}
+    with pytest.raises(PipelineConfigError) as raised:
+        load_pipeline_config(_write(tmp_path / "bad.yaml", preset))
+    message = str(raised.value)
+    for path in ("prune.target_sparsity", "prune.sparsity", "gate.thresholds.0", "retrain.epoch", "dataa"):
+        assert f"  {path}: " in message, message
+    assert "Extra inputs are not permitted" in message and "lower_bound=2" in message
+
+
+def test_a_bad_file_fails_before_any_component_runs(tmp_path, capsys):
+    bad = _write(tmp_path / "bad.yaml", {**yaml.safe_load(open(PENGUIN_PRESET)), "model": {"train_steps": 10}})
+    out = tmp_path / "run"
+    assert cli.main(["run-local", "--config", bad, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model: give exactly one of trainer_module, trainer_run_fn or baseline_model" in err
+    assert not out.exists()  # nothing ran: no metadata store, no pipeline root
+
+    (tmp_path / "broken.yaml").write_text("data: [unclosed")
+    assert cli.main(["run-local", "--config", str(tmp_path / "broken.yaml"), "--output-dir", str(out)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
+def test_flags_override_the_file_and_name_the_keys_they_change():
+    config = _description(["--target-sparsity", "0.7", "--epochs", "3", "--set", "retrain.batch_size=64"])
+    assert config.prune.target_sparsity == 0.7 and config.gate.min_sparsity == 0.7
+    assert config.retrain.epochs == 3 and config.retrain.batch_size == 64
+
+    structured = _description(["--method", "structured", "--prune-fraction", "0.25", "--compare-with", "parent"])
+    assert structured.prune.method == "structured" and structured.prune.prune_fraction == 0.25
+    assert structured.gate.min_sparsity is None  # removed weights leave no zeros to count
+    assert structured.gate.compare_with == ["parent"]
+
+    gate = _description(["--metric", "BinaryAccuracy", "--min-metric", "0.6", "--slice-feature", ""])
+    assert (gate.gate.thresholds[0].metric, gate.gate.thresholds[0].lower_bound) == ("BinaryAccuracy", 0.6)
+    assert gate.gate.thresholds[0].max_absolute_drop == 0.01  # the file's, untouched
+    assert gate.gate.slice_feature is None and gate.gate.slice_thresholds == []
+
+    imported = _description(["--baseline-model", PENGUIN_PRESET])  # any path: validated when the pipeline is built
+    assert imported.model.baseline_model == PENGUIN_PRESET and imported.model.trainer_run_fn is None
+
+    with pytest.raises(PipelineConfigError, match="prune.target_sparsity"):
+        _description(["--set", "prune.target_sparsity=2"])
+    with pytest.raises(SystemExit, match="no section 'trainer'"):
+        _description(["--set", "trainer.steps=3"])
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    settings = yaml.safe_load(open(PENGUIN_PRESET))
+    settings["data"]["root"] = "data"
+    settings["model"] = {"trainer_module": "src/trainer.py", "transform_module": "gs://bucket/transform.py"}
+    config = load_pipeline_config(_write(folder / "pipeline.yaml", settings))
+    assert config.data.root == str(folder / "data")
+    assert config.model.trainer_module == str(folder / "src" / "trainer.py")
+    assert config.model.transform_module == "gs://bucket/transform.py"
+
+
+def test_the_schema_documents_every_section():
+    schema = json_schema()
+    assert set(schema["properties"]) >= {"data", "model", "prune", "retrain", "gate", "push", "beam_args", "kubeflow"}
+    assert "description" in schema["$defs"]["DataSection"]["properties"]["format"]
+
+
+def test_compile_says_which_kubeflow_locations_are_missing(tmp_path, capsys):
+    assert cli.main(["compile", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    for key in ("kubeflow.pipeline_root (--pipeline-root)", "kubeflow.serving_dir", "kubeflow.data_root"):
+        assert key in err
+
+
+def test_every_flag_of_run_local_and_compile_has_help():
+    parser = cli._parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("run-local", "compile"):
+        for action in subcommands.choices[name]._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_the_preset_ships_with_the_package():
+    assert os.path.isfile(PENGUIN_PRESET) and PENGUIN_PRESET.endswith(
+        os.path.join("pipelines", "presets", "penguin.yaml")
+    )
