@@ -125,7 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     local_only.add_argument(
         "--run-id", default=None, help="name of this run in ML Metadata (default: <pipeline>-<UTC time>-<random>)"
     )
-    local_only.add_argument("-v", "--verbose", action="store_true", help="print the full traceback when the run fails")
+    loudness = local_only.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="show every library's log on the terminal, and tracebacks"
+    )
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the failed checks, the report path and the verdict"
+    )
 
     kubeflow = commands.add_parser(
         "compile",
@@ -407,16 +413,21 @@ def run_local(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"prune-pipeline run-local: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    print(f"Run {run_id}")
+    from tfx_model_pruning.pipelines.console import RunConsole, log_path_for, paint
+
+    log_path = log_path_for(output_dir, run_id)
+    shown_log = os.path.relpath(log_path) if not os.path.relpath(log_path).startswith("..") else log_path
+    print(f"Run {run_id} (log: {shown_log})")
     try:
-        pruning_pipeline.run_locally(pipeline, run_id)
+        with RunConsole(sys.stdout, log_path, verbose=args.verbose, steps=not args.quiet):
+            pruning_pipeline.run_locally(pipeline, run_id)
     except Exception as err:
         if args.verbose:
             traceback.print_exc()
-        print(failure_line(metadata_path, run_id, err), file=sys.stderr)
+        print(paint(failure_line(metadata_path, run_id, err), "red", sys.stderr), file=sys.stderr)
         print(f"NOT pushed: run {run_id} failed{'' if args.verbose else ' (-v prints the traceback)'}", file=sys.stderr)
         return EXIT_FAILED
-    return _print_run_result(metadata_path, run_id)
+    return _print_run_result(metadata_path, run_id, quiet=args.quiet)
 
 
 def _one_line(err: BaseException) -> str:
@@ -442,9 +453,9 @@ def failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
 
 
 def check_lines(gate_result: dict) -> list[str]:
-    """One line per gate check: verdict, name, measured value, bound and detail."""
+    """One line per gate check, failures first: verdict, name, measured value, bound and detail."""
     lines = []
-    for check in gate_result["checks"]:
+    for check in sorted(gate_result["checks"], key=lambda c: c["passed"]):
         verdict = "PASS" if check["passed"] else "FAIL"
         measured = "-" if check["measured"] is None else f"{check['measured']:.6g}"
         bound = "-" if check["bound"] is None else f"{check['bound']:.6g}"
@@ -453,25 +464,34 @@ def check_lines(gate_result: dict) -> list[str]:
     return lines
 
 
-def _print_run_result(metadata_path: str, run_id: str) -> int:
+def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> int:
     from tabulate import tabulate
 
     from tfx_model_pruning.evaluator_gate.report import comparison_rows
+    from tfx_model_pruning.pipelines.console import paint
     from tfx_model_pruning.pipelines.results import run_result
 
     result = run_result(metadata_path, run_id)
-    header, *rows = comparison_rows(result.gate_result)
+    checks = result.gate_result["checks"]
+    failed = [line for line in check_lines(result.gate_result) if line.startswith("  FAIL")]
+    if not quiet:
+        header, *rows = comparison_rows(result.gate_result)
+        print()
+        print(tabulate(rows, headers=header, tablefmt="github", disable_numparse=True))
     print()
-    print(tabulate(rows, headers=header, tablefmt="github", disable_numparse=True))
-    print()
-    print("\n".join(check_lines(result.gate_result)))
-    print(f"\nPruning report:      {result.pruning_report_path}")
-    print(f"Release gate report: {result.gate_summary_path}")
-    print(f"                     {result.gate_html_path} (open in a browser)")
+    if failed:
+        print(paint(f"{len(failed)} of {len(checks)} checks failed:", "red", sys.stdout))
+        print("\n".join(paint(line, "red", sys.stdout) for line in failed))
+    else:
+        print(f"All {len(checks)} checks passed (each with its measured value in the release report).")
+    print(f"Release report: {result.gate_html_path}")
+    if not quiet:
+        print(f"                {result.gate_summary_path}")
+        print(f"Pruning report: {result.pruning_report_path}")
     if result.pushed:
-        print(f"\nRun {run_id}: BLESSED and pushed to {result.pushed_destination}")
+        print(paint(f"\nRun {run_id}: BLESSED and pushed to {result.pushed_destination}", "green", sys.stdout))
         return 0
-    print(f"\nRun {run_id}: NOT pushed: the gate refused the model ({', '.join(result.gate_result['failed_checks'])})")
+    print(paint(f"\nRun {run_id}: NOT pushed: {len(failed)} of {len(checks)} release checks failed", "red", sys.stdout))
     return EXIT_NOT_PUSHED
 
 
@@ -517,6 +537,15 @@ def print_schema() -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        # Before TensorFlow is imported: its C++ log lines (CUDA probes, rendezvous notes) stay off,
+        # and the libraries' import-time warnings go to the run's log, not the terminal.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import logging
+
+        logging.captureWarnings(True)
+        logging.getLogger("py.warnings").addHandler(logging.NullHandler())
+        logging.getLogger("py.warnings").propagate = False  # a library's basicConfig must not print them
     if args.command == "run-local":
         return run_local(args)
     if args.command == "compile":

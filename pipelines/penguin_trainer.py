@@ -94,7 +94,7 @@ def train_and_export(
         steps_per_epoch=train_steps,
         validation_data=input_fn(eval_files, EVAL_BATCH_SIZE, shuffle=False),
         validation_steps=eval_steps,
-        verbose=2,
+        verbose=0,  # the pipeline's log and the Trainer's step line say how it went
     )
     model.save(serving_model_dir, save_format="tf", signatures=serving_signatures(model))
     return model

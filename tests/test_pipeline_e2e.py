@@ -53,7 +53,8 @@ def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(t
     assert not (out / "serving").exists() or os.listdir(out / "serving") == []
     blessing_dirs = list((out / "root" / "EvaluatorGate" / "blessing").iterdir())
     assert [os.listdir(d) for d in blessing_dirs] == [["NOT_BLESSED"]]
-    assert "NOT pushed: the gate refused the model (sparsity >= min_sparsity)" in printed
+    assert "NOT pushed: 1 of " in printed and " release checks failed" in printed
+    assert printed.index("  FAIL  sparsity >= min_sparsity") < printed.index("NOT pushed")
 
 
 def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):

@@ -39,6 +39,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
 from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.engine import progress
 from tfx_model_pruning.serving_versions import (
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
@@ -184,6 +185,7 @@ class Executor(pusher_executor.Executor):
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
+            progress.figure("not pushed: the model is not blessed")
             return
         custom_config = json.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null") or {}
         version, serving_path = publish_version(
@@ -193,6 +195,7 @@ class Executor(pusher_executor.Executor):
             judged_serving_version=_judged_serving_version(input_dict, base),
         )
         logging.info("Model published atomically as version %s at %s", version, serving_path)
+        progress.figure(f"version {version}")
         io_utils.copy_dir(self.GetModelPath(input_dict), model_push.uri)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
 

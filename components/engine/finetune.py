@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.config import FineTuneConfig
 from tfx_model_pruning.engine.gradual import GradualPruner, masked_train_loop
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
@@ -88,6 +89,18 @@ class FineTuneResult:
     masks: dict[str, np.ndarray]
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """Reports each finished epoch through ``progress`` (a progress bar on the command line)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        figures = ", ".join(f"{name} {value:.4g}" for name, value in (logs or {}).items())
+        progress.advance(epoch + 1, self.epochs, f"epoch {epoch + 1}/{self.epochs}: {figures}")
+
+
 def fine_tune(
     model: Any,
     train_dataset: tf.data.Dataset,
@@ -95,6 +108,8 @@ def fine_tune(
     config: FineTuneConfig,
     masks: Mapping[str, np.ndarray],
     teacher: Optional[keras.Model] = None,
+    verbose: Union[int, str] = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FineTuneResult:
     """Fine-tunes ``model`` in place, holding masked weights at zero.
 
@@ -104,10 +119,11 @@ def fine_tune(
     masks the model carries afterwards. A model restored without its Keras classes
     (``tf.saved_model.save``) is trained by a loop over its call function; it needs
     ``config.loss`` (it carries none) and cannot be pruned gradually or distilled.
+    ``verbose`` is Keras's (``"auto"``, 0, 1, 2); ``callbacks`` are called at each epoch's end.
     """
     loss = _loss_for(model, config)
     if is_restored(model):
-        return _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss)
+        return _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks)
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
     # "accuracy" would be resolved against logits and report nonsense downstream.
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=compiled_metrics(model))
@@ -121,8 +137,8 @@ def fine_tune(
                 validation_data=eval_dataset,
                 epochs=config.epochs,
                 steps_per_epoch=config.steps_per_epoch,
-                callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks))],
-                verbose=2,
+                callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks)), *callbacks],
+                verbose=verbose,
             )
         return FineTuneResult(
             {name: [float(v) for v in values] for name, values in history.history.items()}, dict(masks)
@@ -165,7 +181,7 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
     return FineTuneResult(history, combined)
 
 
-def _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss) -> FineTuneResult:
+def _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks=()) -> FineTuneResult:
     if config.gradual_pruning is not None:
         require_keras(model, "gradual pruning while fine-tuning")
     if config.distillation is not None:
@@ -195,13 +211,15 @@ def _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss)
     tf.function(hold_masks)()
     history: dict[str, list[float]] = {"loss": []}
     with _data_errors_named():
-        for _ in range(config.epochs):
+        for epoch in range(config.epochs):
             batches = train_dataset.repeat().take(config.steps_per_epoch) if config.steps_per_epoch else train_dataset
             history["loss"].append(float(np.mean([float(train_step(x, y)) for x, y in batches])))
             if eval_dataset is not None:
                 history.setdefault("val_loss", []).append(
                     float(np.mean([float(eval_step(x, y)) for x, y in eval_dataset]))
                 )
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, {name: values[-1] for name, values in history.items()})
     return FineTuneResult(history, dict(masks))
 
 

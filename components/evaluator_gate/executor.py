@@ -27,6 +27,7 @@ from tfx.types import artifact_utils
 from tfx_model_pruning import artifact_files as files
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning._io import split_files, split_patterns, write_bytes, write_json, write_text
+from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
 from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
 from tfx_model_pruning.engine.prune import size_stats
@@ -97,6 +98,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, decision.judged_serving_version)
         blessing.set_string_custom_property(FAILED_CHECKS_PROPERTY, "; ".join(decision.failed_checks))
         _write_blessing(blessing, blessed=decision.blessed)
+        failed = len(decision.failed_checks)
+        progress.figure(
+            f"BLESSED: all {len(decision.checks)} checks passed"
+            if decision.blessed
+            else f"NOT BLESSED: {failed} of {len(decision.checks)} checks failed"
+        )
         if decision.blessed:
             logging.info("EvaluatorGate: BLESSED (%d checks passed)", len(decision.checks))
         else:

@@ -14,7 +14,7 @@ from tfx.utils import path_utils
 from tfx_model_pruning import artifact_files as files
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning._io import split_files, write_json, write_text
-from tfx_model_pruning.engine import prune_saved_model, summary_markdown
+from tfx_model_pruning.engine import progress, prune_saved_model, summary_markdown
 from tfx_model_pruning.engine.config import pruning_config_from_json
 from tfx_model_pruning.engine.data import read_serialized
 from tfx_model_pruning.engine.sensitivity import plot_curves
@@ -64,6 +64,7 @@ class Executor(base_executor.BaseExecutor):
             )
         after = result.after
         logging.info("Pruned %s: sparsity of pruned layers %.4f", input_uri, after.masked_sparsity)
+        progress.figure(_key_figure(result))
 
         write_json(report_artifact.uri, files.PRUNING_REPORT_JSON, result.to_json())
         write_text(report_artifact.uri, files.PRUNING_SUMMARY_MARKDOWN, summary_markdown(result))
@@ -74,3 +75,13 @@ class Executor(base_executor.BaseExecutor):
         report_artifact.set_int_custom_property("gzip_bytes", after.gzip_bytes)
         if after.flops is not None:  # unmeasured for a model without Keras layers
             report_artifact.set_int_custom_property("flops", after.flops)
+
+
+def _key_figure(result) -> str:
+    """What pruning did, in a few words: sparsity, or the share of channels and params removed."""
+    after, before = result.after, result.before
+    if result.structure is not None:
+        return f"{result.structure.removed_share:.0%} of channels removed, params {before.params:,} -> {after.params:,}"
+    if result.method == "layer_removal":
+        return f"params {before.params:,} -> {after.params:,}"
+    return f"sparsity {after.masked_sparsity:.2f} ({after.nonzero_params:,} of {after.params:,} weights non-zero)"

@@ -19,11 +19,13 @@ from tfx_model_pruning.engine import (
     examples_dataset,
     fine_tune,
     load_model,
+    progress,
     require_finite_weights,
     save_model,
     verify_signatures_preserved,
     weight_stats,
 )
+from tfx_model_pruning.engine.finetune import EpochProgress
 from tfx_model_pruning.engine.transform import transform_preprocessing
 
 INPUT_FN_NAME = "input_fn"
@@ -77,7 +79,16 @@ class Executor(base_executor.BaseExecutor):
                 raise ValueError("distillation is configured but no teacher_model is connected")
             teacher_uri = artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY])
             teacher = load_model(teacher_uri, allow_unsafe).model
-        result = fine_tune(loaded.model, train, evaluation, config, loaded.masks, teacher=teacher)
+        result = fine_tune(
+            loaded.model,
+            train,
+            evaluation,
+            config,
+            loaded.masks,
+            teacher=teacher,
+            verbose=0,  # the epochs go to the progress logger instead
+            callbacks=[EpochProgress(config.epochs)],
+        )
         # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
         require_finite_weights(
             loaded.model, f"the fine-tuned model (fine-tuning diverged: final loss {_final_loss(result.history)})"
@@ -91,6 +102,7 @@ class Executor(base_executor.BaseExecutor):
         write_json(output_model.uri, files.FINE_TUNING_JSON, record)
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
+        progress.figure(_key_figure(result.history, stats["masked_sparsity"]))
 
     @staticmethod
     def _input_fn(module_file: str | None):
@@ -99,6 +111,14 @@ class Executor(base_executor.BaseExecutor):
         if not os.path.exists(module_file) and "://" not in module_file:
             raise FileNotFoundError(f"module_file {module_file!r} does not exist")
         return import_utils.import_func_from_source(module_file, INPUT_FN_NAME)
+
+
+def _key_figure(history: dict[str, list[float]], sparsity: float) -> str:
+    """The last epoch's validation figures (or its train loss) and the sparsity kept."""
+    evaluated = {name.removeprefix("val_"): values[-1] for name, values in history.items() if name.startswith("val_")}
+    shown = evaluated or {"train loss": history["loss"][-1]} if history.get("loss") else evaluated
+    figures = ", ".join(f"{name} {value:.4g}" for name, value in sorted(shown.items(), key=lambda kv: kv[0] == "loss"))
+    return f"{'eval ' if evaluated else ''}{figures}" + (f"; sparsity {sparsity:.2f}" if sparsity else "")
 
 
 def _final_loss(history: dict[str, list[float]]) -> str:
