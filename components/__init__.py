@@ -1,6 +1,6 @@
 """TFX components that prune, fine-tune, gate and hand a Keras model to the stock Pusher.
 
-    from tfx_model_pruning import PruneComponent, RetrainComponent, EvaluatorGate
+    from tfx_model_pruning import PruneComponent, RetrainComponent, EvaluatorGate, AtomicPusher
 
 The pruning engine (``tfx_model_pruning.engine``) is plain TensorFlow/tf-keras and imports no
 TFX; the components are thin adapters over it. They are loaded lazily so that importing
@@ -13,12 +13,13 @@ import os
 # flavour at its first import, so this has to happen before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-__all__ = ["PruneComponent", "RetrainComponent", "EvaluatorGate", "PruningReport"]
+__all__ = ["PruneComponent", "RetrainComponent", "EvaluatorGate", "AtomicPusher", "PruningReport"]
 
 _LAZY = {
     "PruneComponent": "tfx_model_pruning.prune.component",
     "RetrainComponent": "tfx_model_pruning.retrain.component",
     "EvaluatorGate": "tfx_model_pruning.evaluator_gate.component",
+    "AtomicPusher": "tfx_model_pruning.atomic_pusher.component",
     "PruningReport": "tfx_model_pruning.artifacts",
 }
 

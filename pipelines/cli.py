@@ -453,15 +453,11 @@ def failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
 
 
 def check_lines(gate_result: dict) -> list[str]:
-    """One line per gate check, failures first: verdict, name, measured value, bound and detail."""
-    lines = []
-    for check in sorted(gate_result["checks"], key=lambda c: c["passed"]):
-        verdict = "PASS" if check["passed"] else "FAIL"
-        measured = "-" if check["measured"] is None else f"{check['measured']:.6g}"
-        bound = "-" if check["bound"] is None else f"{check['bound']:.6g}"
-        detail = f" ({check['detail']})" if check["detail"] else ""
-        lines.append(f"  {verdict}  {check['name']}: measured {measured}, bound {bound}{detail}")
-    return lines
+    """One line per gate check, failures first: its verdict and, in words, measured value against bound."""
+    from tfx_model_pruning.evaluator_gate.checks import CheckResult
+
+    checks = sorted((CheckResult.from_dict(check) for check in gate_result["checks"]), key=lambda c: c.passed)
+    return [f"  {check.verdict}  {check.explain()}" for check in checks]
 
 
 def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> int:
@@ -473,7 +469,9 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
 
     result = run_result(metadata_path, run_id)
     checks = result.gate_result["checks"]
-    failed = [line for line in check_lines(result.gate_result) if line.startswith("  FAIL")]
+    lines = check_lines(result.gate_result)
+    failed = [line for line in lines if line.startswith("  FAIL")]
+    notes = [line.removeprefix("  NOTE  ") for line in lines if line.startswith("  NOTE")]
     if not quiet:
         header, *rows = comparison_rows(result.gate_result)
         print()
@@ -483,7 +481,10 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
         print(paint(f"{len(failed)} of {len(checks)} checks failed:", "red", sys.stdout))
         print("\n".join(paint(line, "red", sys.stdout) for line in failed))
     else:
-        print(f"All {len(checks)} checks passed (each with its measured value in the release report).")
+        counted = len(checks) - len(notes)
+        print(f"All {counted} checks passed (each with its measured value in the release report).")
+    for note in notes:
+        print(f"Note: {note}")
     print(f"Release report: {result.gate_html_path}")
     if not quiet:
         print(f"                {result.gate_summary_path}")

@@ -91,12 +91,12 @@ def test_gate_blesses_a_model_within_its_bounds(tmp_path, pruned, penguin_baseli
     accuracy = result["metrics"]["candidate"]["sparse_categorical_accuracy"]
     assert 0.5 <= accuracy <= 1.0
     checks = {c["name"]: c for c in result["checks"]}
-    drop = checks["sparse_categorical_accuracy drop vs baseline <= max_absolute_drop"]
+    drop = checks["sparse_categorical_accuracy drop vs parent <= max_absolute_drop"]
     assert drop["measured"] == pytest.approx(result["metrics"]["baseline"]["sparse_categorical_accuracy"] - accuracy)
     assert checks["sparsity >= min_sparsity"]["measured"] == pytest.approx(0.8, abs=0.005)
     assert result["weights"]["candidate"]["nonzero_params"] < result["weights"]["baseline"]["nonzero_params"]
     assert os.path.isdir(os.path.join(tmp_path, "evaluation", "tfma"))
-    assert "**BLESSED**" in open(tmp_path / "evaluation" / "summary.md").read()
+    assert "**BLESSED: all " in open(tmp_path / "evaluation" / "summary.md").read()
 
 
 def test_gate_refuses_an_unreachable_threshold(tmp_path, pruned, penguin_baseline, penguin_data):
@@ -106,9 +106,13 @@ def test_gate_refuses_an_unreachable_threshold(tmp_path, pruned, penguin_baselin
     assert result["blessed"] is False and result["failed_checks"] == ["sparsity >= min_sparsity"]
     assert blessing.get_int_custom_property("blessed") == 0
     assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
-    assert "NOT BLESSED: sparsity >= min_sparsity" in open(tmp_path / "evaluation" / "summary.md").read()
+    summary = open(tmp_path / "evaluation" / "summary.md").read()
+    assert "**NOT BLESSED: 1 of " in summary
+    why = summary.index("## Why it was refused")
+    assert "- sparsity is 0.8" in summary[why:] and ", below the lower bound 0.99" in summary[why:]
+    assert why < summary.index("## Checks (failed first)")
     html = open(tmp_path / "evaluation" / "report.html").read()
-    assert "Refused because: <code>sparsity &gt;= min_sparsity</code>" in html
+    assert "<li>sparsity is 0.8" in html and "below the lower bound 0.99</li>" in html
 
 
 def test_gate_refuses_an_empty_eval_split(tmp_path, pruned, penguin_baseline, examples_with_empty_eval):
@@ -183,5 +187,5 @@ def test_gate_refuses_on_efficiency_and_reports_the_measurements(tmp_path, prune
     summary = open(tmp_path / "evaluation" / "summary.md").read()
     assert "FAIL      | params <= max_params" in summary and "CPU latency (ms)" in summary
     html = open(tmp_path / "evaluation" / "report.html").read()
-    assert "Refused because: <code>params &lt;= max_params</code>" in html
+    assert "<li>params is 4675, above the upper bound 1000</li>" in html
     assert '<td class="FAIL">FAIL</td><td>params &lt;= max_params</td>' in html

@@ -38,8 +38,8 @@ def test_within_every_bound_is_blessed_with_measured_values():
                            max_flops=9000, max_latency_ms=0.5))  # fmt: skip
     assert is_blessed(results)
     by_name = {r.name: r for r in results}
-    assert by_name["size reduction vs baseline >= min_size_reduction"].measured == pytest.approx(0.7)
-    assert by_name["sparse_categorical_accuracy drop vs baseline <= max_absolute_drop"].measured == pytest.approx(0.01)
+    assert by_name["size reduction vs parent >= min_size_reduction"].measured == pytest.approx(0.7)
+    assert by_name["sparse_categorical_accuracy drop vs parent <= max_absolute_drop"].measured == pytest.approx(0.01)
     assert by_name["CPU latency (ms, batch 1) <= max_latency_ms"].bound == 0.5
 
 
@@ -47,7 +47,7 @@ def test_within_every_bound_is_blessed_with_measured_values():
     "kwargs, failing",
     [
         ({"max_saved_model_bytes": 99_999}, "saved model bytes <= max_saved_model_bytes"),
-        ({"min_size_reduction": 0.75}, "size reduction vs baseline >= min_size_reduction"),
+        ({"min_size_reduction": 0.75}, "size reduction vs parent >= min_size_reduction"),
         ({"max_params": 4999}, "params <= max_params"),
         ({"max_flops": 8000}, "FLOPs <= max_flops"),
         ({"max_latency_ms": 0.3}, "CPU latency (ms, batch 1) <= max_latency_ms"),
@@ -62,7 +62,7 @@ def test_each_efficiency_bound_can_refuse_on_its_own(kwargs, failing):
 
 def test_accuracy_bounds_and_empty_split_refuse():
     assert [r.name for r in _run(_config(), candidate=0.94) if not r.passed] == [
-        "sparse_categorical_accuracy drop vs baseline <= max_absolute_drop"
+        "sparse_categorical_accuracy drop vs parent <= max_absolute_drop"
     ]
     assert [r.name for r in _run(_config(), candidate=0.89, baseline=0.89) if not r.passed] == [
         "sparse_categorical_accuracy >= lower_bound"
@@ -98,7 +98,7 @@ def test_missing_measurements_fail_closed():
     results = _run(_config(max_latency_ms=1.0, min_size_reduction=0.1), efficiency={"candidate": {}})
     assert {r.name for r in results if not r.passed} == {
         "CPU latency (ms, batch 1) <= max_latency_ms",
-        "size reduction vs baseline",
+        "size reduction vs parent",
     }
 
 
@@ -122,10 +122,10 @@ def test_drops_are_checked_against_the_serving_model_too():
         100, 0.8, EFFICIENCY, serving={"sparse_categorical_accuracy": 0.99}, non_finite=FINITE,
     )  # fmt: skip
     assert [r.name for r in results if not r.passed] == [
-        "sparse_categorical_accuracy drop vs serving model <= max_absolute_drop"
+        "sparse_categorical_accuracy drop vs serving <= max_absolute_drop"
     ]
     (failed,) = [r for r in results if not r.passed]
-    assert failed.measured == pytest.approx(0.04) and "serving model 0.99" in failed.detail
+    assert failed.measured == pytest.approx(0.04) and "serving 0.99" in failed.detail
 
 
 def test_no_serving_model_passes_only_when_not_required():
@@ -151,7 +151,7 @@ def test_small_slices_are_listed_not_checked_and_a_missing_slice_feature_refuses
                          100, 0.8, EFFICIENCY, slices=slices, non_finite=FINITE)  # fmt: skip
     assert [r.name for r in results if not r.passed] == [
         "[island=b] sparse_categorical_accuracy >= lower_bound",
-        "[island=b] sparse_categorical_accuracy drop vs baseline <= max_absolute_drop",
+        "[island=b] sparse_categorical_accuracy drop vs parent <= max_absolute_drop",
     ]
     results = run_checks(config, NAMES, {"sparse_categorical_accuracy": 0.95}, {"sparse_categorical_accuracy": 0.96},
                          100, 0.8, EFFICIENCY, slices={}, non_finite=FINITE)  # fmt: skip
@@ -192,8 +192,8 @@ def test_each_check_says_its_metric_slice_reference_and_comparator():
     fields = {(r.metric, r.slice, r.reference, r.comparator): r for r in results}
     accuracy = "sparse_categorical_accuracy"
     assert fields[(accuracy, None, None, ">=")].bound == 0.9
-    assert fields[(accuracy, None, "baseline", "<=")].measured == pytest.approx(0.01)
-    assert fields[(accuracy, None, "serving model", "<=")].measured == pytest.approx(0.0)
+    assert fields[(accuracy, None, "parent", "<=")].measured == pytest.approx(0.01)
+    assert fields[(accuracy, None, "serving", "<=")].measured == pytest.approx(0.0)
     assert fields[(accuracy, "island=a", None, ">=")].name == "[island=a] sparse_categorical_accuracy >= lower_bound"
     assert fields[("flops", None, None, "<=")].bound == 9000
     assert {r.verdict for r in results} == {"PASS"}
@@ -209,3 +209,19 @@ def test_the_decision_json_reads_back_as_the_same_decision():
     assert written["blessed"] is False and written["failed_checks"] == ["sparsity >= min_sparsity"]
     assert written["checks"][-1]["verdict"] in ("PASS", "FAIL")
     assert GateDecision.from_json(written) == decision
+
+
+def test_each_check_explains_itself_in_words_and_a_first_release_is_a_note():
+    config = _config(serving_model_dir="/serving", min_sparsity=0.85, max_params=4000)
+    results = {r.name: r for r in _run(config, candidate=0.85, baseline=0.96, sparsity=0.8)}
+    bound = results["sparse_categorical_accuracy >= lower_bound"]
+    assert bound.explain() == (
+        "sparse_categorical_accuracy is 0.85 (95% interval 0.767-0.907), below the lower bound 0.9"
+    )
+    drop = results["sparse_categorical_accuracy drop vs parent <= max_absolute_drop"]
+    assert drop.explain() == "sparse_categorical_accuracy: drop vs parent of 0.11, more than the allowed 0.01"
+    assert results["sparsity >= min_sparsity"].explain() == "sparsity is 0.8, below the lower bound 0.85"
+    assert results["params <= max_params"].explain() == "params is 5000, above the upper bound 4000"
+    first = results["a model is serving"]
+    assert first.verdict == "NOTE" and first.explain().startswith("a model is serving: no model serving yet")
+    assert {r.verdict for r in results.values()} == {"PASS", "FAIL", "NOTE"}

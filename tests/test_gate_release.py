@@ -65,8 +65,8 @@ def test_a_model_that_holds_overall_but_collapses_on_a_slice_is_refused(
     assert sorted(result["failed_checks"]) == sorted(
         [
             f"[species=1] {ACCURACY} >= lower_bound",
-            f"[species=1] {ACCURACY} drop vs baseline <= max_absolute_drop",
-            f"[species=1] {ACCURACY} drop vs serving model <= max_absolute_drop",
+            f"[species=1] {ACCURACY} drop vs parent <= max_absolute_drop",
+            f"[species=1] {ACCURACY} drop vs serving <= max_absolute_drop",
         ]
     )
     assert checks[f"[species=1] {ACCURACY} >= lower_bound"]["measured"] == 0.0
@@ -77,7 +77,13 @@ def test_a_model_that_holds_overall_but_collapses_on_a_slice_is_refused(
     html = (evaluation / "report.html").read_text()
     assert "NOT BLESSED" in html
     assert f"[species=1] {ACCURACY} &gt;= lower_bound" in html, "the failing check, escaped, with its verdict"
-    assert "serving now" in html and "species=2" in html and "hidden_0" in html
+    assert "species=2" in html and "hidden_0" in html
+    # The verdict and why come first, in words, before the table of every check.
+    why = html.index("Why it was refused")
+    assert why < html.index("Checks (failed first)") < html.index("Models compared")
+    assert "on species=1 is 0" in html[why:] and "below the lower bound 0.5" in html[why:]
+    assert ">parent</th>" in html and ">serving</th>" in html  # one name per model
+    assert "NOT BLESSED: 3 of " in html
     assert 'src="data:image/png;base64,' in html, "the page is self-contained"
     png = (evaluation / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
@@ -90,7 +96,10 @@ def test_serving_baseline_alone_and_the_first_release(tmp_path, penguin_baseline
     )
     assert first["blessed"], first["failed_checks"]
     (serving_check,) = [c for c in first["checks"] if c["name"] == "a model is serving"]
-    assert serving_check["passed"] and "first release" in serving_check["detail"]
+    assert serving_check["passed"] and "no model serving yet" in serving_check["detail"]
+    assert serving_check["verdict"] == "NOTE", "a first release must not look like a passed comparison"
+    summary = (tmp_path / "first" / "evaluation" / "summary.md").read_text()
+    assert "- serving: `no model serving yet (first release)`" in summary
     assert not [c for c in first["checks"] if "drop vs" in c["name"]], "nothing to compare with, and it says so"
 
     _, required, _ = run_gate(

@@ -54,7 +54,7 @@ def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(t
     blessing_dirs = list((out / "root" / "EvaluatorGate" / "blessing").iterdir())
     assert [os.listdir(d) for d in blessing_dirs] == [["NOT_BLESSED"]]
     assert "NOT pushed: 1 of " in printed and " release checks failed" in printed
-    assert printed.index("  FAIL  sparsity >= min_sparsity") < printed.index("NOT pushed")
+    assert printed.index("  FAIL  sparsity is 0.5, below the lower bound 0.99") < printed.index("NOT pushed")
 
 
 def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Optional
 
 from scipy.stats import binomtest
@@ -29,7 +29,28 @@ class CheckResult:
 
     @property
     def verdict(self) -> str:
+        """PASS or FAIL; NOTE for a passed check that measured and compared nothing (a first release)."""
+        if self.passed and self.measured is None and self.comparator is None:
+            return "NOTE"
         return "PASS" if self.passed else "FAIL"
+
+    def explain(self) -> str:
+        """The check in words, measured value against bound: why it failed, or what it confirmed."""
+        subject = f"{self.metric or self.name}" + (f" on {self.slice}" if self.slice else "")
+        if self.reference and self.comparator == "<=" and self.measured is not None and "drop" in self.name:
+            kind = "relative drop" if "relative" in self.name else "drop"
+            side = "more than" if not self.passed else "within"
+            return f"{subject}: {kind} vs {self.reference} of {self.measured:.4g}, {side} the allowed {self.bound:.4g}"
+        if self.measured is None or self.bound is None or self.comparator is None:
+            return f"{self.name}: {self.detail}" if self.detail else self.name
+        if self.comparator == ">=":
+            relation = "below" if not self.passed else "at or above"
+            bound = "lower bound"
+        else:
+            relation = "above" if not self.passed else "at or below"
+            bound = "upper bound"
+        interval = f" (95% interval {self.interval[0]:.3f}-{self.interval[1]:.3f})" if self.interval else ""
+        return f"{subject} is {self.measured:.4g}{interval}, {relation} the {bound} {self.bound:.4g}"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": self.verdict}
@@ -56,6 +77,8 @@ class GateDecision:
     weights: dict[str, dict[str, Any]]  # role -> measured weight, size and cost figures
     layers: dict[str, list[dict[str, Any]]]  # role -> per-weight table
     judged_serving_version: str = ""  # the serving version compared with, so a stale verdict is not pushed
+    # Where the verdict was made: pipeline, run id, time (UTC), push destination; for the report's header.
+    run: dict[str, str] = field(default_factory=dict)
 
     @property
     def blessed(self) -> bool:
@@ -104,8 +127,9 @@ def wilson_interval(proportion: float, examples: float, confidence: float = 0.95
     return (float(interval.low), float(interval.high))
 
 
-# How check names and details call the model now serving.
-SERVING_LABEL = "serving model"
+# How check names, details and reports call each model: one name each, everywhere.
+PARENT_LABEL = "parent"  # the unpruned model (the component's baseline_model)
+SERVING_LABEL = "serving"  # the newest version under the push destination
 # TFMA reports metrics as float32: a drop of exactly the bound (1.00 - 0.97 vs 0.03) measures
 # 0.03000003. Two float32 steps at 1.0 keep such a tie from failing; one example in a million
 # still counts.
@@ -157,7 +181,7 @@ def run_checks(
     ]
     references: list[tuple[str, Mapping[str, float]]] = []
     if baseline is not None:
-        references.append(("baseline", baseline))
+        references.append((PARENT_LABEL, baseline))
     if config.serving_model_dir is not None:
         if serving is None:
             results.append(
@@ -166,8 +190,8 @@ def run_checks(
                     not config.require_serving_model,
                     None,
                     None,
-                    f"no version under {config.serving_model_dir} yet"
-                    + ("" if config.require_serving_model else ": first release, no serving model to compare with"),
+                    f"no model serving yet under {config.serving_model_dir}"
+                    + ("" if config.require_serving_model else " (first release: nothing to compare with)"),
                     reference=SERVING_LABEL,
                 )
             )
@@ -236,7 +260,7 @@ def _slice_checks(
             continue
         references = [
             (label, models[model])
-            for label, model in (("baseline", "baseline"), (SERVING_LABEL, "serving"))
+            for label, model in ((PARENT_LABEL, "baseline"), (SERVING_LABEL, "serving"))
             if model in models
         ]
         results += _metric_checks(
@@ -316,12 +340,12 @@ def _metric_checks(
         if not references:
             results.append(
                 CheckResult(
-                    f"{prefix}{name} baseline available",
+                    f"{prefix}{name} model to compare with",
                     False,
                     None,
                     None,
-                    "a drop bound needs a baseline value",
-                    reference="baseline",
+                    "a drop bound needs the parent or the serving model; neither is connected",
+                    reference=PARENT_LABEL,
                     **on,
                 )
             )
@@ -405,27 +429,27 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
         if baseline is None:
             results.append(
                 CheckResult(
-                    "size reduction vs baseline",
+                    "size reduction vs parent",
                     False,
                     None,
                     config.min_size_reduction,
-                    "needs a baseline",
+                    "needs the parent model (baseline_model)",
                     metric="size_reduction",
-                    reference="baseline",
+                    reference=PARENT_LABEL,
                 )
             )
         else:
             reduction = 1.0 - candidate["weights_gzip_bytes"] / baseline["weights_gzip_bytes"]
             results.append(
                 CheckResult(
-                    "size reduction vs baseline >= min_size_reduction",
+                    "size reduction vs parent >= min_size_reduction",
                     reduction >= config.min_size_reduction,
                     reduction,
                     config.min_size_reduction,
-                    f"gzip-compressed weights: baseline {baseline['weights_gzip_bytes']}, "
+                    f"gzip-compressed weights: parent {baseline['weights_gzip_bytes']}, "
                     f"candidate {candidate['weights_gzip_bytes']} bytes",
                     metric="size_reduction",
-                    reference="baseline",
+                    reference=PARENT_LABEL,
                     comparator=">=",
                 )
             )

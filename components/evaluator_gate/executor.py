@@ -9,6 +9,7 @@ execution's output files.
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any, Optional
 
@@ -73,6 +74,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             decision = self._evaluate(
                 config, candidate, baseline, input_dict[specs.EXAMPLES_KEY], evaluation.uri, allow_unsafe
             )
+            decision.run = self._run_header(config)
             result = decision.to_json()
             write_json(evaluation.uri, files.GATE_RESULT_JSON, result)
             write_text(evaluation.uri, files.GATE_SUMMARY_MARKDOWN, summary_markdown(result))
@@ -109,6 +111,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         else:
             logging.warning("EvaluatorGate: NOT_BLESSED; failed checks: %s", _failed_check_lines(decision))
         return None
+
+    def _run_header(self, config: GateConfig) -> dict[str, str]:
+        """Which pipeline and run made the verdict, and when: the first lines of the report."""
+        context = self._context
+        pipeline = context.pipeline_info.id if context is not None and context.pipeline_info is not None else ""
+        return {
+            "pipeline": pipeline,
+            "run": (context.pipeline_run_id or "") if context is not None else "",
+            "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "push_destination": config.serving_model_dir or "",
+        }
 
     def _evaluate(
         self,

@@ -14,10 +14,12 @@ from typing import Any
 import jinja2
 from tabulate import tabulate
 
+from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL, CheckResult
 from tfx_model_pruning.evaluator_gate.metrics import metric_output_name
 
 MODEL_ORDER = ("baseline", "serving", "candidate")
-MODEL_LABELS = {"baseline": "baseline (parent)", "serving": "serving now", "candidate": "candidate"}
+# One name per model, as check names and the pipeline file's compare_with call them.
+MODEL_LABELS = {"baseline": PARENT_LABEL, "serving": SERVING_LABEL, "candidate": "candidate"}
 MODEL_COLORS = {"baseline": "#9e9e9e", "serving": "#5c85d6", "candidate": "#e08a2e"}
 
 
@@ -49,41 +51,59 @@ def comparison_rows(result: dict[str, Any]) -> list[list[str]]:
     ):
         if all(key in result["weights"][name] for name in names):
             rows.append([label] + [_fmt(result["weights"][name][key]) for name in names])
-    return [["", *names], *rows]
+    return [["", *(MODEL_LABELS[name] for name in names)], *rows]
+
+
+def _checks(result: dict[str, Any]) -> list[CheckResult]:
+    return sorted((CheckResult.from_dict(check) for check in result["checks"]), key=lambda check: check.passed)
+
+
+def verdict_line(result: dict[str, Any]) -> str:
+    """``BLESSED: all 12 checks passed`` or ``NOT BLESSED: 2 of 14 checks failed``."""
+    checks = result["checks"]
+    failed = [check for check in checks if not check["passed"]]
+    if result["blessed"]:
+        return f"BLESSED: all {len(checks)} checks passed"
+    return f"NOT BLESSED: {len(failed)} of {len(checks)} checks failed"
+
+
+def header_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Pipeline, run, time, the models compared (by path) and the push destination."""
+    run = result.get("run") or {}
+    rows = [
+        (label, run[key]) for label, key in (("pipeline", "pipeline"), ("run", "run"), ("time", "time")) if run.get(key)
+    ]
+    rows += [(MODEL_LABELS[name], result["models"][name]) for name in MODEL_ORDER[::-1] if name in result["models"]]
+    if "serving" not in result["models"] and result["config"].get("serving_model_dir"):
+        rows.append((SERVING_LABEL, "no model serving yet (first release)"))
+    if run.get("push_destination"):
+        rows.append(("push destination", run["push_destination"]))
+    return rows
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
+    """The verdict and why first (failed checks in words), then every check, then the comparison."""
     header, *rows = comparison_rows(result)
-    checks = [
-        [
-            "PASS" if check["passed"] else "FAIL",
-            check["name"],
-            _fmt(check["measured"]),
-            _fmt(check["bound"]),
-            check["detail"],
-        ]
-        for check in result["checks"]
+    checks = _checks(result)
+    failed = [check for check in checks if not check.passed]
+    lines = ["# Release gate", "", f"**{verdict_line(result)}**", ""]
+    lines += [f"- {label}: `{value}`" for label, value in header_rows(result)] + [""]
+    if failed:
+        lines += ["## Why it was refused", ""] + [f"- {check.explain()}" for check in failed] + [""]
+    table = [[c.verdict, c.name, _fmt(c.measured), _fmt(c.bound), c.detail] for c in checks]
+    lines += [
+        "## Checks (failed first)",
+        "",
+        tabulate(
+            table, headers=["verdict", "check", "measured", "bound", "detail"], tablefmt="github", disable_numparse=True
+        ),
+        "",
+        "## Models compared",
+        "",
+        tabulate(rows, headers=header, tablefmt="github", disable_numparse=True),
+        "",
     ]
-    verdict = "BLESSED" if result["blessed"] else "NOT BLESSED: " + ", ".join(result["failed_checks"])
-    return "\n".join(
-        [
-            "# Release gate",
-            "",
-            f"**{verdict}**",
-            "",
-            tabulate(rows, headers=header, tablefmt="github", disable_numparse=True),
-            "",
-            "## Checks",
-            "",
-            tabulate(
-                checks,
-                headers=["verdict", "check", "measured", "bound", "detail"],
-                tablefmt="github",
-                disable_numparse=True,
-            ),
-            "",
-        ]
-    )
+    return "\n".join(lines)
 
 
 def _models(result: dict[str, Any]) -> list[str]:
@@ -210,7 +230,7 @@ def release_report_html(result: dict[str, Any], png: bytes = b"") -> str:
     """A self-contained page (plots embedded) with the verdict, every check and the comparisons."""
     if "checks" not in result:  # the evaluation itself failed: say so, nothing else is known
         return _HTML.render(
-            verdict="NOT BLESSED", blessed=False, failed=[], error=result.get("error", "unknown"), checks=[],
+            verdict="NOT BLESSED", blessed=False, header=[], failed=[], error=result.get("error", "unknown"), checks=[],
             png="", comparison=[[""]], slices=[], unchecked=[], min_slice_examples=0, layers=[], models=[],
             labels=MODEL_LABELS, paths=[],
         )  # fmt: skip
@@ -234,25 +254,25 @@ def release_report_html(result: dict[str, Any], png: bytes = b"") -> str:
             row = by_model[name].get(key)
             cells += ["×".join(map(str, row["shape"])), _fmt(row["sparsity"])] if row else ["-", "-"]
         layer_rows.append(cells)
+    checks = _checks(result)
     return _HTML.render(
-        verdict="BLESSED" if result["blessed"] else "NOT BLESSED",
+        verdict=verdict_line(result),
         blessed=result["blessed"],
-        failed=result["failed_checks"],
+        header=header_rows(result),
+        failed=[check.explain() for check in checks if not check.passed],
         error=result.get("error"),
         checks=[
             {
-                **check,
-                "verdict": "PASS" if check["passed"] else "FAIL",
-                "measured": _fmt(check["measured"]),
-                "bound": _fmt(check["bound"]),
+                "verdict": c.verdict,
+                "name": c.name,
+                "measured": _fmt(c.measured),
+                "bound": _fmt(c.bound),
+                "detail": c.detail,
             }
-            for check in result["checks"]
-        ],  # fmt: skip
-        png=base64.b64encode(png).decode("ascii"),
-        comparison=[
-            [MODEL_LABELS.get(cell, cell) for cell in comparison_rows(result)[0]],
-            *comparison_rows(result)[1:],
+            for c in checks
         ],
+        png=base64.b64encode(png).decode("ascii"),
+        comparison=comparison_rows(result),
         slices=slice_rows if result.get("slices") else [],
         unchecked=sorted(result.get("unchecked_slices", {}).items()),
         min_slice_examples=result["config"].get("min_slice_examples", 1),
