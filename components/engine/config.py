@@ -289,9 +289,15 @@ class FineTuneConfig(_StrictModel):
     Example::
 
         FineTuneConfig(label_key="species", epochs=20, learning_rate=1e-3)
+        FineTuneConfig(epochs=3)  # in a notebook, on in-memory (x, y): no label feature to name
     """
 
-    label_key: str = Field(min_length=1, description="Feature holding the label in the tf.Examples.")
+    label_key: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        description="Feature holding the label in the tf.Examples (RetrainComponent requires it; in-memory "
+        "(x, y) data needs none).",
+    )
     epochs: int = Field(default=10, ge=1)
     steps_per_epoch: Optional[int] = Field(
         default=None, ge=1, description="Batches per epoch; default: one pass over the train split."

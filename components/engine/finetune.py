@@ -16,7 +16,7 @@ from tfx_model_pruning.engine.config import FineTuneConfig
 from tfx_model_pruning.engine.gradual import GradualPruner, masked_train_loop
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
 from tfx_model_pruning.engine.masks import iter_prunable_weights
-from tfx_model_pruning.engine.restored import call, is_restored, require_keras, trainable_variables
+from tfx_model_pruning.engine.restored import call, is_restored, require_keras, require_tf_keras, trainable_variables
 from tfx_model_pruning.engine.saved_model import compiled_metrics
 
 
@@ -101,15 +101,33 @@ class EpochProgress(keras.callbacks.Callback):
         progress.advance(epoch + 1, self.epochs, f"epoch {epoch + 1}/{self.epochs}: {figures}")
 
 
+Data = Union[tf.data.Dataset, tuple[Any, Any]]
+
+
+def _as_dataset(data: Optional[Data], config: FineTuneConfig, shuffle: bool) -> Optional[tf.data.Dataset]:
+    """A dataset of ``(features, labels)`` batches: as given, or built from in-memory ``(x, y)``."""
+    if data is None or isinstance(data, tf.data.Dataset):
+        return data
+    if not (isinstance(data, tuple) and len(data) == 2):
+        raise TypeError(
+            f"fine-tuning data is a tf.data.Dataset of (features, labels) or an (x, y) tuple, got {type(data)}"
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(data)
+    if shuffle:
+        dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed)
+    return dataset.batch(config.batch_size)
+
+
 def fine_tune(
     model: Any,
-    train_dataset: tf.data.Dataset,
-    eval_dataset: Optional[tf.data.Dataset],
+    train_dataset: Data,
+    eval_dataset: Optional[Data],
     config: FineTuneConfig,
     masks: Mapping[str, np.ndarray],
     teacher: Optional[keras.Model] = None,
     verbose: Union[int, str] = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    optimizer: Optional[keras.optimizers.Optimizer] = None,
 ) -> FineTuneResult:
     """Fine-tunes ``model`` in place, holding masked weights at zero.
 
@@ -120,13 +138,23 @@ def fine_tune(
     (``tf.saved_model.save``) is trained by a loop over its call function; it needs
     ``config.loss`` (it carries none) and cannot be pruned gradually or distilled.
     ``verbose`` is Keras's (``"auto"``, 0, 1, 2); ``callbacks`` are called at each epoch's end.
+    Data may be in-memory ``(x, y)`` arrays (batched by ``config.batch_size``). The optimizer is
+    ``optimizer``, else the one the model was compiled with, else Adam at ``config.learning_rate``.
+
+    Example::
+
+        result = fine_tune(model, (x_train, y_train), (x_val, y_val), FineTuneConfig(epochs=3), masks, verbose=0)
     """
+    require_tf_keras(model)
+    train_dataset = _as_dataset(train_dataset, config, shuffle=True)
+    eval_dataset = _as_dataset(eval_dataset, config, shuffle=False)
     loss = _loss_for(model, config)
     if is_restored(model):
         return _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks)
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
     # "accuracy" would be resolved against logits and report nonsense downstream.
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=compiled_metrics(model))
+    chosen = optimizer or getattr(model, "optimizer", None) or keras.optimizers.Adam(config.learning_rate)
+    model.compile(optimizer=chosen, loss=loss, metrics=compiled_metrics(model))
     keras.utils.set_random_seed(config.seed)
     if config.gradual_pruning is None and config.distillation is None:
         if config.steps_per_epoch is not None:

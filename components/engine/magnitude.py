@@ -12,7 +12,12 @@ from tfx_model_pruning.engine.config import PruningConfig
 from tfx_model_pruning.engine.graph import leaf_layers, output_weight_layers
 from tfx_model_pruning.engine.importance import Criterion, MissingSampleError, get_criterion, weight_scores
 from tfx_model_pruning.engine.masks import PrunableWeight, apply_masks, iter_prunable_weights, keep_largest, n_of_m_mask
-from tfx_model_pruning.engine.restored import PRUNABLE_WEIGHT_ATTRIBUTES, is_restored, output_kernel_variables
+from tfx_model_pruning.engine.restored import (
+    PRUNABLE_WEIGHT_ATTRIBUTES,
+    is_restored,
+    output_kernel_variables,
+    require_tf_keras,
+)
 
 
 class PruningConfigError(ValueError):
@@ -125,6 +130,7 @@ def prune_model(
     ``criterion`` (default: ``config.criterion``) scores each weight; ``sample``
     (``(features, labels)``) is needed by data criteria such as taylor.
     """
+    require_tf_keras(model)
     weights = find_prunable_weights(model, config)
     criterion = get_criterion(criterion or config.criterion)
     if criterion.needs_sample and sample is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
@@ -242,6 +243,13 @@ def _prune_structured(
         raise MissingExamplesError(
             "structured pruning rebuilds the serving signatures and checks them on real examples: "
             "connect `examples` to PruneComponent"
+        )
+    if loaded.masks:
+        # A rebuilt model has new weights; the earlier masks' zeros stay in the kept slices, unheld.
+        logging.getLogger(__name__).warning(
+            "structured pruning drops the input's %d magnitude-pruning masks: the zeros they held stay in the "
+            "kept weights but fine-tuning no longer holds them at zero (the report lists them as dropped_masks)",
+            len(loaded.masks),
         )
     smaller, structure = prune_structured(loaded.model, config, sample, holdout)
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path, with_latency=False)

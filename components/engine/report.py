@@ -223,6 +223,12 @@ def summary_markdown(result: PruningResult) -> str:
         lines += ["", f"Stopped: {removal.stop_reason}."]
     elif result.structure is not None:
         lines += coverage_lines(result.structure, result.config.get("prune_fraction"))
+        if result.dropped_masks:
+            lines += [
+                f"**The input's {len(result.dropped_masks)} magnitude-pruning masks were dropped**: their zeros "
+                "stay in the kept weights, but fine-tuning no longer holds them at zero.",
+                "",
+            ]
         widths = [[name, w.before, w.after] for name, w in result.structure.widths.items()]
         lines.append(tabulate(widths, headers=["layer", "width before", "width after"], tablefmt="github"))
         lines += ["", "## Barriers (channels through these layers keep their width)", ""]

@@ -48,6 +48,21 @@ def require_keras(model: Any, what: str) -> None:
         )
 
 
+class Keras3ModelError(TypeError):
+    """A Keras 3 model was given; the engine works on tf-keras (Keras 2) models."""
+
+
+def require_tf_keras(model: Any) -> None:
+    """Raises Keras3ModelError, saying what to change, for a model built with Keras 3."""
+    module = type(model).__module__
+    if module == "keras" or module.startswith("keras."):
+        raise Keras3ModelError(
+            f"{type(model).__name__} is a Keras 3 model ({module}); the engine, TFX 1.16 and TFMA work on tf-keras "
+            "(Keras 2) models: set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported and build the model with "
+            "`import tf_keras as keras` (or tf.keras with that variable set)"
+        )
+
+
 def model_variables(model: Any) -> list[tf.Variable]:
     """Every variable of the model (Keras weights, or a restored object's ``variables``)."""
     if not is_restored(model):

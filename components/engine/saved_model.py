@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfx_model_pruning.engine.restored import is_restored, model_variables, trainable_variables
+from tfx_model_pruning.engine.restored import is_restored, model_variables, require_tf_keras, trainable_variables
 
 MASKS_RELATIVE_PATH = os.path.join("assets.extra", "pruning_masks.npz")
 
@@ -292,13 +292,21 @@ def save_model(
     if is_restored(model):
         tf.saved_model.save(model, model_dir, signatures=dict(signatures) if signatures else None)
     else:
+        require_tf_keras(model)
+        compiled = getattr(model, "optimizer", None) is not None and getattr(model, "loss", None) is not None
+        # The caller's optimizer, with its state, is put back after the save: saving must not change the model.
+        caller = (model.optimizer, model.loss, compiled_metrics(model)) if compiled else None
         copy_compile_settings(model, model)
-        model.save(
-            model_dir,
-            save_format="tf",
-            include_optimizer=True,
-            signatures=dict(signatures) if signatures else None,
-        )
+        try:
+            model.save(
+                model_dir,
+                save_format="tf",
+                include_optimizer=True,
+                signatures=dict(signatures) if signatures else None,
+            )
+        finally:
+            if caller is not None:
+                model.compile(optimizer=caller[0], loss=caller[1], metrics=caller[2])
     if extra_assets_from is not None:
         _copy_extra_assets(extra_assets_from, model_dir)
     if masks:

@@ -48,6 +48,7 @@ from tfx_model_pruning.engine.graph import (
 )
 from tfx_model_pruning.engine.importance import Criterion, channel_scores
 from tfx_model_pruning.engine.layer_handlers import Kept, handler_for
+from tfx_model_pruning.engine.restored import require_tf_keras
 from tfx_model_pruning.engine.results import Curve, LayerWidth, SensitivityResult, StructureChange
 from tfx_model_pruning.engine.sensitivity import BudgetError, sample_loss
 
@@ -382,6 +383,7 @@ def plan_removal(
     criterion: Optional[Union[str, Criterion]] = None,
 ) -> RemovalPlan:
     """Analyses the channels, scores them and chooses the units to remove (see ``prune_structured``)."""
+    require_tf_keras(model)
     model = flatten_nested(model)
     names = [layer.name for layer in model.layers]
     unmatched = [p for p in config.protected_layers if not any(re.fullmatch(p, n) for n in names)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import tf_keras as keras
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
@@ -88,6 +89,8 @@ class Executor(base_executor.BaseExecutor):
             teacher=teacher,
             verbose=0,  # the epochs go to the progress logger instead
             callbacks=[EpochProgress(config.epochs)],
+            # A fresh Adam at the configured rate, not the one restored from the Trainer's save.
+            optimizer=keras.optimizers.Adam(config.learning_rate),
         )
         # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
         require_finite_weights(
