@@ -166,10 +166,19 @@ def _parser() -> argparse.ArgumentParser:
     connection.add_argument(
         "--iap-client-id", default=argparse.SUPPRESS, help="IAP OAuth client id [env KF_PIPELINES_IAP_OAUTH2_CLIENT_ID]"
     )
-    connection.add_argument("--experiment", default="penguin-pruning", help="KFP experiment (created if absent)")
+    connection.add_argument(
+        "--experiment", default=None, help="KFP experiment, created if absent [kubeflow.experiment; else the name]"
+    )
+    connection.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="pipeline file whose kubeflow section gives --host, --namespace, --experiment and --spec "
+        "(default: the penguin preset)",
+    )
     run_options = argparse.ArgumentParser(add_help=False)
     run_options.add_argument(
-        "--spec", default="build/kubeflow/penguin-pruning.yaml", help="the pipeline-spec YAML `compile` wrote"
+        "--spec", default=None, help="the pipeline-spec YAML `compile` wrote [<kubeflow.output_dir>/<name>.yaml]"
     )
     run_options.add_argument(
         "--param",
@@ -187,8 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--run-name", default=None, help="default: <experiment>-<UTC time>")
     caching = submit.add_mutually_exclusive_group()
-    caching.add_argument("--no-cache", dest="enable_caching", action="store_false", default=None)
-    caching.add_argument("--cache", dest="enable_caching", action="store_true")
+    caching.add_argument(
+        "--no-cache", dest="enable_caching", action="store_false", default=None, help="run every step again"
+    )
+    caching.add_argument(
+        "--cache", dest="enable_caching", action="store_true", help="reuse cached steps (default: the spec's setting)"
+    )
 
     schedule = commands.add_parser("schedule", help="recurring retraining runs on Kubeflow")
     schedule_commands = schedule.add_subparsers(dest="schedule_command", required=True)
@@ -223,6 +236,20 @@ def _pairs(pairs: Sequence[str], flag: str = "--param") -> dict[str, str]:
     return parameters
 
 
+def _kubeflow_defaults(args: argparse.Namespace) -> None:
+    """Fills what the flags left unset from the pipeline file's kubeflow section (or the preset)."""
+    from tfx_model_pruning.pipelines.pipeline_config import load_pipeline_config
+
+    config = load_pipeline_config(args.config)
+    kubeflow = config.kubeflow
+    for name in ("host", "namespace"):
+        if getattr(args, name, None) is None and getattr(kubeflow, name) is not None:
+            setattr(args, name, getattr(kubeflow, name))
+    args.experiment = args.experiment or kubeflow.experiment or config.name
+    if hasattr(args, "spec") and args.spec is None:
+        args.spec = os.path.join(kubeflow.output_dir, f"{config.name}.yaml")
+
+
 def kubeflow_command(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -230,6 +257,7 @@ def kubeflow_command(args: argparse.Namespace) -> int:
 
     from tfx_model_pruning.pipelines import kfp_runs
 
+    _kubeflow_defaults(args)
     # Before connecting: a typo in the cron, the file or a parameter needs no cluster to be found.
     starts_runs = args.command == "submit" or args.schedule_command == "create"
     if starts_runs:

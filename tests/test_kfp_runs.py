@@ -192,3 +192,29 @@ def test_host_and_token_come_from_the_environment(kfp_api, spec_path, monkeypatc
     with pytest.raises(SystemExit):
         cli.main(["submit", "--help"])
     assert "env-token" not in capsys.readouterr().out, "--help never prints a token"
+
+
+def test_one_pipeline_file_compiles_and_submits_with_its_kubeflow_section(kfp_api, tmp_path, monkeypatch):
+    import yaml
+
+    from tfx_model_pruning.pipelines.pipeline_config import PENGUIN_PRESET
+
+    settings = yaml.safe_load(open(PENGUIN_PRESET))
+    settings["name"] = "team-pruning"
+    settings["kubeflow"] = {
+        "pipeline_root": "gs://team/root", "serving_dir": "gs://team/serving", "data_root": "gs://team/data",
+        "output_dir": str(tmp_path / "kfp"), "host": kfp_api.host, "experiment": "nightly-pruning",
+    }  # fmt: skip
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    assert cli.main(["compile", "--config", str(config)]) == 0
+    assert (tmp_path / "kfp" / "team-pruning.yaml").is_file()
+    # No --host, --experiment or --spec: the file's kubeflow section gives them.
+    assert cli.main(["submit", "--config", str(config), "--run-name", "from-file"]) == 0
+    (experiment,) = kfp_api.calls("POST", "/experiments")
+    assert experiment.json()["display_name"] == "nightly-pruning"
+    (upload,) = kfp_api.calls("POST", "/pipelines/upload")
+    assert upload.query["name"] == "team-pruning"
+    (run,) = kfp_api.calls("POST", "/runs")
+    assert run.json()["display_name"] == "from-file"
