@@ -132,11 +132,11 @@ class KubeflowSection(_Section):
     pipeline_root: Optional[str] = Field(default=None, description="Shared storage for artifacts (gs://, s3://).")
     data_root: Optional[str] = Field(default=None, description="Default of the data_root runtime parameter.")
     serving_dir: Optional[str] = Field(default=None, description="Push destination the serving system watches.")
-    push_root: Optional[str] = None
+    push_root: Optional[str] = Field(default=None, description="Refuse a serving_dir outside this root.")
     image: Optional[str] = Field(default=None, description="Component image (default: tfx-model-pruning:<version>).")
     output_dir: str = Field(default="build/kubeflow", description="Where compile writes the job and spec files.")
     host: Optional[str] = Field(default=None, description="KFP API endpoint for submit/schedule.")
-    namespace: Optional[str] = None
+    namespace: Optional[str] = Field(default=None, description="Kubernetes namespace (multi-user KFP).")
     experiment: Optional[str] = Field(default=None, description="KFP experiment (default: the pipeline name).")
 
 
@@ -153,7 +153,9 @@ class PipelineConfig(_Section):
     beam_args: Optional[list[str]] = Field(
         default=None, description="Beam pipeline args (default: DirectRunner in memory, one worker)."
     )
-    enable_cache: bool = False
+    enable_cache: bool = Field(
+        default=False, description="Reuse outputs of unchanged components (resume a killed local run)."
+    )
     kubeflow: KubeflowSection = Field(default_factory=KubeflowSection)
 
     @model_validator(mode="before")
