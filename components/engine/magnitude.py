@@ -82,7 +82,7 @@ def compute_masks(
 
     The smallest ``scores`` go (default: ``|w|``; a criterion passes its own, e.g. ``|w x grad|``).
 
-    Target sparsity is met exactly: the ``round(sparsity * n)`` smallest magnitudes are cut,
+    Target sparsity is met exactly: the ``ceil(sparsity * n)`` smallest magnitudes are cut,
     ties broken by position, so the count never drifts with repeated values. Weights that an
     earlier pruning already masked stay masked.
     """
