@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from typing import IO, Optional
 
@@ -128,6 +129,7 @@ class RunConsole:
     def __init__(self, stream: IO, log_path: str, verbose: bool = False, steps: bool = True):
         self.stream, self.log_path, self.verbose, self.steps = stream, log_path, verbose, steps
         self._saved: list = []
+        self._saved_fds: Optional[tuple[int, int]] = None
 
     def __enter__(self) -> RunConsole:
         from absl import logging as absl_logging
@@ -152,11 +154,44 @@ class RunConsole:
         logging.getLogger("py.warnings").addHandler(self.file)  # it may not propagate (see the CLI)
         if self.steps:
             root.addHandler(self.step_lines)
+        if not self.verbose:
+            self._redirect_descriptors()
         return self
+
+    def _redirect_descriptors(self) -> None:
+        """Points file descriptors 1 and 2 at the log file, so what writes to them directly (the
+        wheel build and pip install TFX runs for a Trainer module file, a Trainer's own prints,
+        TensorFlow's C++ logs) lands there too; the step lines keep a copy of the terminal."""
+        try:
+            terminal_fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return  # not a real file (a test's capture): nothing to redirect
+        if terminal_fd != 1:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved_fds = (os.dup(1), os.dup(2))
+        self.step_lines.stream = os.fdopen(os.dup(1), "w", buffering=1)
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+
+    def _restore_descriptors(self) -> None:
+        if self._saved_fds is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, saved in zip((1, 2), self._saved_fds, strict=True):
+            os.dup2(saved, target)
+            os.close(saved)
+        self.step_lines.stream.close()
+        self._saved_fds = None
 
     def __exit__(self, kind, value, traceback) -> None:
         if kind is not None:
             self.step_lines.line("FAIL")
+        self._restore_descriptors()
         root = logging.getLogger()
         for handler in (self.file, self.step_lines):
             root.removeHandler(handler)
