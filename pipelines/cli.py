@@ -192,7 +192,6 @@ def _parser() -> argparse.ArgumentParser:
         "submit",
         parents=[connection, run_options],
         help="upload the compiled pipeline (or reuse the identical version) and start one run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     submit.add_argument("--run-name", default=None, help="default: <experiment>-<UTC time>")
     caching = submit.add_mutually_exclusive_group()
@@ -209,7 +208,6 @@ def _parser() -> argparse.ArgumentParser:
         "create",
         parents=[connection, run_options],
         help="schedule recurring runs (one at a time, no catch-up)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     create.add_argument("--name", required=True, help="schedule name, unique among enabled schedules")
     create.add_argument(
@@ -219,7 +217,6 @@ def _parser() -> argparse.ArgumentParser:
         "list",
         parents=[connection],
         help="list schedules of the experiment",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     disable = schedule_commands.add_parser("disable", parents=[connection], help="stop a schedule from starting runs")
     disable.add_argument("schedule_id")
