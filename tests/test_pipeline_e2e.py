@@ -55,6 +55,18 @@ def test_importer_with_unreachable_threshold_is_not_blessed_and_pushes_nothing(t
     assert [os.listdir(d) for d in blessing_dirs] == [["NOT_BLESSED"]]
     assert "NOT pushed: 1 of " in printed and " release checks failed" in printed
     assert printed.index("  FAIL  sparsity is 0.5, below the lower bound 0.99") < printed.index("NOT pushed")
+    # The release report opens with where the verdict was made and on which models.
+    summary = open(result.gate_summary_path).read()
+    header = summary[: summary.index("## Why it was refused")]
+    for line in (
+        "- pipeline: `penguin-pruning`",
+        "- run: `e2e`",
+        "- candidate: `",
+        "- parent: `",
+        "- push destination: `",
+    ):
+        assert line in header, summary
+    assert "- serving: `no model serving yet (first release)`" in header
 
 
 def test_structured_pruning_with_distillation_pushes_a_physically_smaller_model(tmp_path, penguin_baseline, capsys):
