@@ -7,6 +7,8 @@ The Pusher is the stock TFX component with an executor that publishes versions a
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from tfx import v1 as tfx
@@ -268,5 +270,22 @@ def local_pipeline_ir(pipeline: tfx.dsl.Pipeline, run_id: str) -> pipeline_pb2.P
 
 
 def run_locally(pipeline: tfx.dsl.Pipeline, run_id: str) -> None:
-    """Runs ``pipeline`` on LocalDagRunner as run ``run_id`` (see ``local_pipeline_ir``)."""
-    tfx.orchestration.LocalDagRunner().run_with_ir(local_pipeline_ir(pipeline, run_id))
+    """Runs ``pipeline`` on LocalDagRunner as run ``run_id`` (see ``local_pipeline_ir``).
+
+    The run gets a temporary folder of its own, deleted when it ends: TFX builds an sdist of the
+    installed tfx package for every Beam component (84 MiB each) and wheels of module files in the
+    temporary directory, and nothing removes them, so a day of runs filled it with gigabytes.
+    """
+    scratch = tempfile.mkdtemp(prefix=f"{pipeline.pipeline_info.pipeline_name}-run-")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = scratch
+    os.environ["TMPDIR"] = scratch  # the wheel builds and pip installs TFX runs as subprocesses
+    try:
+        tfx.orchestration.LocalDagRunner().run_with_ir(local_pipeline_ir(pipeline, run_id))
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(scratch, ignore_errors=True)

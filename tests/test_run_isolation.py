@@ -65,11 +65,13 @@ def _run_local(out, baseline, run_id, *extra):
     ]
     command += ["--baseline-model", baseline, "--compare-with", "parent", "--epochs", "3", *extra]
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # as on a user's shell
+    env["TMPDIR"] = str(out.parent / "system-temp")
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_concurrent_runs_into_one_directory_each_report_their_own_verdict(tmp_path, penguin_baseline):
     out = tmp_path / "shared"
+    (tmp_path / "system-temp").mkdir()
     refused = _run_local(out, penguin_baseline, "refused", "--target-sparsity", "0.5", "--min-sparsity", "0.99")
     blessed = _run_local(out, penguin_baseline, "blessed", "--target-sparsity", "0.5")
     refused_out, refused_err = refused.communicate(timeout=900)
@@ -89,6 +91,8 @@ def test_concurrent_runs_into_one_directory_each_report_their_own_verdict(tmp_pa
             ["ImportExampleGen", "baseline_importer", "PruneComponent", "RetrainComponent", "EvaluatorGate", "Pusher"]
         )
         assert err_text == ""
+    # TFX's sdists of tfx and other scratch files went to each run's own temp folder, now deleted.
+    assert os.listdir(tmp_path / "system-temp") == []
     log_files = sorted(os.listdir(out / "logs"))
     assert log_files == ["blessed.log", "refused.log"]
     assert "Component EvaluatorGate is running" in (out / "logs" / "refused.log").read_text()
