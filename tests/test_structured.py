@@ -487,3 +487,27 @@ def test_kept_widths_round_up_to_a_multiple_and_narrow_groups_stay_exact(multipl
     # The rounding gives back the most important of the units chosen for removal.
     _, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5, width_multiple=multiple))
     assert change.widths["c"].after == widths[2]
+
+
+def test_a_residual_chain_through_two_stages_loses_about_half_of_every_layer():
+    # InceptionResNetV2's shape: a concat trunk, scaled residuals (CustomScaleLayer), and a
+    # reduction whose max-pool branch carries the whole first-stage trunk into the second.
+    from tfx_model_pruning.engine.graph import InceptionResNetScale
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3))
+    trunk = L.Concatenate()([L.Conv2D(8, 1, name="a")(image), L.Conv2D(8, 3, padding="same", name="b")(image)])
+    for block in range(1, 5):
+        trunk = InceptionResNetScale(0.17)([trunk, L.Conv2D(16, 1, name=f"r{block}")(L.ReLU()(trunk))])
+    stage_2 = L.Concatenate()([L.Conv2D(16, 1, strides=2, name="c")(trunk), L.MaxPooling2D()(trunk)])
+    stage_2 = InceptionResNetScale(0.1)([stage_2, L.Conv2D(32, 1, name="r5")(L.ReLU()(stage_2))])
+    model = keras.Model(image, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(stage_2)))
+    smaller, graph = check_equivalent(model, width_multiple=1)
+    assert graph.barriers == {}
+    _, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5, width_multiple=1))
+    # Units of the first stage span six layers, those of the second two; judged by their mean
+    # relative score, both lose their share (summed scores kept every first-stage channel).
+    for name in ("a", "b", "r1", "r4", "c", "r5"):
+        width = change.widths[name]
+        assert width.after < width.before, name
+    assert 0.4 <= change.removed_share <= 0.6

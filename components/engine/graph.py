@@ -15,8 +15,9 @@ It holds:
 - nested models flattened into one graph (``flatten_nested``), a call's argument names
   (``LayerCall.input_arguments``) and MultiHeadAttention's private projection layers
   (``attention_projections``);
-- ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``), and
-  ConvNeXt's ``LayerScale``, which tf-keras defines only inside its application module.
+- ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``), ConvNeXt's
+  ``LayerScale`` and InceptionResNetV2's ``CustomScaleLayer`` (``x + r * scale``), which
+  tf-keras defines only inside its application modules.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from typing import Any, Callable, Iterator, Optional
 import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.applications.convnext import LayerScale as ConvNeXtLayerScale  # noqa: F401  (for layer_handlers)
+from tf_keras.src.applications.inception_resnet_v2 import (  # noqa: F401  (for layer_handlers)
+    CustomScaleLayer as InceptionResNetScale,
+)
 from tf_keras.src.layers.core.tf_op_layer import TFOpLambda  # noqa: F401  (for layer_handlers)
 
 from tfx_model_pruning.engine.restored import PRUNABLE_WEIGHT_ATTRIBUTES

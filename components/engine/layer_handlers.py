@@ -31,6 +31,7 @@ from tfx_model_pruning.engine.graph import (
     ChannelBarrier,
     ChannelGraph,
     ConvNeXtLayerScale,
+    InceptionResNetScale,
     LayerCall,
     TFOpLambda,
     attention_projections,
@@ -637,6 +638,8 @@ def _register_builtins() -> None:
     register_layer_handler(L.Concatenate, ConcatenateHandler())
     for layer_class in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
         register_layer_handler(layer_class, ElementwiseMergeHandler())
+    # InceptionResNetV2's residual: inputs[0] + inputs[1] * scale, with a scalar scale.
+    register_layer_handler(InceptionResNetScale, ElementwiseMergeHandler())
     register_layer_handler(keras.Model, Barrier("nested model"), every_subclass=True)
 
 
