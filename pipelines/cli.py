@@ -502,11 +502,11 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
         print()
         print(tabulate(rows, headers=header, tablefmt="github", disable_numparse=True))
     print()
+    counted = len(checks) - len(notes)
     if failed:
-        print(paint(f"{len(failed)} of {len(checks)} checks failed:", "red", sys.stdout))
+        print(paint(f"{len(failed)} of {counted} checks failed:", "red", sys.stdout))
         print("\n".join(paint(line, "red", sys.stdout) for line in failed))
     else:
-        counted = len(checks) - len(notes)
         print(f"All {counted} checks passed (each with its measured value in the release report).")
     for note in notes:
         print(f"Note: {note}")
@@ -517,7 +517,7 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
     if result.pushed:
         print(paint(f"\nRun {run_id}: BLESSED and pushed to {result.pushed_destination}", "green", sys.stdout))
         return 0
-    print(paint(f"\nRun {run_id}: NOT pushed: {len(failed)} of {len(checks)} release checks failed", "red", sys.stdout))
+    print(paint(f"\nRun {run_id}: NOT pushed: {len(failed)} of {counted} release checks failed", "red", sys.stdout))
     return EXIT_NOT_PUSHED
 
 

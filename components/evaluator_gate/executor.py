@@ -42,7 +42,12 @@ from tfx_model_pruning.evaluator_gate.metrics import (
     metric_output_name,
     non_finite_predictions_config,
 )
-from tfx_model_pruning.evaluator_gate.report import release_report_html, release_report_png, summary_markdown
+from tfx_model_pruning.evaluator_gate.report import (
+    release_report_html,
+    release_report_png,
+    summary_markdown,
+    verdict_line,
+)
 from tfx_model_pruning.serving_versions import (
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
@@ -100,12 +105,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, decision.judged_serving_version)
         blessing.set_string_custom_property(FAILED_CHECKS_PROPERTY, "; ".join(decision.failed_checks))
         _write_blessing(blessing, blessed=decision.blessed)
-        failed = len(decision.failed_checks)
-        progress.figure(
-            f"BLESSED: all {len(decision.checks)} checks passed"
-            if decision.blessed
-            else f"NOT BLESSED: {failed} of {len(decision.checks)} checks failed"
-        )
+        progress.figure(verdict_line(decision.to_json()))
         if decision.blessed:
             logging.info("EvaluatorGate: BLESSED (%d checks passed)", len(decision.checks))
         else:
