@@ -427,7 +427,6 @@ class ChannelGraph:
     # How many units each producer key makes: a producer's output width, or a layer's count of
     # hidden units (``"<layer>:heads"``: attention heads no tensor carries one by one).
     unit_counts: dict[str, int] = field(default_factory=dict)
-    hidden: dict[str, str] = field(default_factory=dict)  # hidden-unit key -> the layer that owns them
     hidden_nodes: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # layer -> kind -> nodes
     layer_arguments: dict[str, list[str]] = field(default_factory=dict)  # per input id: query, value, ...
 
@@ -441,9 +440,7 @@ class ChannelGraph:
 
     def new_hidden_units(self, layer_name: str, kind: str, count: int) -> list[int]:
         """Units inside a layer (its attention heads), removable like channels, keyed ``layer:kind``."""
-        key = hidden_key(layer_name, kind)
-        self.hidden[key] = layer_name
-        nodes = self.new_channels(count, producer=key)
+        nodes = self.new_channels(count, producer=hidden_key(layer_name, kind))
         self.hidden_nodes.setdefault(layer_name, {})[kind] = nodes
         return nodes
 

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfx_model_pruning.engine.graph import ChannelGraph
+from tfx_model_pruning.engine.graph import ChannelGraph, hidden_key
 from tfx_model_pruning.engine.layer_handlers import handler_for
 from tfx_model_pruning.engine.masks import PrunableWeight
 
@@ -215,10 +215,11 @@ def channel_sources(model: keras.Model, graph: ChannelGraph) -> list[ChannelSour
         kernel, axis = handler.scored_kernel(layer)
         end = graph.chain_end(graph.layer_outputs[name][0])
         sources.append(ChannelSource(name, kernel, axis, graph.tensors[end], handler.gates(layer)))
-    for key, name in graph.hidden.items():
+    for name, by_kind in graph.hidden_nodes.items():
         layer = model.get_layer(name)
-        kernel, axis = handler_for(layer).scored_hidden(layer, key.split(":", 1)[1])
-        sources.append(ChannelSource(key, kernel, axis, activation=None))
+        for kind in by_kind:
+            kernel, axis = handler_for(layer).scored_hidden(layer, kind)
+            sources.append(ChannelSource(hidden_key(name, kind), kernel, axis, activation=None))
     return sources
 
 
