@@ -18,6 +18,7 @@ from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root  # noq
 INTEGRATION_MODULES = {
     "test_artifact_type_migration",
     "test_atomic_push",
+    "test_batched_evaluation",
     "test_bench",
     "test_executors",
     "test_gate_release",

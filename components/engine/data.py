@@ -29,13 +29,14 @@ class Preprocessing:
     output_names: frozenset[str]
 
 
-def _compression(path: str) -> str:
+def tfrecord_compression(path: str) -> str:
+    """tf.data's compression_type for a TFRecord file: ExampleGen writes gzipped ``.gz`` files."""
     return "GZIP" if path.endswith(".gz") else ""
 
 
 def first_example(file_paths: Sequence[str]) -> tf.train.Example:
     for path in file_paths:
-        for record in tf.data.TFRecordDataset(path, compression_type=_compression(path)).take(1):
+        for record in tf.data.TFRecordDataset(path, compression_type=tfrecord_compression(path)).take(1):
             return tf.train.Example.FromString(record.numpy())
     raise ExamplesMismatchError(f"no examples in {list(file_paths)}")
 
@@ -138,8 +139,8 @@ def read_serialized(file_paths: Sequence[str], count: int) -> tf.Tensor:
     """The first ``count`` serialized records of the files, as one string tensor."""
     records = []
     for path in file_paths:
-        for record in tf.data.TFRecordDataset(path, compression_type=_compression(path)).take(count - len(records)):
-            records.append(record.numpy())
+        dataset = tf.data.TFRecordDataset(path, compression_type=tfrecord_compression(path))
+        records.extend(record.numpy() for record in dataset.take(count - len(records)))
         if len(records) >= count:
             break
     if not records:
@@ -192,7 +193,7 @@ def examples_dataset(
             parsed = tf.io.parse_example(serialized, spec)
             return model_features(model, parsed), parsed[label_key]
 
-    compression = _compression(file_paths[0])
+    compression = tfrecord_compression(file_paths[0])
     dataset = tf.data.TFRecordDataset(list(file_paths), compression_type=compression)
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

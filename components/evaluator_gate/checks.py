@@ -79,6 +79,7 @@ class GateDecision:
     judged_serving_version: str = ""  # the serving version compared with, so a stale verdict is not pushed
     # Where the verdict was made: pipeline, run id, time (UTC), push destination; for the report's header.
     run: dict[str, str] = field(default_factory=dict)
+    evaluated_by: str = ""  # which evaluator computed the metrics, and why TFMA's when it was
 
     @property
     def blessed(self) -> bool:

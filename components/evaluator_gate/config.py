@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -108,6 +108,17 @@ class GateConfig(_StrictModel):
     )
     require_serving_model: bool = Field(
         default=False, description="Refuse when no model is serving yet (otherwise the first release passes)."
+    )
+    eval_batch_size: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Examples per batch of the one-pass evaluation; by default as many as 16 MiB of "
+        "serialized examples and 1e11 FLOPs of the largest model allow, at most 32768.",
+    )
+    evaluator: Literal["auto", "tfma"] = Field(
+        default="auto",
+        description="'auto': one pass over whole batches for every model and slice, with the Keras metrics TFMA "
+        "uses, where the models and metrics allow it (else TFMA); 'tfma': always TFMA's per-example evaluator.",
     )
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import os
 from typing import Any, Optional
 
 import apache_beam as beam
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from absl import logging
 from google.protobuf.wrappers_pb2 import BoolValue
@@ -34,6 +35,7 @@ from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
 from tfx_model_pruning.engine.prune import size_stats
 from tfx_model_pruning.engine.report import layer_table, weight_stats
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights
+from tfx_model_pruning.evaluator_gate import batched_evaluation
 from tfx_model_pruning.evaluator_gate.checks import GateDecision, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.metrics import (
@@ -139,7 +141,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if serving_dir is not None:
             models[SERVING] = load_model(serving_dir, allow_unsafe_layers)
         eval_patterns = split_patterns(examples, config.eval_split)
-        eval_features = _feature_names(examples, config.eval_split)
+        sample = _first_example(examples, config.eval_split)
+        eval_features = sorted(sample.features.feature) if sample is not None else []
         if eval_features:  # an empty split is refused by the example-count check
             eval_features = check_model_inputs(
                 config, {name: loaded.signatures for name, loaded in models.items()}, eval_features
@@ -147,32 +150,19 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         metric_names = {t.metric: metric_output_name(t.metric) for t in config.all_thresholds}
         eval_config = _eval_config(config, list(models))
         tfma_dir = os.path.join(evaluation_uri, files.TFMA_SUBDIR)
-        shared_models = [
-            tfma.default_eval_shared_model(eval_saved_model_path=loaded.path, model_name=name, eval_config=eval_config)
-            for name, loaded in models.items()
-        ]
-        # TFMA's batched path wants Arrow record batches with the raw examples alongside,
-        # which is how the stock Evaluator reads them too.
-        make_tfxio = tfxio_utils.get_tfxio_factory_from_artifact(
-            examples=examples,
-            telemetry_descriptors=["EvaluatorGate"],
-            raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN,
+        flops = {name: count_flops(loaded.model) for name, loaded in models.items()}
+        plan, why_not = self._one_pass_plan(config, models, sample, flops)
+        evaluated_by = (
+            "one pass over whole batches (Keras metrics as TFMA computes them)"
+            if plan is not None
+            else f"TFMA's per-example evaluator: {why_not}"
         )
+        logging.info("EvaluatorGate: evaluated by %s", evaluated_by)
         with self._make_beam_pipeline() as pipeline:
-            reads = [
-                pipeline | f"ReadEvalExamples[{index}]" >> make_tfxio(pattern).BeamSource()
-                for index, pattern in enumerate(eval_patterns)
-            ]
-            _ = (
-                reads
-                | "FlattenEvalExamples" >> beam.Flatten()
-                | "EvaluateWithTFMA"
-                >> tfma.ExtractEvaluateAndWriteResults(
-                    eval_shared_model=shared_models if len(shared_models) > 1 else shared_models[0],
-                    eval_config=eval_config,
-                    output_path=tfma_dir,
-                )
-            )
+            if plan is not None:
+                batched_evaluation.evaluate_and_write(pipeline, eval_patterns, plan, eval_config, tfma_dir)
+            else:
+                self._tfma_evaluation(pipeline, models, examples, eval_patterns, eval_config, tfma_dir)
         by_slice = _metrics_by_slice(tfma_dir, list(models))
         metrics = by_slice.pop(OVERALL, {name: {} for name in models})
         stats = {
@@ -185,7 +175,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if predictions is not None:
             non_finite["predictions"] = int(predictions)
         for name, loaded in models.items():
-            stats[name]["flops"] = count_flops(loaded.model)
+            stats[name]["flops"] = flops[name]
             if config.max_latency_ms is not None:
                 stats[name]["latency_ms"] = cpu_latency_ms(loaded.model, config.latency_batch_size)
         checks = run_checks(
@@ -211,6 +201,72 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             weights=stats,
             layers=layers,
             judged_serving_version=os.path.realpath(serving_dir) if serving_dir is not None else "",
+            evaluated_by=evaluated_by,
+        )
+
+    @staticmethod
+    def _one_pass_plan(
+        config: GateConfig, models: dict, sample: Optional[tf.train.Example], flops: dict[str, Optional[int]]
+    ) -> tuple[Optional[batched_evaluation.EvaluationPlan], str]:
+        """The one-pass evaluation of these models and metrics, or None and why TFMA must do it."""
+        if config.evaluator == "tfma":
+            return None, "asked for by the configuration (evaluator: tfma)"
+        if sample is None:
+            return None, "the eval split is empty"
+        raw_features = {
+            name: (feature.WhichOneof("kind"), len(getattr(feature, feature.WhichOneof("kind")).value))
+            for name, feature in sample.features.feature.items()
+            if feature.WhichOneof("kind") is not None
+        }
+        fields = {
+            "signature_name": config.signature_name,
+            "preprocessing_function_names": list(config.preprocessing_function_names),
+            "slice_feature": config.slice_feature,
+            "raw_features": raw_features,
+        }
+        metric_classes = list(dict.fromkeys(threshold.metric for threshold in config.all_thresholds))
+        reason = batched_evaluation.unsupported_reason(
+            metric_classes, {name: loaded.signatures for name, loaded in models.items()}, fields
+        )
+        if reason is not None:
+            return None, reason
+        plan = batched_evaluation.EvaluationPlan(
+            models={name: loaded.path for name, loaded in models.items()},
+            label_key=config.label_key,
+            metric_classes=metric_classes,
+            batch_size=config.eval_batch_size
+            or batched_evaluation.batch_size_for(
+                sample.ByteSize(), None if None in flops.values() else max(flops.values())
+            ),
+            **fields,
+        )
+        return plan, ""
+
+    def _tfma_evaluation(self, pipeline, models: dict, examples, eval_patterns, eval_config, tfma_dir: str) -> None:
+        shared_models = [
+            tfma.default_eval_shared_model(eval_saved_model_path=loaded.path, model_name=name, eval_config=eval_config)
+            for name, loaded in models.items()
+        ]
+        # TFMA's batched path wants Arrow record batches with the raw examples alongside,
+        # which is how the stock Evaluator reads them too.
+        make_tfxio = tfxio_utils.get_tfxio_factory_from_artifact(
+            examples=examples,
+            telemetry_descriptors=["EvaluatorGate"],
+            raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN,
+        )
+        reads = [
+            pipeline | f"ReadEvalExamples[{index}]" >> make_tfxio(pattern).BeamSource()
+            for index, pattern in enumerate(eval_patterns)
+        ]
+        _ = (
+            reads
+            | "FlattenEvalExamples" >> beam.Flatten()
+            | "EvaluateWithTFMA"
+            >> tfma.ExtractEvaluateAndWriteResults(
+                eval_shared_model=shared_models if len(shared_models) > 1 else shared_models[0],
+                eval_config=eval_config,
+                output_path=tfma_dir,
+            )
         )
 
 
@@ -332,11 +388,11 @@ def _write_blessing(blessing: types.Artifact, blessed: bool) -> None:
     )
 
 
-def _feature_names(examples: list[types.Artifact], split: str) -> list[str]:
+def _first_example(examples: list[types.Artifact], split: str) -> Optional[tf.train.Example]:
     try:
-        return sorted(first_example(split_files(examples, split)).features.feature)
+        return first_example(split_files(examples, split))
     except ExamplesMismatchError:  # an empty split: the example-count check refuses it
-        return []
+        return None
 
 
 def _one_line(err: BaseException) -> str:

@@ -79,6 +79,8 @@ def header_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((SERVING_LABEL, "no model serving yet (first release)"))
     if run.get("push_destination"):
         rows.append(("push destination", run["push_destination"]))
+    if result.get("evaluated_by"):
+        rows.append(("evaluated by", result["evaluated_by"]))
     return rows
 
 
