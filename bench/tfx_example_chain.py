@@ -32,7 +32,7 @@ from tfx.proto import example_gen_pb2  # noqa: E402
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent  # noqa: E402
 from tfx_model_pruning.atomic_pusher.component import AtomicPusher  # noqa: E402
 from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root  # noqa: E402
-from tfx_model_pruning.pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS, run_locally  # noqa: E402
+from tfx_model_pruning.pipelines.pruning_pipeline import DEFAULT_BEAM_ARGS, run_locally  # noqa: E402
 from tfx_model_pruning.pipelines.results import run_result  # noqa: E402
 
 
@@ -130,7 +130,7 @@ def build(name: str, out: str, target_sparsity: float, train_steps: int, epochs:
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(out, "metadata.sqlite")
         ),
-        beam_pipeline_args=list(IN_MEMORY_BEAM_ARGS),
+        beam_pipeline_args=list(DEFAULT_BEAM_ARGS),
     )
 
 

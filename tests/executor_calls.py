@@ -9,7 +9,7 @@ from tfx_model_pruning.artifacts import PruningReport
 from tfx_model_pruning.engine import FineTuneConfig, PruningConfig
 from tfx_model_pruning.evaluator_gate import executor as gate_executor
 from tfx_model_pruning.evaluator_gate.config import GateConfig
-from tfx_model_pruning.pipelines.pruning_pipeline import IN_MEMORY_BEAM_ARGS
+from tfx_model_pruning.pipelines.pruning_pipeline import DEFAULT_BEAM_ARGS
 from tfx_model_pruning.prune import executor as prune_executor
 from tfx_model_pruning.retrain import executor as retrain_executor
 
@@ -63,7 +63,7 @@ def run_gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateCo
     if baseline_uri:
         inputs["baseline_model"] = [artifact(standard_artifacts.Model, baseline_uri)]
     context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=list(IN_MEMORY_BEAM_ARGS), tmp_dir=str(tmp_path / "tmp")
+        beam_pipeline_args=list(DEFAULT_BEAM_ARGS), tmp_dir=str(tmp_path / "tmp")
     )
     error = None
     try:

@@ -224,7 +224,7 @@ def test_a_failed_gate_leaves_its_reason_in_ml_metadata_and_the_cli(tmp_path, pe
         pipeline_root=str(tmp_path / "root"),
         components=[model, examples, gate],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata),
-        beam_pipeline_args=list(pruning_pipeline.IN_MEMORY_BEAM_ARGS),
+        beam_pipeline_args=list(pruning_pipeline.DEFAULT_BEAM_ARGS),
     )
     with pytest.raises(Exception, match="EvaluatorGate failed, NOT_BLESSED") as raised:
         pruning_pipeline.run_locally(pipeline, "run-1")

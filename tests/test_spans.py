@@ -52,7 +52,7 @@ def test_example_gen_takes_the_newest_span(tmp_path, penguin_data):
         pipeline_root=str(tmp_path / "root"),
         components=[example_gen],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        beam_pipeline_args=[],
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
     (examples,) = _examples(metadata_path)
