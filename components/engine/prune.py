@@ -90,6 +90,8 @@ def prune_saved_model(
 ) -> PruningResult:
     """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns what it did.
 
+    ``latency_repeats`` times the model before and after for the report (0: not timed).
+
     ``sample_examples`` (a batch of serialized tf.Examples) is required by structured pruning,
     which has to rebuild the serving signatures and proves them on those examples, and by the
     data-driven criteria, which read up to ``config.sample_size`` of them.
@@ -129,7 +131,9 @@ def _prune_magnitude(
     sample = _criterion_sample(loaded, config, examples)
     weights = find_prunable_weights(loaded.model, config)  # fails on a bad config before any work
     nonzeros_before = {w.key: int(np.count_nonzero(w.variable.numpy())) for w in weights}
-    before = model_stats(loaded.model, loaded.masks or None, loaded.signatures, latency_repeats, loaded.path)
+    before = model_stats(
+        loaded.model, loaded.masks or None, loaded.signatures, latency_repeats, loaded.path, latency_repeats > 0
+    )
 
     sensitivity = None
     layer_sparsity = None
@@ -144,7 +148,7 @@ def _prune_magnitude(
     return PruningResult(
         **_common_fields(config, loaded, output_dir),
         before=before,
-        after=_measured(loaded.model, masks, output_dir, latency_repeats),
+        after=_measured(loaded.model, masks, output_dir, latency_repeats, with_latency=latency_repeats > 0),
         weights=layer_rows(weights, nonzeros_before),
         sensitivity=sensitivity,
     )
@@ -209,7 +213,8 @@ def _remove_layers(
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path, with_latency=False)
     smaller, removal = remove_layers(loaded.model, config, train, holdout)
     after = _save_rebuilt(loaded, smaller, output_dir, examples.sample)
-    _time_in_alternation((loaded.model, smaller), (before, after), latency_repeats)
+    if latency_repeats:
+        _time_in_alternation((loaded.model, smaller), (before, after), latency_repeats)
     return PruningResult(
         **_common_fields(config, loaded, output_dir), before=before, after=after, layer_removal=removal
     )
@@ -254,7 +259,8 @@ def _prune_structured(
     smaller, structure = prune_structured(loaded.model, config, sample, holdout)
     before = model_stats(loaded.model, None, loaded.signatures, latency_repeats, loaded.path, with_latency=False)
     after = _save_rebuilt(loaded, smaller, output_dir, examples.sample)
-    _time_in_alternation((loaded.model, smaller), (before, after), latency_repeats)
+    if latency_repeats:
+        _time_in_alternation((loaded.model, smaller), (before, after), latency_repeats)
     return PruningResult(
         **_common_fields(config, loaded, output_dir),
         before=before,

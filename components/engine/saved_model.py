@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from tensorflow.python.saved_model import loader_impl
 
 from tfx_model_pruning.engine.restored import is_restored, model_variables, require_tf_keras, trainable_variables
 
@@ -368,28 +369,32 @@ def require_finite_weights(model: Any, what: str) -> None:
         raise NonFiniteWeightsError(f"{what} has NaN or infinite weights: {listed}")
 
 
-def _canonical_structure(structure):
-    # Dicts by sorted key: TF restores a signature's dicts in an arbitrary key order.
-    if isinstance(structure, Mapping):
-        return tuple((str(key), _canonical_structure(structure[key])) for key in sorted(structure, key=str))
-    if isinstance(structure, (list, tuple)):
-        return tuple(_canonical_structure(item) for item in structure)
-    if isinstance(structure, tf.TensorSpec):
-        shape = tuple(structure.shape.as_list()) if structure.shape.rank is not None else None
-        return (shape, structure.dtype.name)
-    return repr(structure)
-
-
 def signature_specs(model_dir: str) -> dict[str, tuple[tuple, tuple]]:
     """Maps each signature name of a SavedModel to its canonical (inputs, outputs) spec.
 
-    Inputs and outputs are compared by name, shape and dtype, never by the order of their keys.
+    Read from the SavedModel's signature defs, what TF Serving reads, without loading the model
+    (a load of a large model takes seconds). Inputs and outputs are compared by name, shape and
+    dtype, never by the order of their keys.
     """
-    loaded = tf.saved_model.load(model_dir)
+    meta_graph = loader_impl.parse_saved_model(model_dir).meta_graphs[0]
     return {
-        name: (_canonical_structure(fn.structured_input_signature), _canonical_structure(fn.structured_outputs))
-        for name, fn in loaded.signatures.items()
+        name: (_tensor_infos(signature.inputs), _tensor_infos(signature.outputs))
+        for name, signature in meta_graph.signature_def.items()
+        if name != "__saved_model_init_op"
     }
+
+
+def _tensor_infos(infos) -> tuple:
+    canonical = []
+    for key in sorted(infos):
+        info = infos[key]
+        if info.HasField("composite_tensor"):
+            canonical.append((key, str(info.composite_tensor.type_spec)))
+            continue
+        dims = info.tensor_shape.dim
+        shape = None if info.tensor_shape.unknown_rank else tuple(d.size if d.size >= 0 else None for d in dims)
+        canonical.append((key, (shape, tf.dtypes.as_dtype(info.dtype).name)))
+    return tuple(canonical)
 
 
 def verify_signatures_preserved(original_dir: str, new_dir: str) -> None:

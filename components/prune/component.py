@@ -20,6 +20,7 @@ class PruneComponentSpec(ComponentSpec):
     PARAMETERS = {
         specs.PRUNING_CONFIG_KEY: ExecutionParameter(type=str),
         specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.LATENCY_REPEATS_KEY: ExecutionParameter(type=int, optional=True),
     }
     # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
     INPUTS = {
@@ -95,6 +96,10 @@ class PruneComponent(base_component.BaseComponent):
         while the validation metric drops by at most ``tolerance``; otherwise it is rolled back
         and the search stops. Needs ``examples`` and ``label_key``; every step is reported.
       learning_rate, batch_size: (``method="layer_removal"``) of that fine-tuning (1e-3, 32).
+      latency_repeats: Time the model before and after (in alternation, batch 1 and 64) this
+        many times for the report; 0 (default) leaves latency out: timing a large model takes
+        longer than pruning it, and EvaluatorGate times the candidate when ``max_latency_ms``
+        makes latency part of the release.
       allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
         runs code shipped with the model. Off by default: such models are refused.
       protected_layers: Layer names or regular expressions (full match) left untouched. A
@@ -158,6 +163,7 @@ class PruneComponent(base_component.BaseComponent):
         max_removals: Optional[int] = None,
         learning_rate: Optional[float] = None,
         batch_size: Optional[int] = None,
+        latency_repeats: int = 0,
         allow_unsafe_layers: bool = False,
     ):
         options = {
@@ -183,6 +189,8 @@ class PruneComponent(base_component.BaseComponent):
             "learning_rate": learning_rate,
             "batch_size": batch_size,
         }
+        if latency_repeats < 0:
+            raise ValueError(f"latency_repeats must be 0 (not timed) or more, got {latency_repeats}")
         config = TypeAdapter(AnyPruningConfig).validate_python(
             {key: value for key, value in options.items() if value is not None}
         )
@@ -198,6 +206,7 @@ class PruneComponent(base_component.BaseComponent):
             examples=examples,
             pruning_config=config.model_dump_json(),
             allow_unsafe_layers=int(allow_unsafe_layers),
+            latency_repeats=latency_repeats,
             model=types.Channel(type=standard_artifacts.Model),
             pruning_report=types.Channel(type=PruningReport),
         )

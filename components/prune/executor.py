@@ -53,6 +53,7 @@ class Executor(base_executor.BaseExecutor):
             sample_examples=samples,
             holdout_examples=holdout,
             allow_unsafe_layers=bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY)),
+            latency_repeats=int(exec_properties.get(specs.LATENCY_REPEATS_KEY) or 0),
         )
         if result.sensitivity is not None:
             sensitivity = result.sensitivity
