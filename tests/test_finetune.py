@@ -7,13 +7,15 @@ import tf_keras as keras
 from tfx_model_pruning.engine import (
     ExamplesMismatchError,
     FineTuneConfig,
+    KeepPrunedWeightsZero,
     PruningConfig,
     examples_dataset,
     fine_tune,
     load_model,
+    prune_model,
     prune_saved_model,
 )
-from tfx_model_pruning.engine.finetune import make_loss
+from tfx_model_pruning.engine.finetune import make_loss, mask_variables
 
 
 @pytest.fixture
@@ -67,3 +69,35 @@ def test_model_input_absent_from_examples(penguin_files):
 def test_unknown_loss_name():
     with pytest.raises(ValueError, match="not a Keras loss class name"):
         make_loss("sparse_crossentropy_typo", True)
+
+
+def _small_pruned_model(steps_per_execution):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(8,))
+    outputs = keras.layers.Dense(3)(keras.layers.Dense(16, activation="relu", name="hidden")(inputs))
+    model = keras.Model(inputs, outputs)
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    model.compile(optimizer=optimizer, loss="mse", steps_per_execution=steps_per_execution)
+    _, masks = prune_model(model, PruningConfig(target_sparsity=0.75, protect_output_layer=False))
+    return model, masks
+
+
+def test_the_masks_hold_at_every_step_inside_the_compiled_loop_and_leave_with_the_callback():
+    x, y = np.random.default_rng(0).normal(size=(256, 8)), np.random.default_rng(1).normal(size=(256, 3))
+    kernels = []
+    for steps_per_execution in (1, 4):
+        # Four steps per call of the train function: a per-batch Python hook sees only every fourth,
+        # so momentum would move the pruned weights in between and the two runs would part.
+        model, masks = _small_pruned_model(steps_per_execution)
+        hold = KeepPrunedWeightsZero(mask_variables(model, masks))
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[hold])
+        kernels.append([weight.numpy() for weight in model.trainable_weights])
+        assert "train_step" not in vars(model), "the model's own train step is back after fit"
+    for one_step, four_steps in zip(*kernels, strict=True):
+        np.testing.assert_allclose(four_steps, one_step, rtol=1e-5, atol=1e-6)
+    (key,) = [key for key in masks if key.startswith("hidden")]
+    kernel, pruned = model.get_layer("hidden").kernel, ~masks[key]
+    assert np.all(kernel.numpy()[pruned] == 0) and np.any(kernel.numpy()[~pruned] != 0)
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # without the callback nothing holds the zeros
+    assert np.any(kernel.numpy()[pruned] != 0)
