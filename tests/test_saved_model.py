@@ -170,17 +170,33 @@ def test_tfx_penguin_example_model_keeps_its_signature_after_pruning(tmp_path):
     verify_signatures_preserved(str(tmp_path / "model"), str(tmp_path / "pruned"))
 
 
-def test_signature_outputs_restored_in_any_key_order_compare_equal():
-    # TF restores a signature's output dict in an arbitrary order; the comparison must not care.
-    from tfx_model_pruning.engine.saved_model import _canonical_structure
+def _saved_with_outputs(directory, outputs: dict) -> str:
+    """A SavedModel whose serving signature returns ``outputs``: name -> (dtype, shape after the batch)."""
+    module = tf.Module()
 
-    outputs = {name: tf.TensorSpec([None, 1], tf.float32, name) for name in ("a_xf", "b_xf", "label_xf")}
-    for order in (["label_xf", "a_xf", "b_xf"], ["b_xf", "label_xf", "a_xf"]):
-        shuffled = {name: outputs[name] for name in order}
-        assert list(shuffled) != list(outputs)
-        assert _canonical_structure(shuffled) == _canonical_structure(outputs)
-    retyped = {**outputs, "label_xf": tf.TensorSpec([None, 1], tf.int64, "label_xf")}
-    reshaped = {**outputs, "a_xf": tf.TensorSpec([None], tf.float32, "a_xf")}
-    renamed = {("c_xf" if name == "a_xf" else name): spec for name, spec in outputs.items()}
-    for changed in (retyped, reshaped, renamed):
-        assert _canonical_structure(changed) != _canonical_structure(outputs)
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(examples):
+        batch = tf.shape(examples)[0]
+        return {
+            name: tf.zeros(tf.concat([[batch], tf.constant(shape, tf.int32)], 0), dtype)
+            for name, (dtype, shape) in outputs.items()
+        }
+
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": serve})
+    return str(directory)
+
+
+def test_signatures_compare_by_name_dtype_and_shape_never_by_key_order(tmp_path):
+    from tfx_model_pruning.engine.saved_model import signature_specs
+
+    outputs = {name: (tf.float32, [1]) for name in ("a_xf", "b_xf", "label_xf")}
+    reference = signature_specs(_saved_with_outputs(tmp_path / "reference", outputs))
+    shuffled = {name: outputs[name] for name in ["label_xf", "a_xf", "b_xf"]}
+    assert signature_specs(_saved_with_outputs(tmp_path / "shuffled", shuffled)) == reference
+    changes = {
+        "retyped": {**outputs, "label_xf": (tf.int64, [1])},
+        "reshaped": {**outputs, "a_xf": (tf.float32, [])},
+        "renamed": {("c_xf" if name == "a_xf" else name): spec for name, spec in outputs.items()},
+    }
+    for name, changed in changes.items():
+        assert signature_specs(_saved_with_outputs(tmp_path / name, changed)) != reference, name

@@ -304,6 +304,7 @@ def save_model(
                 save_format="tf",
                 include_optimizer=True,
                 signatures=dict(signatures) if signatures else None,
+                save_traces=not _rebuilt_from_configs(model),
             )
         finally:
             if caller is not None:
@@ -317,6 +318,28 @@ def save_model(
         np.savez_compressed(buffer, **{key: np.asarray(mask, dtype=bool) for key, mask in masks.items()})
         with tf.io.gfile.GFile(mask_path, "wb") as f:
             f.write(buffer.getvalue())
+
+
+def _rebuilt_from_configs(model: keras.Model) -> bool:
+    """Whether Keras can load ``model`` from its layers' configs alone, without saved traces.
+
+    Keras otherwise traces and saves every layer's call function, which dominated the cost of
+    saving a large model (and of loading it); the serving signatures are saved either way. A
+    layer revived without a config (a tf.Transform layer attached for the signatures) needs them.
+    """
+    try:
+        for layer in model._flatten_layers(include_self=True):
+            # A layer Keras revived without its class (the class was not importable) would not
+            # load again from a config.
+            if type(layer).__module__ == _REVIVED_LAYERS_MODULE:
+                return False
+            layer.get_config()
+    except NotImplementedError:
+        return False
+    return True
+
+
+_REVIVED_LAYERS_MODULE = "tf_keras.src.saving.legacy.saved_model.load"
 
 
 def compiled_metrics(model: keras.Model) -> list:

@@ -32,8 +32,8 @@ from tfx_model_pruning._io import split_files, split_patterns, write_bytes, writ
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
 from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
-from tfx_model_pruning.engine.prune import size_stats
-from tfx_model_pruning.engine.report import layer_table, weight_stats
+from tfx_model_pruning.engine.prune import weight_and_size_stats
+from tfx_model_pruning.engine.report import layer_table
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights
 from tfx_model_pruning.evaluator_gate import batched_evaluation
 from tfx_model_pruning.evaluator_gate.checks import GateDecision, run_checks, unchecked_slices
@@ -166,7 +166,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         by_slice = _metrics_by_slice(tfma_dir, list(models))
         metrics = by_slice.pop(OVERALL, {name: {} for name in models})
         stats = {
-            name: {**weight_stats(loaded.model, loaded.masks or None), **size_stats(loaded.path)}
+            name: weight_and_size_stats(loaded.model, loaded.masks or None, loaded.path)
             for name, loaded in models.items()
         }
         layers = {name: layer_table(loaded.model) for name, loaded in models.items()}
