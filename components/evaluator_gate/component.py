@@ -101,6 +101,11 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         runs on open-source Kubeflow Pipelines.
       require_serving_model: Refuse when ``serving_model_dir`` holds no version yet. Off by
         default, so the first release can pass (the report says there was nothing to compare).
+      evaluator: ``"auto"`` (default) evaluates every model and slice in one pass over whole
+        batches, with the Keras metrics TFMA uses, written in TFMA's format, where the metrics
+        and signatures allow it, else with TFMA's per-example evaluator; ``"tfma"`` always TFMA.
+      eval_batch_size: Examples per batch of that pass; by default as many as 16 MiB of
+        serialized examples and 1e11 FLOPs of the largest model allow, at most 32768.
       allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
         runs code shipped with the model. Off by default: such models are refused.
 
@@ -137,6 +142,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         min_slice_examples: int = 1,
         serving_model_dir: Optional[str] = None,
         require_serving_model: bool = False,
+        evaluator: str = "auto",
+        eval_batch_size: Optional[int] = None,
         allow_unsafe_layers: bool = False,
     ):
         config = GateConfig(
@@ -160,6 +167,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
             min_slice_examples=min_slice_examples,
             serving_model_dir=serving_model_dir,
             require_serving_model=require_serving_model,
+            evaluator=evaluator,
+            eval_batch_size=eval_batch_size,
         )
         for threshold in config.all_thresholds:
             metric_output_name(threshold.metric)
