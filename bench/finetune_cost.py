@@ -86,7 +86,9 @@ def run(name: str, mode: str, steps: int) -> float:
     else:
         gradual = None
         if mode == "fine_tune, gradual pruning":
-            gradual = GradualPruningSchedule(initial_sparsity=0.0, final_sparsity=0.9, end_step=steps, frequency=10)
+            gradual = GradualPruningSchedule(
+                initial_sparsity=0.0, final_sparsity=0.9, end_step=steps * 3 // 4, frequency=10
+            )
         config = FineTuneConfig(epochs=1, steps_per_epoch=steps, batch_size=BATCH, gradual_pruning=gradual)
         fine_tune(model, dataset, None, config, masks, verbose=0)
     return time.perf_counter() - start

@@ -46,3 +46,28 @@ def test_the_coverage_benchmark_lists_every_application_and_builds_the_half_widt
         dense, half = structured_coverage.build(name), structured_coverage.half_width(name)
         assert 0.2 < half.count_params() / dense.count_params() < 0.4  # about a quarter: half width in and out
     assert structured_coverage.half_width("VGG16") is None  # no width parameter: the FLOPs ratio is the ideal
+
+
+def test_the_gate_benchmark_measures_predict_and_the_gate_on_the_same_examples(tmp_path, capsys):
+    import gate_throughput
+
+    gate_throughput.main(["--examples", "3000", "--work-dir", str(tmp_path), "--modes", "predict", "gate"])
+    table = capsys.readouterr().out.split("| examples")[-1]
+    predict, gate = (line.split("|") for line in table.splitlines() if line.startswith("| 3,000"))
+    assert predict[2].strip() == "predict" and gate[2].strip() == "gate"
+    assert float(predict[5]) == 1.0 and 0 < float(gate[5]) and float(gate[6].replace(",", "")) > 100
+    assert 0.5 < float(gate[7]) <= 1.0  # the candidate's accuracy on the examples
+
+
+def test_the_prune_and_fine_tuning_benchmarks_run_on_a_small_model(tmp_path, capsys):
+    import finetune_cost
+    import prune_cost
+
+    prune_cost.main(["--models", "mlp-10k", "--work-dir", str(tmp_path)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mlp-10k")]
+    assert [row.split("|")[3].strip() for row in rows] == list(prune_cost.STEPS)
+    assert float(rows[0].split("|")[5]) == 1.0 and all(float(row.split("|")[4]) > 0 for row in rows)
+
+    finetune_cost.main(["--models", "penguin", "--steps", "80"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| penguin")]
+    assert len(rows) == len(finetune_cost.MODES) and float(rows[0].split("|")[4]) == 1.0

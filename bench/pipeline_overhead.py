@@ -1,0 +1,115 @@
+"""The local pipeline against the same engine calls in a plain script, on the penguin preset.
+
+    .venv/bin/python bench/pipeline_overhead.py --work-dir /tmp/pipeline-overhead
+
+Both start from one trained penguin baseline (trained once, outside the clock) and do what the
+preset says: magnitude pruning to 80%, 20 epochs of masked fine-tuning, then accuracy overall and
+per species for the candidate and the parent, and a save of the candidate.
+
+- ``run-local``: ``prune-pipeline run-local --baseline-model <dir>`` (ImportExampleGen, Importer,
+  PruneComponent, RetrainComponent, EvaluatorGate, Pusher on LocalDagRunner), as a user runs it;
+- ``bare engine calls``: ``prune_saved_model``, ``fine_tune`` and ``save_model``, and Keras
+  metrics over the eval split, in one Python process with nothing else.
+
+Each is a fresh process timed from its start (imports included) with its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HERE = os.path.abspath(__file__)
+
+
+def bare_engine_calls(baseline: str, out: str) -> None:
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from tfx_model_pruning.engine import (
+        FineTuneConfig,
+        PruningConfig,
+        examples_dataset,
+        fine_tune,
+        load_model,
+        prune_saved_model,
+        save_model,
+    )
+    from tfx_model_pruning.pipelines import penguin_trainer
+
+    root = penguin_trainer.penguin_data_root()
+    train, evaluation = (sorted(glob.glob(os.path.join(root, f"Split-{s}", "*"))) for s in ("train", "eval"))
+    pruned = os.path.join(out, "pruned")
+    prune_saved_model(baseline, pruned, PruningConfig(target_sparsity=0.8), latency_repeats=0)
+    loaded = load_model(pruned)
+    config = FineTuneConfig(epochs=20, learning_rate=1e-3, label_key="species")
+    datasets = [examples_dataset(files, loaded.model, "species", config.batch_size) for files in (train, evaluation)]
+    fine_tune(loaded.model, datasets[0], datasets[1], config, loaded.masks, verbose=0)
+    save_model(loaded.model, os.path.join(out, "candidate"), loaded.signatures, loaded.masks)
+    for model in (loaded.model, load_model(baseline).model):
+        overall, by_species = keras.metrics.SparseCategoricalAccuracy(), {}
+        for features, labels in datasets[1]:
+            predictions = model(features)
+            overall.update_state(labels, predictions)
+            for value in np.unique(labels.numpy()):
+                rows = tf.equal(labels, value)
+                metric = by_species.setdefault(int(value), keras.metrics.SparseCategoricalAccuracy())
+                metric.update_state(tf.boolean_mask(labels, rows), tf.boolean_mask(predictions, rows))
+        print({"overall": float(overall.result()), **{k: float(m.result()) for k, m in by_species.items()}})
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``command``, a fresh process."""
+    with tempfile.TemporaryFile("w+") as output:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) not in (0, 3):  # 3: the gate refused; the work was done
+            output.seek(0)
+            raise RuntimeError(f"{command} failed:\n{output.read()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", default="/tmp/pipeline-overhead")
+    parser.add_argument("--bare", metavar="BASELINE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare:
+        bare_engine_calls(args.bare, args.work_dir)
+        return 0
+    from tabulate import tabulate
+
+    from tfx_model_pruning.pipelines import penguin_trainer
+
+    baseline = os.path.join(args.work_dir, "baseline")
+    if not os.path.isdir(baseline):
+        root = penguin_trainer.penguin_data_root()
+        train, evaluation = (glob.glob(os.path.join(root, f"Split-{s}", "*")) for s in ("train", "eval"))
+        penguin_trainer.train_and_export(train, evaluation, baseline, train_steps=500, eval_steps=5)
+    runs = os.path.join(args.work_dir, "runs")
+    shutil.rmtree(runs, ignore_errors=True)
+    cli = os.path.join(os.path.dirname(sys.executable), "prune-pipeline")
+    pipeline = timed([cli, "-q", "run-local", "--baseline-model", baseline, "--output-dir", runs])
+    bare = timed([sys.executable, HERE, "--bare", baseline, "--work-dir", os.path.join(args.work_dir, "bare")])
+    rows = [
+        ["run-local", f"{pipeline[0]:.1f}", f"{pipeline[0] / bare[0]:.2f}", f"{pipeline[1]:,.0f}"],
+        ["bare engine calls", f"{bare[0]:.1f}", "1.00", f"{bare[1]:,.0f}"],
+    ]
+    print(tabulate(rows, headers=["", "seconds", "vs bare", "peak RSS MiB"], tablefmt="github", disable_numparse=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
