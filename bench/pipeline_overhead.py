@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     runs = os.path.join(args.work_dir, "runs")
     shutil.rmtree(runs, ignore_errors=True)
     cli = os.path.join(os.path.dirname(sys.executable), "prune-pipeline")
-    pipeline = timed([cli, "-q", "run-local", "--baseline-model", baseline, "--output-dir", runs])
+    pipeline = timed([cli, "run-local", "-q", "--baseline-model", baseline, "--output-dir", runs])
     bare = timed([sys.executable, HERE, "--bare", baseline, "--work-dir", os.path.join(args.work_dir, "bare")])
     rows = [
         ["run-local", f"{pipeline[0]:.1f}", f"{pipeline[0] / bare[0]:.2f}", f"{pipeline[1]:,.0f}"],
