@@ -21,13 +21,13 @@ import argparse
 import glob
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from child_process import run_child  # noqa: E402
 
 MODES = ("predict", "gate", "gate-tfma", "stock-evaluator")
 
@@ -182,19 +182,10 @@ def run_mode(mode: str, work_dir: str, count: int) -> dict:
 
 
 def measure(mode: str, work_dir: str, count: int) -> dict:
-    """``run_mode`` in a subprocess of its own; adds that process's peak RSS (from ``wait4``)."""
+    """``run_mode`` in a subprocess of its own; adds that process's peak RSS."""
     command = [sys.executable, __file__, "--one", mode, "--work-dir", work_dir, "--examples", str(count)]
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        stdout.seek(0)
-        stderr.seek(0)
-        if process.returncode != 0:
-            raise RuntimeError(f"{mode} at {count} failed:\n{stderr.read()[-3000:]}")
-        result = json.loads(stdout.read().strip().splitlines()[-1])
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
-    return result
+    child = run_child(command)
+    return {**json.loads(child.stdout.strip().splitlines()[-1]), "peak_rss_mib": child.peak_rss_mib}
 
 
 def main(argv=None) -> int:

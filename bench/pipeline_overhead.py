@@ -20,13 +20,12 @@ import argparse
 import glob
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from child_process import run_child  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 
@@ -68,19 +67,6 @@ def bare_engine_calls(baseline: str, out: str) -> None:
         print({"overall": float(overall.result()), **{k: float(m.result()) for k, m in by_species.items()}})
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of ``command``, a fresh process."""
-    with tempfile.TemporaryFile("w+") as output:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) not in (0, 3):  # 3: the gate refused; the work was done
-            output.seek(0)
-            raise RuntimeError(f"{command} failed:\n{output.read()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="/tmp/pipeline-overhead")
@@ -101,11 +87,12 @@ def main(argv=None) -> int:
     runs = os.path.join(args.work_dir, "runs")
     shutil.rmtree(runs, ignore_errors=True)
     cli = os.path.join(os.path.dirname(sys.executable), "prune-pipeline")
-    pipeline = timed([cli, "run-local", "-q", "--baseline-model", baseline, "--output-dir", runs])
-    bare = timed([sys.executable, HERE, "--bare", baseline, "--work-dir", os.path.join(args.work_dir, "bare")])
+    # Exit code 3: the gate refused the model, the work was done all the same.
+    pipeline = run_child([cli, "run-local", "-q", "--baseline-model", baseline, "--output-dir", runs], (0, 3))
+    bare = run_child([sys.executable, HERE, "--bare", baseline, "--work-dir", os.path.join(args.work_dir, "bare")])
     rows = [
-        ["run-local", f"{pipeline[0]:.1f}", f"{pipeline[0] / bare[0]:.2f}", f"{pipeline[1]:,.0f}"],
-        ["bare engine calls", f"{bare[0]:.1f}", "1.00", f"{bare[1]:,.0f}"],
+        [name, f"{run.seconds:.1f}", f"{run.seconds / bare.seconds:.2f}", f"{run.peak_rss_mib:,.0f}"]
+        for name, run in (("run-local", pipeline), ("bare engine calls", bare))
     ]
     print(tabulate(rows, headers=["", "seconds", "vs bare", "peak RSS MiB"], tablefmt="github", disable_numparse=True))
     return 0

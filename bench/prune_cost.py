@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from child_process import run_child  # noqa: E402
 
 MLP_WIDTHS = {"mlp-10k": 56, "mlp-1M": 700, "mlp-10M": 2230, "mlp-50M": 5000}
 CNNS = ("ResNet50", "MobileNetV2")
@@ -123,18 +124,10 @@ def run_step(step: str, work_dir: str, name: str, latency_repeats: int) -> dict:
 
 
 def measure(step: str, work_dir: str, name: str, latency_repeats: int) -> dict:
+    """``run_step`` in a subprocess of its own; adds that process's peak RSS."""
     command = [sys.executable, __file__, "--one", step, "--work-dir", work_dir, "--models", name]
-    command += ["--latency-repeats", str(latency_repeats)]
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        stdout.seek(0)
-        stderr.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{step} of {name} failed:\n{stderr.read()[-3000:]}")
-        result = json.loads(stdout.read().strip().splitlines()[-1])
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
-    return result
+    child = run_child([*command, "--latency-repeats", str(latency_repeats)])
+    return {**json.loads(child.stdout.strip().splitlines()[-1]), "peak_rss_mib": child.peak_rss_mib}
 
 
 def main(argv=None) -> int:
