@@ -27,9 +27,9 @@ def two_file_examples(tmp_path_factory, penguin_data):
     return str(root)
 
 
-def _config(evaluator, metrics, slice_metrics=(), **extra):
+def _config(evaluator, metrics, slice_metrics=(), label_key="species", **extra):
     return GateConfig(
-        label_key="species",
+        label_key=label_key,
         thresholds=[MetricThreshold(metric=name, lower_bound=0.0) for name in metrics],
         slice_feature="species" if slice_metrics else None,
         slice_thresholds=[MetricThreshold(metric=name, lower_bound=0.0) for name in slice_metrics],
@@ -108,3 +108,25 @@ def test_a_metric_tfma_implements_itself_goes_through_tfma(tmp_path, penguin_bas
         "TFMA's per-example evaluator: MeanSquaredError is computed by TFMA's own implementation, not by Keras"
     )
     assert result["metrics"]["candidate"]["example_count"] > 0
+
+
+def test_one_pass_equals_tfma_on_tfx_penguin_example_with_a_transformed_label(
+    tmp_path, penguin_transform_graph, penguin_data
+):
+    # TFX's own preprocessing_fn and serving signatures (penguin_utils_base), saved by
+    # tf.saved_model.save as its run_fn does: the label exists only as transform_features' species_xf.
+    from tfx_example_models import save_penguin_example
+
+    model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=False)
+    by_tfma, one_pass = _both_ways(
+        tmp_path,
+        model_dir,
+        None,
+        penguin_data,
+        metrics=["SparseCategoricalAccuracy", "SparseCategoricalCrossentropy"],
+        slice_metrics=["SparseCategoricalAccuracy"],
+        label_key="species_xf",
+        preprocessing_function_names=["transform_features"],
+    )
+    _assert_same_numbers(by_tfma, one_pass)
+    assert one_pass["metrics"]["candidate"]["example_count"] == 100 and len(one_pass["slices"]) == 3
