@@ -69,37 +69,31 @@ def serialized_input_name(signature) -> Optional[str]:
     return None
 
 
-def unsupported_reason(
-    metric_classes: Iterable[str], signatures_by_model: Mapping[str, Mapping[str, Any]], plan_fields: Mapping[str, Any]
-) -> Optional[str]:
-    """Why this evaluation needs TFMA's own (per-example) evaluator, or None when one pass can do it."""
+def unsupported_reason(plan: EvaluationPlan, signatures_by_model: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """Why ``plan`` needs TFMA's own (per-example) evaluator, or None when one pass can do it."""
     registered = metric_types.registered_metrics()
-    for name in metric_classes:
+    for name in plan.metric_classes:
         if name in registered:
             return f"{name} is computed by TFMA's own implementation, not by Keras"
-    raw = plan_fields["raw_features"]
     for model_name, signatures in signatures_by_model.items():
-        serving = signatures[plan_fields["signature_name"]]
+        serving = signatures[plan.signature_name]
         outputs = serving.structured_outputs
         if isinstance(outputs, Mapping) and len(outputs) != 1:
-            return f"the {model_name} model's {plan_fields['signature_name']!r} returns {len(outputs)} outputs"
+            return f"the {model_name} model's {plan.signature_name!r} returns {len(outputs)} outputs"
         if serialized_input_name(serving) is None:
-            absent = sorted(set(serving.structured_input_signature[1]) - set(raw))
+            absent = sorted(set(serving.structured_input_signature[1]) - set(plan.raw_features))
             if absent:
                 return f"the {model_name} model's inputs {absent} are not features of the examples"
-        for name in plan_fields["preprocessing_function_names"]:
+        for name in plan.preprocessing_function_names:
             if serialized_input_name(signatures[name]) is None:
                 return f"the {model_name} model's {name!r} does not take serialized tf.Examples"
-    slice_feature = plan_fields["slice_feature"]
-    if slice_feature is not None and slice_feature not in raw and plan_fields["preprocessing_function_names"]:
+    if plan.slice_feature is not None and plan.slice_feature not in plan.raw_features:
         first = next(iter(signatures_by_model.values()))
         produced = {
-            output
-            for name in plan_fields["preprocessing_function_names"]
-            for output in first[name].structured_outputs or {}
+            output for name in plan.preprocessing_function_names for output in first[name].structured_outputs or {}
         }
-        if slice_feature not in produced:
-            return f"slice feature {slice_feature!r} is neither a feature of the examples nor a preprocessed one"
+        if plan.preprocessing_function_names and plan.slice_feature not in produced:
+            return f"slice feature {plan.slice_feature!r} is neither a feature of the examples nor a preprocessed one"
     return None
 
 

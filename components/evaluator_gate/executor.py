@@ -218,28 +218,24 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             for name, feature in sample.features.feature.items()
             if feature.WhichOneof("kind") is not None
         }
-        fields = {
-            "signature_name": config.signature_name,
-            "preprocessing_function_names": list(config.preprocessing_function_names),
-            "slice_feature": config.slice_feature,
-            "raw_features": raw_features,
-        }
-        metric_classes = list(dict.fromkeys(threshold.metric for threshold in config.all_thresholds))
-        reason = batched_evaluation.unsupported_reason(
-            metric_classes, {name: loaded.signatures for name, loaded in models.items()}, fields
-        )
-        if reason is not None:
-            return None, reason
         plan = batched_evaluation.EvaluationPlan(
             models={name: loaded.path for name, loaded in models.items()},
+            signature_name=config.signature_name,
+            preprocessing_function_names=list(config.preprocessing_function_names),
             label_key=config.label_key,
-            metric_classes=metric_classes,
+            slice_feature=config.slice_feature,
+            metric_classes=list(dict.fromkeys(threshold.metric for threshold in config.all_thresholds)),
+            raw_features=raw_features,
             batch_size=config.eval_batch_size
             or batched_evaluation.batch_size_for(
                 sample.ByteSize(), None if None in flops.values() else max(flops.values())
             ),
-            **fields,
         )
+        reason = batched_evaluation.unsupported_reason(
+            plan, {name: loaded.signatures for name, loaded in models.items()}
+        )
+        if reason is not None:
+            return None, reason
         return plan, ""
 
     def _tfma_evaluation(self, pipeline, models: dict, examples, eval_patterns, eval_config, tfma_dir: str) -> None:
