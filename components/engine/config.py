@@ -309,7 +309,11 @@ class FineTuneConfig(_StrictModel):
         description="Keras loss class name (e.g. 'SparseCategoricalCrossentropy'); "
         "default: the loss the model was compiled with when it was saved.",
     )
-    from_logits: bool = Field(default=True, description="Used with `loss`: the model outputs logits.")
+    from_logits: Optional[bool] = Field(
+        default=None,
+        description="Used with `loss`: whether the model outputs logits. Default: read from the model (its final "
+        "activation, or its output op); a value that contradicts the model is an error before training.",
+    )
     train_split: str = "train"
     eval_split: str = "eval"
     shuffle_buffer: int = Field(default=1024, ge=1)

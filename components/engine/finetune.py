@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
@@ -16,6 +17,12 @@ from tfx_model_pruning.engine.config import FineTuneConfig
 from tfx_model_pruning.engine.gradual import GradualPruner, masked_train_loop
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
 from tfx_model_pruning.engine.masks import iter_prunable_weights
+from tfx_model_pruning.engine.outputs import (
+    OutputConventionError,
+    no_information_loss,
+    resolve_from_logits,
+    takes_from_logits,
+)
 from tfx_model_pruning.engine.restored import call, is_restored, require_keras, require_tf_keras, trainable_variables
 from tfx_model_pruning.engine.saved_model import compiled_metrics
 
@@ -115,6 +122,41 @@ class KeepPrunedWeightsZero(keras.callbacks.Callback):
 class FineTuneResult:
     history: dict[str, list[float]]
     masks: dict[str, np.ndarray]
+    # The loss of a uniform guess (ln k for a k-class cross-entropy), where the loss has one.
+    no_information_loss: Optional[float] = None
+
+    @property
+    def final_loss(self) -> Optional[float]:
+        """The last epoch's validation loss, or its training loss without validation data."""
+        losses = self.history.get("val_loss") or self.history.get("loss") or []
+        return losses[-1] if losses else None
+
+
+class NoLearningError(ValueError):
+    """Fine-tuning ended at the loss of a uniform guess: the model cannot tell the classes apart."""
+
+
+# Within 1% of ln k: the last digits of a loss that never left the uniform guess.
+_NO_INFORMATION_TOLERANCE = 0.01
+
+
+def require_learned(result: FineTuneResult) -> None:
+    """Raises NoLearningError when the final loss is at or above the no-information loss (ln 2, ln k).
+
+    Example::
+
+        require_learned(fine_tune(model, train, val, config, masks))
+    """
+    floor, final = result.no_information_loss, result.final_loss
+    if floor is None or final is None or final < floor * (1.0 - _NO_INFORMATION_TOLERANCE):
+        return
+    which = "validation" if result.history.get("val_loss") else "training"
+    raise NoLearningError(
+        f"fine-tuning ended with a {which} loss of {final:.4f}, at or above {floor:.4f} (ln {round(math.exp(floor))}), "
+        "the loss of guessing every class equally often: the model learned nothing. Usual causes: from_logits "
+        "contradicting the model's output activation, a learning rate too high, or labels that do not match "
+        "the model's outputs"
+    )
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -176,9 +218,11 @@ def fine_tune(
     require_tf_keras(model)
     train_dataset = _as_dataset(train_dataset, config, shuffle=True)
     eval_dataset = _as_dataset(eval_dataset, config, shuffle=False)
-    loss = _loss_for(model, config)
+    loss = _loss_for(model, config, train_dataset)
     if is_restored(model):
-        return _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks)
+        result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks)
+        result.no_information_loss = no_information_loss(model, loss)
+        return result
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
     # "accuracy" would be resolved against logits and report nonsense downstream.
     chosen = optimizer or getattr(model, "optimizer", None) or keras.optimizers.Adam(config.learning_rate)
@@ -196,10 +240,13 @@ def fine_tune(
                 callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks)), *callbacks],
                 verbose=verbose,
             )
-        return FineTuneResult(
+        result = FineTuneResult(
             {name: [float(v) for v in values] for name, values in history.history.items()}, dict(masks)
         )
-    return _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss)
+    else:
+        result = _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss)
+    result.no_information_loss = no_information_loss(model, loss)
+    return result
 
 
 def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss) -> FineTuneResult:
@@ -288,13 +335,19 @@ def _data_errors_named() -> Iterator[None]:
         raise FineTuneDataError(f"fine-tuning stopped on the data: {root_cause(err)}") from err
 
 
-def _loss_for(model: Any, config: FineTuneConfig):
+def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.data.Dataset]):
     if config.loss is not None:
-        return make_loss(config.loss, config.from_logits)
+        loss_class = loss_class_named(config.loss)
+        if not takes_from_logits(loss_class):
+            return loss_class()
+        sample = (lambda: next(iter(train_dataset.take(1)))[0]) if train_dataset is not None else None
+        from_logits, evidence = resolve_from_logits(model, loss_class, config.from_logits, sample)
+        logging.getLogger(__name__).info("Fine-tuning with %s(from_logits=%s): %s", config.loss, from_logits, evidence)
+        return loss_class(from_logits=from_logits)
     if is_restored(model):
         raise ValueError(
-            "the model was saved with tf.saved_model.save, which keeps no loss; set `loss` (and `from_logits`) "
-            "in the fine-tuning config, e.g. loss='SparseCategoricalCrossentropy', from_logits=True"
+            "the model was saved with tf.saved_model.save, which keeps no loss; set `loss` in the fine-tuning "
+            "config, e.g. loss='SparseCategoricalCrossentropy' (from_logits is read from the model)"
         )
     compiled_loss = getattr(model, "loss", None)
     if compiled_loss is None:
@@ -302,14 +355,24 @@ def _loss_for(model: Any, config: FineTuneConfig):
             "the model was saved without a compiled loss; set `loss` in the fine-tuning config "
             "(for example 'SparseCategoricalCrossentropy')"
         )
+    if config.from_logits is not None:
+        raise OutputConventionError(
+            "from_logits goes with `loss`; without `loss` the model's compiled loss is used as it was saved"
+        )
     return compiled_loss
 
 
-def make_loss(class_name: str, from_logits: bool) -> keras.losses.Loss:
-    """Builds a Keras loss from its class name, e.g. ``SparseCategoricalCrossentropy``."""
+def loss_class_named(class_name: str) -> type:
+    """The Keras loss class called ``class_name``, e.g. ``SparseCategoricalCrossentropy``."""
     loss_class = getattr(keras.losses, class_name, None)
     if not (isinstance(loss_class, type) and issubclass(loss_class, keras.losses.Loss)):
         raise ValueError(f"loss {class_name!r} is not a Keras loss class name (e.g. 'SparseCategoricalCrossentropy')")
-    if "from_logits" in inspect.signature(loss_class.__init__).parameters:
+    return loss_class
+
+
+def make_loss(class_name: str, from_logits: Optional[bool] = None) -> keras.losses.Loss:
+    """Builds a Keras loss from its class name; ``from_logits`` where the loss takes it (None: its default)."""
+    loss_class = loss_class_named(class_name)
+    if from_logits is not None and takes_from_logits(loss_class):
         return loss_class(from_logits=from_logits)
     return loss_class()

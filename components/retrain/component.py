@@ -12,7 +12,6 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.engine.config import DistillationConfig, FineTuneConfig, GradualPruningSchedule
-from tfx_model_pruning.engine.finetune import make_loss
 from tfx_model_pruning.retrain import executor
 
 
@@ -93,7 +92,8 @@ class RetrainComponent(base_component.BaseComponent):
       epochs, steps_per_epoch, batch_size, learning_rate: Training budget (Adam optimizer);
         ``steps_per_epoch`` defaults to one pass over the train split.
       loss: Keras loss class name (e.g. ``"SparseCategoricalCrossentropy"``); default: the loss
-        the model was compiled with. ``from_logits`` goes with it.
+        the model was compiled with. ``from_logits`` goes with it; by default it is read from the
+        model (its final activation), and a value that contradicts the model fails before training.
       module_file: Optional path to a Python file defining ``input_fn``.
       gradual_pruning: Optional ``GradualPruningSchedule`` (or dict): prune further while
         fine-tuning, polynomial decay from ``initial_sparsity`` to ``final_sparsity`` between
@@ -123,7 +123,7 @@ class RetrainComponent(base_component.BaseComponent):
         batch_size: int = 32,
         learning_rate: float = 1e-3,
         loss: Optional[str] = None,
-        from_logits: bool = True,
+        from_logits: Optional[bool] = None,
         module_file: Optional[str] = None,
         train_split: str = "train",
         eval_split: str = "eval",
@@ -152,8 +152,6 @@ class RetrainComponent(base_component.BaseComponent):
         )
         if config.distillation is not None and teacher_model is None:
             raise ValueError("distillation needs a teacher_model (usually the unpruned baseline)")
-        if loss is not None:
-            make_loss(loss, from_logits)  # an unknown loss name fails here, not mid-pipeline
         if module_file is not None and transform_graph is not None:
             raise ValueError("give either transform_graph or a module_file with input_fn, not both")
         if module_file is not None and "://" not in module_file and not os.path.isfile(module_file):

@@ -26,7 +26,7 @@ from tfx_model_pruning.engine import (
     verify_signatures_preserved,
     weight_stats,
 )
-from tfx_model_pruning.engine.finetune import EpochProgress
+from tfx_model_pruning.engine.finetune import EpochProgress, require_learned
 from tfx_model_pruning.engine.transform import transform_preprocessing
 
 INPUT_FN_NAME = "input_fn"
@@ -96,6 +96,7 @@ class Executor(base_executor.BaseExecutor):
         require_finite_weights(
             loaded.model, f"the fine-tuned model (fine-tuning diverged: final loss {_final_loss(result.history)})"
         )
+        require_learned(result)  # nor a model that ended where a uniform guess starts
 
         model_dir = path_utils.serving_model_dir(output_model.uri)
         save_model(loaded.model, model_dir, loaded.signatures, result.masks, extra_assets_from=loaded.path)
