@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+import types
+import typing
 from typing import Any, Literal, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
+from tfx_model_pruning.engine.keras_names import closest_name
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -112,10 +116,13 @@ class GateSection(GateConfig):
     def _consistent(self) -> GateSection:
         # Same name: replaces GateConfig's check, since the serving directory is the push destination,
         # which the pipeline fills in (a local run's lies under its output directory).
-        if self.require_serving_model and "serving" not in self.compare_with:
-            raise ValueError("require_serving_model needs 'serving' in compare_with")
         filled = self.serving_model_dir or ("<push destination>" if "serving" in self.compare_with else None)
-        GateConfig.model_validate({**self.model_dump(exclude={"compare_with"}), "serving_model_dir": filled})
+        problems = self.model_copy(update={"serving_model_dir": filled}).inconsistencies()
+        if self.require_serving_model and "serving" not in self.compare_with:
+            problems = [p for p in problems if not p.startswith("require_serving_model")]
+            problems.append("require_serving_model needs 'serving' in compare_with")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -173,21 +180,79 @@ class PipelineConfig(_Section):
             if isinstance(body, dict) and label is not None:
                 body.setdefault("label_key", label)
             values[section] = body
+        if isinstance(values.get("prune"), dict) and "method" not in prune:
+            # The default method, stated: without it the union cannot pick a model, and the
+            # section's own mistakes would hide behind "cannot tell the method".
+            values["prune"] = prune = {**prune, "method": "magnitude"}
         gate = values["gate"]
         if isinstance(gate, dict) and "min_sparsity" not in gate and prune.get("method", "magnitude") == "magnitude":
-            gate["min_sparsity"] = prune.get("target_sparsity")
+            target = prune.get("target_sparsity")
+            # Only a valid value: a bad one is reported once, where the user wrote it.
+            if isinstance(target, (int, float)) and not isinstance(target, bool) and 0.0 < target < 1.0:
+                gate["min_sparsity"] = target
         return values
+
+
+_METHODS = ("magnitude", "structured", "layer_removal")
+
+
+def _candidates(annotation: Any) -> list[Any]:
+    """The types a field may hold: Optional, unions, Annotated and lists unwrapped."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _candidates(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list):
+        return [inner for arg in typing.get_args(annotation) for inner in _candidates(arg)]
+    return [annotation]
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys the section at ``loc`` accepts (the models it may be, walked from the top)."""
+    models: list[Any] = [PipelineConfig]
+    for part in loc:
+        models = [m for m in models if isinstance(m, type) and issubclass(m, BaseModel)]
+        if isinstance(part, int):
+            continue  # a list's item: the list's type was unwrapped already
+        if part in _METHODS and all("method" in m.model_fields for m in models):
+            models = [m for m in models if m.model_fields["method"].default == part]
+            continue
+        models = [c for m in models if part in m.model_fields for c in _candidates(m.model_fields[part].annotation)]
+    return sorted({name for m in models if isinstance(m, type) and issubclass(m, BaseModel) for name in m.model_fields})
+
+
+def _suggestion(problem: dict) -> str:
+    """'; did you mean X?' for an unknown key or a misspelt choice, when one valid name is close."""
+    given = problem.get("input")
+    if problem["type"] == "extra_forbidden":
+        given, choices = problem["loc"][-1], _fields_at(problem["loc"][:-1])
+    elif problem["type"] == "union_tag_invalid":
+        given, choices = problem["ctx"]["tag"], re.findall(r"'([^']*)'", str(problem["ctx"]["expected_tags"]))
+    elif problem["type"] == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(problem["ctx"]["expected"]))
+    else:
+        return ""
+    close = closest_name(str(given), choices) if isinstance(given, str) else None
+    return f"; did you mean {close}?" if close else ""
 
 
 def _located(err: ValidationError, source: str) -> PipelineConfigError:
     lines = []
     for problem in err.errors():
         # The discriminated union adds the chosen method to the path (prune.magnitude.x): drop it.
-        path = [str(part) for part in problem["loc"] if part not in ("magnitude", "structured", "layer_removal")]
+        path = [str(part) for part in problem["loc"] if part not in _METHODS]
+        if problem["type"] == "union_tag_invalid":
+            path.append(problem["ctx"]["discriminator"].strip("'"))
         where = ".".join(path) or "(top level)"
-        message = problem["msg"].removeprefix("Value error, ")
-        shown = "input" in problem and path and not isinstance(problem["input"], (dict, list))
-        lines.append(f"  {where}: {message}" + (f" (got {problem['input']!r})" if shown else ""))
+        if problem["type"] == "extra_forbidden":
+            messages = ["unknown key"]
+        else:  # a cross-field check reports each of its problems on a line of its own
+            messages = problem["msg"].removeprefix("Value error, ").splitlines()
+        suggestion = _suggestion(problem)
+        value = problem.get("input")
+        shown = "input" in problem and path and not isinstance(value, (dict, list)) and repr(value) not in messages[0]
+        shown = shown and problem["type"] not in ("extra_forbidden", "union_tag_invalid")
+        lines.append(f"  {where}: {messages[0]}{suggestion}" + (f" (got {value!r})" if shown else ""))
+        lines += [f"  {where}: {message}" for message in messages[1:]]
     return PipelineConfigError(f"{source}: {len(lines)} invalid setting(s):\n" + "\n".join(lines))
 
 

@@ -8,7 +8,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
-from tfx_model_pruning.evaluator_gate.metrics import UnknownMetricError
+from tfx_model_pruning.evaluator_gate.metrics import UnknownMetricError, metric_output_name
 from tfx_model_pruning.pipelines import pruning_pipeline
 from tfx_model_pruning.serving_versions import check_push_destination
 
@@ -68,10 +68,13 @@ def test_gate_rejects_thresholds_that_cannot_make_sense(threshold, message):
 
 
 def test_gate_rejects_an_unknown_metric_and_a_drop_without_baseline():
-    with pytest.raises(UnknownMetricError, match="'Acuracy' is not a Keras metric"):
+    # The threshold's own validation: the same rule metric_output_name applies at run time, with a suggestion.
+    with pytest.raises(ValidationError, match="'Acuracy' is not a Keras metric class name.*did you mean 'Accuracy'"):
         EvaluatorGate(
             model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": "Acuracy", "lower_bound": 0}]
         )
+    with pytest.raises(UnknownMetricError, match="'binary_accuracy' is not.*did you mean 'BinaryAccuracy'"):
+        metric_output_name("binary_accuracy")  # a function of keras.metrics, not a class
     with pytest.raises(ValueError, match="a drop bound needs a baseline_model or a serving_model_dir"):
         EvaluatorGate(
             model=MODEL, examples=EXAMPLES, label_key="y", thresholds=[{"metric": ACCURACY, "max_absolute_drop": 0.01}]
@@ -96,6 +99,8 @@ def test_gate_rejects_an_unknown_metric_and_a_drop_without_baseline():
 def test_retrain_rejects_unknown_loss_and_missing_module_file(tmp_path):
     with pytest.raises(ValueError, match="not a Keras loss class name"):
         RetrainComponent(model=MODEL, examples=EXAMPLES, label_key="y", loss="CrossEntropyTypo")
+    with pytest.raises(ValidationError, match="did you mean 'SparseCategoricalCrossentropy'"):
+        RetrainComponent(model=MODEL, examples=EXAMPLES, label_key="y", loss="sparse_categorical_crossentropy")
     with pytest.raises(FileNotFoundError, match="module_file"):
         RetrainComponent(model=MODEL, examples=EXAMPLES, label_key="y", module_file=str(tmp_path / "nope.py"))
     with pytest.raises(ValidationError, match="label_key"):

@@ -51,7 +51,59 @@ def test_every_bad_key_and_value_is_reported_with_its_path_at_once(tmp_path):
     message = str(raised.value)
     for path in ("prune.target_sparsity", "prune.sparsity", "gate.thresholds.0", "retrain.epoch", "dataa"):
         assert f"  {path}: " in message, message
-    assert "Extra inputs are not permitted" in message and "lower_bound=2" in message
+    assert "  retrain.epoch: unknown key; did you mean epochs?" in message and "lower_bound=2" in message
+    assert "  prune.sparsity: unknown key; did you mean target_sparsity?" in message
+    assert "  dataa: unknown key; did you mean data?" in message
+    assert "gate.min_sparsity" not in message  # the bad target_sparsity is not copied where the user wrote nothing
+
+
+def test_mistakes_in_every_section_come_out_together_with_the_closest_valid_name(tmp_path):
+    settings = {
+        "name": "chicago-taxi",
+        "data": {"label_key": "tips", "format": "tfrecods"},
+        "model": {"trainer_run_fn": "taxi.trainer.run_fn", "train_stpes": 100},
+        "prune": {"target_sparsity": 80},  # no method: magnitude, stated so the section's own errors show
+        "retrain": {"from_logit": False, "loss": "binary_crossentropy"},
+        "gate": {
+            "thresholds": [{"metric": "binary_accuracy", "lower_bound": 0.6}, {"metric": "Acuracy", "lower_bound": 0}],
+            "slice_thresholds": [{"metric": "MeanIoU", "lower_bound": 0.5}],
+        },
+        "kubeflow": {"pipline_root": "gs://bucket/root"},
+    }
+    with pytest.raises(PipelineConfigError) as raised:
+        load_pipeline_config(_write(tmp_path / "taxi.yaml", settings))
+    lines = str(raised.value).splitlines()
+    assert lines[0].endswith("taxi.yaml: 9 invalid setting(s):"), lines
+    expected = {
+        "data.format": "did you mean tfrecord?",
+        "model.train_stpes": "unknown key; did you mean train_steps?",
+        "prune.target_sparsity": "less than 1 (got 80)",
+        "retrain.from_logit": "unknown key; did you mean from_logits?",
+        "retrain.loss": "'binary_crossentropy' is not a Keras loss class name fine-tuning can build; "
+        "did you mean 'BinaryCrossentropy'?",
+        "gate.thresholds.0.metric": "'binary_accuracy' is not a Keras metric class name the gate can compute; "
+        "did you mean 'BinaryAccuracy'?",
+        "gate.thresholds.1.metric": "did you mean 'Accuracy'?",
+        "gate.slice_thresholds.0.metric": "'MeanIoU' is not a Keras metric class name",  # needs num_classes
+        "kubeflow.pipline_root": "unknown key; did you mean pipeline_root?",
+    }
+    for path, text in expected.items():
+        assert any(line.startswith(f"  {path}: ") and text in line for line in lines), (path, lines)
+    assert not any("min_sparsity" in line for line in lines)  # reported once, where it was written
+
+
+def test_cross_field_problems_of_a_section_are_all_reported(tmp_path):
+    settings = yaml.safe_load(open(PENGUIN_PRESET))
+    settings["gate"]["thresholds"] *= 2  # the same metric twice
+    settings["gate"].update(slice_thresholds=[], require_serving_model=True, compare_with=["parent"])
+    settings["prune"] = {"method": "magnitud", "target_sparsity": 0.5}
+    with pytest.raises(PipelineConfigError) as raised:
+        load_pipeline_config(_write(tmp_path / "bad.yaml", settings))
+    message = str(raised.value)
+    assert "  gate: more than one entry in thresholds for ['SparseCategoricalAccuracy']" in message
+    assert "  gate: slice_feature 'species' is set but no slice_thresholds" in message
+    assert "  gate: require_serving_model needs 'serving' in compare_with" in message
+    assert "  prune.method: " in message and "did you mean magnitude?" in message
 
 
 def test_a_bad_file_fails_before_any_component_runs(tmp_path, capsys):

@@ -11,6 +11,8 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from tfx_model_pruning.engine.keras_names import loss_class
+
 
 class _StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -324,6 +326,13 @@ class FineTuneConfig(_StrictModel):
     distillation: Optional[DistillationConfig] = Field(
         default=None, description="Distil from a teacher (the unpruned model) while fine-tuning."
     )
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, loss: Optional[str]) -> Optional[str]:
+        if loss is not None:
+            loss_class(loss)  # the rule make_loss builds by; a typo gets the closest name
+        return loss
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> FineTuneConfig:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tfx_model_pruning.engine.keras_names import metric_class
 
 # Metrics whose values live in [0, 1]; a bound outside that range can never be met (or always is).
 _UNIT_INTERVAL_MARKERS = ("accuracy", "auc", "precision", "recall")
@@ -32,6 +34,12 @@ class MetricThreshold(_StrictModel):
         default=None, ge=0.0, le=1.0, description="Largest allowed worsening as a fraction of the baseline value."
     )
     higher_is_better: bool = True
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        metric_class(metric)  # the rule the gate computes by; a typo gets the closest name
+        return metric
 
     @model_validator(mode="after")
     def _sensible(self) -> MetricThreshold:
@@ -123,18 +131,26 @@ class GateConfig(_StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> GateConfig:
+        problems = self.inconsistencies()
+        if problems:
+            raise ValueError("\n".join(problems))  # every one, a line each: one does not hide the next
+        return self
+
+    def inconsistencies(self) -> list[str]:
+        """What contradicts what among the settings, one sentence per problem."""
+        problems = []
         for field_name in ("thresholds", "slice_thresholds"):
             names = [threshold.metric for threshold in getattr(self, field_name)]
             duplicates = sorted({name for name in names if names.count(name) > 1})
             if duplicates:
-                raise ValueError(f"more than one entry in {field_name} for {duplicates}; merge them into one")
+                problems.append(f"more than one entry in {field_name} for {duplicates}; merge them into one")
         if self.slice_thresholds and self.slice_feature is None:
-            raise ValueError("slice_thresholds need a slice_feature to slice by")
+            problems.append("slice_thresholds need a slice_feature to slice by")
         if self.slice_feature is not None and not self.slice_thresholds:
-            raise ValueError(f"slice_feature {self.slice_feature!r} is set but no slice_thresholds say what to check")
+            problems.append(f"slice_feature {self.slice_feature!r} is set but no slice_thresholds say what to check")
         if self.require_serving_model and self.serving_model_dir is None:
-            raise ValueError("require_serving_model needs serving_model_dir")
-        return self
+            problems.append("require_serving_model needs serving_model_dir")
+        return problems
 
     @property
     def all_thresholds(self) -> list[MetricThreshold]:

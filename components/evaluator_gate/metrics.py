@@ -8,15 +8,16 @@ from typing import Any, Iterable, Optional
 import apache_beam as beam
 import numpy as np
 import tensorflow_model_analysis as tfma
-import tf_keras as keras
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tf_keras.src.utils.generic_utils import to_snake_case
+
+from tfx_model_pruning.engine.keras_names import UnknownKerasNameError, metric_class
 
 NON_FINITE_PREDICTIONS = "non_finite_predictions"
 
 
-class UnknownMetricError(ValueError):
-    """A threshold names a metric that is not a Keras metric class."""
+# A threshold naming a metric that is not a Keras metric class the gate can compute.
+UnknownMetricError = UnknownKerasNameError
 
 
 def metric_output_name(class_name: str) -> str:
@@ -25,11 +26,7 @@ def metric_output_name(class_name: str) -> str:
     The name is set explicitly in TFMA's config (``metric_config``), so it never depends on
     what else is computed: left to Keras, a second ``AUC`` would be called ``auc_1``.
     """
-    metric_class = getattr(keras.metrics, class_name, None)
-    if not (isinstance(metric_class, type) and issubclass(metric_class, keras.metrics.Metric)):
-        raise UnknownMetricError(
-            f"{class_name!r} is not a Keras metric class name (e.g. 'SparseCategoricalAccuracy', 'AUC')"
-        )
+    metric_class(class_name)  # raises UnknownMetricError, with the closest name
     return to_snake_case(class_name)
 
 
