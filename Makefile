@@ -4,7 +4,8 @@
 VENV ?= .venv
 PYTHON_310 ?= $(shell pyenv which python 2>/dev/null || command -v python3.10)
 PIP_CACHE ?= $(HOME)/.cache/pip
-OUTPUT_DIR ?= runs/penguin
+# Empty: run-local's own default, runs/<pipeline name> (runs/penguin-pruning for the penguin preset).
+OUTPUT_DIR ?=
 VERSION := $(shell sed -n 's/.*version="\([^"]*\)".*/\1/p' setup.py)
 IMAGE_TAG ?= tfx-model-pruning:$(VERSION)
 
@@ -22,7 +23,7 @@ $(VENV)/.installed: setup.py constraints.txt
 setup: $(VENV)/.installed
 
 run: setup
-	$(VENV)/bin/prune-pipeline run-local --output-dir $(OUTPUT_DIR)
+	$(VENV)/bin/prune-pipeline run-local$(if $(OUTPUT_DIR), --output-dir $(OUTPUT_DIR))
 
 test: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,6 +1,6 @@
 """``prune-pipeline``: run the pruning pipeline locally, or compile, submit and schedule it on Kubeflow.
 
-prune-pipeline run-local --output-dir runs/penguin --target-sparsity 0.8
+prune-pipeline run-local --target-sparsity 0.8    # into runs/<name>: runs/penguin-pruning for the preset
 prune-pipeline compile --pipeline-root gs://b/root --serving-dir gs://b/serving --data-root gs://b/data
 prune-pipeline submit --host http://localhost:8080 --spec build/kubeflow/penguin-pruning.yaml
 prune-pipeline schedule create --spec build/kubeflow/penguin-pruning.yaml --name nightly --cron "0 0 2 * * *"
@@ -114,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     _description_options(local)
     local_only = local.add_argument_group("this run")
     local_only.add_argument(
-        "--output-dir", default="runs/penguin", help="pipeline root, metadata and pushes go here (default: %(default)s)"
+        "--output-dir",
+        default=None,
+        help="pipeline root, metadata and pushes go here (default: runs/<name>, the pipeline's name: runs/"
+        "penguin-pruning for the preset), so that two pipelines never share a push destination",
     )
     local_only.add_argument(
         "--enable-cache",
@@ -418,10 +421,10 @@ def run_local(args: argparse.Namespace) -> int:
     from tfx_model_pruning.pipelines import pruning_pipeline
     from tfx_model_pruning.pipelines.pipeline_config import PipelineConfigError
 
-    output_dir = os.path.abspath(args.output_dir)
-    metadata_path = os.path.join(output_dir, "metadata.sqlite")
     try:
         config = load_description(args)
+        output_dir = local_output_dir(args, config)
+        metadata_path = os.path.join(output_dir, "metadata.sqlite")
         run_id = args.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         pipeline = pruning_pipeline.create_pipeline_from_config(
             config,
@@ -453,6 +456,11 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"NOT pushed: run {run_id} failed{'' if args.verbose else ' (-v prints the traceback)'}", file=sys.stderr)
         return EXIT_FAILED
     return _print_run_result(metadata_path, run_id, quiet=args.quiet)
+
+
+def local_output_dir(args: argparse.Namespace, config) -> str:
+    """--output-dir, else runs/<pipeline name>: each pipeline its own metadata, root and serving versions."""
+    return os.path.abspath(args.output_dir or os.path.join("runs", config.name))
 
 
 def _one_line(err: BaseException) -> str:

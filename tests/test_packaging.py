@@ -130,12 +130,12 @@ def test_dockerfile_command_is_a_declared_console_script():
     assert scripts["prune-pipeline"] == "tfx_model_pruning.pipelines.cli:main"
 
 
-def _make_dry_run(target: str) -> list[str]:
+def _make_dry_run(target: str, *variables: str) -> list[str]:
     """The commands ``make <target>`` would run, with the venv taken as already set up."""
     # Under `make test` this is a nested make: without the parent's variables it prints only commands.
     environment = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target],
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target, *variables],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -146,7 +146,9 @@ def _make_dry_run(target: str) -> list[str]:
 
 
 def test_make_run_runs_the_local_pipeline_and_make_test_runs_ruff_and_every_test():
-    assert any(line.endswith("prune-pipeline run-local --output-dir runs/penguin") for line in _make_dry_run("run"))
+    # No --output-dir: run-local's default, runs/<pipeline name>, keeps pipelines apart.
+    assert any(line.endswith("prune-pipeline run-local") for line in _make_dry_run("run"))
+    assert any(line.endswith("run-local --output-dir runs/x") for line in _make_dry_run("run", "OUTPUT_DIR=runs/x"))
     test_commands = _make_dry_run("test")
     assert any("ruff check ." in line and "ruff format --check ." in line for line in test_commands)
     assert any("-m pytest" in line and line.split("#")[0].rstrip().endswith(" tests") for line in test_commands)

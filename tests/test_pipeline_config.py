@@ -143,6 +143,17 @@ def test_flags_override_the_file_and_name_the_keys_they_change():
         _description(["--set", "trainer.steps=3"])
 
 
+def test_run_local_writes_under_runs_slash_the_pipeline_name_unless_told(tmp_path):
+    taxi = _write(tmp_path / "taxi.yaml", {**yaml.safe_load(open(PENGUIN_PRESET)), "name": "chicago-taxi"})
+    for argv, expected in (
+        (["--config", taxi], os.path.abspath(os.path.join("runs", "chicago-taxi"))),
+        ([], os.path.abspath(os.path.join("runs", "penguin-pruning"))),  # the preset: `make run`
+        (["--config", taxi, "--output-dir", str(tmp_path / "mine")], str(tmp_path / "mine")),
+    ):
+        args = cli._parser().parse_args(["run-local", *argv])
+        assert cli.local_output_dir(args, cli.load_description(args)) == expected
+
+
 def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
     folder = tmp_path / "project"
     folder.mkdir()
