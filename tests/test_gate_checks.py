@@ -29,8 +29,9 @@ def _run(
 
 
 def _config(**kwargs):
+    """Bounds, drops, slices and efficiency; the no-skill checks have tests of their own (test_gate_skill.py)."""
     threshold = MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.9, max_absolute_drop=0.01)
-    return GateConfig(label_key="y", thresholds=[threshold], **kwargs)
+    return GateConfig(label_key="y", thresholds=[threshold], **{"require_skill": False, **kwargs})
 
 
 def test_within_every_bound_is_blessed_with_measured_values():
@@ -132,7 +133,7 @@ def test_no_serving_model_passes_only_when_not_required():
     for required in (False, True):
         config = _config(serving_model_dir="/serving", require_serving_model=required)
         results = _run(config)
-        (check,) = [r for r in results if r.name == "a model is serving"]
+        (check,) = [r for r in results if r.name == "serving model to compare with"]
         assert check.passed is (not required)
         assert is_blessed(results) is (not required)
 
@@ -222,6 +223,6 @@ def test_each_check_explains_itself_in_words_and_a_first_release_is_a_note():
     assert drop.explain() == "sparse_categorical_accuracy: drop vs parent of 0.11, more than the allowed 0.01"
     assert results["sparsity >= min_sparsity"].explain() == "sparsity is 0.8, below the lower bound 0.85"
     assert results["params <= max_params"].explain() == "params is 5000, above the upper bound 4000"
-    first = results["a model is serving"]
-    assert first.verdict == "NOTE" and first.explain().startswith("a model is serving: no model serving yet")
+    first = results["serving model to compare with"]
+    assert first.verdict == "NOTE" and first.explain().startswith("serving model to compare with: none yet under")
     assert {r.verdict for r in results.values()} == {"PASS", "FAIL", "NOTE"}

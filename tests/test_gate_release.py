@@ -95,8 +95,8 @@ def test_serving_baseline_alone_and_the_first_release(tmp_path, penguin_baseline
         tmp_path / "first", penguin_baseline, None, penguin_data, _config(serving_model_dir=str(empty_serving))
     )
     assert first["blessed"], first["failed_checks"]
-    (serving_check,) = [c for c in first["checks"] if c["name"] == "a model is serving"]
-    assert serving_check["passed"] and "no model serving yet" in serving_check["detail"]
+    (serving_check,) = [c for c in first["checks"] if c["name"] == "serving model to compare with"]
+    assert serving_check["passed"] and "none yet under" in serving_check["detail"]
     assert serving_check["verdict"] == "NOTE", "a first release must not look like a passed comparison"
     summary = (tmp_path / "first" / "evaluation" / "summary.md").read_text()
     assert "- serving: `no model serving yet (first release)`" in summary
@@ -109,7 +109,7 @@ def test_serving_baseline_alone_and_the_first_release(tmp_path, penguin_baseline
         penguin_data,
         _config(serving_model_dir=str(empty_serving), require_serving_model=True),
     )
-    assert required["failed_checks"] == ["a model is serving"]
+    assert required["failed_checks"] == ["serving model to compare with"]
 
 
 def test_layer_widths_and_sparsity_reach_the_report(tmp_path, penguin_baseline, penguin_data):

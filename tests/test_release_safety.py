@@ -4,6 +4,7 @@ import glob
 import os
 import shutil
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
@@ -15,6 +16,7 @@ from tfx_model_pruning.engine import ModelLoadError, load_model, save_model
 from tfx_model_pruning.engine.data import ExamplesMismatchError
 from tfx_model_pruning.engine.finetune import FineTuneDataError
 from tfx_model_pruning.engine.saved_model import NonFiniteWeightsError
+from tfx_model_pruning.evaluator_gate.checks import ANSWERS_VARY, BEATS_MAJORITY
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 from tfx_model_pruning.pipelines import cli, pruning_pipeline
 from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS
@@ -96,7 +98,7 @@ def _binary_examples(root, penguin_data):
     return _examples_with(root, penguin_data, add_label)
 
 
-def _binary_model(examples_root, path, flip=False):
+def _binary_model(examples_root, path, flip=False, collapse=False):
     records = tf.data.TFRecordDataset(glob.glob(f"{examples_root}/Split-train/*"), compression_type="GZIP")
     spec = {key: tf.io.FixedLenFeature([1], tf.float32) for key in FEATURE_KEYS}
     spec["is_adelie"] = tf.io.FixedLenFeature([], tf.int64)
@@ -111,6 +113,10 @@ def _binary_model(examples_root, path, flip=False):
     if flip:  # the same model answering the opposite: a bad release
         output = model.get_layer("probability")
         output.set_weights([-w for w in output.get_weights()])
+    if collapse:  # "no" to every example, as the taxi model fine-tuned with the wrong from_logits
+        output = model.get_layer("probability")
+        kernel, _ = output.get_weights()
+        output.set_weights([np.zeros_like(kernel), np.array([-7.0], dtype=kernel.dtype)])
     feature_spec = {key: tf.io.FixedLenFeature([1], tf.float32) for key in FEATURE_KEYS}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -136,11 +142,12 @@ def binary_case(tmp_path_factory, penguin_data):
     examples = _binary_examples(root / "examples", penguin_data)
     good = _binary_model(examples, str(root / "good"))
     bad = _binary_model(examples, str(root / "bad"), flip=True)
-    return examples, good, bad
+    collapsed = _binary_model(examples, str(root / "collapsed"), collapse=True)
+    return examples, good, bad, collapsed
 
 
 def test_auc_precision_recall_accuracy_and_mse_gate_a_good_binary_model(tmp_path, binary_case):
-    examples, good, _ = binary_case
+    examples, good, _, _ = binary_case
     config = GateConfig(label_key="is_adelie", thresholds=BINARY_THRESHOLDS)
     # The baseline makes TFMA compute every metric twice, which once renamed them auc_1, ...
     blessing, result, error = run_gate(tmp_path, good, good, examples, config)
@@ -153,7 +160,7 @@ def test_auc_precision_recall_accuracy_and_mse_gate_a_good_binary_model(tmp_path
 
 
 def test_the_same_metrics_refuse_a_bad_binary_model(tmp_path, binary_case):
-    examples, good, bad = binary_case
+    examples, good, bad, _ = binary_case
     config = GateConfig(label_key="is_adelie", thresholds=BINARY_THRESHOLDS)
     blessing, result, error = run_gate(tmp_path, bad, good, examples, config)
     assert error is None
@@ -164,6 +171,20 @@ def test_the_same_metrics_refuse_a_bad_binary_model(tmp_path, binary_case):
         "binary_accuracy >= lower_bound",
         "mean_squared_error <= upper_bound",
     } <= set(result["failed_checks"])
+
+
+def test_a_collapsed_model_that_meets_every_threshold_is_refused_as_no_better_than_a_constant(tmp_path, binary_case):
+    """Accuracy above its bound and no drop vs its parent (as collapsed as itself): only the no-skill rows refuse."""
+    examples, _, _, collapsed = binary_case
+    threshold = MetricThreshold(metric="BinaryAccuracy", lower_bound=0.5, max_absolute_drop=0.02)
+    config = GateConfig(label_key="is_adelie", thresholds=[threshold])
+    blessing, result, error = run_gate(tmp_path, collapsed, collapsed, examples, config)
+    assert error is None and blessing.get_int_custom_property("blessed") == 0
+    assert result["metrics"]["candidate"]["binary_accuracy"] > 0.5
+    assert result["failed_checks"] == [BEATS_MAJORITY, ANSWERS_VARY]
+    assert "TFMA's per-example evaluator" in result["evaluated_by"]  # the tallies do not depend on it
+    summary = (tmp_path / "evaluation" / "summary.md").read_text()
+    assert "gives the same answer, 0, to every one of the 100 eval examples" in summary
 
 
 def test_a_slice_feature_the_examples_lack_is_a_refusal_naming_the_features(tmp_path, penguin_baseline, penguin_data):

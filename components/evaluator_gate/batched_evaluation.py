@@ -31,6 +31,7 @@ from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.writers import eval_config_writer, metrics_plots_and_validations_writer
 
 from tfx_model_pruning.engine.data import tfrecord_compression
+from tfx_model_pruning.evaluator_gate import skill
 from tfx_model_pruning.evaluator_gate.metrics import NON_FINITE_PREDICTIONS, metric_output_name
 
 EXAMPLE_COUNT = "example_count"
@@ -309,3 +310,42 @@ def evaluate_and_write(
     _ = evaluation | "WriteMetrics" >> writer.ptransform
     config_writer = eval_config_writer.EvalConfigWriter(output_path, eval_config, model_locations=dict(plan.models))
     _ = evaluation | "WriteEvalConfig" >> config_writer.ptransform
+
+
+class _TallyFiles(beam.DoFn):
+    """One file of examples -> (slice label, the candidate's tally) for each slice in it."""
+
+    def __init__(self, plan: EvaluationPlan, model_name: str):
+        self._plan, self._model_name = plan, model_name
+        self._shared = shared.Shared()
+        self._models: Optional[_Models] = None
+
+    def setup(self):
+        self._models = self._shared.acquire(lambda: _Models(self._plan))
+
+    def process(self, path: str) -> Iterator[tuple[str, skill.SkillTally]]:
+        tallies: dict[str, skill.SkillTally] = {}
+        dataset = tf.data.TFRecordDataset(path, compression_type=tfrecord_compression(path))
+        for serialized in dataset.batch(self._plan.batch_size).prefetch(1):
+            labels, predictions, slice_values = self._models.evaluate(serialized)
+            size = int(serialized.shape[0])
+            for key, rows in _slice_rows(self._plan, size, slice_values):
+                update = skill.tally(labels[self._model_name][rows], predictions[self._model_name][rows])
+                label = skill.slice_label(key)
+                tallies[label] = tallies[label].add(update) if label in tallies else update
+        yield from tallies.items()
+
+
+def add_skill_tallies(pipeline: beam.Pipeline, file_patterns: Sequence[str], plan: EvaluationPlan, output_dir: str):
+    """Adds the no-skill tallies of the plan's one model; ``skill.read_tallies(output_dir)`` reads them."""
+    (model_name,) = plan.models
+    _ = (
+        pipeline
+        | "SkillFilePatterns" >> beam.Create(list(file_patterns))
+        | "MatchSkillFiles" >> beam.FlatMap(lambda pattern: sorted(tf.io.gfile.glob(pattern)))
+        | "SpreadSkillFiles" >> beam.Reshuffle()
+        | "TallyBatches" >> beam.ParDo(_TallyFiles(plan, model_name))
+        | "SumTallies" >> beam.CombinePerKey(skill.merge_tallies)
+        | "AllSlices" >> beam.combiners.ToList()
+        | "WriteTallies" >> beam.Map(skill.write_tallies, output_dir)
+    )

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 from scipy.stats import binomtest
 
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.evaluator_gate.skill import SkillTally
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ def run_checks(
     slices: Optional[Mapping[str, Mapping[str, Mapping[str, float]]]] = None,
     non_finite: Optional[Mapping[str, int]] = None,
     eval_features: Optional[list[str]] = None,
+    skill: Optional[Mapping[str, SkillTally]] = None,
+    skill_unmeasured: str = "",
 ) -> list[CheckResult]:
     """Applies every threshold of ``config``.
 
@@ -167,6 +170,8 @@ def run_checks(
       non_finite: counts of NaN/infinite values in the candidate's ``weights`` and its
         ``predictions`` on the eval split; what is not measured refuses.
       eval_features: feature names of the eval examples, named when ``slice_feature`` is not one.
+      skill: slice label ("Overall", "species=2") -> the candidate's no-skill tally (``skill.py``);
+        with ``config.require_skill``, None refuses, saying ``skill_unmeasured``.
     """
     results = [
         CheckResult(
@@ -180,6 +185,8 @@ def run_checks(
         ),
         _finite_check(non_finite),
     ]
+    if config.require_skill:
+        results += skill_checks(config, skill, skill_unmeasured)
     references: list[tuple[str, Mapping[str, float]]] = []
     if baseline is not None:
         references.append((PARENT_LABEL, baseline))
@@ -187,11 +194,11 @@ def run_checks(
         if serving is None:
             results.append(
                 CheckResult(
-                    "a model is serving",
+                    "serving model to compare with",
                     not config.require_serving_model,
                     None,
                     None,
-                    f"no model serving yet under {config.serving_model_dir}"
+                    f"none yet under {config.serving_model_dir}"
                     + ("" if config.require_serving_model else " (first release: nothing to compare with)"),
                     reference=SERVING_LABEL,
                 )
@@ -224,6 +231,116 @@ def run_checks(
         )
     results += _efficiency_checks(config, efficiency or {})
     return results
+
+
+# Words in a threshold's metric name that say what kind of task the model does.
+_CLASSIFICATION_WORDS = ("accuracy", "auc", "precision", "recall", "crossentropy", "hinge", "f1", "fbeta", "iou")
+_REGRESSION_WORDS = ("error", "r2", "huber", "logcosh", "poisson")
+# Predictions whose spread is under this share of the labels' are one answer for every example.
+MIN_PREDICTION_SPREAD = 0.01
+BEATS_MAJORITY = "better than always answering the most common class"
+NOT_WORSE_THAN_MAJORITY = "not worse than always answering its most common class"
+ANSWERS_VARY = "answers vary between examples"
+BEATS_MEAN = "error below always answering the mean label"
+
+
+def task_kind(config: GateConfig, overall: SkillTally) -> str:
+    """ "classification" or "regression": from the thresholds' metric names, else from the labels."""
+    names = " ".join(threshold.metric.lower() for threshold in config.all_thresholds)
+    if any(word in names for word in _CLASSIFICATION_WORDS):
+        return "classification"
+    if any(word in names for word in _REGRESSION_WORDS):
+        return "regression"
+    return "classification" if overall.label_counts is not None else "regression"
+
+
+def skill_checks(
+    config: GateConfig, tallies: Optional[Mapping[str, SkillTally]], unmeasured: str = ""
+) -> list[CheckResult]:
+    """The candidate must beat the answer of a model that learned nothing, and not give one answer to all.
+
+    Classification: the 95% Wilson interval of its accuracy lies above the most common label's
+    share (what always answering that label scores), and it predicts more than one class. Per
+    checked slice with two or more classes, the interval must not lie wholly below that slice's
+    most common share: a slice may be nearly one class, where a good model can score a little
+    below the constant answer, but not clearly. Regression: a mean squared error below the
+    labels' variance (always answering the mean), and predictions that vary.
+    """
+    overall = (tallies or {}).get("Overall")
+    if overall is None or not overall.examples:
+        why = unmeasured or "the eval split gave no examples"
+        detail = f"not measured: {why}; the gate refuses what it cannot check (require_skill: false turns this off)"
+        return [CheckResult(BEATS_MAJORITY, False, None, None, detail, metric="no_skill")]
+    if task_kind(config, overall) == "regression":
+        return _regression_skill(overall)
+    results = [_beats_majority(overall, slice_label=None), _answers_vary(overall)]
+    for label, one in sorted(tallies.items()):
+        if label == "Overall" or one.examples < config.min_slice_examples or len(one.label_counts or {}) < 2:
+            continue
+        results.append(_beats_majority(one, slice_label=label))
+    return results
+
+
+def _beats_majority(tally: SkillTally, slice_label: Optional[str]) -> CheckResult:
+    name = f"[{slice_label}] {NOT_WORSE_THAN_MAJORITY}" if slice_label else BEATS_MAJORITY
+    on = {"metric": "accuracy", "slice": slice_label}
+    if tally.label_counts is None or tally.accuracy is None:
+        detail = "the labels are not classes (not whole numbers, or over a thousand values): accuracy cannot be judged"
+        return CheckResult(name, False, None, None, detail, **on)
+    label, share = tally.majority
+    if len(tally.label_counts) < 2:
+        detail = f"every eval label is {label}: no model can show on these examples that it learned anything"
+        return CheckResult(name, False, tally.accuracy, share, detail, **on)
+    accuracy, n = tally.accuracy, tally.examples
+    low, high = wilson_interval(accuracy, n)
+    passed = high >= share if slice_label else low > share
+    constant = f"always answering {label} is right {share:.4f} of the time ({tally.label_counts[label]:,} of {n:,})"
+    if slice_label:
+        verdict = "clearly worse than" if not passed else "not clearly worse than"
+    else:
+        verdict = "clearly better than" if passed else "not clearly better than"
+    detail = f"accuracy {accuracy:.4f} (95% interval {low:.3f}-{high:.3f}) is {verdict} the constant answer: {constant}"
+    return CheckResult(name, passed, accuracy, share, detail, (low, high), **on)
+
+
+def _answers_vary(tally: SkillTally) -> CheckResult:
+    predicted = {label: count for label, count in tally.predicted_counts.items() if count}
+    classes = len(tally.label_counts or {}) or len(predicted)
+    passed = len(predicted) >= 2
+    if passed:
+        detail = f"predicts {len(predicted)} of {classes} classes"
+    else:
+        (only,) = predicted or {"nothing": 0}
+        detail = (
+            f"gives the same answer, {only}, to every one of the {tally.examples:,} eval examples "
+            f"(outputs from {tally.prediction_min:.4g} to {tally.prediction_max:.4g}): it has collapsed to a constant"
+        )
+    return CheckResult(ANSWERS_VARY, passed, len(predicted), 2, detail, metric="predicted_classes")
+
+
+def _regression_skill(tally: SkillTally) -> list[CheckResult]:
+    error, variance = tally.mean_squared_error, tally.label_variance
+    label_std = variance**0.5
+    spread = tally.prediction_std
+    return [
+        CheckResult(
+            BEATS_MEAN,
+            error < variance,
+            error,
+            variance,
+            f"mean squared error {error:.4g} vs {variance:.4g} for always answering the mean label "
+            f"{tally.label_sum / tally.examples:.4g}",
+            metric="mean_squared_error",
+        ),
+        CheckResult(
+            ANSWERS_VARY,
+            spread >= MIN_PREDICTION_SPREAD * label_std and spread > 0.0,
+            spread,
+            MIN_PREDICTION_SPREAD * label_std,
+            f"predictions spread (std) {spread:.4g}; the labels' {label_std:.4g}",
+            metric="prediction_std",
+        ),
+    ]
 
 
 def unchecked_slices(config: GateConfig, slices: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:

@@ -123,6 +123,12 @@ class GateConfig(_StrictModel):
         description="Examples per batch of the one-pass evaluation; by default as many as 16 MiB of "
         "serialized examples and 1e11 FLOPs of the largest model allow, at most 32768.",
     )
+    require_skill: bool = Field(
+        default=True,
+        description="Refuse a candidate that does not beat a model that learned nothing: its accuracy's 95% "
+        "interval above the most common label's share (overall; not clearly below it per slice), more than "
+        "one class predicted; for regression, an error below always answering the mean label.",
+    )
     evaluator: Literal["auto", "tfma"] = Field(
         default="auto",
         description="'auto': one pass over whole batches for every model and slice, with the Keras metrics TFMA "

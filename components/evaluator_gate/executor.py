@@ -35,7 +35,7 @@ from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
 from tfx_model_pruning.engine.prune import weight_and_size_stats
 from tfx_model_pruning.engine.report import layer_table
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights
-from tfx_model_pruning.evaluator_gate import batched_evaluation
+from tfx_model_pruning.evaluator_gate import batched_evaluation, skill
 from tfx_model_pruning.evaluator_gate.checks import GateDecision, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.metrics import (
@@ -152,17 +152,31 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         tfma_dir = os.path.join(evaluation_uri, files.TFMA_SUBDIR)
         flops = {name: count_flops(loaded.model) for name, loaded in models.items()}
         plan, why_not = self._one_pass_plan(config, models, sample, flops)
+        # The no-skill tallies need only the candidate's answers, whichever evaluator computes the metrics.
+        skill_plan, skill_unmeasured = self._one_pass_plan(
+            config.model_copy(update={"evaluator": "auto"}),
+            {CANDIDATE: models[CANDIDATE]},
+            sample,
+            flops,
+            answers_only=True,
+        )
+        if config.evaluator == "tfma":
+            plan, why_not = None, "asked for by the configuration (evaluator: tfma)"
         evaluated_by = (
             "one pass over whole batches (Keras metrics as TFMA computes them)"
             if plan is not None
             else f"TFMA's per-example evaluator: {why_not}"
         )
         logging.info("EvaluatorGate: evaluated by %s", evaluated_by)
+        skill_dir = os.path.join(evaluation_uri, files.TFMA_SUBDIR, "skill")
         with self._make_beam_pipeline() as pipeline:
             if plan is not None:
                 batched_evaluation.evaluate_and_write(pipeline, eval_patterns, plan, eval_config, tfma_dir)
             else:
                 self._tfma_evaluation(pipeline, models, examples, eval_patterns, eval_config, tfma_dir)
+            if config.require_skill and skill_plan is not None:
+                batched_evaluation.add_skill_tallies(pipeline, eval_patterns, skill_plan, skill_dir)
+        tallies = skill.read_tallies(skill_dir) if skill_plan is not None else None
         by_slice = _metrics_by_slice(tfma_dir, list(models))
         metrics = by_slice.pop(OVERALL, {name: {} for name in models})
         stats = {
@@ -190,6 +204,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             slices=by_slice,
             non_finite=non_finite,
             eval_features=eval_features,
+            skill=tallies,
+            skill_unmeasured=f"the candidate's answers cannot be read in one pass: {skill_unmeasured}",
         )
         return GateDecision(
             checks=checks,
@@ -206,9 +222,16 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
     @staticmethod
     def _one_pass_plan(
-        config: GateConfig, models: dict, sample: Optional[tf.train.Example], flops: dict[str, Optional[int]]
+        config: GateConfig,
+        models: dict,
+        sample: Optional[tf.train.Example],
+        flops: dict[str, Optional[int]],
+        answers_only: bool = False,
     ) -> tuple[Optional[batched_evaluation.EvaluationPlan], str]:
-        """The one-pass evaluation of these models and metrics, or None and why TFMA must do it."""
+        """The one-pass evaluation of these models and metrics, or None and why TFMA must do it.
+
+        With ``answers_only``, the plan reads the models' answers and labels, computing no metric.
+        """
         if config.evaluator == "tfma":
             return None, "asked for by the configuration (evaluator: tfma)"
         if sample is None:
@@ -224,7 +247,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             preprocessing_function_names=list(config.preprocessing_function_names),
             label_key=config.label_key,
             slice_feature=config.slice_feature,
-            metric_classes=list(dict.fromkeys(threshold.metric for threshold in config.all_thresholds)),
+            metric_classes=[] if answers_only else list(dict.fromkeys(t.metric for t in config.all_thresholds)),
             raw_features=raw_features,
             batch_size=config.eval_batch_size
             or batched_evaluation.batch_size_for(
@@ -308,12 +331,43 @@ def check_model_inputs(config: GateConfig, signatures_by_model: dict[str, dict],
     The label (and the slice feature, which the checks look for) may be raw features of the
     eval examples or outputs of the preprocessing signatures (``preprocessing_function_names``).
     """
+
+    def _input_signature(function) -> dict[str, str]:
+        """A signature's inputs, name -> dtype and shape, as comparable text."""
+        _, inputs = getattr(function, "structured_input_signature", None) or ((), {})
+        return {name: f"{spec.dtype.name}{list(spec.shape)}" for name, spec in sorted((inputs or {}).items())}
+
+    needed = (config.signature_name, *config.preprocessing_function_names)
     for model_name, signatures in signatures_by_model.items():
-        for signature in (config.signature_name, *config.preprocessing_function_names):
+        if model_name == SERVING:
+            continue  # below: measured against the candidate, since it may be another pipeline's model
+        for signature in needed:
             if signature not in signatures:
                 raise GateInputError(
                     f"the {model_name} model has no signature {signature!r}; it has {sorted(signatures)}"
                 )
+    if SERVING in signatures_by_model and CANDIDATE in signatures_by_model:
+        serving, candidate = signatures_by_model[SERVING], signatures_by_model[CANDIDATE]
+        missing = [name for name in needed if name not in serving]
+        differing = [
+            name
+            for name in needed
+            if name in serving and _input_signature(serving[name]) != _input_signature(candidate[name])
+        ]
+        if missing or differing:
+            serving_dir = latest_version_dir(config.serving_model_dir) if config.serving_model_dir else None
+            what = (
+                f"has no signature {missing[0]!r} (it has {sorted(serving)})"
+                if missing
+                else f"takes other inputs in its {differing[0]!r} signature ({_input_signature(serving[differing[0]])}"
+                f" where the candidate takes {_input_signature(candidate[differing[0]])})"
+            )
+            raise GateInputError(
+                f"the serving model {serving_dir or config.serving_model_dir} {what}, unlike the candidate: it "
+                "appears to belong to another model or pipeline sharing this push destination. Give this pipeline "
+                "a push destination of its own (push.destination in the pipeline file, run-local --output-dir, or "
+                "kubeflow.serving_dir), or remove that version if it is stale"
+            )
     preprocessed = {
         output
         for signatures in signatures_by_model.values()
@@ -348,21 +402,12 @@ def _signature_outputting(key: str, signatures_by_model: dict[str, dict]) -> Opt
     return None
 
 
-def _slice_label(slice_key) -> str:
-    parts = []
-    for column, value in slice_key:
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        parts.append(f"{column}={value}")
-    return ", ".join(parts) or OVERALL
-
-
 def _metrics_by_slice(tfma_dir: str, model_names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """slice label -> model -> metric -> value, TFMA's diff entries left out."""
     by_slice: dict[str, dict[str, dict[str, float]]] = {}
     for metrics_for_slice in tfma.load_metrics(tfma_dir):
         key = slicer_lib.deserialize_slice_key(metrics_for_slice.slice_key)
-        models = by_slice.setdefault(_slice_label(key), {name: {} for name in model_names})
+        models = by_slice.setdefault(skill.slice_label(key), {name: {} for name in model_names})
         for entry in metrics_for_slice.metric_keys_and_values:
             if entry.key.is_diff or not entry.value.HasField("double_value"):
                 continue
