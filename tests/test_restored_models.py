@@ -160,6 +160,27 @@ def test_the_gate_names_a_missing_label_or_signature_before_evaluating(
     assert not (tmp_path / "evaluation" / "tfma").exists()  # refused before Beam ran
 
 
+def test_a_serving_model_without_the_candidates_transform_signature_is_named_as_another_pipelines(
+    tmp_path, restored_model, penguin_baseline, penguin_data
+):
+    # Another pipeline's model (raw features, no transform_features) is the newest version here.
+    shutil.copytree(os.path.join(penguin_baseline, "Format-Serving"), tmp_path / "serving" / "3")
+    config = GateConfig(
+        label_key="species_xf",
+        preprocessing_function_names=["transform_features"],
+        thresholds=[ACCURACY],
+        min_eval_examples=1,
+        serving_model_dir=str(tmp_path / "serving"),
+    )
+    blessing, _, error = run_gate(tmp_path, restored_model, None, penguin_data, config)
+    assert error is not None, "the gate compared with another pipeline's model"
+    message = str(error)
+    assert f"the serving model {tmp_path / 'serving' / '3'} has no signature 'transform_features'" in message
+    assert "appears to belong to another model or pipeline" in message and "push.destination" in message
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert not (tmp_path / "evaluation" / "tfma").exists()  # refused before Beam ran
+
+
 def test_the_gate_reads_a_transformed_label_through_the_preprocessing_signature(tmp_path, restored_model, penguin_data):
     config = GateConfig(
         label_key="species_xf",
