@@ -15,6 +15,7 @@ import tf_keras as keras
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.config import FineTuneConfig
 from tfx_model_pruning.engine.gradual import GradualPruner, masked_train_loop
+from tfx_model_pruning.engine.keras_names import loss_class
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
 from tfx_model_pruning.engine.masks import iter_prunable_weights
 from tfx_model_pruning.engine.outputs import (
@@ -337,13 +338,13 @@ def _data_errors_named() -> Iterator[None]:
 
 def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.data.Dataset]):
     if config.loss is not None:
-        loss_class = loss_class_named(config.loss)
-        if not takes_from_logits(loss_class):
-            return loss_class()
+        named = loss_class(config.loss)
+        if not takes_from_logits(named):
+            return named()
         sample = (lambda: next(iter(train_dataset.take(1)))[0]) if train_dataset is not None else None
-        from_logits, evidence = resolve_from_logits(model, loss_class, config.from_logits, sample)
+        from_logits, evidence = resolve_from_logits(model, named, config.from_logits, sample)
         logging.getLogger(__name__).info("Fine-tuning with %s(from_logits=%s): %s", config.loss, from_logits, evidence)
-        return loss_class(from_logits=from_logits)
+        return named(from_logits=from_logits)
     if is_restored(model):
         raise ValueError(
             "the model was saved with tf.saved_model.save, which keeps no loss; set `loss` in the fine-tuning "
@@ -362,17 +363,9 @@ def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.dat
     return compiled_loss
 
 
-def loss_class_named(class_name: str) -> type:
-    """The Keras loss class called ``class_name``, e.g. ``SparseCategoricalCrossentropy``."""
-    loss_class = getattr(keras.losses, class_name, None)
-    if not (isinstance(loss_class, type) and issubclass(loss_class, keras.losses.Loss)):
-        raise ValueError(f"loss {class_name!r} is not a Keras loss class name (e.g. 'SparseCategoricalCrossentropy')")
-    return loss_class
-
-
 def make_loss(class_name: str, from_logits: Optional[bool] = None) -> keras.losses.Loss:
     """Builds a Keras loss from its class name; ``from_logits`` where the loss takes it (None: its default)."""
-    loss_class = loss_class_named(class_name)
-    if from_logits is not None and takes_from_logits(loss_class):
-        return loss_class(from_logits=from_logits)
-    return loss_class()
+    named = loss_class(class_name)
+    if from_logits is not None and takes_from_logits(named):
+        return named(from_logits=from_logits)
+    return named()
