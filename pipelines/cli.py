@@ -10,9 +10,12 @@ prune-pipeline schedule list | prune-pipeline schedule disable ID
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
-from typing import Optional, Sequence
+import tempfile
+from typing import Iterator, Optional, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -549,14 +552,84 @@ def compile_kubeflow(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         print(f"prune-pipeline compile: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    job, spec = kubeflow.compile_pipeline(
-        pipeline,
-        config.kubeflow.output_dir,
-        config.kubeflow.image or kubeflow.default_image(),
-        parameter_defaults={kubeflow.DATA_ROOT_PARAMETER: config.kubeflow.data_root},
-    )
+    try:
+        # TFX packages a Trainer module file into a wheel here: setuptools' ~100 lines are shown on failure only.
+        with _captured_output() as captured:
+            job, spec = kubeflow.compile_pipeline(
+                pipeline,
+                config.kubeflow.output_dir,
+                config.kubeflow.image or kubeflow.default_image(),
+                parameter_defaults={kubeflow.DATA_ROOT_PARAMETER: config.kubeflow.data_root},
+            )
+    except Exception as err:
+        explained = cloud_storage_error(err, config.kubeflow.pipeline_root)
+        if explained is None:
+            sys.stderr.write(captured.text)
+            raise
+        print(f"prune-pipeline compile: error: {explained}", file=sys.stderr)
+        return 2
     print(f"PipelineJob: {job}\nPipeline spec (for KFP upload_pipeline): {spec}")
     return 0
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[_Captured]:
+    """Holds what this process and its subprocesses write to stdout and stderr (the file descriptors)."""
+    captured = _Captured()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as capture:
+        try:
+            os.dup2(capture.fileno(), 1)
+            os.dup2(capture.fileno(), 2)
+            yield captured
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, saved_fd in zip((1, 2), saved, strict=True):
+                os.dup2(saved_fd, fd)
+                os.close(saved_fd)
+            capture.seek(0)
+            captured.text = capture.read().decode("utf-8", "replace")
+
+
+_GCLOUD_FIX = (
+    "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
+)
+
+
+def cloud_storage_error(err: BaseException, pipeline_root: Optional[str]) -> Optional[str]:
+    """One line for a cloud storage or credentials failure (what failed, why, how to fix); None for others."""
+    import tensorflow as tf
+
+    try:
+        from google.auth.exceptions import GoogleAuthError
+    except ImportError:  # pragma: no cover - installed with apache-beam[gcp]
+        GoogleAuthError = ()  # noqa: N806
+    if not isinstance(err, (tf.errors.OpError, GoogleAuthError)):
+        return None
+    text = " ".join(str(getattr(err, "message", None) or err).split())
+    url = re.search(r"\b[a-z0-9]+://[^\s'\"]+", text)
+    where = url.group(0) if url else (pipeline_root or "cloud storage")
+    why = "TFX uploads the Trainer module file's package under the pipeline root while compiling"
+    denied = (tf.errors.UnauthenticatedError, tf.errors.PermissionDeniedError, GoogleAuthError)
+    if isinstance(err, denied) or re.search(r"\b40[13]\b|credential|anonymous caller|bearer token", text, re.I):
+        return (
+            f"cannot write to {where}: Google Cloud credentials are missing or may not write there ({why}). "
+            f"To fix: {_GCLOUD_FIX} with write access to the bucket, then compile again."
+        )
+    if re.search(r"resolve host|couldn't connect|timed out|network is unreachable", text, re.I):
+        return (
+            f"cannot reach {where} from this machine ({why}): {_one_line(text)[:200]}. To fix: compile where "
+            "the bucket is reachable (network, proxy, DNS) with Google Cloud credentials, or give "
+            "model.trainer_run_fn (importable in the image) instead of a module file: nothing to upload."
+        )
+    return f"cannot access {where} ({why}): {_one_line(text)[:300]}"
 
 
 def print_schema() -> int:
@@ -587,6 +660,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "config-schema":
         return print_schema()
     if args.command in ("submit", "schedule"):
+        from google.auth.exceptions import GoogleAuthError
         from kfp_server_api import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -601,6 +675,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         except (ValueError, OSError) as err:  # bad cron, spec file or parameter; a clash with what exists
             parser.exit(2, f"prune-pipeline {args.command}: error: {err}\n")
+        except GoogleAuthError as err:  # an IAP-protected endpoint, without Google credentials here
+            parser.exit(
+                1,
+                f"prune-pipeline {args.command}: error: no usable Google Cloud credentials for the KFP API "
+                f"({_one_line(err)[:200]}). To fix: {_GCLOUD_FIX}, then try again.\n",
+            )
         except ApiException as err:  # the API server's own answer, without the SDK's traceback
             parser.exit(
                 1, f"prune-pipeline {args.command}: the KFP API answered {err.status} {err.reason}: {err.body}\n"

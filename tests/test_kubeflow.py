@@ -2,11 +2,15 @@
 
 import importlib
 import json
+import os
 
+import pytest
+import tensorflow as tf
 import yaml
+from google.auth.exceptions import DefaultCredentialsError
 from kfp import components as kfp_components
 
-from tfx_model_pruning.pipelines import cli
+from tfx_model_pruning.pipelines import cli, kubeflow
 
 TASKS = {"ImportExampleGen", "Trainer", "PruneComponent", "RetrainComponent", "EvaluatorGate", "Pusher"}
 
@@ -80,3 +84,84 @@ def test_compile_refuses_a_serving_dir_that_escapes_the_push_root(tmp_path, caps
         capsys.readouterr()
         assert cli.main([*args, "--serving-dir", escaping]) == 2
         assert "outside the push root" in capsys.readouterr().err
+
+
+def test_compile_with_a_module_file_prints_two_lines_not_the_wheel_build(tmp_path, capfd):
+    trainer = importlib.import_module("tfx_model_pruning.pipelines.penguin_trainer").__file__
+    out = _compile_local(tmp_path, "--trainer-module", trainer)
+    printed = capfd.readouterr()
+    assert printed.out.splitlines() == [
+        f"PipelineJob: {out / 'penguin-pruning_job.json'}",
+        f"Pipeline spec (for KFP upload_pipeline): {out / 'penguin-pruning.yaml'}",
+    ]
+    assert "bdist_wheel" not in printed.err and "setuptools" not in printed.err, printed.err
+    assert list((tmp_path / "root").glob("_wheels/*.whl")), "the module file's wheel was still built"
+
+
+def _compile_local(tmp_path, *extra):
+    out = tmp_path / "kfp"
+    args = ["compile", "--output-dir", str(out), "--pipeline-root", str(tmp_path / "root")]
+    args += ["--serving-dir", "gs://bucket/serving", "--data-root", "gs://bucket/data/span-1", *extra]
+    assert cli.main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (
+            tf.errors.PermissionDeniedError(
+                None,
+                None,
+                "Error executing an HTTP request: HTTP response code 401 with body 'Anonymous caller "
+                "does not have storage.objects.get access' when reading metadata of gs://bucket/root",
+            ),
+            "cannot write to gs://bucket/root: Google Cloud credentials are missing",
+        ),
+        (
+            tf.errors.FailedPreconditionError(
+                None, None, "libcurl code 6 meaning 'Couldn't resolve host name' when reading metadata of gs://b/r"
+            ),
+            "cannot reach gs://b/r from this machine",
+        ),
+        (DefaultCredentialsError("Your default credentials were not found."), "credentials are missing"),
+    ],
+)
+def test_a_cloud_storage_failure_at_compile_is_one_line_saying_how_to_fix_it(
+    tmp_path, capsys, monkeypatch, error, expected
+):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(kubeflow, "compile_pipeline", fail)
+    args = ["compile", "--output-dir", str(tmp_path), "--pipeline-root", "gs://bucket/root"]
+    assert cli.main([*args, "--serving-dir", "gs://bucket/serving", "--data-root", "gs://bucket/data"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("prune-pipeline compile: error: ") and expected in err
+    assert "gcloud auth application-default login" in err or "trainer_run_fn" in err
+
+
+def test_an_unexplained_compile_failure_shows_what_was_held_back(tmp_path, monkeypatch, capfd):
+    def fail(*args, **kwargs):
+        os.write(1, b"running bdist_wheel\nerror: invalid command\n")  # as setuptools' subprocess does
+        raise RuntimeError("wheel build failed")
+
+    monkeypatch.setattr(kubeflow, "compile_pipeline", fail)
+    with pytest.raises(RuntimeError, match="wheel build failed"):
+        _compile_local(tmp_path)
+    assert "running bdist_wheel\nerror: invalid command" in capfd.readouterr().err
+
+
+def test_submit_without_google_credentials_says_so_in_one_line(monkeypatch, capsys):
+    from tfx_model_pruning.pipelines import kfp_runs
+
+    def connect(**kwargs):
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr(kfp_runs, "connect", connect)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["schedule", "list", "--host", "https://kfp.example", "--iap-client-id", "x.apps"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "no usable Google Cloud credentials for the KFP API" in err and "gcloud auth" in err
