@@ -76,7 +76,9 @@ class ModelSection(_Section):
         default=None, description="Importable run_fn, e.g. 'my_package.trainer.run_fn' (nothing to package)."
     )
     baseline_model: Optional[str] = Field(default=None, description="An existing SavedModel to import instead.")
-    train_steps: int = Field(default=500, ge=1, description="Trainer steps.")
+    train_steps: int = Field(
+        default=500, ge=1, description="Training steps of the Trainer that makes the model to prune."
+    )
     transform_module: Optional[str] = Field(
         default=None, description="Module with preprocessing_fn: StatisticsGen, SchemaGen and Transform run first."
     )
@@ -150,20 +152,30 @@ class KubeflowSection(_Section):
 class PipelineConfig(_Section):
     """A whole pipeline: data, model source, pruning, fine-tuning, release gate, push and runner options."""
 
-    name: str = Field(default="pruning-pipeline", pattern=r"^[a-z0-9][a-z0-9-]*$", description="Pipeline name.")
-    data: DataSection
-    model: ModelSection
-    prune: AnyPruningConfig = Field(default_factory=lambda: PruningConfig(target_sparsity=0.8))
-    retrain: RetrainSection
-    gate: GateSection
-    push: PushSection = Field(default_factory=PushSection)
+    name: str = Field(
+        default="pruning-pipeline",
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Pipeline name (lowercase, digits, '-'): names its runs, its "
+        "Kubeflow files and run-local's default output directory runs/<name>.",
+    )
+    data: DataSection = Field(description="The examples: their folder, format, splits and label feature.")
+    model: ModelSection = Field(description="The model to prune: trained by a Trainer, or an existing SavedModel.")
+    prune: AnyPruningConfig = Field(
+        default_factory=lambda: PruningConfig(target_sparsity=0.8),
+        description="How to prune; method picks magnitude (default, 80% sparsity), structured or layer_removal.",
+    )
+    retrain: RetrainSection = Field(description="How the pruned model is fine-tuned (RetrainComponent).")
+    gate: GateSection = Field(description="The release checks the fine-tuned model must pass to be pushed.")
+    push: PushSection = Field(default_factory=PushSection, description="Where blessed models are pushed.")
     beam_args: Optional[list[str]] = Field(
         default=None, description="Beam pipeline args (default: DirectRunner in memory, one worker)."
     )
     enable_cache: bool = Field(
         default=False, description="Reuse outputs of unchanged components (resume a killed local run)."
     )
-    kubeflow: KubeflowSection = Field(default_factory=KubeflowSection)
+    kubeflow: KubeflowSection = Field(
+        default_factory=KubeflowSection, description="Locations and endpoint for compile, submit and schedule."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -40,11 +40,14 @@ class PruningConfig(_StrictModel):
         PruningConfig(target_sparsity=0.8, scope="global", protected_layers=["embed.*"])
     """
 
-    method: Literal["magnitude"] = "magnitude"
+    method: Literal["magnitude"] = Field(
+        default="magnitude",
+        description="magnitude: set the least important weights to zero (the model keeps its shape).",
+    )
     criterion: Literal["magnitude", "taylor"] = Field(
         default="magnitude", description="|w|, or |w x gradient| summed over sample_size train examples."
     )
-    sample_size: int = Field(default=256, ge=1)
+    sample_size: int = Field(default=256, ge=1, description="Train examples the taylor criterion reads.")
     label_key: Optional[str] = Field(default=None, description="Label feature; the taylor criterion needs it.")
     target_sparsity: Optional[float] = Field(
         default=None, gt=0.0, lt=1.0, description="Fraction of targeted kernel weights to zero, in (0, 1)."
@@ -117,7 +120,9 @@ class StructuredPruningConfig(_StrictModel):
         StructuredPruningConfig(scope="sensitivity", flops_budget=0.4, label_key="species")
     """
 
-    method: Literal["structured"] = "structured"
+    method: Literal["structured"] = Field(
+        default="structured", description="structured: remove whole units/filters (a smaller, faster model)."
+    )
     prune_fraction: Optional[float] = Field(
         default=None, gt=0.0, lt=1.0, description="Fraction of removable channels to remove."
     )
@@ -153,7 +158,10 @@ class StructuredPruningConfig(_StrictModel):
         description="Fail when less than this share of all Dense/convolution channels was removed "
         "(barriers kept the rest); by default the summary only warns.",
     )
-    protected_layers: list[str] = Field(default_factory=list)
+    protected_layers: list[str] = Field(
+        default_factory=list,
+        description="Layer names or regular expressions (full match) whose units/filters are never removed.",
+    )
 
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
 
@@ -189,16 +197,20 @@ class LayerRemovalConfig(_StrictModel):
         LayerRemovalConfig(label_key="species", tolerance=0.01, fine_tune_steps=50)
     """
 
-    method: Literal["layer_removal"] = "layer_removal"
+    method: Literal["layer_removal"] = Field(
+        default="layer_removal", description="layer_removal: drop whole layers or residual blocks, one at a time."
+    )
     label_key: str = Field(min_length=1, description="Label feature: removal is judged on labelled examples.")
     tolerance: float = Field(
         default=0.01, ge=0.0, description="Largest allowed drop of the validation metric versus the original model."
     )
     fine_tune_steps: int = Field(default=50, ge=0, description="Batches of fine-tuning after each removal.")
-    max_removals: int = Field(default=10, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0.0, lt=1.0)
-    batch_size: int = Field(default=32, ge=1)
-    criterion: Literal["validation"] = "validation"
+    max_removals: int = Field(default=10, ge=1, description="Most layers or blocks removed.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, lt=1.0, description="Adam learning rate of each fine-tune.")
+    batch_size: int = Field(default=32, ge=1, description="Examples per batch, for fine-tuning and validation.")
+    criterion: Literal["validation"] = Field(
+        default="validation", description="validation: a removal is kept when the validation metric stays in tolerance."
+    )
     sample_size: int = Field(default=100000, ge=1, description="Most train examples read for fine-tuning.")
 
 
@@ -220,15 +232,23 @@ class GradualPruningSchedule(_StrictModel):
         GradualPruningSchedule(final_sparsity=0.9, begin_step=0, end_step=400, frequency=20)
     """
 
-    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
-    final_sparsity: float = Field(gt=0.0, lt=1.0)
-    begin_step: int = Field(default=0, ge=0)
-    end_step: int = Field(ge=1)
+    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0, description="Sparsity at begin_step, in [0, 1).")
+    final_sparsity: float = Field(gt=0.0, lt=1.0, description="Sparsity reached at end_step and kept after it.")
+    begin_step: int = Field(default=0, ge=0, description="Batch at which pruning starts.")
+    end_step: int = Field(ge=1, description="Batch at which final_sparsity is reached; must leave steps to recover.")
     frequency: int = Field(default=10, ge=1, description="Steps between mask updates.")
-    power: float = Field(default=3.0, gt=0.0)
-    scope: Literal["global", "per_layer"] = "global"
-    protected_layers: list[str] = Field(default_factory=list)
-    protect_output_layer: bool = True
+    power: float = Field(
+        default=3.0, gt=0.0, description="Exponent of the polynomial decay: higher prunes faster early on."
+    )
+    scope: Literal["global", "per_layer"] = Field(
+        default="global", description="global: one magnitude cut across layers; per_layer: each layer its sparsity."
+    )
+    protected_layers: list[str] = Field(
+        default_factory=list, description="Layer names or regular expressions (full match) never pruned."
+    )
+    protect_output_layer: bool = Field(
+        default=True, description="Leave the last weighted layer on every model output dense."
+    )
 
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
 
@@ -281,7 +301,9 @@ class DistillationConfig(_StrictModel):
         DistillationConfig(temperature=4.0, alpha=0.5)
     """
 
-    temperature: float = Field(default=4.0, gt=0.0)
+    temperature: float = Field(
+        default=4.0, gt=0.0, description="Softens both models' outputs; higher passes on more about wrong classes."
+    )
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Weight of the hard-label loss.")
 
 
@@ -300,12 +322,12 @@ class FineTuneConfig(_StrictModel):
         description="Feature holding the label in the tf.Examples (RetrainComponent requires it; in-memory "
         "(x, y) data needs none).",
     )
-    epochs: int = Field(default=10, ge=1)
+    epochs: int = Field(default=10, ge=1, description="Passes of fine-tuning (of steps_per_epoch batches each).")
     steps_per_epoch: Optional[int] = Field(
         default=None, ge=1, description="Batches per epoch; default: one pass over the train split."
     )
-    batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    batch_size: int = Field(default=32, ge=1, description="Examples per batch.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, lt=1.0, description="Adam learning rate.")
     loss: Optional[str] = Field(
         default=None,
         description="Keras loss class name (e.g. 'SparseCategoricalCrossentropy'); "
@@ -316,10 +338,10 @@ class FineTuneConfig(_StrictModel):
         description="Used with `loss`: whether the model outputs logits. Default: read from the model (its final "
         "activation, or its output op); a value that contradicts the model is an error before training.",
     )
-    train_split: str = "train"
-    eval_split: str = "eval"
-    shuffle_buffer: int = Field(default=1024, ge=1)
-    seed: int = 0
+    train_split: str = Field(default="train", description="Split of the examples fine-tuning trains on.")
+    eval_split: str = Field(default="eval", description="Split the fine-tuned model is evaluated on.")
+    shuffle_buffer: int = Field(default=1024, ge=1, description="Examples held for shuffling the train split.")
+    seed: int = Field(default=0, description="Seed of shuffling and initialisation: the same seed, the same run.")
     gradual_pruning: Optional[GradualPruningSchedule] = Field(
         default=None, description="Prune further while fine-tuning, on this schedule (steps count batches)."
     )

@@ -25,15 +25,17 @@ class MetricThreshold(_StrictModel):
     """
 
     metric: str = Field(min_length=1, description="Keras metric class name, e.g. 'SparseCategoricalAccuracy'.")
-    lower_bound: Optional[float] = None
-    upper_bound: Optional[float] = None
+    lower_bound: Optional[float] = Field(default=None, description="The candidate's value must be at least this.")
+    upper_bound: Optional[float] = Field(default=None, description="The candidate's value must be at most this.")
     max_absolute_drop: Optional[float] = Field(
         default=None, ge=0.0, description="Largest allowed worsening versus the baseline, in metric units."
     )
     max_relative_drop: Optional[float] = Field(
         default=None, ge=0.0, le=1.0, description="Largest allowed worsening as a fraction of the baseline value."
     )
-    higher_is_better: bool = True
+    higher_is_better: bool = Field(
+        default=True, description="Direction of a drop: false for errors and losses, where a rise is the worsening."
+    )
 
     @field_validator("metric")
     @classmethod
@@ -71,8 +73,10 @@ class GateConfig(_StrictModel):
         )
     """
 
-    label_key: str = Field(min_length=1)
-    thresholds: list[MetricThreshold] = Field(min_length=1)
+    label_key: str = Field(min_length=1, description="Label feature the metrics compare predictions with.")
+    thresholds: list[MetricThreshold] = Field(
+        min_length=1, description="Bounds on metrics over the whole eval split, one entry per metric."
+    )
     min_sparsity: Optional[float] = Field(
         default=None, ge=0.0, lt=1.0, description="Least fraction of exact zeros in the pruned layers' weights."
     )
@@ -85,11 +89,22 @@ class GateConfig(_StrictModel):
     max_latency_ms: Optional[float] = Field(
         default=None, gt=0.0, description="Largest allowed median CPU latency at latency_batch_size."
     )
-    latency_batch_size: int = Field(default=1, ge=1)
-    max_params: Optional[int] = Field(default=None, ge=1)
-    max_flops: Optional[int] = Field(default=None, ge=1)
-    eval_split: str = "eval"
-    signature_name: str = "serving_default"
+    latency_batch_size: int = Field(default=1, ge=1, description="Examples per call when latency is measured.")
+    max_params: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Largest allowed parameter count of the candidate (zeros count too: only structured pruning "
+        "or layer removal lowers it).",
+    )
+    max_flops: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Largest allowed FLOPs of one example's forward pass (matrix layers; 2 per multiply-add).",
+    )
+    eval_split: str = Field(default="eval", description="Split of the examples the gate evaluates on.")
+    signature_name: str = Field(
+        default="serving_default", description="Signature the gate calls for predictions, the one serving uses."
+    )
     preprocessing_function_names: list[str] = Field(
         default_factory=list,
         description="Signatures (e.g. 'transform_features') that turn raw examples into features, as for "
