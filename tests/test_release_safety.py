@@ -69,7 +69,8 @@ def test_the_gate_refuses_nan_weights_and_counts_the_nan_predictions(tmp_path, p
     blessing, result, error = run_gate(tmp_path, poisoned, None, penguin_data, config)
     assert error is None
     assert blessing.get_int_custom_property("blessed") == 0
-    assert result["failed_checks"] == ["all weights and predictions finite"]
+    # NaN answers are no answers: the no-skill rows refuse them too.
+    assert result["failed_checks"] == ["all weights and predictions finite", BEATS_MAJORITY, ANSWERS_VARY]
     (row,) = [c for c in result["checks"] if c["name"] == "all weights and predictions finite"]
     # One NaN weight poisons one logit of each of the 100 eval examples.
     assert row["detail"] == "100 non-finite predictions, 1 non-finite weights"
