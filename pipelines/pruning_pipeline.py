@@ -20,6 +20,7 @@ from tfx.proto.orchestration import pipeline_pb2
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.atomic_pusher.component import AtomicPusher
+from tfx_model_pruning.engine.restored import needs_keras_graph, require_keras_saving_module
 from tfx_model_pruning.engine.saved_model import resolve_saved_model_dir
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
@@ -71,6 +72,9 @@ def create_pipeline(
     then set their own ``label_key`` (the transformed label, e.g. ``species_xf``; the gate
     reads it through ``preprocessing_function_names=["transform_features"]``).
     With ``push_root``, ``serving_model_dir`` must lie inside it (no ``..`` escapes).
+    A pruning method that needs the Keras layer graph (structured, layer removal, sensitivity,
+    taylor) with a ``trainer_module_file`` that saves only with ``tf.saved_model.save`` raises
+    ``NeedsKerasModelError`` here, naming the line and the one-line change, before anything runs.
     ``compare_with`` picks the gate's baselines: ``"parent"`` (the unpruned model) and/or
     ``"serving"`` (the newest version under ``serving_model_dir``, found at run time, no Resolver).
 
@@ -102,6 +106,10 @@ def create_pipeline(
     for name, path in (("trainer_module_file", trainer_module_file), ("transform_module_file", transform_module_file)):
         if path is not None and not os.path.isfile(path):
             raise FileNotFoundError(f"{name} {path!r} does not exist")
+    what = needs_keras_graph(prune_args)
+    if trainer_module_file is not None and what is not None:
+        # The Trainer (and Transform) would run for minutes before PruneComponent found this out.
+        require_keras_saving_module(trainer_module_file, what)
     if transform_module_file is not None and baseline_model_uri is not None:
         raise ValueError("transform_module_file feeds a Trainer; an imported baseline_model_uri has no use for it")
     if baseline_model_uri is not None:

@@ -19,7 +19,7 @@ from tfx_model_pruning.engine.importance import get_criterion
 from tfx_model_pruning.engine.layer_removal import remove_layers
 from tfx_model_pruning.engine.magnitude import find_prunable_weights, prune_model
 from tfx_model_pruning.engine.report import directory_size, gzip_size, layer_rows, weight_stats
-from tfx_model_pruning.engine.restored import require_keras
+from tfx_model_pruning.engine.restored import needs_keras_graph, require_keras
 from tfx_model_pruning.engine.results import ModelStats, PruningResult
 from tfx_model_pruning.engine.saved_model import (
     LoadedModel,
@@ -167,17 +167,14 @@ class UnclonableLayerError(ValueError):
 
 
 def _require_layer_graph_if_needed(loaded: LoadedModel, config) -> None:
+    what = needs_keras_graph(config)
+    if what is not None:
+        require_keras(loaded.model, what)
     if isinstance(config, StructuredPruningConfig):
-        require_keras(loaded.model, "structured pruning")
         # Sensitivity curves clone the whole model, layers attached outside the graph included.
         _require_rebuildable(loaded.model, "structured pruning", whole_model=config.scope == "sensitivity")
     elif isinstance(config, LayerRemovalConfig):
-        require_keras(loaded.model, "layer removal")
         _require_rebuildable(loaded.model, "layer removal", whole_model=True)
-    elif config.scope == "sensitivity":
-        require_keras(loaded.model, "scope='sensitivity'")
-    if getattr(config, "criterion", None) == "taylor":
-        require_keras(loaded.model, "the taylor criterion")
 
 
 def _require_rebuildable(model: keras.Model, what: str, whole_model: bool) -> None:

@@ -13,7 +13,8 @@ apply and is refused by name, with the one-line change to the Trainer module tha
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import ast
+from typing import Any, Iterator, Mapping, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -45,6 +46,79 @@ def require_keras(model: Any, what: str) -> None:
         raise NeedsKerasModelError(
             f"{what} needs the Keras layer graph, and this model was saved with tf.saved_model.save "
             f"(no Keras metadata); {KERAS_SAVE_CHANGE}. Magnitude pruning and fine-tuning work as it is."
+        )
+
+
+def needs_keras_graph(prune_config: Any) -> Optional[str]:
+    """What in a pruning configuration (a config object or PruneComponent's keyword arguments)
+    needs the Keras layer graph, named as NeedsKerasModelError names it; None when nothing does."""
+    if isinstance(prune_config, Mapping):
+        setting = prune_config.get
+    else:
+
+        def setting(name):
+            return getattr(prune_config, name, None)
+
+    method = setting("method") or "magnitude"
+    if method == "structured":
+        return "structured pruning"
+    if method == "layer_removal":
+        return "layer removal"
+    if setting("scope") == "sensitivity":
+        return "scope='sensitivity'"
+    if setting("criterion") == "taylor":
+        return "the taylor criterion"
+    return None
+
+
+def _dotted(node: ast.AST) -> str:
+    """``tf.saved_model.save`` for the function an ``ast.Call`` calls ("" for other forms)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def saved_model_save_lines(module_file: str) -> list[int]:
+    """Lines of a Trainer module where it saves only with ``tf.saved_model.save``.
+
+    A static read of the module (it is not imported): the lines of its ``*.saved_model.save(...)``
+    calls, or none when it also calls any other ``.save(...)`` or ``save_model(...)`` (a Keras
+    ``model.save`` or ``keras.models.save_model``, which writes the Keras metadata), when it calls
+    no ``tf.saved_model.save`` at all, or when it cannot be read or parsed (nothing is guessed).
+    """
+    try:
+        with open(module_file, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=module_file)
+    except (OSError, SyntaxError, ValueError):
+        return []
+    saved_model_saves, other_saves = [], 0
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        if name == "saved_model.save" or name.endswith(".saved_model.save"):
+            saved_model_saves.append(node.lineno)
+        elif name.split(".")[-1] in ("save", "save_model"):
+            other_saves += 1
+    return [] if other_saves else sorted(saved_model_saves)
+
+
+def require_keras_saving_module(module_file: str, what: str) -> None:
+    """Raises, before anything runs, the NeedsKerasModelError PruneComponent would raise once the
+    Trainer ran ``module_file``, for a module that saves only with ``tf.saved_model.save``."""
+    lines = saved_model_save_lines(module_file)
+    if lines:
+        with open(module_file, encoding="utf-8") as f:
+            source = f.read().splitlines()
+        where = "; ".join(f"{module_file}:{line}: `{source[line - 1].strip()}`" for line in lines)
+        raise NeedsKerasModelError(
+            f"{what} needs the Keras layer graph, and the Trainer module saves the model only with "
+            f"tf.saved_model.save (no Keras metadata), at {where}; {KERAS_SAVE_CHANGE}. Magnitude pruning "
+            "and fine-tuning work as it is."
         )
 
 
