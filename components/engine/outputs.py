@@ -17,9 +17,9 @@ from typing import Any, Callable, Literal, Optional
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow.python.framework import convert_to_constants
 
-from tfx_model_pruning.engine.restored import call, call_function, is_restored, output_structure
+from tfx_model_pruning.engine.graph import producing_layer
+from tfx_model_pruning.engine.restored import call, call_function, inlined_graph_def, is_restored, output_structure
 
 OutputConvention = Literal["probabilities", "logits"]
 PROBABILITIES: OutputConvention = "probabilities"
@@ -64,9 +64,9 @@ def _from_keras_layers(model: keras.Model) -> tuple[Optional[OutputConvention], 
     conventions = set()
     evidence = []
     for output in model.outputs:
-        layer = output._keras_history.layer
-        while type(layer).__name__ in _PASS_THROUGH_LAYERS and layer._inbound_nodes:
-            layer = layer._inbound_nodes[0].inbound_layers
+        layer = producing_layer(output)
+        while type(layer).__name__ in _PASS_THROUGH_LAYERS and layer.inbound_nodes:
+            layer = layer.inbound_nodes[0].inbound_layers
             layer = layer[0] if isinstance(layer, list) else layer
         name = type(layer).__name__
         if name == "Softmax":
@@ -93,9 +93,7 @@ def _from_graph(model: Any) -> tuple[Optional[OutputConvention], str]:
         function = call_function(model, training=False)
     except ValueError as err:
         return None, str(err)
-    graph_def = convert_to_constants._run_inline_graph_optimization(
-        function, lower_control_flow=False, aggressive_inlining=True
-    )
+    graph_def = inlined_graph_def(function)
     nodes = {node.name: node for node in graph_def.node}
     conventions, ops = set(), []
     for tensor in tf.nest.flatten(function.outputs):

@@ -185,9 +185,7 @@ def output_kernel_variables(model: Any) -> set[int]:
     kernels = {id(variable) for _, _, variable in kernel_variables(model)}
     found: set[int] = set()
     for function in _output_functions(model):
-        graph_def = convert_to_constants._run_inline_graph_optimization(
-            function, lower_control_flow=False, aggressive_inlining=True
-        )
+        graph_def = inlined_graph_def(function)
         captured = {
             internal.op.name: by_handle.get(id(external))
             for internal, external in zip(function.graph.internal_captures, function.captured_inputs, strict=False)
@@ -195,6 +193,16 @@ def output_kernel_variables(model: Any) -> set[int]:
         reads = _GraphReads({node.name: node for node in graph_def.node}, captured, kernels)
         found |= reads.last_kernels_before([tensor.op.name for tensor in function.graph.outputs])
     return found
+
+
+def inlined_graph_def(function) -> Any:
+    """The GraphDef of a concrete function with every nested function call inlined.
+
+    TensorFlow's own helper for this is private (``convert_to_constants``); it is called here only.
+    """
+    return convert_to_constants._run_inline_graph_optimization(
+        function, lower_control_flow=False, aggressive_inlining=True
+    )
 
 
 class _GraphReads:
