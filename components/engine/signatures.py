@@ -57,33 +57,137 @@ def _signature_form(name: str, function) -> tuple[str, list[str]]:
 _PARSEABLE = (tf.float32, tf.int64, tf.string)
 
 
+def _raw_feature(spec) -> Any:
+    """The parsing spec that yields what ``spec`` describes from serialized tf.Examples, or None.
+
+    A dense ``TensorSpec`` is a ``FixedLenFeature``; a ``SparseTensorSpec`` of rank 2 a
+    ``VarLenFeature`` (what tf.Transform's raw feature spec gives a feature with missing values,
+    as ``tf.io.parse_example`` returns it); a ``RaggedTensorSpec`` of rank 2 a ``RaggedFeature``.
+    """
+    if spec.dtype not in _PARSEABLE:
+        return None
+    if isinstance(spec, tf.TensorSpec):
+        return tf.io.FixedLenFeature(spec.shape[1:], spec.dtype)
+    if isinstance(spec, tf.SparseTensorSpec) and spec.shape.rank == 2:
+        return tf.io.VarLenFeature(spec.dtype)
+    if isinstance(spec, tf.RaggedTensorSpec) and spec.shape.rank == 2 and spec.ragged_rank == 1:
+        return tf.io.RaggedFeature(spec.dtype, row_splits_dtype=spec.row_splits_dtype)
+    return None
+
+
+def _describe(spec: Mapping[str, Any]) -> str:
+    sparse = sorted(name for name, feature in spec.items() if isinstance(feature, tf.io.VarLenFeature))
+    ragged = sorted(name for name, feature in spec.items() if isinstance(feature, tf.io.RaggedFeature))
+    kinds = [
+        f"{len(names)} {kind}: {', '.join(names)}" for kind, names in (("sparse", sparse), ("ragged", ragged)) if names
+    ]
+    return f"{len(spec)} raw features" + (f" ({'; '.join(kinds)})" if kinds else "")
+
+
+def _shaped_as_traced(features: Mapping[str, Any], specs: Mapping[str, Any]) -> dict[str, Any]:
+    """Parsed sparse features with the dense shape the layer's call was traced with.
+
+    ``VarLenFeature`` parses to ``[batch, longest]``; a layer first called with features of at
+    most one value saves a call that takes ``[batch, 1]``. ``tf.sparse.reset_shape`` gives them
+    that shape, and fails on an example with more values than it holds.
+    """
+    shaped = dict(features)
+    for name, spec in specs.items():
+        if isinstance(spec, tf.SparseTensorSpec) and spec.shape[1:].is_fully_defined():
+            tensor = features[name]
+            shaped[name] = tf.sparse.reset_shape(
+                tensor, tf.concat([tensor.dense_shape[:1], tf.constant(spec.shape[1:].as_list(), tf.int64)], axis=0)
+            )
+    return shaped
+
+
 def _candidate_forms(model: keras.Model, sample: tf.train.Example) -> list[tuple[str, Any, Any]]:
     """``(description, parse spec, preprocessing)`` for each way a signature may feed the model.
 
     Either the examples carry the model's inputs, or a layer attached outside the graph (a
-    tf.Transform layer) turns the raw features its saved call takes into them.
+    tf.Transform layer) turns the raw features its saved call takes into them; each trace of that
+    call is a form, parsing dense, sparse and ragged raw features as the trace takes them. The
+    forms that parse fewer features come first, so that a signature is rebuilt to require no more
+    than it did (a serving signature that pops the label keeps accepting examples without it).
     """
     forms = []
     try:
         forms.append(("parse the model's inputs", input_feature_spec(model, sample), None))
     except ExamplesMismatchError:
         pass
+    preprocessed = []
     for attribute, layer in attached_layers(model).items():
         for function in getattr(layer.call, "concrete_functions", []) or []:
             args, _ = function.structured_input_signature
             raw = args[0] if len(args) == 1 else None
-            if not isinstance(raw, Mapping) or not all(
-                isinstance(spec, tf.TensorSpec) and spec.dtype in _PARSEABLE for spec in raw.values()
-            ):
+            if not isinstance(raw, Mapping):
                 continue
-            spec = {name: tf.io.FixedLenFeature(spec.shape[1:], spec.dtype) for name, spec in raw.items()}
-            forms.append((f"parse {sorted(raw)}, then {attribute}", spec, layer))
-    return forms
+            spec = {name: _raw_feature(tensor_spec) for name, tensor_spec in raw.items()}
+            if all(feature is not None for feature in spec.values()):
+
+                def preprocess(features, layer=layer, raw=raw):
+                    return layer(_shaped_as_traced(features, raw))
+
+                preprocessed.append((f"parse {_describe(spec)}, then {attribute}", spec, preprocess))
+    return forms + sorted(preprocessed, key=lambda form: len(form[1]))
 
 
 def _reads_model_weights(function, model: keras.Model) -> bool:
     weights = {id(weight.handle) for layer in model.layers if in_layer_graph(layer) for weight in layer.weights}
     return any(id(captured) in weights for captured in function.captured_inputs)
+
+
+def _reproduces(twin, expected, examples: tf.Tensor, output_names: list[str]) -> bool:
+    try:
+        # Run eagerly: tracing the original model once per form took most of a large model's
+        # prune step; only the new model's signature is traced, once.
+        got = twin.python_function(examples)
+    except Exception:  # this form does not fit the examples; another may
+        return False
+    return all(np.allclose(expected[k].numpy(), got[k].numpy(), rtol=1e-4, atol=1e-5) for k in output_names)
+
+
+def _without(examples: tf.Tensor, feature: str) -> tf.Tensor:
+    records = []
+    for record in examples.numpy():
+        example = tf.train.Example.FromString(record)
+        if feature in example.features.feature:
+            del example.features.feature[feature]
+        records.append(example.SerializeToString())
+    return tf.constant(records)
+
+
+def _with_default(feature: tf.io.FixedLenFeature) -> tf.io.FixedLenFeature:
+    dtype = object if feature.dtype == tf.string else feature.dtype.as_numpy_dtype
+    default = np.full(feature.shape, b"" if feature.dtype == tf.string else 0, dtype=dtype)
+    return tf.io.FixedLenFeature(feature.shape, feature.dtype, default_value=default)
+
+
+def _optional_as_in_original(
+    spec, function, input_name: str, original_model, output_names: list[str], preprocess, sample_examples: tf.Tensor
+):
+    """``spec`` with a default for each dense feature the original signature does without.
+
+    A layer's saved call may take a feature the signature never parsed (a tf.Transform layer
+    first called with the label, then served by a signature that pops it). Each feature the
+    form requires is dropped from the sample in turn: where the original still answers, and the
+    form with a zero (or empty) default for it reproduces that answer, it gets that default, so
+    that the rebuilt signature accepts what the original accepted. Otherwise it stays required.
+    """
+    relaxed = dict(spec)
+    for feature_name, feature in spec.items():
+        if not isinstance(feature, tf.io.FixedLenFeature) or feature.default_value is not None:
+            continue
+        without = _without(sample_examples, feature_name)
+        try:
+            expected = function(**{input_name: without})
+        except tf.errors.InvalidArgumentError:  # the original requires it as well
+            continue
+        trial = {**relaxed, feature_name: _with_default(feature)}
+        twin = _example_signature(original_model, trial, input_name, output_names, preprocess)
+        if _reproduces(twin, expected, without, output_names):
+            relaxed = trial
+    return relaxed
 
 
 def rebuild_example_signatures(
@@ -97,7 +201,9 @@ def rebuild_example_signatures(
     A signature that reads none of the model's weights (tf.Transform's ``transform_features``)
     is kept as it is. Any other is rebuilt as "parse serialized tf.Examples, optionally run the
     layer attached for preprocessing, call the model", and accepted only if that form, built
-    around the original model, reproduces the original's outputs on ``sample_examples``.
+    around the original model, reproduces the original's outputs on ``sample_examples``. A dense
+    feature the form parses but the original does without gets a default only if the form also
+    reproduces the original on the sample without it (``_optional_as_in_original``).
 
     Raises:
       SignatureRebuildError: an original signature is of another form, or no form reproduces it.
@@ -123,14 +229,10 @@ def rebuild_example_signatures(
         tried = []
         for description, spec, preprocess in forms:
             twin = _example_signature(original_model, spec, input_name, output_names, preprocess)
-            try:
-                # Run eagerly: tracing the original model once per form took most of a large
-                # model's prune step; only the new model's signature is traced, once.
-                got = twin.python_function(sample_examples)
-            except Exception:  # this form does not fit the examples; another may
-                tried.append(description)
-                continue
-            if all(np.allclose(expected[k].numpy(), got[k].numpy(), rtol=1e-4, atol=1e-5) for k in output_names):
+            if _reproduces(twin, expected, sample_examples, output_names):
+                spec = _optional_as_in_original(
+                    spec, function, input_name, original_model, output_names, preprocess, sample_examples
+                )
                 rebuilt[name] = _example_signature(
                     new_model, spec, input_name, output_names, preprocess
                 ).get_concrete_function()
