@@ -30,6 +30,7 @@ INTEGRATION_MODULES = {
     "test_restored_models",
     "test_run_isolation",
     "test_spans",
+    "test_taxi_example",
     "test_tfx_example_chain",
     "test_transform_models",
     "test_untrusted_models",
@@ -82,21 +83,15 @@ def examples_with_empty_eval(tmp_path, penguin_data) -> str:
     return str(root)
 
 
-def analyse_penguin_transform(preprocessing_fn, train_files, out: str, temp_dir: str) -> str:
-    """Runs tf.Transform's analysis of ``preprocessing_fn`` over the penguin train split (Beam in
-    memory) and lays the result out as a Transform component's ``transform_graph``."""
+def analyse_transform(preprocessing_fn, raw_spec, instances, out: str, temp_dir: str) -> str:
+    """Runs tf.Transform's analysis of ``preprocessing_fn`` over ``instances`` (dicts of raw
+    features as ``raw_spec`` reads them; Beam in memory) and lays the result out as a Transform
+    component's ``transform_graph``."""
     import apache_beam as beam
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import metadata_io
 
-    raw_spec = {name: tf.io.FixedLenFeature([1], tf.float32) for name in PENGUIN_FEATURE_KEYS}
-    raw_spec["species"] = tf.io.FixedLenFeature([1], tf.int64)
-    records = tf.data.TFRecordDataset(train_files, compression_type="GZIP")
-    instances = [
-        {name: [value[0].numpy()] for name, value in tf.io.parse_single_example(record, raw_spec).items()}
-        for record in records
-    ]
     metadata = tft.DatasetMetadata.from_feature_spec(raw_spec)
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=temp_dir):
         data = pipeline | beam.Create(instances)
@@ -104,6 +99,18 @@ def analyse_penguin_transform(preprocessing_fn, train_files, out: str, temp_dir:
         _ = transform_fn | tft_beam.WriteTransformFn(out)
     metadata_io.write_metadata(metadata, os.path.join(out, tft.TFTransformOutput.RAW_METADATA_DIR))
     return out
+
+
+def analyse_penguin_transform(preprocessing_fn, train_files, out: str, temp_dir: str) -> str:
+    """``analyse_transform`` over the penguin train split."""
+    raw_spec = {name: tf.io.FixedLenFeature([1], tf.float32) for name in PENGUIN_FEATURE_KEYS}
+    raw_spec["species"] = tf.io.FixedLenFeature([1], tf.int64)
+    records = tf.data.TFRecordDataset(train_files, compression_type="GZIP")
+    instances = [
+        {name: [value[0].numpy()] for name, value in tf.io.parse_single_example(record, raw_spec).items()}
+        for record in records
+    ]
+    return analyse_transform(preprocessing_fn, raw_spec, instances, out, temp_dir)
 
 
 @pytest.fixture(scope="session")
