@@ -134,3 +134,71 @@ def test_a_saved_model_with_a_nested_block_and_attention_is_pruned_with_its_sign
     served = tf.saved_model.load(out)
     examples = read_serialized(penguin_files["eval"], 8)
     assert served.signatures["serving_default"](examples=examples)["outputs"].shape == (8, 3)
+
+
+class _RawFeatures(keras.Model):
+    """Stands in for tf.Transform's layer (a Model without a config, so it is revived from its
+    saved call): raw dense, sparse and ragged features in, the model's inputs out."""
+
+    def get_config(self):
+        raise NotImplementedError
+
+    def call(self, raw):
+        return {
+            "fare_x": raw["fare"] * 0.1,
+            "tip_x": tf.sparse.to_dense(raw["tip"])[:, :1] + tf.zeros_like(raw["fare"]),
+            "tokens_x": tf.reduce_sum(raw["tokens"], axis=1, keepdims=True) / 3.0,
+        }
+
+
+def _raw_example(fare: float, tip: list, tokens: list) -> bytes:
+    feature = {"fare": tf.train.Feature(float_list=tf.train.FloatList(value=[fare]))}
+    if tip:
+        feature["tip"] = tf.train.Feature(float_list=tf.train.FloatList(value=tip))
+    feature["tokens"] = tf.train.Feature(float_list=tf.train.FloatList(value=tokens))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_signatures_around_a_layer_taking_sparse_and_ragged_raw_features_are_rebuilt(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = {name: keras.Input((1,), name=name) for name in ("fare_x", "tip_x", "tokens_x")}
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()(list(inputs.values())))
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.raw_features = _RawFeatures()
+    spec = {
+        "fare": tf.io.FixedLenFeature([1], tf.float32),
+        "tip": tf.io.VarLenFeature(tf.float32),
+        "tokens": tf.io.RaggedFeature(tf.float32),
+    }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(serialized):
+        return {"outputs": model(model.raw_features(tf.io.parse_example(serialized, spec)))}
+
+    path = str(tmp_path / "raw")
+    save_model(model, path, {"serving_default": serve})
+    rng = np.random.default_rng(0)
+    examples = tf.constant(
+        [
+            _raw_example(
+                float(rng.uniform(5, 50)), [float(rng.uniform(0, 5))] if i % 3 else [], list(rng.random(i % 4))
+            )
+            for i in range(48)
+        ]
+    )
+    out = str(tmp_path / "out")
+    report = prune_saved_model(
+        path,
+        out,
+        StructuredPruningConfig(prune_fraction=0.5),
+        examples[:32],
+        latency_repeats=0,
+        allow_unsafe_layers=True,
+    )
+    assert report.structure.widths["dense"].after < 16
+    pruned = tf.saved_model.load(out).signatures["serving_default"]
+    # Rows of any length, with and without the sparse feature, as the original parses them.
+    served = pruned(examples=examples[32:])["outputs"].numpy()
+    assert served.shape == (16, 1) and np.all(np.isfinite(served))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="fare"):
+        pruned(examples=tf.constant([tf.train.Example().SerializeToString()]))
