@@ -9,13 +9,41 @@ from setuptools import find_packages, setup
 
 ROOT = "tfx_model_pruning"
 
+TFX_1_16 = 'python_version < "3.11"'
+TFX_1_16_STACK = [
+    "tfx==1.16.0",
+    "tensorflow>=2.16,<2.17",
+    "tf-keras>=2.16,<2.17",
+    "tensorflow-model-analysis>=0.47,<0.48",
+    "kfp>=2,<2.8",
+    "protobuf>=3.20.3,<4",
+    "apache-beam[gcp]>=2.53,<2.70",
+    "matplotlib>=3.8,<3.10",
+]
+TFX_1_21 = 'python_version >= "3.13"'
+TFX_1_21_STACK = [
+    "tfx==1.21.0",
+    "tensorflow-model-analysis>=0.52,<0.53",
+    "tensorflow>=2.21,<2.22",
+    "tf-keras>=2.21,<2.22",
+    # tfx[kfp] adds nothing on Python >= 3.12: the KFP SDK is listed itself.
+    "kfp>=2.6,<2.17",
+    "protobuf>=6,<7",
+    "apache-beam[gcp]>=2.77,<2.78",
+    # TensorFlow 2.21 no longer installs it; TFX's Trainer imports it.
+    "tensorboard",
+    "matplotlib>=3.8",
+]
+
 setup(
     name="tfx-model-pruning",
     version="0.1.0",
     description="TFX components that prune a trained Keras model, fine-tune it, gate it and hand it to the Pusher.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10,<3.11",
+    # Two measured stacks, nothing between them: TFX 1.16 on Python 3.10 (what Debian 12 runs
+    # natively) and TFX 1.21 on Python 3.13 (Debian 13's Python); stacks/ holds each one's pins.
+    python_requires=">=3.10,!=3.11.*,!=3.12.*,<3.14",
     packages=[ROOT]
     + [f"{ROOT}.{name}" for name in find_packages("components")]
     + [f"{ROOT}.pipelines"]
@@ -23,20 +51,14 @@ setup(
     package_dir={ROOT: "components", f"{ROOT}.pipelines": "pipelines"},
     package_data={f"{ROOT}.evaluator_gate": ["templates/*.html.j2"], f"{ROOT}.pipelines": ["presets/*.yaml"]},
     install_requires=[
-        "tfx==1.16.0",
-        "tensorflow>=2.16,<2.17",
-        "tf-keras>=2.16,<2.17",
-        "tensorflow-model-analysis>=0.47,<0.48",
+        *(f"{requirement}; {TFX_1_16}" for requirement in TFX_1_16_STACK),
+        *(f"{requirement}; {TFX_1_21}" for requirement in TFX_1_21_STACK),
         "tensorflow-model-optimization==0.8.1",
-        "kfp>=2,<2.8",
-        "protobuf>=3.20.3,<4",
-        "apache-beam[gcp]>=2.53,<2.70",
         # tfx-bsl imports dill, which recent Beam no longer installs.
         "dill",
         "pydantic>=2,<3",
         "tabulate",
         "pyyaml",
-        "matplotlib>=3.8,<3.10",
         "jinja2>=3,<4",
         "scipy",  # Wilson intervals next to the gate's accuracy bounds
     ],

@@ -128,6 +128,7 @@ def run_mode(mode: str, work_dir: str, count: int) -> dict:
     # Imports before the clock, as for predict: a local run pays them once for all components.
     import tensorflow_model_analysis as tfma
     from google.protobuf import json_format
+    from tensorflow_model_analysis.proto import config_pb2  # TFMA 0.52 no longer re-exports its protos
     from tfx.components.evaluator import executor as stock
 
     from tfx_model_pruning.evaluator_gate import executor
@@ -146,17 +147,17 @@ def run_mode(mode: str, work_dir: str, count: int) -> dict:
             "accuracy": metrics["sparse_categorical_accuracy"],
             "evaluated_by": result["evaluated_by"],
         }
-    eval_config = tfma.EvalConfig(
+    eval_config = config_pb2.EvalConfig(
         model_specs=[
-            tfma.ModelSpec(name="candidate", label_key="species"),
-            tfma.ModelSpec(name="baseline", label_key="species", is_baseline=True),
+            config_pb2.ModelSpec(name="candidate", label_key="species"),
+            config_pb2.ModelSpec(name="baseline", label_key="species", is_baseline=True),
         ],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["species"])],
+        slicing_specs=[config_pb2.SlicingSpec(), config_pb2.SlicingSpec(feature_keys=["species"])],
         metrics_specs=[
-            tfma.MetricsSpec(
+            config_pb2.MetricsSpec(
                 metrics=[
-                    tfma.MetricConfig(class_name="ExampleCount"),
-                    tfma.MetricConfig(class_name="SparseCategoricalAccuracy"),
+                    config_pb2.MetricConfig(class_name="ExampleCount"),
+                    config_pb2.MetricConfig(class_name="SparseCategoricalAccuracy"),
                 ]
             )
         ],

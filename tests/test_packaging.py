@@ -19,36 +19,56 @@ def _read(name):
         return f.read()
 
 
-def _pins():
+# The stack under test is the one this interpreter belongs to (setup.py admits exactly these two).
+STACK = {(3, 10): "1.16", (3, 13): "1.21"}[sys.version_info[:2]]
+CONSTRAINTS = f"stacks/tfx-{STACK}.txt"
+
+
+def _pins(stack: str = STACK):
     pins = {}
-    for line in _read("constraints.txt").splitlines():
+    for line in _read(f"stacks/tfx-{stack}.txt").splitlines():
         if "==" in line and not line.startswith("#"):
             name, version = line.split("==", 1)
             pins[name.strip().lower().replace("_", "-")] = version.strip()
     return pins
 
 
-def test_python_version_file_selects_3_10():
-    assert re.fullmatch(r"3\.10\.\d+", _read(".python-version").strip())
-    assert sys.version_info[:2] == (3, 10)
+def test_the_interpreter_is_the_stacks_python():
+    assert re.fullmatch(r"3\.10\.\d+", _read(".python-version").strip())  # pyenv's pick for the 1.16 stack
+    assert sys.version_info[:2] == {"1.16": (3, 10), "1.21": (3, 13)}[STACK]
 
 
-@pytest.mark.parametrize(
-    "package, pattern",
-    [
-        ("tfx", r"1\.16\.0"),
-        ("tensorflow", r"2\.16\.\d+"),
-        ("tf-keras", r"2\.16\.\d+"),
-        ("tensorflow-model-analysis", r"0\.47\.\d+"),
-        ("tensorflow-model-optimization", r"0\.8\.1"),
-        ("protobuf", r"3\.20\.\d+"),
-        ("kfp", r"2\.\d+\.\d+"),
-        ("dill", r".+"),
-        ("apache-beam", r"2\.\d+\.\d+"),
-    ],
-)
-def test_constraints_pin_the_measured_stack(package, pattern):
-    assert re.fullmatch(pattern, _pins()[package]), _pins().get(package)
+MEASURED = {
+    "1.16": {
+        "tfx": r"1\.16\.0",
+        "tensorflow": r"2\.16\.\d+",
+        "tf-keras": r"2\.16\.\d+",
+        "tensorflow-model-analysis": r"0\.47\.\d+",
+        "protobuf": r"3\.20\.\d+",
+        "kfp": r"2\.\d+\.\d+",
+        "apache-beam": r"2\.\d+\.\d+",
+    },
+    "1.21": {
+        "tfx": r"1\.21\.0",
+        "tensorflow": r"2\.21\.\d+",
+        "tf-keras": r"2\.21\.\d+",
+        "tensorflow-model-analysis": r"0\.52\.\d+",
+        "protobuf": r"6\.\d+\.\d+",
+        "kfp": r"2\.16\.\d+",
+        "apache-beam": r"2\.77\.\d+",
+        "tensorboard": r"2\.21\.\d+",
+    },
+}
+
+
+@pytest.mark.parametrize("stack", sorted(MEASURED))
+def test_each_stacks_pins_hold_its_measured_versions(stack):
+    pins = _pins(stack)
+    for package, pattern in {**MEASURED[stack], "tensorflow-model-optimization": r"0\.8\.1", "dill": ".+"}.items():
+        assert re.fullmatch(pattern, pins.get(package, "")), (stack, package, pins.get(package))
+    # One linter and test runner for both: the same code must pass the same checks.
+    for tool in ("ruff", "pytest", "pytest-xdist"):
+        assert pins[tool] == _pins("1.16")[tool], tool
 
 
 def test_install_requirements_are_satisfied_by_the_pins():
@@ -58,13 +78,13 @@ def test_install_requirements_are_satisfied_by_the_pins():
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue
         name = req.name.lower().replace("_", "-")
-        assert name in pins, f"{name} is not pinned in constraints.txt"
+        assert name in pins, f"{name} is not pinned in {CONSTRAINTS}"
         assert req.specifier.contains(pins[name], prereleases=True), f"{requirement} vs pin {pins[name]}"
 
 
 def test_installed_versions_match_the_pins():
     pins = _pins()
-    for package in ("tfx", "tensorflow", "tf-keras", "tensorflow-model-analysis", "protobuf", "kfp", "apache-beam"):
+    for package in MEASURED[STACK]:
         assert metadata.version(package) == pins[package], package
 
 
@@ -99,10 +119,14 @@ def _dockerfile_instructions():
     return [(line.split(" ", 1)[0].upper(), line.split(" ", 1)[1]) for line in lines]
 
 
-def test_dockerfile_uses_python_3_10_sets_legacy_keras_and_drops_root():
+def test_dockerfile_builds_either_stack_on_a_glibc_its_wheels_take_sets_legacy_keras_and_drops_root():
     instructions = _dockerfile_instructions()
-    base = next(arg for op, arg in instructions if op == "FROM")
-    assert base.startswith("python:" + _read(".python-version").strip())
+    bases = {arg.split(" AS ")[1]: arg.split(" AS ")[0] for op, arg in instructions if op == "FROM" and " AS " in arg}
+    assert bases["base-1.16"].startswith("python:" + _read(".python-version").strip() + "-slim-bookworm")
+    assert bases["base-1.21"].startswith("python:3.13") and bases["base-1.21"].endswith("-trixie")  # glibc 2.41
+    assert ("ARG", "STACK=1.21") in instructions  # what users install today is the default
+    assert ("FROM", "base-${STACK}") in instructions
+    assert ("COPY", "stacks/tfx-${STACK}.txt ./constraints.txt") in instructions
     env = " ".join(arg for op, arg in instructions if op == "ENV")
     assert "TF_USE_LEGACY_KERAS=1" in env
     users = [arg for op, arg in instructions if op == "USER"]
@@ -118,6 +142,8 @@ def test_dockerfile_copies_only_what_the_build_context_keeps():
         if op != "COPY":
             continue
         sources = shlex.split(arg)[:-1]
+        if "${STACK}" in arg:
+            sources = [source.replace("${STACK}", stack) for source in sources for stack in ("1.16", "1.21")]
         for source in sources:
             assert os.path.exists(os.path.join(ROOT, source)), source
             assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
@@ -135,7 +161,8 @@ def _make_dry_run(target: str, *variables: str) -> list[str]:
     # Under `make test` this is a nested make: without the parent's variables it prints only commands.
     environment = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target, *variables],
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "-o", ".venv-1.21/.installed", target]
+        + list(variables),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -154,11 +181,23 @@ def test_make_run_runs_the_local_pipeline_and_make_test_runs_ruff_and_every_test
     assert any("-m pytest" in line and line.split("#")[0].rstrip().endswith(" tests") for line in test_commands)
 
 
-def test_ci_runs_the_test_target():
+def test_ci_runs_the_test_target_on_both_stacks():
     done = subprocess.run(["bash", "-n", os.path.join(ROOT, ".ci", "run")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr  # it parses
     commands = [line.strip() for line in _read(".ci/run").splitlines() if line.strip() and not line.startswith("#")]
-    assert any(command.split()[:2] == ["make", "test"] for command in commands)
+    for stack in ("1.16", "1.21"):
+        assert any(f"make test STACK={stack}" in command for command in commands), stack
+
+
+def test_a_stack_this_machine_cannot_run_natively_runs_inside_debian_13():
+    native = subprocess.run(["sh", "stacks/native.sh"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    other = [line.strip() for line in _make_dry_run("test", "STACK=1.21")]
+    if native == "1.21":
+        assert any("-m pytest" in line for line in other)
+    else:
+        assert "stacks/debian13.sh make test STACK=1.21" in other
+    with pytest.raises(subprocess.CalledProcessError):
+        _make_dry_run("test", "STACK=2.0")
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +208,9 @@ def wheel_files(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("wheel")
     build_dir = tmp_path_factory.mktemp("src")
-    for name in ("setup.py", "README.md", "constraints.txt"):
+    for name in ("setup.py", "README.md"):
         subprocess.run(["cp", os.path.join(ROOT, name), str(build_dir)], check=True)
-    for package in ("components", "pipelines"):  # what .dockerignore lets into the build context
+    for package in ("components", "pipelines", "stacks"):  # what .dockerignore lets into the build context
         subprocess.run(["cp", "-r", os.path.join(ROOT, package), str(build_dir)], check=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), "."],
@@ -211,4 +250,6 @@ def test_the_image_package_holds_every_module_the_compiled_pipeline_names(tmp_pa
 def test_make_image_tags_the_image_the_compiled_pipeline_names():
     from tfx_model_pruning.pipelines import kubeflow
 
-    assert _make_dry_run("image") == [f"docker build -t {kubeflow.default_image()} ."]
+    assert _make_dry_run("image", "STACK=1.21") == [
+        f"docker build --build-arg STACK=1.21 -t {kubeflow.default_image()} ."
+    ]

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from absl import logging
 from google.protobuf.wrappers_pb2 import BoolValue
+from tensorflow_model_analysis.proto import config_pb2  # TFMA 0.52 no longer re-exports its protos
 from tensorflow_model_analysis.slicer import slicer_lib
 from tfx import types
 from tfx.components.evaluator import constants
@@ -289,11 +290,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         )
 
 
-def _eval_config(config: GateConfig, model_names: list[str]) -> tfma.EvalConfig:
+def _eval_config(config: GateConfig, model_names: list[str]) -> config_pb2.EvalConfig:
     # One baseline at most for TFMA's diffs: the parent model if there is one, else the serving one.
     tfma_baseline = BASELINE if BASELINE in model_names else SERVING
     model_specs = [
-        tfma.ModelSpec(
+        config_pb2.ModelSpec(
             name=name,
             label_key=config.label_key,
             signature_name=config.signature_name,
@@ -304,20 +305,20 @@ def _eval_config(config: GateConfig, model_names: list[str]) -> tfma.EvalConfig:
     ]
     metric_classes = dict.fromkeys(threshold.metric for threshold in config.all_thresholds)
     metrics = [
-        tfma.MetricConfig(class_name="ExampleCount"),
+        config_pb2.MetricConfig(class_name="ExampleCount"),
         non_finite_predictions_config(),
         *(metric_config(name) for name in metric_classes),
     ]
-    slicing_specs = [tfma.SlicingSpec()]
+    slicing_specs = [config_pb2.SlicingSpec()]
     if config.slice_feature is not None:
-        slicing_specs.append(tfma.SlicingSpec(feature_keys=[config.slice_feature]))
-    return tfma.EvalConfig(
+        slicing_specs.append(config_pb2.SlicingSpec(feature_keys=[config.slice_feature]))
+    return config_pb2.EvalConfig(
         model_specs=model_specs,
         slicing_specs=slicing_specs,
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+        metrics_specs=[config_pb2.MetricsSpec(metrics=metrics)],
         # Only what the thresholds name: compiled metrics differ between models and would
         # make the comparison uneven.
-        options=tfma.Options(include_default_metrics=BoolValue(value=False)),
+        options=config_pb2.Options(include_default_metrics=BoolValue(value=False)),
     )
 
 

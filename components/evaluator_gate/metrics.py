@@ -7,8 +7,8 @@ from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 import numpy as np
-import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types, metric_util
+from tensorflow_model_analysis.proto import config_pb2  # TFMA 0.52 no longer re-exports its protos
 from tf_keras.src.utils.generic_utils import to_snake_case
 
 from tfx_model_pruning.engine.keras_names import UnknownKerasNameError, metric_class
@@ -30,13 +30,13 @@ def metric_output_name(class_name: str) -> str:
     return to_snake_case(class_name)
 
 
-def metric_config(class_name: str) -> tfma.MetricConfig:
+def metric_config(class_name: str) -> config_pb2.MetricConfig:
     """TFMA's config for a Keras metric class, named as ``metric_output_name`` says."""
-    return tfma.MetricConfig(class_name=class_name, config=json.dumps({"name": metric_output_name(class_name)}))
+    return config_pb2.MetricConfig(class_name=class_name, config=json.dumps({"name": metric_output_name(class_name)}))
 
 
-def non_finite_predictions_config() -> tfma.MetricConfig:
-    return tfma.MetricConfig(class_name=NonFinitePredictions.__name__, module=__name__)
+def non_finite_predictions_config() -> config_pb2.MetricConfig:
+    return config_pb2.MetricConfig(class_name=NonFinitePredictions.__name__, module=__name__)
 
 
 class NonFinitePredictions(metric_types.Metric):
@@ -52,7 +52,7 @@ class NonFinitePredictions(metric_types.Metric):
 
 def _non_finite_computations(
     name: str = NON_FINITE_PREDICTIONS,
-    eval_config: Optional[tfma.EvalConfig] = None,
+    eval_config: Optional[config_pb2.EvalConfig] = None,
     model_name: str = "",
     output_name: str = "",
     example_weighted: bool = False,
