@@ -162,7 +162,7 @@ def _raw_example(fare: float, tip: list, tokens: list) -> bytes:
 def test_signatures_around_a_layer_taking_sparse_and_ragged_raw_features_are_rebuilt(tmp_path):
     keras.utils.set_random_seed(0)
     inputs = {name: keras.Input((1,), name=name) for name in ("fare_x", "tip_x", "tokens_x")}
-    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()(list(inputs.values())))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(keras.layers.Concatenate()(list(inputs.values())))
     model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
     model.raw_features = _RawFeatures()
     spec = {
@@ -195,7 +195,7 @@ def test_signatures_around_a_layer_taking_sparse_and_ragged_raw_features_are_reb
         latency_repeats=0,
         allow_unsafe_layers=True,
     )
-    assert report.structure.widths["dense"].after < 16
+    assert report.structure.widths["hidden"].after < 16
     pruned = tf.saved_model.load(out).signatures["serving_default"]
     # Rows of any length, with and without the sparse feature, as the original parses them.
     served = pruned(examples=examples[32:])["outputs"].numpy()

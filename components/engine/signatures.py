@@ -3,9 +3,10 @@
 The original signatures capture the original variables, so a smaller model needs new ones.
 They are rebuilt for the common Trainer forms, serialized tf.Examples parsed into the model's
 inputs by name, or parsed into raw features that a tf.Transform layer attached to the model
-turns into its inputs (TFX's examples), and accepted only if, rebuilt around the *original*
-model, they reproduce the original signatures' outputs on real examples. Anything else the
-original did fails loudly instead of being dropped.
+turns into its inputs (TFX's examples: dense ``FixedLenFeature``, sparse ``VarLenFeature`` for a
+feature with missing values, ragged ``RaggedFeature``, as the layer's saved call takes them), and
+accepted only if, rebuilt around the *original* model, they reproduce the original signatures'
+outputs on real examples. Anything else the original did fails loudly instead of being dropped.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def _optional_as_in_original(
         without = _without(sample_examples, feature_name)
         try:
             expected = function(**{input_name: without})
-        except tf.errors.InvalidArgumentError:  # the original requires it as well
+        except Exception:  # the original requires it as well (a parse error, whatever its type)
             continue
         trial = {**relaxed, feature_name: _with_default(feature)}
         twin = _example_signature(original_model, trial, input_name, output_names, preprocess)
