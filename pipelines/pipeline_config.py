@@ -244,7 +244,9 @@ def _suggestion(problem: dict) -> str:
     else:
         return ""
     close = closest_name(str(given), choices) if isinstance(given, str) else None
-    return f"; did you mean {close}?" if close else ""
+    if close:
+        return f"; did you mean {close}?"
+    return f"; the keys here are {', '.join(choices)}" if problem["type"] == "extra_forbidden" and choices else ""
 
 
 def _located(err: ValidationError, source: str) -> PipelineConfigError:

@@ -91,6 +91,13 @@ def test_mistakes_in_every_section_come_out_together_with_the_closest_valid_name
         assert any(line.startswith(f"  {path}: ") and text in line for line in lines), (path, lines)
     assert not any("min_sparsity" in line for line in lines)  # reported once, where it was written
 
+    # Nothing close: the keys that section takes (here structured pruning's, the method named).
+    settings["prune"] = {"method": "structured", "prune_fraction": 0.5, "target_sparsity": 0.5}
+    with pytest.raises(PipelineConfigError) as raised:
+        load_pipeline_config(_write(tmp_path / "taxi.yaml", settings))
+    line = next(line for line in str(raised.value).splitlines() if line.startswith("  prune."))
+    assert line.startswith("  prune.target_sparsity: unknown key; the keys here are criterion, flops_budget, ")
+
 
 def test_cross_field_problems_of_a_section_are_all_reported(tmp_path):
     settings = yaml.safe_load(open(PENGUIN_PRESET))
