@@ -114,18 +114,15 @@ class GateSection(GateConfig):
         description="Baselines: the unpruned parent and/or the newest version under the push destination.",
     )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> GateSection:
-        # Same name: replaces GateConfig's check, since the serving directory is the push destination,
-        # which the pipeline fills in (a local run's lies under its output directory).
+    def inconsistencies(self) -> list[str]:
+        # GateConfig's, with the serving directory the push destination, which the pipeline fills in
+        # (a local run's lies under its output directory).
         filled = self.serving_model_dir or ("<push destination>" if "serving" in self.compare_with else None)
-        problems = self.model_copy(update={"serving_model_dir": filled}).inconsistencies()
+        problems = GateConfig.inconsistencies(self.model_copy(update={"serving_model_dir": filled}))
         if self.require_serving_model and "serving" not in self.compare_with:
             problems = [p for p in problems if not p.startswith("require_serving_model")]
             problems.append("require_serving_model needs 'serving' in compare_with")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
+        return problems
 
 
 class PushSection(_Section):

@@ -112,6 +112,17 @@ def test_cross_field_problems_of_a_section_are_all_reported(tmp_path):
     assert "  gate: require_serving_model needs 'serving' in compare_with" in message
     assert "  prune.method: " in message and "did you mean magnitude?" in message
 
+    # A misspelt metric fails the section's fields; its contradictions are still checked and reported.
+    settings = yaml.safe_load(open(PENGUIN_PRESET))
+    settings["gate"]["thresholds"][0]["metric"] = "binary_accuracy"
+    settings["gate"]["slice_thresholds"] = []
+    with pytest.raises(PipelineConfigError) as raised:
+        load_pipeline_config(_write(tmp_path / "bad.yaml", settings))
+    lines = str(raised.value).splitlines()[1:]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("  gate.thresholds.0.metric: 'binary_accuracy' is not") and "BinaryAccuracy" in lines[0]
+    assert lines[1] == "  gate: slice_feature 'species' is set but no slice_thresholds say what to check"
+
 
 def test_a_bad_file_fails_before_any_component_runs(tmp_path, capsys):
     bad = _write(tmp_path / "bad.yaml", {**yaml.safe_load(open(PENGUIN_PRESET)), "model": {"train_steps": 10}})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import typing
+from typing import Any, Iterator, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tfx_model_pruning.engine.keras_names import metric_class
 
@@ -157,6 +159,56 @@ class GateConfig(_StrictModel):
             raise ValueError("\n".join(problems))  # every one, a line each: one does not hide the next
         return self
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_field_errors(cls, data: Any, handler: Any) -> GateConfig:
+        """A bad field (a misspelt metric) fails the model before ``_consistent`` runs; check the rest anyway.
+
+        The settings that did validate (and the thresholds that did) are checked for contradictions,
+        so one typo does not hide a contradiction elsewhere in the section.
+        """
+        try:
+            return handler(data)
+        except ValidationError as err:
+            errors = err.errors()
+            if not isinstance(data, Mapping) or any(not e["loc"] for e in errors):
+                raise  # not a mapping, or the contradictions were checked and are among the errors
+            try:
+                problems = cls._partial(data, {e["loc"][0] for e in errors}).inconsistencies()
+            except Exception:  # too broken to check further: the field errors say enough
+                problems = []
+            if not problems:
+                raise
+            details = [
+                InitErrorDetails(
+                    type=PydanticCustomError(e["type"], e["msg"]) if "error" in e.get("ctx", {}) else e["type"],
+                    loc=e["loc"],
+                    input=e["input"],
+                    **({"ctx": e["ctx"]} if "ctx" in e and "error" not in e["ctx"] else {}),
+                )
+                for e in errors
+            ]
+            details.append(
+                InitErrorDetails(type=PydanticCustomError("value_error", "\n".join(problems)), loc=(), input=data)
+            )
+            raise ValidationError.from_exception_data(cls.__name__, details) from None
+
+    @classmethod
+    def _partial(cls, data: Mapping, bad: set) -> GateConfig:
+        """The section without its invalid settings (defaults instead; of a list, its valid items)."""
+        values = {}
+        for name, field in cls.model_fields.items():
+            if name not in data:
+                continue
+            items = typing.get_args(field.annotation)
+            if name not in bad:
+                values[name] = TypeAdapter(field.annotation).validate_python(data[name])
+            elif typing.get_origin(field.annotation) is list:
+                values[name] = [item for item in _valid_items(items[0], data[name])]
+            elif field.is_required():
+                return cls.model_construct(thresholds=[], slice_thresholds=[])  # too little to check
+        return cls.model_construct(**values)
+
     def inconsistencies(self) -> list[str]:
         """What contradicts what among the settings, one sentence per problem."""
         problems = []
@@ -176,3 +228,11 @@ class GateConfig(_StrictModel):
     @property
     def all_thresholds(self) -> list[MetricThreshold]:
         return [*self.thresholds, *self.slice_thresholds]
+
+
+def _valid_items(item_type: Any, values: Any) -> Iterator[Any]:
+    for value in values if isinstance(values, list) else []:
+        try:
+            yield TypeAdapter(item_type).validate_python(value)
+        except ValidationError:
+            continue
