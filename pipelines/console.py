@@ -3,7 +3,7 @@
 TFX, Beam, TensorFlow and Google's client libraries log a great deal; by default all of it goes
 to the run's log file and only this goes to the terminal:
 
-    Run penguin-pruning-20261201T1829-ab12cd34 (log: runs/penguin/logs/penguin-pruning-....log)
+    Run penguin-pruning-20261201T1829-ab12cd34 (log: runs/penguin-pruning/logs/penguin-pruning-....log)
       done  ImportExampleGen     1.1 s
       done  Trainer             12.9 s
       done  PruneComponent       2.4 s  sparsity 0.80 (1,193 of 4,675 weights non-zero)
@@ -122,7 +122,7 @@ class RunConsole:
 
     Example::
 
-        with RunConsole(sys.stdout, "runs/penguin/logs/run-1.log", verbose=False):
+        with RunConsole(sys.stdout, "runs/penguin-pruning/logs/run-1.log", verbose=False):
             run_locally(pipeline, "run-1")
     """
 
