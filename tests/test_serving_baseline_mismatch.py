@@ -38,3 +38,6 @@ def test_a_serving_model_whose_inputs_differ_from_the_candidates_belongs_to_anot
     # Same inputs: the same pipeline's earlier release, compared as usual.
     same = check_model_inputs(config, {"candidate": taxi, "serving": dict(taxi)}, ["tips", "trip_miles"])
     assert same == ["tips", "trip_miles"]
+    # A shape another saver may write differently ([None] vs [None, 1]) is not another model.
+    reshaped = {"serving_default": _signature(examples=tf.TensorSpec([None, 1], tf.string, "examples"))}
+    assert check_model_inputs(config, {"candidate": taxi, "serving": reshaped}, ["tips"]) == ["tips"]

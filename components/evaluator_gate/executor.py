@@ -334,9 +334,9 @@ def check_model_inputs(config: GateConfig, signatures_by_model: dict[str, dict],
     """
 
     def _input_signature(function) -> dict[str, str]:
-        """A signature's inputs, name -> dtype and shape, as comparable text."""
+        """A signature's inputs, name -> dtype (shapes left out: a batch or trailing 1 may differ by saver)."""
         _, inputs = getattr(function, "structured_input_signature", None) or ((), {})
-        return {name: f"{spec.dtype.name}{list(spec.shape)}" for name, spec in sorted((inputs or {}).items())}
+        return {name: spec.dtype.name for name, spec in sorted((inputs or {}).items())}
 
     needed = (config.signature_name, *config.preprocessing_function_names)
     for model_name, signatures in signatures_by_model.items():
