@@ -36,6 +36,10 @@ from tfx_model_pruning.pipelines.results import run_result
 # gave 77.5% against 75.4%, too close to gate on).
 TAXI_TRAIN_ROWS = 2000
 HELD_OUT = slice(TAXI_TRAIN_ROWS, TAXI_TRAIN_ROWS + 300)
+# The pipeline hashes its CSV 2:1 into train and eval, and the gate blesses only a model whose
+# accuracy's 95% interval clears the majority share: 4,000 rows (~2,670 train, ~1,330 eval) give
+# 83% against 77% (interval from 81%); 3,000 gave 79.1% against 75.4% (from 76.5%), too close.
+TAXI_PIPELINE_ROWS = 4000
 SPARSE = [
     "pickup_community_area",
     "pickup_latitude",
@@ -143,7 +147,7 @@ def test_structured_pruning_of_the_taxi_model_rebuilds_signatures_that_parse_its
 
 
 def _pipeline_file(project, from_logits):
-    write_taxi_csv(project / "data" / "taxi.csv", TAXI_TRAIN_ROWS)
+    write_taxi_csv(project / "data" / "taxi.csv", TAXI_PIPELINE_ROWS)
     retrain = {"label_key": "tips_xf", "loss": "BinaryCrossentropy", "epochs": 3}
     if from_logits is not None:
         retrain["from_logits"] = from_logits
@@ -153,7 +157,7 @@ def _pipeline_file(project, from_logits):
         "model": {
             "trainer_module": taxi_module_saving_with_keras(project),
             "transform_module": TAXI_MODULE,  # as the tfx package ships it
-            "train_steps": 1000,  # batches of 40: 30 epochs of the ~1,330 train rows
+            "train_steps": 2000,  # batches of 40: 30 epochs of the ~2,670 train rows
         },
         "prune": {"method": "structured", "prune_fraction": 0.5},
         "retrain": retrain,
