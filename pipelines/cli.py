@@ -641,6 +641,31 @@ def print_schema() -> int:
     return 0
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 pointed at a scratch file.
+
+    TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA driver probes) through absl before
+    ``TF_CPP_MIN_LOG_LEVEL`` applies, so the variable no longer keeps them off the terminal. What
+    the import wrote is shown only if the import fails.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as scratch:
+        os.dup2(scratch.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            scratch.seek(0)
+            sys.stderr.write(scratch.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -653,6 +678,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.captureWarnings(True)
         logging.getLogger("py.warnings").addHandler(logging.NullHandler())
         logging.getLogger("py.warnings").propagate = False  # a library's basicConfig must not print them
+        _import_tensorflow_quietly()
     if args.command == "run-local":
         return run_local(args)
     if args.command == "compile":

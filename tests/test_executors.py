@@ -53,6 +53,7 @@ def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_d
     assert list(loaded.signatures) == ["serving_default"]
     history = json.load(open(os.path.join(model.uri, "fine_tuning.json")))
     assert len(history["history"]["loss"]) == 2 and "val_loss" in history["history"]
+    assert history["loss"]["evidence"] == "compiled loss"  # no loss configured: the one the model was saved with
     assert model.get_float_custom_property("sparsity") == pytest.approx(0.8, abs=0.005)
 
 

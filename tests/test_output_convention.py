@@ -76,6 +76,7 @@ def test_fine_tuning_a_sigmoid_model_without_from_logits_learns(tmp_path):
     config = FineTuneConfig(loss="BinaryCrossentropy", epochs=8, learning_rate=0.02, batch_size=32)
     result = fine_tune(restored, (x, y), (x, y), config, masks={}, verbose=0)
     assert result.no_information_loss == pytest.approx(math.log(2))
+    assert result.loss["from_logits"] is False and "Sigmoid" in result.loss["evidence"]  # in fine_tuning.json
     assert result.final_loss < 0.5 * math.log(2), result.history
     require_learned(result)
     predictions = restored(x, training=False).numpy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -125,6 +125,8 @@ class FineTuneResult:
     masks: dict[str, np.ndarray]
     # The loss of a uniform guess (ln k for a k-class cross-entropy), where the loss has one.
     no_information_loss: Optional[float] = None
+    # The loss trained with: its name, from_logits and what it was read from (fine_tuning.json).
+    loss: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> Optional[float]:
@@ -219,10 +221,10 @@ def fine_tune(
     require_tf_keras(model)
     train_dataset = _as_dataset(train_dataset, config, shuffle=True)
     eval_dataset = _as_dataset(eval_dataset, config, shuffle=False)
-    loss = _loss_for(model, config, train_dataset)
+    loss, loss_settings = _loss_for(model, config, train_dataset)
     if is_restored(model):
         result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks)
-        result.no_information_loss = no_information_loss(model, loss)
+        result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
         return result
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
     # "accuracy" would be resolved against logits and report nonsense downstream.
@@ -246,7 +248,7 @@ def fine_tune(
         )
     else:
         result = _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss)
-    result.no_information_loss = no_information_loss(model, loss)
+    result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
     return result
 
 
@@ -336,15 +338,16 @@ def _data_errors_named() -> Iterator[None]:
         raise FineTuneDataError(f"fine-tuning stopped on the data: {root_cause(err)}") from err
 
 
-def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.data.Dataset]):
+def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.data.Dataset]) -> tuple[Any, dict]:
+    """The loss to fine-tune with, and what it is: its name, ``from_logits`` and where that came from."""
     if config.loss is not None:
         named = loss_class(config.loss)
         if not takes_from_logits(named):
-            return named()
+            return named(), {"name": config.loss}
         sample = (lambda: next(iter(train_dataset.take(1)))[0]) if train_dataset is not None else None
         from_logits, evidence = resolve_from_logits(model, named, config.from_logits, sample)
         logging.getLogger(__name__).info("Fine-tuning with %s(from_logits=%s): %s", config.loss, from_logits, evidence)
-        return named(from_logits=from_logits)
+        return named(from_logits=from_logits), {"name": config.loss, "from_logits": from_logits, "evidence": evidence}
     if is_restored(model):
         raise ValueError(
             "the model was saved with tf.saved_model.save, which keeps no loss; set `loss` in the fine-tuning "
@@ -360,7 +363,7 @@ def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.dat
         raise OutputConventionError(
             "from_logits goes with `loss`; without `loss` the model's compiled loss is used as it was saved"
         )
-    return compiled_loss
+    return compiled_loss, {"name": getattr(compiled_loss, "name", str(compiled_loss)), "evidence": "compiled loss"}
 
 
 def make_loss(class_name: str, from_logits: Optional[bool] = None) -> keras.losses.Loss:

@@ -102,7 +102,7 @@ class Executor(base_executor.BaseExecutor):
         save_model(loaded.model, model_dir, loaded.signatures, result.masks, extra_assets_from=loaded.path)
         verify_signatures_preserved(loaded.path, model_dir)
         stats = weight_stats(loaded.model, result.masks or None)
-        record = {"config": config.model_dump(), "history": result.history, "weights": stats}
+        record = {"config": config.model_dump(), "loss": result.loss, "history": result.history, "weights": stats}
         write_json(output_model.uri, files.FINE_TUNING_JSON, record)
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
