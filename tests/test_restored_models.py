@@ -249,7 +249,9 @@ def test_vocabulary_assets_survive_pruning_and_fine_tuning_without_the_source(
         transform_graph=graph,
         label_key="species_xf",
         loss="SparseCategoricalCrossentropy",
-        epochs=1,
+        # The model was never trained: enough epochs to leave the uniform guess (ln 3), which Retrain refuses.
+        epochs=10,
+        learning_rate=0.05,
     ).uri
     shutil.rmtree(copy)
     shutil.rmtree(pruned)  # the fine-tuned model must hold its own copy of the vocabulary

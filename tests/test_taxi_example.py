@@ -28,7 +28,7 @@ from tfx_example_models import (
 
 from tfx_model_pruning.engine import StructuredPruningConfig, load_model, prune_saved_model
 from tfx_model_pruning.engine.saved_model import signature_specs
-from tfx_model_pruning.engine.signatures import rebuild_example_signatures
+from tfx_model_pruning.engine.signatures import rebuild_example_signatures, without_feature
 from tfx_model_pruning.evaluator_gate.checks import ANSWERS_VARY, BEATS_MAJORITY
 from tfx_model_pruning.pipelines import cli
 from tfx_model_pruning.pipelines.results import run_result
@@ -81,16 +81,6 @@ def taxi_transform_graph(tmp_path_factory, taxi_slice):
     )
 
 
-def _edited(serialized: tf.Tensor, drop: str) -> tf.Tensor:
-    examples = []
-    for record in serialized.numpy():
-        example = tf.train.Example.FromString(record)
-        if drop in example.features.feature:
-            del example.features.feature[drop]
-        examples.append(example.SerializeToString())
-    return tf.constant(examples)
-
-
 def test_the_slice_reads_the_features_with_missing_values_as_sparse(taxi_slice):
     spec = taxi_slice["spec"]
     assert sorted(name for name, feature in spec.items() if isinstance(feature, tf.io.VarLenFeature)) == sorted(SPARSE)
@@ -134,14 +124,14 @@ def test_structured_pruning_of_the_taxi_model_rebuilds_signatures_that_parse_its
 
     pruned = tf.saved_model.load(out).signatures
     # A serving request carries no label, and a sparse feature may be absent: both are served.
-    request = _edited(_edited(held_out, "tips"), "company")
+    request = without_feature(without_feature(held_out, "tips"), "company")
     served = pruned["serving_default"](examples=request)["outputs"].numpy()
     assert served.shape == (held_out.shape[0], 1)
     assert np.all(np.isfinite(served)) and np.all((served >= 0) & (served <= 1))
     # A dense raw feature is required, by the original and the rebuilt signature alike.
     for signatures in (original, pruned):
         with pytest.raises(tf.errors.InvalidArgumentError, match="fare"):
-            signatures["serving_default"](examples=_edited(held_out, "fare"))
+            signatures["serving_default"](examples=without_feature(held_out, "fare"))
     before, after = original["transform_features"](examples=held_out), pruned["transform_features"](examples=held_out)
     assert sorted(before) == sorted(after) and "tips_xf" in after
     for key in before:
@@ -208,5 +198,5 @@ def test_the_tfx_taxi_example_is_pruned_retrained_gated_and_pushed(tmp_path, met
 
     header, rows = taxi_rows(HELD_OUT.stop)
     held_out = taxi_examples(header, rows[HELD_OUT], taxi_raw_spec(header, rows[:TAXI_TRAIN_ROWS]))
-    served = tf.saved_model.load(pushed_dir).signatures["serving_default"](examples=_edited(held_out, "tips"))
+    served = tf.saved_model.load(pushed_dir).signatures["serving_default"](examples=without_feature(held_out, "tips"))
     assert served["outputs"].shape == (held_out.shape[0], 1) and np.all(np.isfinite(served["outputs"].numpy()))

@@ -148,7 +148,8 @@ def _reproduces(twin, expected, examples: tf.Tensor, output_names: list[str]) ->
     return all(np.allclose(expected[k].numpy(), got[k].numpy(), rtol=1e-4, atol=1e-5) for k in output_names)
 
 
-def _without(examples: tf.Tensor, feature: str) -> tf.Tensor:
+def without_feature(examples: tf.Tensor, feature: str) -> tf.Tensor:
+    """The serialized tf.Examples with ``feature`` removed from each (a request that lacks it)."""
     records = []
     for record in examples.numpy():
         example = tf.train.Example.FromString(record)
@@ -179,7 +180,7 @@ def _optional_as_in_original(
     for feature_name, feature in spec.items():
         if not isinstance(feature, tf.io.FixedLenFeature) or feature.default_value is not None:
             continue
-        without = _without(sample_examples, feature_name)
+        without = without_feature(sample_examples, feature_name)
         try:
             expected = function(**{input_name: without})
         except Exception:  # the original requires it as well (a parse error, whatever its type)
