@@ -205,19 +205,27 @@ def _slice_rows(plan: EvaluationPlan, size: int, slice_values) -> Iterator[tuple
         yield ((plan.slice_feature, key_value),), np.unique(group)
 
 
-class _EvaluateFiles(beam.DoFn):
-    """One file of examples -> (slice key, per-model metric states) for each slice in it."""
+TALLIES = "tallies"
 
-    def __init__(self, plan: EvaluationPlan):
-        self._plan = plan
+
+class _EvaluateFiles(beam.DoFn):
+    """One file of examples -> (slice key, per-model metric states) for each slice in it.
+
+    With ``tally_model``, also (slice label, that model's no-skill tally) for each slice, on the
+    ``TALLIES`` output: counted from the same batches, so no second read of the split.
+    """
+
+    def __init__(self, plan: EvaluationPlan, tally_model: Optional[str] = None):
+        self._plan, self._tally_model = plan, tally_model
         self._shared = shared.Shared()
         self._models: Optional[_Models] = None
 
     def setup(self):
         self._models = self._shared.acquire(lambda: _Models(self._plan))
 
-    def process(self, path: str) -> Iterator[tuple[tuple, dict]]:
+    def process(self, path: str) -> Iterator:
         states: dict[tuple, dict] = {}
+        tallies: dict[str, skill.SkillTally] = {}
         dataset = tf.data.TFRecordDataset(path, compression_type=tfrecord_compression(path))
         for serialized in dataset.batch(self._plan.batch_size).prefetch(1):
             labels, predictions, slice_values = self._models.evaluate(serialized)
@@ -227,7 +235,13 @@ class _EvaluateFiles(beam.DoFn):
                 for model_name in self._plan.models:
                     update = self._state(labels[model_name][rows], predictions[model_name][rows])
                     state[model_name] = _add(state.get(model_name), update)
+                if self._tally_model is not None:
+                    tally = skill.tally(labels[self._tally_model][rows], predictions[self._tally_model][rows])
+                    label = skill.slice_label(key)
+                    tallies[label] = tallies[label].add(tally) if label in tallies else tally
         yield from states.items()
+        for item in tallies.items():
+            yield beam.pvalue.TaggedOutput(TALLIES, item)
 
     def _state(self, labels: np.ndarray, predictions: np.ndarray) -> list:
         weights = [metric(labels, predictions) for metric in self._models.metrics]
@@ -289,19 +303,46 @@ class _MetricValues(beam.DoFn):
         yield slice_key, values
 
 
-def evaluate_and_write(
-    pipeline: beam.Pipeline, file_patterns: Sequence[str], plan: EvaluationPlan, eval_config, output_path: str
-) -> None:
-    """Adds the one-pass evaluation to ``pipeline``; TFMA's metrics file and eval config go to ``output_path``."""
-    metrics = (
+def _evaluated_files(pipeline: beam.Pipeline, file_patterns: Sequence[str], do_fn: _EvaluateFiles, stage: str):
+    return (
         pipeline
-        | "EvalFilePatterns" >> beam.Create(list(file_patterns))
-        | "MatchEvalFiles" >> beam.FlatMap(lambda pattern: sorted(tf.io.gfile.glob(pattern)))
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "EvaluateBatches" >> beam.ParDo(_EvaluateFiles(plan))
+        | f"{stage}FilePatterns" >> beam.Create(list(file_patterns))
+        | f"Match{stage}Files" >> beam.FlatMap(lambda pattern: sorted(tf.io.gfile.glob(pattern)))
+        | f"Spread{stage}Files" >> beam.Reshuffle()
+        | f"{stage}Batches" >> beam.ParDo(do_fn).with_outputs(TALLIES, main="states")
+    )
+
+
+def _write_tallies(tallies, output_dir: str) -> None:
+    _ = (
+        tallies
+        | "SumTallies" >> beam.CombinePerKey(skill.merge_tallies)
+        | "AllSlices" >> beam.combiners.ToList()
+        | "WriteTallies" >> beam.Map(skill.write_tallies, output_dir)
+    )
+
+
+def evaluate_and_write(
+    pipeline: beam.Pipeline,
+    file_patterns: Sequence[str],
+    plan: EvaluationPlan,
+    eval_config,
+    output_path: str,
+    tally_model: Optional[str] = None,
+    tallies_dir: Optional[str] = None,
+) -> None:
+    """Adds the one-pass evaluation to ``pipeline``; TFMA's metrics file and eval config go to ``output_path``.
+
+    With ``tally_model``, that model's no-skill tallies (``skill.py``) go to ``tallies_dir``.
+    """
+    evaluated = _evaluated_files(pipeline, file_patterns, _EvaluateFiles(plan, tally_model), "Evaluate")
+    metrics = (
+        evaluated.states
         | "SumSliceStates" >> beam.CombinePerKey(_SumStates())
         | "MetricValues" >> beam.ParDo(_MetricValues(plan.metric_classes))
     )
+    if tally_model is not None:
+        _write_tallies(evaluated[TALLIES], tallies_dir)
     evaluation = {tfma.constants.METRICS_KEY: metrics}
     writer = metrics_plots_and_validations_writer.MetricsPlotsAndValidationsWriter(
         output_paths={tfma.constants.METRICS_KEY: os.path.join(output_path, tfma.constants.METRICS_KEY)},
@@ -312,40 +353,9 @@ def evaluate_and_write(
     _ = evaluation | "WriteEvalConfig" >> config_writer.ptransform
 
 
-class _TallyFiles(beam.DoFn):
-    """One file of examples -> (slice label, the candidate's tally) for each slice in it."""
-
-    def __init__(self, plan: EvaluationPlan, model_name: str):
-        self._plan, self._model_name = plan, model_name
-        self._shared = shared.Shared()
-        self._models: Optional[_Models] = None
-
-    def setup(self):
-        self._models = self._shared.acquire(lambda: _Models(self._plan))
-
-    def process(self, path: str) -> Iterator[tuple[str, skill.SkillTally]]:
-        tallies: dict[str, skill.SkillTally] = {}
-        dataset = tf.data.TFRecordDataset(path, compression_type=tfrecord_compression(path))
-        for serialized in dataset.batch(self._plan.batch_size).prefetch(1):
-            labels, predictions, slice_values = self._models.evaluate(serialized)
-            size = int(serialized.shape[0])
-            for key, rows in _slice_rows(self._plan, size, slice_values):
-                update = skill.tally(labels[self._model_name][rows], predictions[self._model_name][rows])
-                label = skill.slice_label(key)
-                tallies[label] = tallies[label].add(update) if label in tallies else update
-        yield from tallies.items()
-
-
 def add_skill_tallies(pipeline: beam.Pipeline, file_patterns: Sequence[str], plan: EvaluationPlan, output_dir: str):
-    """Adds the no-skill tallies of the plan's one model; ``skill.read_tallies(output_dir)`` reads them."""
+    """The no-skill tallies of the plan's one model alone (beside TFMA's evaluator), for ``skill.read_tallies``."""
     (model_name,) = plan.models
-    _ = (
-        pipeline
-        | "SkillFilePatterns" >> beam.Create(list(file_patterns))
-        | "MatchSkillFiles" >> beam.FlatMap(lambda pattern: sorted(tf.io.gfile.glob(pattern)))
-        | "SpreadSkillFiles" >> beam.Reshuffle()
-        | "TallyBatches" >> beam.ParDo(_TallyFiles(plan, model_name))
-        | "SumTallies" >> beam.CombinePerKey(skill.merge_tallies)
-        | "AllSlices" >> beam.combiners.ToList()
-        | "WriteTallies" >> beam.Map(skill.write_tallies, output_dir)
+    _write_tallies(
+        _evaluated_files(pipeline, file_patterns, _EvaluateFiles(plan, model_name), "Tally")[TALLIES], output_dir
     )

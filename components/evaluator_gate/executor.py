@@ -170,13 +170,16 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         )
         logging.info("EvaluatorGate: evaluated by %s", evaluated_by)
         skill_dir = os.path.join(evaluation_uri, files.TFMA_SUBDIR, "skill")
+        tally = config.require_skill and skill_plan is not None
         with self._make_beam_pipeline() as pipeline:
-            if plan is not None:
-                batched_evaluation.evaluate_and_write(pipeline, eval_patterns, plan, eval_config, tfma_dir)
+            if plan is not None:  # the tallies come from the same batches
+                batched_evaluation.evaluate_and_write(
+                    pipeline, eval_patterns, plan, eval_config, tfma_dir, CANDIDATE if tally else None, skill_dir
+                )
             else:
                 self._tfma_evaluation(pipeline, models, examples, eval_patterns, eval_config, tfma_dir)
-            if config.require_skill and skill_plan is not None:
-                batched_evaluation.add_skill_tallies(pipeline, eval_patterns, skill_plan, skill_dir)
+                if tally:
+                    batched_evaluation.add_skill_tallies(pipeline, eval_patterns, skill_plan, skill_dir)
         tallies = skill.read_tallies(skill_dir) if skill_plan is not None else None
         by_slice = _metrics_by_slice(tfma_dir, list(models))
         metrics = by_slice.pop(OVERALL, {name: {} for name in models})
