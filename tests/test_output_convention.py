@@ -98,6 +98,23 @@ def test_a_from_logits_that_contradicts_the_model_is_refused_before_training(tmp
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "it trained before refusing"
 
 
+def test_a_subclassed_model_is_read_from_its_outputs_on_a_sample():
+    class Scorer(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3, activation="softmax")
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Scorer()
+    x = np.random.default_rng(3).normal(size=(16, 4)).astype("float32")
+    model(x)
+    assert output_convention(model)[0] is None
+    convention, evidence = output_convention(model, lambda: x)
+    assert convention == PROBABILITIES and "no layer graph" in evidence and "sample" in evidence
+
+
 def test_a_loss_without_from_logits_needs_no_convention():
     x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
     inputs = keras.Input((4,))

@@ -61,6 +61,8 @@ def output_convention(
 
 
 def _from_keras_layers(model: keras.Model) -> tuple[Optional[OutputConvention], str]:
+    if not getattr(model, "outputs", None):
+        return None, f"{type(model).__name__} has no layer graph to read its output layer from (subclassed or unbuilt)"
     conventions = set()
     evidence = []
     for output in model.outputs:
