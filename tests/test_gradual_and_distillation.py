@@ -12,7 +12,7 @@ from tfx_model_pruning import RetrainComponent
 from tfx_model_pruning.engine import FineTuneConfig, examples_dataset, fine_tune, load_model
 from tfx_model_pruning.engine.config import DistillationConfig, GradualPruningSchedule
 from tfx_model_pruning.engine.finetune import make_loss
-from tfx_model_pruning.engine.gradual import GradualPruner, distillation_loss, masked_train_loop
+from tfx_model_pruning.engine.gradual import GradualPruner, as_class_logits, distillation_loss, masked_train_loop
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
 
 MODEL = types.Channel(type=standard_artifacts.Model)
@@ -146,3 +146,42 @@ def test_gradual_pruning_with_distillation_on_penguin(penguin_baseline, penguin_
     total = sum(m.size for m in result.masks.values())
     assert sum(int((~m).sum()) for m in result.masks.values()) / total == pytest.approx(0.85, abs=0.005)
     assert len(result.history["loss"]) == 4 and result.history["val_sparse_categorical_accuracy"][0] > 0.8
+
+
+@pytest.mark.parametrize("outputs", ["sigmoid", "softmax"])
+def test_a_student_ending_in_a_sigmoid_or_softmax_is_distilled_towards_its_teacher(outputs):
+    """Class scores are compared as logits: log-probabilities, and two classes for one sigmoid column
+    (a softmax over one column is always 1, which distilled nothing)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype("float32")
+    width, activation = (1, "sigmoid") if outputs == "sigmoid" else (3, "softmax")
+
+    def network(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(16, activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(width, activation=activation)(hidden))
+
+    teacher, student = network(1), network(2)
+    labels = np.zeros((256, 1), "float32") if outputs == "sigmoid" else np.zeros(256, "int64")
+    loss = "BinaryCrossentropy" if outputs == "sigmoid" else "SparseCategoricalCrossentropy"
+    student.compile(optimizer=keras.optimizers.Adam(0.02))
+    gap_before = np.abs(student(x).numpy() - teacher(x).numpy()).mean()
+    # alpha 0: only the soft term trains, so the student can only move towards the teacher.
+    config = FineTuneConfig(loss=loss, epochs=20, batch_size=32, distillation=DistillationConfig(alpha=0.0))
+    fine_tune(student, (x, labels), None, config, {}, teacher=teacher, verbose=0)
+    gap_after = np.abs(student(x).numpy() - teacher(x).numpy()).mean()
+    assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
+
+
+def test_class_logits_of_probabilities_and_of_one_column():
+    p = tf.constant([[0.2], [0.9]])
+    np.testing.assert_allclose(
+        tf.nn.softmax(as_class_logits(p, probabilities=True)).numpy(), [[0.8, 0.2], [0.1, 0.9]], rtol=1e-5
+    )
+    z = tf.constant([[0.0], [2.0]])
+    np.testing.assert_allclose(
+        tf.nn.softmax(as_class_logits(z, probabilities=False)).numpy()[:, 1], tf.sigmoid(z).numpy()[:, 0], rtol=1e-5
+    )
+    scores = tf.constant([[1.0, 2.0, 3.0]])
+    assert as_class_logits(scores, probabilities=False) is scores

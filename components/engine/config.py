@@ -292,7 +292,7 @@ class GradualPruningSchedule(_StrictModel):
 
 
 class DistillationConfig(_StrictModel):
-    """Knowledge distillation from the unpruned model while fine-tuning (models output logits).
+    """Knowledge distillation from the unpruned model while fine-tuning (logits, softmax or sigmoid outputs).
 
     loss = alpha * hard_label_loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 

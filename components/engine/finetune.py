@@ -19,8 +19,10 @@ from tfx_model_pruning.engine.keras_names import loss_class
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
 from tfx_model_pruning.engine.masks import iter_prunable_weights
 from tfx_model_pruning.engine.outputs import (
+    PROBABILITIES,
     OutputConventionError,
     no_information_loss,
+    output_convention,
     resolve_from_logits,
     takes_from_logits,
 )
@@ -262,6 +264,7 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
         config.gradual_pruning.check_fits(total_steps)
         weights = find_prunable_weights(model, config.gradual_pruning.as_pruning_config())
         pruner = GradualPruner(weights, config.gradual_pruning)
+    probabilities = _output_probabilities(model, teacher, train_dataset) if teacher is not None else (False, False)
     with _data_errors_named():
         losses = masked_train_loop(
             model,
@@ -273,6 +276,7 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
             pruner=pruner,
             teacher=teacher,
             distillation=config.distillation,
+            probabilities=probabilities,
         )
     history = {
         "loss": [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, total_steps, steps_per_epoch)]
@@ -327,6 +331,20 @@ def _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss,
             for callback in callbacks:
                 callback.on_epoch_end(epoch, {name: values[-1] for name, values in history.items()})
     return FineTuneResult(history, dict(masks))
+
+
+def _output_probabilities(model: Any, teacher: Any, train_dataset: tf.data.Dataset) -> tuple[bool, bool]:
+    """Whether the student and the teacher output probabilities, read as for ``from_logits``."""
+    found = []
+    for role, network in (("student", model), ("teacher", teacher)):
+        convention, evidence = output_convention(network, lambda: next(iter(train_dataset.take(1)))[0])
+        if convention is None:
+            raise OutputConventionError(
+                f"distillation compares class scores, and the {role} model's outputs say neither logits nor "
+                f"probabilities ({evidence})"
+            )
+        found.append(convention == PROBABILITIES)
+    return found[0], found[1]
 
 
 @contextlib.contextmanager

@@ -67,14 +67,39 @@ class GradualPruner:
         return {key: mask.numpy().astype(bool) for key, mask in zip(self.keys, self.masks, strict=True)}
 
 
-def distillation_loss(config: DistillationConfig, hard_loss):
-    """alpha * hard-label loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+# Probabilities of exactly 0 or 1 have no finite logit.
+_PROBABILITY_FLOOR = 1e-7
+
+
+def as_class_logits(outputs: tf.Tensor, probabilities: bool) -> tf.Tensor:
+    """Logits over every class, whatever the model outputs.
+
+    Probabilities become their logarithms (softmax(log p / T) is p sharpened or softened by T, as
+    for logits); one sigmoid column becomes two classes, ``[0, z]`` or ``log [1 - p, p]``, since
+    a softmax over one column is always 1 and would distil nothing.
+    """
+    if probabilities:
+        p = tf.clip_by_value(outputs, _PROBABILITY_FLOOR, 1.0 - _PROBABILITY_FLOOR)
+        return tf.math.log(tf.concat([1.0 - p, p], axis=-1) if outputs.shape[-1] == 1 else p)
+    return tf.concat([tf.zeros_like(outputs), outputs], axis=-1) if outputs.shape[-1] == 1 else outputs
+
+
+def distillation_loss(
+    config: DistillationConfig, hard_loss, student_probabilities: bool = False, teacher_probabilities: bool = False
+):
+    """alpha * hard-label loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+
+    Teacher and student are compared as class logits (``as_class_logits``): a model that ends in
+    a softmax or a sigmoid is distilled as well as one that outputs logits.
+    """
     temperature, alpha = config.temperature, config.alpha
     kl = keras.losses.KLDivergence()
 
-    def loss(labels, student_logits, teacher_logits):
+    def loss(labels, student_outputs, teacher_outputs):
+        student_logits = as_class_logits(student_outputs, student_probabilities)
+        teacher_logits = as_class_logits(teacher_outputs, teacher_probabilities)
         soft = kl(tf.nn.softmax(teacher_logits / temperature), tf.nn.softmax(student_logits / temperature))
-        return alpha * hard_loss(labels, student_logits) + (1.0 - alpha) * temperature**2 * soft
+        return alpha * hard_loss(labels, student_outputs) + (1.0 - alpha) * temperature**2 * soft
 
     return loss
 
@@ -89,12 +114,14 @@ def masked_train_loop(
     pruner: Optional[GradualPruner] = None,
     teacher: Optional[keras.Model] = None,
     distillation: Optional[DistillationConfig] = None,
+    probabilities: tuple[bool, bool] = (False, False),
 ) -> list[float]:
     """Trains ``model`` for ``total_steps`` batches in one compiled step function.
 
     Fixed masks (from an earlier pruning) and, with a ``pruner``, the gradual schedule's masks
     are applied after every optimizer step; with a ``teacher`` the loss is the distillation
-    loss. Returns the loss of every step. ``train_dataset`` must yield ``total_steps`` batches.
+    loss; ``probabilities`` says whether the student and the teacher output probabilities (else
+    logits). Returns the loss of every step. ``train_dataset`` must yield ``total_steps`` batches.
 
     Raises:
       ValueError: the pruner's schedule does not fit in ``total_steps`` (before any training).
@@ -103,7 +130,7 @@ def masked_train_loop(
         pruner.schedule.check_fits(total_steps)
     if (teacher is None) != (distillation is None):
         raise ValueError("distillation needs both a teacher model and a DistillationConfig")
-    objective = distillation_loss(distillation, loss) if distillation is not None else None
+    objective = distillation_loss(distillation, loss, *probabilities) if distillation is not None else None
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def hold_zeros():
