@@ -1,7 +1,9 @@
 """The structured-pruning equivalence check: the rebuilt model equals the original with the
 removed channels disconnected (their consumer rows zeroed), to float tolerance."""
 
+import keras as keras3
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from tfx_model_pruning.engine.structured import StructuredPruningConfig, apply_removal, plan_removal
@@ -9,13 +11,13 @@ from tfx_model_pruning.engine.structured import StructuredPruningConfig, apply_r
 
 def forward(model, inputs) -> np.ndarray:
     """One eager call: what ``predict`` computes, without tracing a predict function per model."""
-    return model(inputs, training=False).numpy()
+    return np.asarray(model(inputs, training=False))
 
 
 def _randomise_batchnorm(model):
     rng = np.random.default_rng(1)
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, (keras.layers.BatchNormalization, keras3.layers.BatchNormalization)):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights(
                 [rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape), rng.normal(size=mean.shape),
@@ -33,11 +35,12 @@ def check_equivalent(model, fraction=0.5, **config):
     reference = plan.disconnected()
 
     rng = np.random.default_rng(0)
+    dtypes = [tf.as_dtype(t.dtype) for t in model.inputs]  # tf-keras gives a DType, Keras 3 a name
     inputs = [
-        rng.integers(0, 20, size=(3, *t.shape[1:])).astype(t.dtype.name)  # token ids for an Embedding
-        if t.dtype.is_integer
+        rng.integers(0, 20, size=(3, *t.shape[1:])).astype(dtype.name)  # token ids for an Embedding
+        if dtype.is_integer
         else rng.normal(size=(3, *t.shape[1:])).astype("float32")
-        for t in model.inputs
+        for t, dtype in zip(model.inputs, dtypes, strict=True)
     ]
     inputs = inputs[0] if len(inputs) == 1 else inputs
     got, want, dense = (forward(m, inputs) for m in (smaller, reference, model))

@@ -109,7 +109,7 @@ def test_a_subclass_that_overrides_call_does_not_inherit_its_parents_handler():
 
 
 def test_registration_rejects_what_is_not_a_layer_or_handler():
-    with pytest.raises(TypeError, match="not a tf-keras Layer class"):
+    with pytest.raises(TypeError, match="not a tf-keras or Keras 3 Layer class"):
         register_layer_handler(int, LayerHandler())
     with pytest.raises(TypeError, match="not a LayerHandler"):
         register_layer_handler(ScaledDense, object())

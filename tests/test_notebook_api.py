@@ -1,17 +1,14 @@
 """The engine as a data scientist uses it in a notebook: in-memory arrays, their own optimizer and
-verbosity, the model left as they had it, and clear errors for a Keras 3 model."""
+verbosity, the model left as they had it."""
 
 import os
 
-import keras as keras3  # TensorFlow 2.16's Keras 3, which the engine does not speak
 import numpy as np
 import pytest
 import tf_keras as keras
 
 from tfx_model_pruning.engine import FineTuneConfig, PruningConfig, fine_tune, prune_model
-from tfx_model_pruning.engine.restored import Keras3ModelError
 from tfx_model_pruning.engine.saved_model import save_model
-from tfx_model_pruning.engine.structured import StructuredPruningConfig, prune_structured
 
 L = keras.layers
 
@@ -56,15 +53,3 @@ def test_saving_leaves_the_callers_model_and_optimizer_state_as_they_were(tmp_pa
     model.fit(x, y, epochs=1, verbose=0)  # still trains on where it was
     assert int(adam.iterations.numpy()) == steps + 3
     assert os.path.isfile(tmp_path / "saved" / "saved_model.pb")
-
-
-def test_a_keras_3_model_is_refused_with_what_to_change():
-    model = keras3.Sequential([keras3.Input((8,)), keras3.layers.Dense(4), keras3.layers.Dense(2)])
-    for call in (
-        lambda: prune_model(model, PruningConfig(target_sparsity=0.5)),
-        lambda: prune_structured(model, StructuredPruningConfig(prune_fraction=0.5)),
-        lambda: fine_tune(model, _data(), None, FineTuneConfig(epochs=1), {}),
-    ):
-        with pytest.raises(Keras3ModelError, match="TF_USE_LEGACY_KERAS=1") as raised:
-            call()
-        assert "import tf_keras as keras" in str(raised.value)

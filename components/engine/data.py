@@ -93,14 +93,23 @@ def feature_spec_for_model(model: Any, label_key: str, sample: tf.train.Example)
     Raises:
       ExamplesMismatchError: the label or a model input is absent from the examples.
     """
+    spec = input_feature_spec(model, sample)
+    spec[label_key] = feature_spec_for_label(label_key, sample)
+    return spec
+
+
+def feature_spec_for_label(label_key: str, sample: tf.train.Example) -> tf.io.FixedLenFeature:
+    """The parsing spec of one label per example, of the type the examples store it as.
+
+    Raises:
+      ExamplesMismatchError: the label is absent from the examples.
+    """
     available = dict(sample.features.feature)
     if label_key not in available:
         raise ExamplesMismatchError(
             f"label_key {label_key!r} is not a feature of the examples; they have: {sorted(available)}"
         )
-    spec = input_feature_spec(model, sample)
-    spec[label_key] = tf.io.FixedLenFeature([], _KIND_TO_DTYPE[available[label_key].WhichOneof("kind")])
-    return spec
+    return tf.io.FixedLenFeature([], _KIND_TO_DTYPE[available[label_key].WhichOneof("kind")])
 
 
 def model_features(model: Any, features: Mapping[str, tf.Tensor]):
@@ -184,7 +193,14 @@ def examples_dataset(
                 f"{sorted(preprocessing.output_names)}): the model was not trained on this Transform's output"
             )
     parse_raw = preprocessing is not None and not inputs <= available
-    if parse_raw:
+    examples_input = serialized_examples_input(model, available)
+    if examples_input is not None:
+        label_spec = {label_key: feature_spec_for_label(label_key, sample)}
+
+        def parse(serialized):
+            return {examples_input: serialized}, tf.io.parse_example(serialized, label_spec)[label_key]
+
+    elif parse_raw:
         parse = _raw_parser(model, label_key, preprocessing, available)
     else:
         spec = feature_spec_for_model(model, label_key, sample)
@@ -198,6 +214,21 @@ def examples_dataset(
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def serialized_examples_input(model: Any, available: set[str]) -> Optional[str]:
+    """The input name of a model that takes serialized tf.Examples (a ``tf.saved_model.save`` of a
+    Keras 3 model, trained through its serving signature), for examples that have no such feature;
+    None for any other model."""
+    if not is_restored(model):
+        return None
+    specs = model_input_specs(model)
+    if len(specs) != 1:
+        return None
+    ((name, spec),) = specs.items()
+    if name in available or spec.dtype != tf.string or spec.shape.rank != 1:
+        return None
+    return name
 
 
 def _raw_parser(model: Any, label_key: str, preprocessing: Preprocessing, available: set[str]):

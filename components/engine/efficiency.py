@@ -6,22 +6,28 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import keras as keras3
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from tfx_model_pruning.engine.data import model_features, model_input_specs
-from tfx_model_pruning.engine.graph import call_input_shapes
+from tfx_model_pruning.engine.graph import call_input_shapes, generation, in_layer_graph, is_model
+from tfx_model_pruning.engine.layer_handlers import EinsumDenseHandler
 from tfx_model_pruning.engine.restored import call, is_restored
 
-L = keras.layers
+
+def _kind(*names: str) -> tuple[type, ...]:
+    """The layer classes of these names in both Keras generations (a name one lacks is skipped)."""
+    found = (getattr(layers, name, None) for layers in (keras.layers, keras3.layers) for name in names)
+    return tuple(cls for cls in found if isinstance(cls, type))
 
 
 def _spatial(shape) -> int:
     return int(np.prod([d for d in shape[1:-1]])) if len(shape) > 2 else 1
 
 
-_RECURRENT_GATES = ((L.LSTM, 4), (L.GRU, 3), (L.SimpleRNN, 1))
+_RECURRENT_GATES = ((_kind("LSTM"), 4), (_kind("GRU"), 3), (_kind("SimpleRNN"), 1))
 
 
 def _recurrent_macs(layer, in_shape) -> int:
@@ -55,33 +61,46 @@ def _attention_macs(layer) -> int:
     )
 
 
+def _call_shapes(layer) -> Optional[tuple[tuple, tuple]]:
+    """The input and output shapes of the layer's first call; None unless it read and made one tensor."""
+    reader = generation(layer)
+    nodes = reader.inbound_nodes(layer)
+    if not nodes:
+        return None
+    inputs, outputs = reader.node_input_tensors(nodes[0]), reader.node_output_tensors(nodes[0])
+    if len(inputs) != 1 or len(outputs) != 1:
+        return None
+    return tuple(inputs[0].shape), tuple(outputs[0].shape)
+
+
 def layer_macs(layer) -> int:
     """Multiply-accumulates of one call of ``layer`` (0 for layers without matrix weights)."""
-    if not layer.built or not hasattr(layer, "output"):
+    if not getattr(layer, "built", False) or not in_layer_graph(layer):
         return 0
-    if isinstance(layer, L.MultiHeadAttention):
+    if isinstance(layer, _kind("MultiHeadAttention")):
         return _attention_macs(layer)
-    try:
-        in_shape, out_shape = layer.input_shape, layer.output_shape
-    except (AttributeError, RuntimeError):
+    shapes = _call_shapes(layer)
+    if shapes is None:
         return 0
-    if isinstance(in_shape, list) or isinstance(out_shape, list):
-        return 0
-    if isinstance(layer, L.Bidirectional):
+    in_shape, out_shape = shapes
+    if isinstance(layer, _kind("Bidirectional")):
         return _recurrent_macs(layer.forward_layer, in_shape) + _recurrent_macs(layer.backward_layer, in_shape)
-    if isinstance(layer, L.RNN):
+    if isinstance(layer, _kind("RNN")):
         return _recurrent_macs(layer, in_shape)
-    if isinstance(layer, L.Dense):
+    if isinstance(layer, _kind("Dense")):
         return int(in_shape[-1] * out_shape[-1] * _spatial(out_shape))
-    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+    if isinstance(layer, _kind("EinsumDense")):
+        return int(in_shape[-1] * out_shape[-1] * _spatial(out_shape)) if EinsumDenseHandler.matrix_form(layer) else 0
+    if isinstance(layer, _kind("SeparableConv1D", "SeparableConv2D")):
         depthwise = int(np.prod(layer.depthwise_kernel.shape))
         pointwise = int(np.prod(layer.pointwise_kernel.shape))
         return (depthwise + pointwise) * _spatial(out_shape)
-    if isinstance(layer, L.DepthwiseConv2D):
-        return int(np.prod(layer.depthwise_kernel.shape)) * _spatial(out_shape)
-    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+    if isinstance(layer, _kind("DepthwiseConv1D", "DepthwiseConv2D")):
+        kernel = layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel  # tf-keras, Keras 3
+        return int(np.prod(kernel.shape)) * _spatial(out_shape)
+    if isinstance(layer, _kind("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")):
         return int(np.prod(layer.kernel.shape)) * _spatial(in_shape)  # each input position is scattered
-    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
+    if isinstance(layer, _kind("Conv1D", "Conv2D", "Conv3D")):
         return int(np.prod(layer.kernel.shape)) * _spatial(out_shape)
     return 0
 
@@ -95,7 +114,7 @@ def count_flops(model: Any) -> Optional[int]:
         return None
     total = 0
     for layer in model.layers:
-        total += count_flops(layer) if isinstance(layer, keras.Model) else 2 * layer_macs(layer)
+        total += count_flops(layer) if is_model(layer) else 2 * layer_macs(layer)
     return total
 
 

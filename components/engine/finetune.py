@@ -15,6 +15,7 @@ import tf_keras as keras
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.config import FineTuneConfig
 from tfx_model_pruning.engine.gradual import GradualPruner, masked_train_loop
+from tfx_model_pruning.engine.graph import keras_of
 from tfx_model_pruning.engine.keras_names import loss_class
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
 from tfx_model_pruning.engine.masks import iter_prunable_weights
@@ -26,7 +27,13 @@ from tfx_model_pruning.engine.outputs import (
     resolve_from_logits,
     takes_from_logits,
 )
-from tfx_model_pruning.engine.restored import call, is_restored, require_keras, require_tf_keras, trainable_variables
+from tfx_model_pruning.engine.restored import (
+    call,
+    is_restored,
+    require_keras,
+    require_tensorflow_backend,
+    trainable_variables,
+)
 from tfx_model_pruning.engine.saved_model import compiled_metrics
 
 
@@ -220,7 +227,7 @@ def fine_tune(
 
         result = fine_tune(model, (x_train, y_train), (x_val, y_val), FineTuneConfig(epochs=3), masks, verbose=0)
     """
-    require_tf_keras(model)
+    require_tensorflow_backend(model)
     train_dataset = _as_dataset(train_dataset, config, shuffle=True)
     eval_dataset = _as_dataset(eval_dataset, config, shuffle=False)
     loss, loss_settings = _loss_for(model, config, train_dataset)
@@ -230,9 +237,9 @@ def fine_tune(
         return result
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
     # "accuracy" would be resolved against logits and report nonsense downstream.
-    chosen = optimizer or getattr(model, "optimizer", None) or keras.optimizers.Adam(config.learning_rate)
+    chosen = optimizer or getattr(model, "optimizer", None) or fresh_adam(model, config.learning_rate)
     model.compile(optimizer=chosen, loss=loss, metrics=compiled_metrics(model))
-    keras.utils.set_random_seed(config.seed)
+    keras_of(model).utils.set_random_seed(config.seed)
     if config.gradual_pruning is None and config.distillation is None:
         if config.steps_per_epoch is not None:
             train_dataset = train_dataset.repeat()
@@ -252,6 +259,11 @@ def fine_tune(
         result = _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss)
     result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
     return result
+
+
+def fresh_adam(model: Any, learning_rate: float) -> Any:
+    """A new Adam of the model's Keras generation (a Keras 3 model trains only with Keras 3's)."""
+    return (keras if is_restored(model) else keras_of(model)).optimizers.Adam(learning_rate)
 
 
 def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss) -> FineTuneResult:
@@ -360,6 +372,8 @@ def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.dat
     """The loss to fine-tune with, and what it is: its name, ``from_logits`` and where that came from."""
     if config.loss is not None:
         named = loss_class(config.loss)
+        if not is_restored(model):
+            named = getattr(keras_of(model).losses, config.loss, named)  # the model's own generation's class
         if not takes_from_logits(named):
             return named(), {"name": config.loss}
         sample = (lambda: next(iter(train_dataset.take(1)))[0]) if train_dataset is not None else None
@@ -368,7 +382,8 @@ def _loss_for(model: Any, config: FineTuneConfig, train_dataset: Optional[tf.dat
         return named(from_logits=from_logits), {"name": config.loss, "from_logits": from_logits, "evidence": evidence}
     if is_restored(model):
         raise ValueError(
-            "the model was saved with tf.saved_model.save, which keeps no loss; set `loss` in the fine-tuning "
+            "the model is a SavedModel without Keras metadata (tf.saved_model.save or Keras 3's model.export), "
+            "which keeps no loss; set `loss` in the fine-tuning "
             "config, e.g. loss='SparseCategoricalCrossentropy' (from_logits is read from the model)"
         )
     compiled_loss = getattr(model, "loss", None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import keras as keras3
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -131,6 +132,8 @@ def masked_train_loop(
     if (teacher is None) != (distillation is None):
         raise ValueError("distillation needs both a teacher model and a DistillationConfig")
     objective = distillation_loss(distillation, loss, *probabilities) if distillation is not None else None
+    if isinstance(optimizer, keras3.optimizers.Optimizer) and not optimizer.built:
+        optimizer.build(model.trainable_variables)  # Keras 3 creates its slots outside the traced step
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def hold_zeros():

@@ -1,8 +1,10 @@
 """The Keras layer graph, read in one place.
 
 Everything else in the engine sees layers, their calls and tensor ids through this module; it
-is the only one that touches tf-keras internals (``_nodes_by_depth``, ``_keras_history``,
-nodes' ``flat_input_ids`` and ``map_arguments``), so a Keras upgrade is fixed here.
+is the only one that touches Keras internals, with one reader per Keras generation behind one
+interface (``KerasGeneration``: ``TF_KERAS`` reads tf-keras's nodes, ``flat_input_ids`` and
+``map_arguments``; ``KERAS_3`` reads Keras 3's nodes, ``SymbolicArguments`` and ``keras.ops``
+operations), so handlers, criteria and methods are written once and a Keras upgrade is fixed here.
 
 It holds:
 - the calls of a functional/Sequential model in topological order (``layer_calls``);
@@ -25,96 +27,316 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Callable, Iterator, Optional
 
+import keras as keras3  # TensorFlow's default Keras since 2.16
 import tensorflow as tf
 import tf_keras as keras
+
+# Keras 3's private classes the handlers need: its applications' scale layers, and the base
+# class of every ``keras.ops`` call recorded in a Functional graph (``x + y``, ``ops.relu(x)``).
+from keras.src.applications.convnext import LayerScale as Keras3ConvNeXtLayerScale  # noqa: E402,F401,I001
+from keras.src.ops.numpy import Add as Keras3AddOperation  # noqa: E402
+from keras.src.ops.operation import Operation as Keras3Operation  # noqa: E402
 from tf_keras.src.applications.convnext import LayerScale as ConvNeXtLayerScale  # noqa: F401  (for layer_handlers)
 from tf_keras.src.applications.inception_resnet_v2 import (  # noqa: F401  (for layer_handlers)
     CustomScaleLayer as InceptionResNetScale,
 )
 from tf_keras.src.layers.core.tf_op_layer import TFOpLambda  # noqa: F401  (for layer_handlers)
 
-from tfx_model_pruning.engine.restored import PRUNABLE_WEIGHT_ATTRIBUTES
+from tfx_model_pruning.engine.restored import (
+    PRUNABLE_WEIGHT_ATTRIBUTES,
+    KerasBackendError,  # noqa: F401  (raised by generation())
+    require_tensorflow_backend,
+    variable_of,
+)
+
+
+class KerasGeneration:
+    """One Keras generation's internals, read in one place: how its functional graph records a
+    call (nodes, their tensors and arguments), how a call is replayed, and its public module.
+
+    ``TF_KERAS`` reads tf-keras (Keras 2: ``_nodes_by_depth`` of nodes with ``flat_input_ids``,
+    ``map_arguments`` and ``keras_inputs``); ``KERAS_3`` reads Keras 3 (nodes with an
+    ``operation``, ``arguments`` (``SymbolicArguments``) and ``input_tensors``; ``keras.ops`` calls
+    are operations in the graph as layers are). Everything else in the engine is written once.
+    """
+
+    label: str
+    keras: ModuleType
+
+    def owns(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def graph_model(self, model: Any) -> Any:
+        """The object holding the layer graph (Keras 3's Sequential keeps it on a Functional)."""
+        return model
+
+    def is_layer_graph(self, model: Any) -> bool:
+        raise NotImplementedError
+
+    def inbound_nodes(self, layer: Any) -> list:
+        raise NotImplementedError
+
+    def node_operation(self, node: Any) -> Any:
+        raise NotImplementedError
+
+    def node_input_tensors(self, node: Any) -> list:
+        raise NotImplementedError
+
+    def node_output_tensors(self, node: Any) -> list:
+        raise NotImplementedError
+
+    def node_arguments(self, node: Any) -> tuple[tuple, dict]:
+        raise NotImplementedError
+
+    def node_input_ids(self, node: Any) -> list[str]:
+        return [tensor_id(tensor) for tensor in self.node_input_tensors(node)]
+
+    def replay(self, node: Any, computed: dict[str, Any], operation: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def is_symbolic(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def nested_inputs(self, model: Any) -> Any:
+        raise NotImplementedError
+
+    def nested_outputs(self, model: Any) -> Any:
+        raise NotImplementedError
+
+    def activation_name(self, activation: Any) -> str:
+        name = self.keras.activations.serialize(activation or self.keras.activations.linear)
+        return name if isinstance(name, str) else str(name)
+
+    def input_like(self, tensor: Any) -> Any:
+        """A new ``Input`` with the shape, dtype and name of a model input."""
+        return self.keras.Input(shape=_shape(tensor), dtype=tensor.dtype, name=producing_layer(tensor).name)
+
+
+class _TfKeras(KerasGeneration):
+    label = "tf-keras"
+    keras = keras
+
+    def owns(self, value):
+        return isinstance(value, keras.layers.Layer)
+
+    def is_layer_graph(self, model):
+        return bool(getattr(model, "_is_graph_network", False))
+
+    def inbound_nodes(self, layer):
+        return list(layer.inbound_nodes)
+
+    def node_operation(self, node):
+        return node.layer
+
+    def node_input_tensors(self, node):
+        return list(tf.nest.flatten(node.keras_inputs))
+
+    def node_output_tensors(self, node):
+        return list(node.outputs) if isinstance(node.outputs, (list, tuple)) else [node.outputs]
+
+    def node_arguments(self, node):
+        return tuple(node.call_args), dict(node.call_kwargs or {})
+
+    def node_input_ids(self, node):
+        return list(node.flat_input_ids)
+
+    def replay(self, node, computed, operation):
+        uses = node.flat_input_ids
+        args, kwargs = node.map_arguments({i: [computed[i]] * uses.count(i) for i in uses})
+        return tf.nest.flatten(operation(*args, **kwargs))
+
+    def is_symbolic(self, value):
+        return tf.is_tensor(value) and keras.backend.is_keras_tensor(value)
+
+    def nested_inputs(self, model):
+        return model._nested_inputs
+
+    def nested_outputs(self, model):
+        return model._nested_outputs
+
+
+class _Keras3(KerasGeneration):
+    label = "Keras 3"
+    keras = keras3
+
+    def owns(self, value):
+        return isinstance(value, Keras3Operation)
+
+    def graph_model(self, model):
+        # A built Sequential runs through a Functional it keeps; an unbuilt one has no graph yet.
+        if isinstance(model, keras3.Sequential):
+            return getattr(model, "_functional", None) or model
+        return model
+
+    def is_layer_graph(self, model):
+        return hasattr(self.graph_model(model), "_nodes_by_depth")
+
+    def inbound_nodes(self, layer):
+        return list(layer._inbound_nodes)
+
+    def node_operation(self, node):
+        return node.operation
+
+    def node_input_tensors(self, node):
+        return list(node.input_tensors)
+
+    def node_output_tensors(self, node):
+        return list(node.output_tensors)
+
+    def node_arguments(self, node):
+        return tuple(node.arguments.args), dict(node.arguments.kwargs)
+
+    def replay(self, node, computed, operation):
+        args, kwargs = node.arguments.fill_in(
+            {id(tensor): computed[tensor_id(tensor)] for tensor in node.input_tensors}
+        )
+        return list(keras3.tree.flatten(operation(*args, **kwargs)))
+
+    def is_symbolic(self, value):
+        return isinstance(value, keras3.KerasTensor)
+
+    def nested_inputs(self, model):
+        return self.graph_model(model)._inputs_struct
+
+    def nested_outputs(self, model):
+        return self.graph_model(model)._outputs_struct
+
+    def input_like(self, tensor):
+        return keras3.Input(shape=_shape(tensor), dtype=tensor.dtype, name=producing_layer(tensor).name)
+
+
+TF_KERAS: KerasGeneration = _TfKeras()
+KERAS_3: KerasGeneration = _Keras3()
+GENERATIONS = (TF_KERAS, KERAS_3)
+
+
+def generation_of(value: Any) -> Optional[KerasGeneration]:
+    """The Keras generation a model, layer or ``keras.ops`` operation belongs to; None for anything else
+    (a model restored with ``tf.saved_model.load``)."""
+    return next((generation for generation in GENERATIONS if generation.owns(value)), None)
+
+
+def generation(value: Any) -> KerasGeneration:
+    """Like ``generation_of``, for a value that must be a Keras object of either generation.
+
+    Raises:
+      KerasBackendError: a Keras 3 model on the JAX or PyTorch backend.
+      TypeError: not a Keras model or layer.
+    """
+    found = generation_of(value)
+    if found is None:
+        raise TypeError(f"{type(value).__name__} is neither a tf-keras nor a Keras 3 model or layer")
+    if found is KERAS_3:
+        require_tensorflow_backend()
+    return found
+
+
+def is_keras_model(value: Any) -> bool:
+    """True for a tf-keras or Keras 3 model (False for a model restored with ``tf.saved_model.load``)."""
+    return isinstance(value, (keras.Model, keras3.Model))
+
+
+def keras_of(value: Any) -> ModuleType:
+    """The ``keras`` module of the value's generation (``tf_keras`` or Keras 3)."""
+    return generation(value).keras
 
 
 def tensor_id(tensor: Any) -> str:
-    """The id Keras nodes use for a symbolic tensor."""
+    """The id this module gives a symbolic tensor (the one tf-keras nodes use too)."""
     return str(id(tensor))
 
 
-def producing_layer(tensor: Any) -> keras.layers.Layer:
-    """The layer whose call made the symbolic ``tensor`` (an ``Input`` for a model input)."""
-    return tensor._keras_history.layer
+def producing_layer(tensor: Any) -> Any:
+    """The layer (or Keras 3 operation) whose call made the symbolic ``tensor`` (an ``Input`` for a
+    model input). Both generations keep it first in the tensor's ``_keras_history``."""
+    return tensor._keras_history[0]
 
 
 def is_layer_graph(model: Any) -> bool:
     """True for a functional or Sequential model, whose calls can be read and replayed."""
-    return bool(getattr(model, "_is_graph_network", False))
+    found = generation_of(model)
+    return found is not None and found.is_layer_graph(model)
 
 
-def in_layer_graph(layer: keras.layers.Layer) -> bool:
+def in_layer_graph(layer: Any) -> bool:
     """False for a layer set as a model attribute but never called in the model's graph."""
-    return bool(layer.inbound_nodes)
+    return bool(generation(layer).inbound_nodes(layer))
 
 
-def _is_symbolic(value: Any) -> bool:
-    return tf.is_tensor(value) and keras.backend.is_keras_tensor(value)
+def model_layers(model: Any) -> list:
+    """The model's layers, and for Keras 3 the ``keras.ops`` operations its graph calls."""
+    if generation(model) is KERAS_3 and is_layer_graph(model):
+        return list(KERAS_3.graph_model(model).operations)
+    return list(model.layers)
+
+
+Layer = Any  # a tf-keras or Keras 3 layer (or, in a Keras 3 graph, a ``keras.ops`` operation)
+Model = Any  # a tf-keras or Keras 3 model
 
 
 @dataclass(frozen=True)
 class LayerCall:
     """One call of a layer in a model's graph: which tensors it reads and makes."""
 
-    layer: keras.layers.Layer
+    layer: Layer
     input_ids: tuple[str, ...]
     output_ids: tuple[str, ...]
     input_tensors: tuple[Any, ...]
     output_tensors: tuple[Any, ...]
     _node: Any = field(repr=False, compare=False)
+    _generation: KerasGeneration = field(repr=False, compare=False, default=TF_KERAS)
 
     def constant_arguments(self) -> list[Any]:
         """The call's arguments that are not symbolic tensors (scalars, constants, options), ``name`` aside."""
-        args = tf.nest.flatten(self._node.call_args)
-        kwargs = {k: v for k, v in (self._node.call_kwargs or {}).items() if k != "name"}
-        values = args + tf.nest.flatten(kwargs)
-        return [value for value in values if not _is_symbolic(value)]
+        args, kwargs = self._generation.node_arguments(self._node)
+        kwargs = {k: v for k, v in kwargs.items() if k != "name"}
+        values = tf.nest.flatten(list(args)) + tf.nest.flatten(kwargs)
+        return [value for value in values if not self._generation.is_symbolic(value)]
 
     def input_arguments(self) -> list[str]:
         """The argument each input id was passed as (``query``, ``value``, ``key`` for attention):
         positional arguments by the name ``call`` gives them, keyword arguments by keyword."""
-        parameters = list(inspect.signature(self.layer.call).parameters)
+        call = getattr(self.layer, "call", None) or self.layer
+        try:
+            parameters = list(inspect.signature(call).parameters)
+        except (TypeError, ValueError):
+            parameters = []
+        args, kwargs = self._generation.node_arguments(self._node)
+        symbolic = self._generation.is_symbolic
         names: list[str] = []
-        for position, argument in enumerate(self._node.call_args):
+        for position, argument in enumerate(args):
             name = parameters[position] if position < len(parameters) else f"arg{position}"
-            names += [name for value in tf.nest.flatten(argument) if _is_symbolic(value)]
-        kwargs = self._node.call_kwargs or {}
+            names += [name for value in tf.nest.flatten(argument) if symbolic(value)]
         for keyword in sorted(kwargs):  # the order tf.nest, and so the node's input ids, use
-            names += [keyword for value in tf.nest.flatten(kwargs[keyword]) if _is_symbolic(value)]
+            names += [keyword for value in tf.nest.flatten(kwargs[keyword]) if symbolic(value)]
         return names
 
-    def replay(self, computed: dict[str, Any], layer: Optional[keras.layers.Layer] = None) -> list[Any]:
+    def replay(self, computed: dict[str, Any], layer: Optional[Layer] = None) -> list[Any]:
         """Calls the layer (or ``layer`` in its place) again on the tensors ``computed`` holds for
         this call's input ids."""
-        uses = self._node.flat_input_ids
-        args, kwargs = self._node.map_arguments({i: [computed[i]] * uses.count(i) for i in uses})
-        return tf.nest.flatten((layer or self.layer)(*args, **kwargs))
+        return self._generation.replay(self._node, computed, layer or self.layer)
 
 
-def layer_calls(model: keras.Model) -> list[LayerCall]:
+def layer_calls(model: Model) -> list[LayerCall]:
     """Every layer call of a functional/Sequential model, inputs first."""
+    reader = generation(model)
+    graph_model = reader.graph_model(model)
     calls = []
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            outputs = node.outputs if isinstance(node.outputs, (list, tuple)) else [node.outputs]
+    for depth in sorted(graph_model._nodes_by_depth, reverse=True):
+        for node in graph_model._nodes_by_depth[depth]:
+            inputs, outputs = reader.node_input_tensors(node), reader.node_output_tensors(node)
             calls.append(
                 LayerCall(
-                    layer=node.layer,
-                    input_ids=tuple(node.flat_input_ids),
-                    output_ids=tuple(node.flat_output_ids),
-                    input_tensors=tuple(tf.nest.flatten(node.keras_inputs)),
+                    layer=reader.node_operation(node),
+                    input_ids=tuple(reader.node_input_ids(node)),
+                    output_ids=tuple(tensor_id(tensor) for tensor in outputs),
+                    input_tensors=tuple(inputs),
                     output_tensors=tuple(outputs),
                     _node=node,
+                    _generation=reader,
                 )
             )
     return calls
@@ -128,53 +350,73 @@ def call_counts(calls: list[LayerCall]) -> dict[str, int]:
     return counts
 
 
-def call_input_shapes(layer: keras.layers.Layer) -> list[tuple]:
+def call_input_shapes(layer: Layer) -> list[tuple]:
     """Shapes of the tensors the layer's first call read (``MultiHeadAttention``'s query, value, key)."""
-    node = layer.inbound_nodes[0]
-    return [tuple(tensor.shape) for tensor in tf.nest.flatten(node.keras_inputs)]
+    reader = generation(layer)
+    node = reader.inbound_nodes(layer)[0]
+    return [tuple(tensor.shape) for tensor in reader.node_input_tensors(node)]
 
 
-def attention_projections(layer: keras.layers.MultiHeadAttention) -> tuple[keras.layers.Layer, ...]:
-    """The query, key, value and output ``EinsumDense`` layers of a built MultiHeadAttention."""
+def first_call_inputs(layer: Layer) -> list[Any]:
+    """The symbolic tensors the layer's first call read."""
+    reader = generation(layer)
+    return reader.node_input_tensors(reader.inbound_nodes(layer)[0])
+
+
+def attention_projections(layer: Layer) -> tuple[Layer, ...]:
+    """The query, key, value and output ``EinsumDense`` layers of a built MultiHeadAttention
+    (the same private attributes in both generations)."""
     return layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense
 
 
-def input_layer_names(model: keras.Model) -> list[str]:
+def is_input_layer(layer: Layer) -> bool:
+    return isinstance(layer, (keras.layers.InputLayer, keras3.layers.InputLayer))
+
+
+def is_model(layer: Any) -> bool:
+    return is_keras_model(layer)
+
+
+def is_layer(value: Any) -> bool:
+    """A layer of either generation (a Keras 3 ``keras.ops`` operation is not one)."""
+    return isinstance(value, (keras.layers.Layer, keras3.layers.Layer))
+
+
+def input_layer_names(model: Model) -> list[str]:
     return [producing_layer(tensor).name for tensor in model.inputs]
 
 
-def output_layer_names(model: keras.Model) -> list[str]:
+def output_layer_names(model: Model) -> list[str]:
     return [producing_layer(tensor).name for tensor in model.outputs]
 
 
-def attached_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+def attached_layers(model: Model) -> dict[str, Layer]:
     """Layers set as attributes of ``model`` but outside its layer graph, by attribute name.
 
     TFX's examples attach tf.Transform's layer this way (``model.tft_layer = ...``) so that the
     serving signatures, which call it, can be saved with the model.
     """
-    outside = [layer for layer in model.layers if not in_layer_graph(layer)]
     return {
         name: value
         for name, value in vars(model).items()
-        if not name.startswith("_") and any(value is layer for layer in outside)
+        if not name.startswith("_") and is_layer(value) and value is not model and not in_layer_graph(value)
     }
 
 
-def wrapped_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+def wrapped_layers(layer: Layer) -> list[Layer]:
     """The layers a wrapper runs: ``Bidirectional``'s two directions, ``TimeDistributed``'s layer."""
     directions = [getattr(layer, name, None) for name in ("forward_layer", "backward_layer")]
-    if all(isinstance(direction, keras.layers.Layer) for direction in directions):
+    if all(is_layer(direction) for direction in directions):
         return directions  # Bidirectional also keeps the unbuilt template it was given as .layer
     inner = getattr(layer, "layer", None)
-    return [inner] if isinstance(inner, keras.layers.Layer) and inner is not layer else []
+    return [inner] if is_layer(inner) and inner is not layer else []
 
 
-def leaf_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+def leaf_layers(model: Model, prefix: str = "") -> Iterator[tuple[str, Layer]]:
     """``(path, layer)`` for every layer, descending into nested models and wrappers."""
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
-        if isinstance(layer, keras.Model):
+        if is_model(layer):
             yield from leaf_layers(layer, prefix=f"{path}/")
         elif wrapped_layers(layer):
             for inner in wrapped_layers(layer):
@@ -183,25 +425,26 @@ def leaf_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, ker
             yield path, layer
 
 
-def prunable_variables(layer: keras.layers.Layer) -> Iterator[tuple[str, tf.Variable]]:
-    """``(attribute, variable)`` for each matrix of connections the layer owns."""
+def prunable_variables(layer: Layer) -> Iterator[tuple[str, tf.Variable]]:
+    """``(attribute, variable)`` for each matrix of connections the layer owns, as the
+    ``tf.Variable`` that holds it (a Keras 3 variable's own)."""
     owners = [layer]
     if getattr(layer, "cell", None) is not None:  # RNN layers keep their kernels on the cell
         owners.append(layer.cell)
     for owner in owners:
         for attribute in PRUNABLE_WEIGHT_ATTRIBUTES:
-            variable = getattr(owner, attribute, None)
-            if isinstance(variable, tf.Variable) and variable.shape.rank and variable.shape.rank >= 2:
+            variable = variable_of(getattr(owner, attribute, None))
+            if variable is not None and variable.shape.rank and variable.shape.rank >= 2:
                 yield attribute, variable
 
 
-def _has_prunable_variables(layer: keras.layers.Layer) -> bool:
+def _has_prunable_variables(layer: Layer) -> bool:
     return any(True for _ in prunable_variables(layer)) or any(
         any(True for _ in prunable_variables(inner)) for inner in wrapped_layers(layer)
     )
 
 
-def output_weight_layers(model: keras.Model) -> set[str]:
+def output_weight_layers(model: Model) -> set[str]:
     """Names of the last layers with prunable weights on each path to a model output."""
     found: set[str] = set()
     seen: set[int] = set()
@@ -211,15 +454,15 @@ def output_weight_layers(model: keras.Model) -> set[str]:
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        if isinstance(layer, keras.Model):
+        if is_model(layer):
             found |= output_weight_layers(layer)
             continue
         if _has_prunable_variables(layer):
             found.add(layer.name)
             continue
-        for node in layer.inbound_nodes:
-            inbound = node.inbound_layers
-            frontier.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+        reader = generation(layer)
+        for node in reader.inbound_nodes(layer):
+            frontier.extend(producing_layer(tensor) for tensor in reader.node_input_tensors(node))
     return found
 
 
@@ -242,7 +485,11 @@ def _shape(tensor) -> tuple:
     return tuple(tensor.shape[1:])
 
 
-def removal_candidates(model: keras.Model) -> list[RemovalCandidate]:
+def _is_add(layer: Layer) -> bool:
+    return isinstance(layer, (keras.layers.Add, keras3.layers.Add, Keras3AddOperation))
+
+
+def removal_candidates(model: Model) -> list[RemovalCandidate]:
     """A weighted layer whose output has its input's shape (bypassed), or ``Add([skip, branch])``
     whose branch derives from its skip (collapsed to the skip path)."""
     calls = layer_calls(model)
@@ -252,18 +499,18 @@ def removal_candidates(model: keras.Model) -> list[RemovalCandidate]:
     candidates = []
     for call in calls:
         layer = call.layer
-        if isinstance(layer, keras.layers.InputLayer) or counts[layer.name] > 1:
+        if is_input_layer(layer) or counts[layer.name] > 1:
             continue
         if any(output in output_ids for output in call.output_ids):
             continue
-        if isinstance(layer, keras.layers.Add) and len(call.input_ids) == 2:
+        if _is_add(layer) and len(call.input_ids) == 2:
             first, second = call.input_ids
             for skip, branch in ((first, second), (second, first)):
                 if _is_ancestor(skip, branch, producer_of):
                     candidates.append(RemovalCandidate("block", layer.name, ((call.output_ids[0], skip),)))
                     break
             continue
-        if layer.weights and len(call.input_ids) == 1 and len(call.output_tensors) == 1:
+        if getattr(layer, "weights", None) and len(call.input_ids) == 1 and len(call.output_tensors) == 1:
             if _shape(call.input_tensors[0]) == _shape(call.output_tensors[0]):
                 candidates.append(RemovalCandidate("layer", layer.name, ((call.output_ids[0], call.input_ids[0]),)))
     return candidates
@@ -282,37 +529,39 @@ def _is_ancestor(ancestor_id: str, tensor: str, producer_of: dict[str, LayerCall
     return False
 
 
-def _fresh_inputs(model: keras.Model) -> tuple[list[Any], dict[str, Any]]:
+def _fresh_inputs(model: Model) -> tuple[list[Any], dict[str, Any]]:
     """New ``Input`` tensors like the model's, and a map from the model's input ids to them."""
-    new_inputs = [keras.Input(shape=_shape(t), dtype=t.dtype, name=producing_layer(t).name) for t in model.inputs]
+    reader = generation(model)
+    new_inputs = [reader.input_like(t) for t in model.inputs]
     return new_inputs, {tensor_id(t): n for t, n in zip(model.inputs, new_inputs, strict=True)}
 
 
-def _independent_model(model: keras.Model, new_inputs: list[Any], computed: dict[str, Any]) -> keras.Model:
+def _independent_model(model: Model, new_inputs: list[Any], computed: dict[str, Any]) -> Model:
     """The functional model from ``new_inputs`` to the replayed outputs, with weights of its own."""
-    inputs = tf.nest.pack_sequence_as(model._nested_inputs, new_inputs)
-    outputs = tf.nest.pack_sequence_as(model._nested_outputs, [computed[tensor_id(t)] for t in model.outputs])
-    shared = keras.Model(inputs, outputs, name=model.name)
+    reader = generation(model)
+    inputs = tf.nest.pack_sequence_as(reader.nested_inputs(model), new_inputs)
+    outputs = tf.nest.pack_sequence_as(reader.nested_outputs(model), [computed[tensor_id(t)] for t in model.outputs])
+    shared = reader.keras.Model(inputs, outputs, name=model.name)
     return independent_clone(shared)
 
 
-def independent_clone(model: keras.Model) -> keras.Model:
+def independent_clone(model: Model) -> Model:
     """``clone_model`` with the weights copied layer by layer: a clone may order its layers, and
     so ``get_weights()``, differently (two branches from one input), so a whole-model copy can
     put one layer's weights into another."""
-    clone = keras.models.clone_model(model)
+    clone = keras_of(model).models.clone_model(model)
     for layer in clone.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return clone
 
 
-def model_without(model: keras.Model, candidate: RemovalCandidate) -> keras.Model:
+def model_without(model: Model, candidate: RemovalCandidate) -> Model:
     """A new, independent model with ``candidate`` removed (weights copied)."""
     bypass = dict(candidate.bypass)
     new_inputs, computed = _fresh_inputs(model)
     for call in layer_calls(model):
-        if isinstance(call.layer, keras.layers.InputLayer):
+        if is_input_layer(call.layer):
             continue
         if all(output in bypass for output in call.output_ids):
             for output in call.output_ids:
@@ -325,16 +574,12 @@ def model_without(model: keras.Model, candidate: RemovalCandidate) -> keras.Mode
     return _independent_model(model, new_inputs, computed)
 
 
-def nested_graph_models(model: keras.Model) -> list[keras.Model]:
+def nested_graph_models(model: Model) -> list[Model]:
     """The functional/Sequential models called inside ``model`` as layers (ConvNeXt's blocks)."""
-    return [
-        layer
-        for layer in model.layers
-        if isinstance(layer, keras.Model) and is_layer_graph(layer) and in_layer_graph(layer)
-    ]
+    return [layer for layer in model.layers if is_model(layer) and is_layer_graph(layer) and in_layer_graph(layer)]
 
 
-def flatten_nested(model: keras.Model) -> keras.Model:
+def flatten_nested(model: Model) -> Model:
     """``model`` itself when it nests no functional/Sequential model; otherwise a new, independent
     model computing the same thing with every nested model's layers called at its top level.
 
@@ -344,15 +589,15 @@ def flatten_nested(model: keras.Model) -> keras.Model:
     if not is_layer_graph(model) or not nested_graph_models(model):
         return model
     nested = nested_graph_models(model)
-    taken = {layer.name for layer in model.layers if not any(layer is inner for inner in nested)}
-    renamed: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+    taken = {layer.name for layer in model_layers(model) if not any(layer is inner for inner in nested)}
+    renamed: list[tuple[Layer, Layer]] = []
 
-    def replay_into(graph_model: keras.Model, computed: dict[str, Any], prefix: str) -> None:
+    def replay_into(graph_model: Model, computed: dict[str, Any], prefix: str) -> None:
         for call in layer_calls(graph_model):
             layer = call.layer
-            if isinstance(layer, keras.layers.InputLayer):
+            if is_input_layer(layer):
                 continue
-            if isinstance(layer, keras.Model) and is_layer_graph(layer):
+            if is_model(layer) and is_layer_graph(layer):
                 inner = {tensor_id(t): computed[i] for t, i in zip(layer.inputs, call.input_ids, strict=True)}
                 replay_into(layer, inner, f"{prefix}{layer.name}_")
                 computed.update(zip(call.output_ids, [inner[tensor_id(t)] for t in layer.outputs], strict=True))
@@ -360,7 +605,8 @@ def flatten_nested(model: keras.Model) -> keras.Model:
             stand_in = None
             if prefix and layer.name in taken:
                 stand_in = type(layer).from_config({**layer.get_config(), "name": f"{prefix}{layer.name}"})
-                renamed.append((stand_in, layer))
+                if is_layer(layer):
+                    renamed.append((stand_in, layer))
             if prefix:
                 taken.add(layer.name)
             computed.update(zip(call.output_ids, call.replay(computed, stand_in), strict=True))
@@ -486,11 +732,11 @@ def _width(tensor) -> Optional[int]:
     return int(dim) if dim is not None else None
 
 
-HandlerLookup = Callable[[keras.layers.Layer], Any]
+HandlerLookup = Callable[[Layer], Any]
 
 
-def analyse_channels(model: keras.Model, handler_for: HandlerLookup, protected: tuple[str, ...] = ()) -> ChannelGraph:
-    """Builds the channel graph of a functional or Sequential tf-keras model.
+def analyse_channels(model: Model, handler_for: HandlerLookup, protected: tuple[str, ...] = ()) -> ChannelGraph:
+    """Builds the channel graph of a functional or Sequential model of either Keras generation.
 
     ``handler_for(layer)`` returns the layer's handler (``layer_handlers.handler_for``): an
     object with ``produces_channels``, ``channelwise`` and
@@ -513,7 +759,7 @@ def analyse_channels(model: keras.Model, handler_for: HandlerLookup, protected: 
         graph.tensors.update(zip(call.output_ids, call.output_tensors, strict=True))
         for tensor in call.input_ids:
             graph.consumers.setdefault(tensor, []).append(layer.name)
-        if isinstance(layer, keras.layers.InputLayer) or not call.input_ids:
+        if is_input_layer(layer) or not call.input_ids:
             for output, tensor in zip(call.output_ids, call.output_tensors, strict=True):
                 graph.tensor_channels[output] = graph.new_channels(_width(tensor) or 0)
                 graph.freeze(graph.tensor_channels[output], "model input")

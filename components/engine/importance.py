@@ -23,9 +23,8 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
-from tfx_model_pruning.engine.graph import ChannelGraph, hidden_key
+from tfx_model_pruning.engine.graph import ChannelGraph, hidden_key, keras_of
 from tfx_model_pruning.engine.layer_handlers import handler_for
 from tfx_model_pruning.engine.masks import PrunableWeight
 
@@ -122,7 +121,7 @@ class _ActivationStatistic(Criterion):
         return [next(fallback) if i in by_weights else next(scores) for i in range(len(targets))]
 
     def _measure(self, model, targets, sample):
-        probe = keras.Model(model.inputs, [t.activation for t in targets])
+        probe = keras_of(model).Model(model.inputs, [t.activation for t in targets])
         totals: list[Optional[np.ndarray]] = [None] * len(targets)
         count = 0
         for features, _ in _batches(sample):
@@ -150,10 +149,10 @@ class MeanActivation(_ActivationStatistic):
         return tf.abs(values)
 
 
-def _loss_of(model: keras.Model) -> Callable:
+def _loss_of(model: Any) -> Callable:
     if getattr(model, "loss", None) is None:
         raise MissingSampleError("the taylor criterion needs the model's compiled loss; the model has none")
-    return keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+    return keras_of(model).losses.get(model.loss) if isinstance(model.loss, str) else model.loss
 
 
 class Taylor(Criterion):
@@ -206,7 +205,7 @@ for _name, _criterion in {
     register_criterion(_name, _criterion)
 
 
-def channel_sources(model: keras.Model, graph: ChannelGraph) -> list[ChannelSource]:
+def channel_sources(model: Any, graph: ChannelGraph) -> list[ChannelSource]:
     """One ChannelSource per producer of the channel graph, and one per kind of hidden unit."""
     sources = []
     for name in graph.producers:
@@ -224,7 +223,7 @@ def channel_sources(model: keras.Model, graph: ChannelGraph) -> list[ChannelSour
 
 
 def channel_scores(
-    model: keras.Model,
+    model: Any,
     graph: ChannelGraph,
     criterion: Union[str, Criterion],
     sample: Optional[tuple[Any, Any]] = None,

@@ -23,18 +23,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import keras as keras3
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from keras.src.applications.inception_resnet_v2 import CustomScaleLayer as Keras3InceptionResNetScale
+from keras.src.ops import nn as keras3_nn
+from keras.src.ops import numpy as keras3_numpy
 
 from tfx_model_pruning.engine.graph import (
     ChannelBarrier,
     ChannelGraph,
     ConvNeXtLayerScale,
     InceptionResNetScale,
+    Keras3ConvNeXtLayerScale,
+    Keras3Operation,
     LayerCall,
     TFOpLambda,
     attention_projections,
+    generation,
 )
 
 L = keras.layers
@@ -200,7 +207,8 @@ class BatchNormalizationHandler(ChannelWise):
 
 class DepthwiseConvHandler(ChannelWise):
     def __init__(self):
-        super().__init__({"depthwise_kernel": -2, "bias": 0})
+        # tf-keras calls the kernel depthwise_kernel, Keras 3 kernel.
+        super().__init__({"depthwise_kernel": -2, "kernel": -2, "bias": 0})
 
     def output_channels(self, layer, call, inputs, graph):
         if layer.depth_multiplier != 1:
@@ -210,8 +218,7 @@ class DepthwiseConvHandler(ChannelWise):
 
 class ActivationHandler(PassThrough):
     def output_channels(self, layer, call, inputs, graph):
-        name = keras.activations.serialize(layer.activation)
-        if (name if isinstance(name, str) else str(name)) in _CROSS_CHANNEL_ACTIVATIONS:
+        if generation(layer).activation_name(layer.activation) in _CROSS_CHANNEL_ACTIVATIONS:
             raise ChannelBarrier("cross-channel activation")
         return super().output_channels(layer, call, inputs, graph)
 
@@ -238,7 +245,7 @@ class Producer(LayerHandler):
         if len(call.output_tensors) != 1 or call.output_tensors[0].shape[-1] is None:
             raise ChannelBarrier(f"{type(layer).__name__} output of unknown width")
         channels = graph.new_channels(int(call.output_tensors[0].shape[-1]), producer=layer.name)
-        activation = keras.activations.serialize(getattr(layer, "activation", None) or keras.activations.linear)
+        activation = generation(layer).activation_name(getattr(layer, "activation", None))
         if activation in _CROSS_CHANNEL_ACTIVATIONS:
             graph.freeze(channels, f"{layer.name} has a {activation} activation")
         return [channels]
@@ -264,6 +271,46 @@ class Producer(LayerHandler):
             values[position[id(kernel)]], dropped_in, self.weight_axes[self.kernel_attribute][0]
         )
         return values
+
+
+class EinsumDenseHandler(Producer):
+    """An EinsumDense whose kernel is one matrix from the input's last axis to the output's last
+    (``ab,bc->ac``, ``abc,cd->abd``, ``...b,bc->...c``) is a Dense by another name; any other
+    equation is a barrier (MultiHeadAttention's projections are read by its own handler)."""
+
+    def __init__(self):
+        super().__init__("output_shape", {"kernel": (0, 1), "bias": (None, 0)})
+
+    @staticmethod
+    def matrix_form(layer) -> bool:
+        equation = str(layer.get_config().get("equation", ""))
+        try:
+            operands, output = equation.replace(" ", "").split("->")
+            features, kernel = operands.split(",")
+        except ValueError:
+            return False
+        bias_axes = layer.get_config().get("bias_axes")
+        return (
+            len(kernel) == 2
+            and features[-1:] == kernel[0]
+            and output[-1:] == kernel[1]
+            and kernel[0] not in output
+            and features[:-1] == output[:-1]
+            and bias_axes in (None, "", kernel[1])
+        )
+
+    def output_channels(self, layer, call, inputs, graph):
+        if not self.matrix_form(layer):
+            raise ChannelBarrier(
+                f"EinsumDense {layer.get_config().get('equation')!r} is not one matrix over the last axis"
+            )
+        return super().output_channels(layer, call, inputs, graph)
+
+    def resized_config(self, layer, width):
+        config = layer.get_config()
+        shape = config["output_shape"]
+        config["output_shape"] = width if isinstance(shape, int) else (*tuple(shape)[:-1], width)
+        return config
 
 
 def _zeroed(values: np.ndarray, dropped: np.ndarray, axis: int) -> np.ndarray:
@@ -521,21 +568,46 @@ class ElementwiseOpHandler(ElementwiseMergeHandler):
 
     channelwise = True
 
+    def op_name(self, layer) -> Optional[str]:
+        """The op's name if it is a known elementwise one; None otherwise."""
+        symbol = getattr(layer, "symbol", None)
+        return f"tf.{symbol}" if symbol in ELEMENTWISE_TF_OPS else None
+
     def output_channels(self, layer, call, inputs, graph):
-        if getattr(layer, "symbol", None) not in ELEMENTWISE_TF_OPS:
-            raise ChannelBarrier(f"tf.{getattr(layer, 'symbol', '?')} is not a known elementwise op")
+        name = self.op_name(layer)
+        if name is None:
+            raise ChannelBarrier(f"{getattr(layer, 'symbol', type(layer).__name__)} is not a known elementwise op")
         if not all(_is_scalar(value) for value in call.constant_arguments()):
-            raise ChannelBarrier(f"tf.{layer.symbol} with a non-scalar constant")
+            raise ChannelBarrier(f"{name} with a non-scalar constant")
         if len(call.output_tensors) != 1:
-            raise ChannelBarrier(f"tf.{layer.symbol} with several outputs")
+            raise ChannelBarrier(f"{name} with several outputs")
         width = call.output_tensors[0].shape[-1]
         wide = [channels for channels in inputs if len(channels) == width]
         for channels in inputs:
             if len(channels) == 1 and width != 1:
                 graph.freeze(channels, f"broadcast over every channel by {layer.name}")
             elif len(channels) != width:
-                raise ChannelBarrier(f"tf.{layer.symbol} broadcasts {len(channels)} channels to {width}")
+                raise ChannelBarrier(f"{name} broadcasts {len(channels)} channels to {width}")
         return super().output_channels(layer, call, wide, graph)
+
+
+# ``keras.ops`` calls Keras 3 records in a Functional graph (``x + y`` is ``ops.add``) whose output
+# channel i depends on channel i of each input only.
+ELEMENTWISE_KERAS_OPS = (
+    keras3_numpy.Add, keras3_numpy.Subtract, keras3_numpy.Multiply, keras3_numpy.Divide, keras3_numpy.TrueDivide,
+    keras3_numpy.Maximum, keras3_numpy.Minimum, keras3_numpy.Negative, keras3_numpy.Absolute, keras3_numpy.Square,
+    keras3_numpy.Exp, keras3_numpy.Tanh,
+    keras3_nn.Relu, keras3_nn.Relu6, keras3_nn.Sigmoid, keras3_nn.Softplus, keras3_nn.Silu, keras3_nn.LeakyRelu,
+    keras3_nn.HardSigmoid, keras3_nn.HardSilu, keras3_nn.Elu, keras3_nn.Selu, keras3_nn.Gelu,
+)  # fmt: skip
+
+
+class KerasOpHandler(ElementwiseOpHandler):
+    """A Keras 3 ``keras.ops`` elementwise operation in a Functional graph, read as the TFOpLambda
+    of the same op is; any other operation is a barrier."""
+
+    def op_name(self, layer):
+        return f"keras.ops.{type(layer).__name__}" if isinstance(layer, ELEMENTWISE_KERAS_OPS) else None
 
 
 class KeepsChannels(PassThrough):
@@ -551,7 +623,7 @@ class KeepsChannels(PassThrough):
 
     @staticmethod
     def _scalar_only(layer) -> bool:
-        if isinstance(layer, L.Rescaling):
+        if isinstance(layer, (L.Rescaling, keras3.layers.Rescaling)):
             return all(np.size(value) == 1 for value in (layer.scale, layer.offset))
         return False
 
@@ -575,8 +647,8 @@ def register_layer_handler(layer_class: type, handler: LayerHandler, *, every_su
 
     ``every_subclass`` extends it to subclasses that override ``call`` too (for barriers).
     """
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
-        raise TypeError(f"{layer_class!r} is not a tf-keras Layer class")
+    if not (isinstance(layer_class, type) and issubclass(layer_class, (keras.layers.Layer, Keras3Operation))):
+        raise TypeError(f"{layer_class!r} is not a tf-keras or Keras 3 Layer class")
     if not isinstance(handler, LayerHandler):
         raise TypeError(f"{handler!r} is not a LayerHandler")
     _HANDLERS[layer_class] = (handler, every_subclass)
@@ -598,49 +670,75 @@ def handler_for(layer: keras.layers.Layer) -> LayerHandler:
 
 
 _PASS_THROUGH = (
-    L.InputLayer, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU,
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+    "InputLayer", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Identity",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
 )  # fmt: skip
 
 
 def _register_builtins() -> None:
-    for layer_class in _PASS_THROUGH:
-        register_layer_handler(layer_class, PassThrough())
-    register_layer_handler(L.Activation, ActivationHandler())
-    for layer_class in (L.Rescaling, L.Normalization):
-        register_layer_handler(layer_class, KeepsChannels())
-    register_layer_handler(L.Softmax, Barrier("softmax mixes channels"))
-    register_layer_handler(L.BatchNormalization, BatchNormalizationHandler())
-    register_layer_handler(L.LayerNormalization, LayerNormalizationHandler())
-    register_layer_handler(ConvNeXtLayerScale, ChannelWise({"gamma": 0}, width_argument="projection_dim"))
-    register_layer_handler(L.DepthwiseConv2D, DepthwiseConvHandler())
-    register_layer_handler(L.Dense, Producer("units", {"kernel": (-2, -1), "bias": (None, 0)}))
-    register_layer_handler(L.Embedding, Producer("output_dim", {"embeddings": (None, 1)}))
-    for layer_class in (L.Conv1D, L.Conv2D, L.Conv3D):
-        register_layer_handler(layer_class, ConvolutionHandler())
-    for layer_class in (L.SeparableConv1D, L.SeparableConv2D):
-        register_layer_handler(layer_class, SeparableConvHandler())
-    # Transposed convolutions subclass Conv2D but store their kernel as (..., out, in).
-    for layer_class in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
-        register_layer_handler(layer_class, Producer("filters", {"kernel": (-1, -2), "bias": (None, 0)}))
-    register_layer_handler(L.Flatten, FlattenHandler())
-    register_layer_handler(L.MultiHeadAttention, MultiHeadAttentionHandler())
-    for layer_class, gates in ((L.LSTM, 4), (L.GRU, 3), (L.SimpleRNN, 1)):
-        register_layer_handler(layer_class, RecurrentHandler(gates))
-    register_layer_handler(L.Reshape, ReshapeHandler())
+    """The same handlers for tf-keras's layers and Keras 3's (a name one generation lacks is skipped)."""
+    for layers in (keras.layers, keras3.layers):
+
+        def classes(*names, layers=layers):
+            return [getattr(layers, name) for name in names if isinstance(getattr(layers, name, None), type)]
+
+        for layer_class in classes(*_PASS_THROUGH):
+            register_layer_handler(layer_class, PassThrough())
+        for layer_class in classes("Activation"):
+            register_layer_handler(layer_class, ActivationHandler())
+        for layer_class in classes("Rescaling", "Normalization"):
+            register_layer_handler(layer_class, KeepsChannels())
+        for layer_class in classes("Softmax"):
+            register_layer_handler(layer_class, Barrier("softmax mixes channels"))
+        for layer_class in classes("BatchNormalization"):
+            register_layer_handler(layer_class, BatchNormalizationHandler())
+        for layer_class in classes("LayerNormalization"):
+            register_layer_handler(layer_class, LayerNormalizationHandler())
+        for layer_class in classes("DepthwiseConv2D", "DepthwiseConv1D"):
+            register_layer_handler(layer_class, DepthwiseConvHandler())
+        for layer_class in classes("Dense"):
+            register_layer_handler(layer_class, Producer("units", {"kernel": (-2, -1), "bias": (None, 0)}))
+        for layer_class in classes("EinsumDense"):
+            register_layer_handler(layer_class, EinsumDenseHandler())
+        for layer_class in classes("Embedding"):
+            register_layer_handler(layer_class, Producer("output_dim", {"embeddings": (None, 1)}))
+        for layer_class in classes("Conv1D", "Conv2D", "Conv3D"):
+            register_layer_handler(layer_class, ConvolutionHandler())
+        for layer_class in classes("SeparableConv1D", "SeparableConv2D"):
+            register_layer_handler(layer_class, SeparableConvHandler())
+        # Transposed convolutions store their kernel as (..., out, in).
+        for layer_class in classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
+            register_layer_handler(layer_class, Producer("filters", {"kernel": (-1, -2), "bias": (None, 0)}))
+        for layer_class in classes("Flatten"):
+            register_layer_handler(layer_class, FlattenHandler())
+        for layer_class in classes("MultiHeadAttention"):
+            register_layer_handler(layer_class, MultiHeadAttentionHandler())
+        for name, gates in (("LSTM", 4), ("GRU", 3), ("SimpleRNN", 1)):
+            for layer_class in classes(name):
+                register_layer_handler(layer_class, RecurrentHandler(gates))
+        for layer_class in classes("Reshape"):
+            register_layer_handler(layer_class, ReshapeHandler())
+        for layer_class in classes("Concatenate"):
+            register_layer_handler(layer_class, ConcatenateHandler())
+        for layer_class in classes("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
+            register_layer_handler(layer_class, ElementwiseMergeHandler())
     register_layer_handler(TFOpLambda, ElementwiseOpHandler())
-    register_layer_handler(L.Concatenate, ConcatenateHandler())
-    for layer_class in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
-        register_layer_handler(layer_class, ElementwiseMergeHandler())
+    register_layer_handler(Keras3Operation, KerasOpHandler(), every_subclass=True)  # every keras.ops call
+    for layer_scale in (ConvNeXtLayerScale, Keras3ConvNeXtLayerScale):
+        register_layer_handler(layer_scale, ChannelWise({"gamma": 0}, width_argument="projection_dim"))
     # InceptionResNetV2's residual: inputs[0] + inputs[1] * scale, with a scalar scale.
-    register_layer_handler(InceptionResNetScale, ElementwiseMergeHandler())
+    for scale in (InceptionResNetScale, Keras3InceptionResNetScale):
+        register_layer_handler(scale, ElementwiseMergeHandler())
     register_layer_handler(keras.Model, Barrier("nested model"), every_subclass=True)
+    register_layer_handler(keras3.Model, Barrier("nested model"), every_subclass=True)
+    # A Keras 3 layer without a handler of its own is a barrier, not a keras.ops operation.
+    register_layer_handler(keras3.layers.Layer, LayerHandler(), every_subclass=True)
 
 
 _register_builtins()

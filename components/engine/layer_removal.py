@@ -14,31 +14,30 @@ from __future__ import annotations
 from typing import Optional
 
 import tensorflow as tf
-import tf_keras as keras
 
 from tfx_model_pruning.engine.config import LayerRemovalConfig
-from tfx_model_pruning.engine.graph import model_without, removal_candidates
+from tfx_model_pruning.engine.graph import Model, keras_of, model_without, removal_candidates
 from tfx_model_pruning.engine.results import LayerRemovalResult, RemovalStep
 from tfx_model_pruning.engine.saved_model import compiled_metrics
 
 
-def _compile_like(model: keras.Model, template: keras.Model, learning_rate: float) -> None:
+def _compile_like(model: Model, template: Model, learning_rate: float) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate), loss=template.loss, metrics=compiled_metrics(template)
+        optimizer=keras_of(model).optimizers.Adam(learning_rate), loss=template.loss, metrics=compiled_metrics(template)
     )
 
 
-def _score(model: keras.Model, dataset: tf.data.Dataset, metric: str) -> float:
+def _score(model: Model, dataset: tf.data.Dataset, metric: str) -> float:
     return float(model.evaluate(dataset, return_dict=True, verbose=0)[metric])
 
 
 def remove_layers(
-    model: keras.Model,
+    model: Model,
     config: LayerRemovalConfig,
     train_dataset: tf.data.Dataset,
     eval_dataset: tf.data.Dataset,
     metric: Optional[str] = None,
-) -> tuple[keras.Model, LayerRemovalResult]:
+) -> tuple[Model, LayerRemovalResult]:
     """Greedily removes layers/blocks while ``metric`` stays within ``config.tolerance``.
 
     ``metric`` is a name from ``model.evaluate`` (default: the first compiled metric, higher is

@@ -16,7 +16,7 @@ from tfx_model_pruning.engine.restored import (
     PRUNABLE_WEIGHT_ATTRIBUTES,
     is_restored,
     output_kernel_variables,
-    require_tf_keras,
+    require_tensorflow_backend,
 )
 
 
@@ -130,7 +130,7 @@ def prune_model(
     ``criterion`` (default: ``config.criterion``) scores each weight; ``sample``
     (``(features, labels)``) is needed by data criteria such as taylor.
     """
-    require_tf_keras(model)
+    require_tensorflow_backend(model)
     weights = find_prunable_weights(model, config)
     criterion = get_criterion(criterion or config.criterion)
     if criterion.needs_sample and sample is None:

@@ -16,9 +16,8 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
-from tfx_model_pruning.engine.graph import producing_layer
+from tfx_model_pruning.engine.graph import first_call_inputs, in_layer_graph, producing_layer
 from tfx_model_pruning.engine.restored import call, call_function, inlined_graph_def, is_restored, output_structure
 
 OutputConvention = Literal["probabilities", "logits"]
@@ -60,16 +59,15 @@ def output_convention(
     return _from_sample(model, sample_features(), found[1])
 
 
-def _from_keras_layers(model: keras.Model) -> tuple[Optional[OutputConvention], str]:
+def _from_keras_layers(model: Any) -> tuple[Optional[OutputConvention], str]:
     if not getattr(model, "outputs", None):
         return None, f"{type(model).__name__} has no layer graph to read its output layer from (subclassed or unbuilt)"
     conventions = set()
     evidence = []
     for output in model.outputs:
         layer = producing_layer(output)
-        while type(layer).__name__ in _PASS_THROUGH_LAYERS and layer.inbound_nodes:
-            layer = layer.inbound_nodes[0].inbound_layers
-            layer = layer[0] if isinstance(layer, list) else layer
+        while type(layer).__name__ in _PASS_THROUGH_LAYERS and in_layer_graph(layer):
+            layer = producing_layer(first_call_inputs(layer)[0])
         name = type(layer).__name__
         if name == "Softmax":
             activation = "softmax"

@@ -26,7 +26,6 @@ from tfx_model_pruning.engine.saved_model import (
     copy_compile_settings,
     load_model,
     require_finite_weights,
-    save_model,
     verify_signatures_preserved,
 )
 from tfx_model_pruning.engine.sensitivity import allocate, sensitivity_curves, sensitivity_report
@@ -151,7 +150,7 @@ def _prune_magnitude(
         layer_sparsity = allocate(curves, dense_loss, config.target_sparsity)
         sensitivity = sensitivity_report(dense_loss, curves, layer_sparsity)
     weights, masks = prune_model(loaded.model, config, loaded.masks, sample, layer_sparsity)
-    save_model(loaded.model, output_dir, loaded.signatures, masks, extra_assets_from=loaded.path)
+    loaded.save(loaded.model, output_dir, masks)
     verify_signatures_preserved(loaded.path, output_dir)
     return PruningResult(
         **_common_fields(config, loaded, output_dir),
@@ -228,9 +227,13 @@ def _remove_layers(
 def _save_rebuilt(loaded: LoadedModel, smaller: keras.Model, output_dir: str, sample_examples: tf.Tensor) -> ModelStats:
     """Saves a rebuilt model with signatures proven on real examples; returns its measurements
     (latency aside: the caller times it in alternation with the original)."""
-    signatures = rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples)
+    signatures = (
+        rebuild_example_signatures(loaded.model, loaded.signatures, smaller, sample_examples, loaded.serving)
+        if loaded.signatures
+        else {}  # a .keras file alone: the saved model gets Keras 3's own export
+    )
     copy_compile_settings(loaded.model, smaller)
-    save_model(smaller, output_dir, signatures, extra_assets_from=loaded.path)
+    loaded.save(smaller, output_dir, signatures=signatures)
     verify_signatures_preserved(loaded.path, output_dir)
     return _measured(smaller, None, output_dir, latency_repeats=0, with_latency=False)
 

@@ -14,8 +14,10 @@ apply and is refused by name, with the one-line change to the Trainer module tha
 from __future__ import annotations
 
 import ast
+import os
 from typing import Any, Iterator, Mapping, Optional
 
+import keras as keras3
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow.python.framework import convert_to_constants
@@ -25,9 +27,10 @@ from tensorflow.python.framework import convert_to_constants
 PRUNABLE_WEIGHT_ATTRIBUTES = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
 
 KERAS_SAVE_CHANGE = (
-    "in the Trainer module, save with `model.save(fn_args.serving_model_dir, save_format='tf', "
-    "signatures=signatures)` instead of `tf.saved_model.save(model, fn_args.serving_model_dir, "
-    "signatures=signatures)`; the signatures stay the same"
+    "in the Trainer module, with tf-keras save with `model.save(fn_args.serving_model_dir, save_format='tf', "
+    "signatures=signatures)` instead of `tf.saved_model.save`; with Keras 3 add "
+    "`model.save(os.path.join(fn_args.serving_model_dir, 'model.keras'))` beside the export; the signatures stay "
+    "the same"
 )
 
 
@@ -37,16 +40,22 @@ class NeedsKerasModelError(ValueError):
 
 def is_restored(model: Any) -> bool:
     """True for a model reloaded without its Keras classes (saved with ``tf.saved_model.save``)."""
-    return not isinstance(model, keras.Model)
+    return not isinstance(model, (keras.Model, keras3.Model))
+
+
+def needs_keras_graph_message(what: str, holder: str = "this model") -> str:
+    """The one sentence that says ``what`` needs the Keras layer graph and which form to add."""
+    return (
+        f"{what} needs the Keras layer graph, which {holder} lacks (a SavedModel from tf.saved_model.save or "
+        f"model.export, no .keras file beside it): {KERAS_SAVE_CHANGE}. "
+        "Magnitude pruning and fine-tuning work as it is."
+    )
 
 
 def require_keras(model: Any, what: str) -> None:
     """Raises NeedsKerasModelError naming ``what`` and the module change, for a restored model."""
     if is_restored(model):
-        raise NeedsKerasModelError(
-            f"{what} needs the Keras layer graph, and this model was saved with tf.saved_model.save "
-            f"(no Keras metadata); {KERAS_SAVE_CHANGE}. Magnitude pruning and fine-tuning work as it is."
-        )
+        raise NeedsKerasModelError(needs_keras_graph_message(what))
 
 
 def needs_keras_graph(prune_config: Any) -> Optional[str]:
@@ -122,26 +131,49 @@ def require_keras_saving_module(module_file: str, what: str) -> None:
         )
 
 
-class Keras3ModelError(TypeError):
-    """A Keras 3 model was given; the engine works on tf-keras (Keras 2) models."""
+class KerasBackendError(TypeError):
+    """A Keras 3 model runs on a backend other than TensorFlow, which the engine's surgery needs."""
 
 
-def require_tf_keras(model: Any) -> None:
-    """Raises Keras3ModelError, saying what to change, for a model built with Keras 3."""
-    module = type(model).__module__
-    if module == "keras" or module.startswith("keras."):
-        raise Keras3ModelError(
-            f"{type(model).__name__} is a Keras 3 model ({module}); the engine, TFX 1.16 and TFMA work on tf-keras "
-            "(Keras 2) models: set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported and build the model with "
-            "`import tf_keras as keras` (or tf.keras with that variable set)"
+def require_tensorflow_backend(model: Any = None) -> None:
+    """Raises KerasBackendError for a Keras 3 model (or, without one, a Keras 3 configured) on a
+    backend other than TensorFlow: masks, surgery and SavedModels are written against tf.Variables
+    and TensorFlow graphs."""
+    if model is not None and not isinstance(model, keras3.Model):
+        return
+    backend = keras3.backend.backend()
+    if backend != "tensorflow":
+        raise KerasBackendError(
+            f"this Keras 3 model runs on the {backend} backend "
+            f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND', '')!r}); "
+            "the engine prunes, fine-tunes and saves TensorFlow models: set KERAS_BACKEND=tensorflow before Keras "
+            "is imported, then rebuild or reload the model"
         )
+
+
+def variable_of(value: Any) -> Optional[tf.Variable]:
+    """The ``tf.Variable`` behind a weight: itself (tf-keras, restored), or the one a Keras 3 variable wraps."""
+    if isinstance(value, tf.Variable):
+        return value
+    if isinstance(value, keras3.Variable):
+        inner = getattr(value, "value", None)
+        return inner if isinstance(inner, tf.Variable) else None
+    return None
 
 
 def model_variables(model: Any) -> list[tf.Variable]:
     """Every variable of the model (Keras weights, or a restored object's ``variables``)."""
     if not is_restored(model):
-        return list(model.weights)
-    return list(getattr(model, "variables", []) or [])
+        return [variable for variable in map(variable_of, model.weights) if variable is not None]
+    listed = getattr(model, "variables", None)
+    if listed:
+        return list(listed)
+    # tf.saved_model.save of a Keras 3 model lists no variables at its root: they hang off its layers.
+    found: dict[int, tf.Variable] = {}
+    for trackable in tf.train.TrackableView(model).descendants():
+        if isinstance(trackable, tf.Variable):
+            found.setdefault(id(trackable), trackable)
+    return list(found.values())
 
 
 def trainable_variables(model: Any) -> list[tf.Variable]:
@@ -246,26 +278,66 @@ def _output_functions(model: Any) -> list:
     return signatures or [call_function(model, training=False)]
 
 
+# Keras 3's ``model.export`` names its inference endpoint ``serve``: the model's call with
+# training=False, taking the model's inputs as the model does, returning its outputs.
+SERVING_ENDPOINT = "serve"
+
+
 def call_function(model: Any, training: bool):
-    """The restored call function traced with ``training``.
+    """The restored call function traced with ``training``; for a model saved without one (a Keras 3
+    ``model.export``), its inference endpoint, whatever ``training`` is: such a model is fine-tuned
+    through the function it serves with (dropout off, normalisation statistics as saved).
 
     Raises:
-      NeedsKerasModelError: the model was saved without a call function (only signatures).
+      NeedsKerasModelError: the model has neither a call function nor an inference endpoint.
     """
     restored_call = model.__call__ if callable(model) else None
     for function in getattr(restored_call, "concrete_functions", []) or []:
         args, _ = function.structured_input_signature
         if len(args) >= 2 and args[1] is training:
             return function
+    endpoint = serving_endpoint(model)
+    if endpoint is not None:
+        return endpoint
+    signature = serving_signature(model)
+    if signature is not None:
+        return signature
     raise NeedsKerasModelError(
-        f"the model has no call function traced with training={training}: it was saved from something other "
-        "than a Keras model, so it cannot be fine-tuned or measured here"
+        f"the model has no call function traced with training={training} and no {SERVING_ENDPOINT!r} endpoint: "
+        "it was saved from something other than a Keras model (or with tf.saved_model.save of a Keras 3 model, "
+        "which keeps only its signatures), so it cannot be fine-tuned or measured here; save it with Keras 3's "
+        "model.export(dir) or beside a model.keras file"
     )
 
 
+def serving_signature(model: Any):
+    """The serving signature a model saved by ``tf.saved_model.save`` of a Keras 3 model (no call
+    function, no endpoint) is trained and measured through: ``serving_default``, or its only one."""
+    signatures = dict(getattr(model, "signatures", {}) or {})
+    if "serving_default" in signatures:
+        return signatures["serving_default"]
+    return next(iter(signatures.values())) if len(signatures) == 1 else None
+
+
+def is_signature(function: Any) -> bool:
+    """Signatures take keyword arguments only; call functions and endpoints take positional ones."""
+    args, kwargs = function.structured_input_signature
+    return not args and bool(kwargs)
+
+
+def serving_endpoint(model: Any):
+    """The one concrete function of a Keras 3 export's ``serve`` endpoint; None when there is none."""
+    endpoint = getattr(model, SERVING_ENDPOINT, None)
+    functions = list(getattr(endpoint, "concrete_functions", []) or [])
+    return functions[0] if len(functions) == 1 else None
+
+
 def input_structure(model: Any):
-    """The structure (TensorSpec, list or dict of them) the restored call function takes."""
-    return call_function(model, training=False).structured_input_signature[0][0]
+    """The structure (TensorSpec, list or dict of them) the restored call function takes (a dict by
+    keyword for a signature)."""
+    function = call_function(model, training=False)
+    args, kwargs = function.structured_input_signature
+    return kwargs if is_signature(function) else args[0]
 
 
 def output_structure(model: Any):
@@ -280,4 +352,10 @@ def call(model: Any, inputs: Any, training: bool):
     """
     if is_restored(model) and isinstance(inputs, tuple) and isinstance(input_structure(model), list):
         inputs = list(inputs)
+    if is_restored(model) and not callable(model):
+        function = call_function(model, training)
+        if not is_signature(function):
+            return getattr(model, SERVING_ENDPOINT)(inputs)
+        outputs = tf.nest.flatten(function(**inputs))
+        return outputs[0] if len(outputs) == 1 else outputs
     return model(inputs, training=training)

@@ -14,7 +14,7 @@ are carried over.
 
 from __future__ import annotations
 
-import binascii
+import dataclasses
 import functools
 import importlib
 import io
@@ -23,22 +23,28 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
 
+import keras as keras3
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow.python.saved_model import loader_impl
 
-from tfx_model_pruning.engine.restored import is_restored, model_variables, require_tf_keras, trainable_variables
+from tfx_model_pruning.engine.graph import KERAS_3, generation_of
+from tfx_model_pruning.engine.keras_file import (
+    KERAS_FILE_SUFFIX,
+    find_keras_file,
+    load_keras_file,
+    looks_like_marshalled_code,
+)
+from tfx_model_pruning.engine.load_errors import ModelLoadError, UnsafeModelError
+from tfx_model_pruning.engine.restored import (
+    is_restored,
+    model_variables,
+    require_tensorflow_backend,
+    trainable_variables,
+)
 
 MASKS_RELATIVE_PATH = os.path.join("assets.extra", "pruning_masks.npz")
-
-
-class ModelLoadError(ValueError):
-    """The given path does not hold a usable SavedModel."""
-
-
-class UnsafeModelError(ModelLoadError):
-    """The model holds layers whose loading runs code the model author chose (Lambda, custom classes)."""
 
 
 class NonFiniteWeightsError(ValueError):
@@ -53,14 +59,33 @@ class SignatureMismatchError(RuntimeError):
 class LoadedModel:
     """A reloaded model, its original serving signatures and any pruning masks.
 
-    ``model`` is a ``keras.Model``, or for a SavedModel written by ``tf.saved_model.save``
-    the object ``tf.saved_model.load`` restores (``is_keras`` is False).
+    ``model`` is a ``keras.Model`` (tf-keras, or Keras 3 read from a ``.keras`` file), or for a
+    SavedModel written by ``tf.saved_model.save`` or Keras 3's ``model.export`` the object
+    ``tf.saved_model.load`` restores (``is_keras`` is False). ``keras_file`` names the ``.keras``
+    file the model was read from; ``serving`` is the SavedModel restored beside it, whose
+    signatures are kept (``signatures`` are its).
     """
 
     model: Any
     path: str
     signatures: Mapping[str, tf.types.experimental.ConcreteFunction]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    keras_file: Optional[str] = None
+    serving: Any = None
+
+    def save(self, model: Any, model_dir: str, masks: Optional[Mapping[str, np.ndarray]] = None, signatures=None):
+        """Saves ``model`` (this one, changed, or one rebuilt from it) into ``model_dir`` in this model's
+        form: the same ``.keras`` file name and SavedModel beside it, every signature kept, the
+        ``assets.extra`` files carried over. ``signatures`` replace this model's (a rebuilt model's)."""
+        save_model(
+            model,
+            model_dir,
+            self.signatures if signatures is None else signatures,
+            masks,
+            extra_assets_from=self.path,
+            keras_file=self.keras_file,
+            serving=self.serving if signatures is None else None,
+        )
 
     @property
     def is_keras(self) -> bool:
@@ -68,13 +93,23 @@ class LoadedModel:
 
 
 def resolve_saved_model_dir(path: str) -> str:
-    """Returns the SavedModel directory for a TFX Model artifact URI or a plain SavedModel path."""
+    """Returns the model directory for a TFX Model artifact URI or a plain model path: the one holding
+    a SavedModel (``saved_model.pb``) or a Keras 3 ``.keras`` file, or both.
+
+    Raises:
+      ModelLoadError: neither is there, or the directory holds two ``.keras`` files.
+    """
     for candidate in (os.path.join(path, "Format-Serving"), path):
-        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")) or (
+            tf.io.gfile.isdir(candidate) and find_keras_file(candidate)
+        ):
             return candidate
     if not tf.io.gfile.exists(path):
         raise ModelLoadError(f"model directory {path!r} does not exist")
-    raise ModelLoadError(f"no saved_model.pb in {path!r} or {os.path.join(path, 'Format-Serving')!r}: not a SavedModel")
+    raise ModelLoadError(
+        f"no saved_model.pb and no {KERAS_FILE_SUFFIX} file in {path!r} or {os.path.join(path, 'Format-Serving')!r}: "
+        "not a SavedModel or Keras model"
+    )
 
 
 # Class names the tf-keras serializer writes for plain data (shapes, tuples, bytes, type specs),
@@ -114,8 +149,6 @@ _TRUSTED_MODULE_PREFIXES = ("keras", "tf_keras", "tensorflow", "builtins")
 # how TFX models carry their preprocessing.
 TRUSTED_LAYER_PACKAGES = ("tensorflow_transform",)
 # marshal.dumps(code) starts with TYPE_CODE ('c'), with or without FLAG_REF (0x80).
-_MARSHALLED_CODE_MARKERS = (0x63, 0xE3)
-_BASE64_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
 
 
 def _is_keras_class(class_name: str) -> bool:
@@ -144,17 +177,6 @@ def trusted_registered_classes() -> frozenset[str]:
     return frozenset(names)
 
 
-def _looks_like_marshalled_code(text: str) -> bool:
-    """True for base64 text that decodes to a marshalled code object (how Keras stores a Lambda)."""
-    if len(text) < 24 or not set(text) <= _BASE64_CHARACTERS:
-        return False
-    try:
-        raw = binascii.a2b_base64(text)
-    except binascii.Error:
-        return False
-    return bool(raw) and raw[0] in _MARSHALLED_CODE_MARKERS
-
-
 def _unsafe_in_config(value: Any, where: str) -> Iterator[str]:
     """Everything in a (nested) Keras config whose revival would run or import code."""
     if isinstance(value, dict):
@@ -174,7 +196,7 @@ def _unsafe_in_config(value: Any, where: str) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from _unsafe_in_config(item, where)
-    elif isinstance(value, str) and _looks_like_marshalled_code(value):
+    elif isinstance(value, str) and looks_like_marshalled_code(value):
         yield f"{where} (marshalled Python bytecode)"
 
 
@@ -215,6 +237,9 @@ def load_model(path: str, allow_unsafe_layers: bool = False) -> LoadedModel:
       UnsafeModelError: the model holds Lambda or custom layers and they are not allowed.
     """
     model_dir = resolve_saved_model_dir(path)
+    keras_file = find_keras_file(model_dir)
+    if keras_file is not None:
+        return _load_keras_file(model_dir, keras_file, allow_unsafe_layers)
     if not tf.io.gfile.exists(os.path.join(model_dir, "keras_metadata.pb")):
         return _load_restored(model_dir)
     if not allow_unsafe_layers:
@@ -235,6 +260,42 @@ def load_model(path: str, allow_unsafe_layers: bool = False) -> LoadedModel:
         raise ModelLoadError(f"{model_dir!r} holds a {type(model).__name__}, not a Keras model")
     signatures = dict(getattr(model, "signatures", {}) or {})
     return LoadedModel(model=model, path=model_dir, signatures=signatures, masks=load_masks(model_dir))
+
+
+def _load_keras_file(model_dir: str, keras_file: str, allow_unsafe_layers: bool) -> LoadedModel:
+    """A Keras 3 model from its ``.keras`` file, and the SavedModel beside it if there is one."""
+    model = load_keras_file(keras_file, allow_unsafe_layers)
+    serving, signatures = None, {}
+    if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+        serving = _load_restored(model_dir).model
+        signatures = dict(getattr(serving, "signatures", {}) or {})
+    return LoadedModel(
+        model=model,
+        path=model_dir,
+        signatures=signatures,
+        masks=load_masks(model_dir),
+        keras_file=os.path.basename(keras_file),
+        serving=serving,
+    )
+
+
+def holds_keras_graph(model_dir: str) -> bool:
+    """Whether a model directory holds a Keras model's layer graph (tf-keras metadata, or a
+    ``.keras`` file), read from the files alone: what structured pruning and its kin need."""
+    return tf.io.gfile.exists(os.path.join(model_dir, "keras_metadata.pb")) or find_keras_file(model_dir) is not None
+
+
+def with_serving_export(loaded: LoadedModel, scratch_dir: str) -> LoadedModel:
+    """``loaded`` itself when it has a SavedModel; for a Keras 3 ``.keras`` file alone, the model
+    with Keras 3's own export of it written to ``scratch_dir`` (its ``serve``/``serving_default``
+    signatures), for readers of SavedModels (the gate, TFMA)."""
+    if loaded.serving is not None or loaded.keras_file is None:
+        return loaded
+    loaded.model.export(scratch_dir, verbose=False)
+    serving = _load_restored(scratch_dir).model
+    return dataclasses.replace(
+        loaded, path=scratch_dir, signatures=dict(serving.signatures), serving=serving, keras_file=None
+    )
 
 
 def _load_restored(model_dir: str) -> LoadedModel:
@@ -280,6 +341,8 @@ def save_model(
     signatures: Optional[Mapping[str, tf.types.experimental.ConcreteFunction]] = None,
     masks: Optional[Mapping[str, np.ndarray]] = None,
     extra_assets_from: Optional[str] = None,
+    keras_file: Optional[str] = None,
+    serving: Any = None,
 ) -> None:
     """Saves ``model`` as a SavedModel with the given signatures and pruning masks.
 
@@ -289,11 +352,19 @@ def save_model(
     fine-tuning step can reuse them. A restored model is saved by ``tf.saved_model.save``, as
     it was written. ``extra_assets_from`` names the SavedModel whose ``assets.extra`` files
     (other than masks) are copied over.
+
+    A Keras 3 model is saved as ``keras_file`` (default ``model.keras``) with its compiled loss and
+    metrics, and as a SavedModel beside it: ``serving`` (the SavedModel it was loaded beside) with
+    the model's weights copied in, so every one of its signatures is kept as it was; else with
+    ``signatures`` (rebuilt for a changed model); else Keras 3's own export, so that the gate,
+    TFMA and TF Serving, which read SavedModels, can read it.
     """
-    if is_restored(model):
+    if generation_of(model) is KERAS_3:
+        _save_keras_3(model, model_dir, signatures, keras_file, serving)
+    elif is_restored(model):
         tf.saved_model.save(model, model_dir, signatures=dict(signatures) if signatures else None)
     else:
-        require_tf_keras(model)
+        require_tensorflow_backend(model)
         compiled = getattr(model, "optimizer", None) is not None and getattr(model, "loss", None) is not None
         # The caller's optimizer, with its state, is put back after the save: saving must not change the model.
         caller = (model.optimizer, model.loss, compiled_metrics(model)) if compiled else None
@@ -320,6 +391,56 @@ def save_model(
             f.write(buffer.getvalue())
 
 
+def _save_keras_3(model: Any, model_dir: str, signatures, keras_file: Optional[str], serving: Any) -> None:
+    tf.io.gfile.makedirs(model_dir)
+    compiled = getattr(model, "optimizer", None) is not None and getattr(model, "loss", None) is not None
+    caller = (model.optimizer, model.loss, compiled_metrics(model)) if compiled else None
+    copy_compile_settings(model, model)  # a fresh optimizer: its slots would triple the file
+    try:
+        model.save(os.path.join(model_dir, keras_file or "model" + KERAS_FILE_SUFFIX))
+    finally:
+        if caller is not None:
+            model.compile(optimizer=caller[0], loss=caller[1], metrics=caller[2])
+    if serving is not None:
+        copy_weights_into(model, serving)
+        tf.saved_model.save(serving, model_dir, signatures=dict(serving.signatures))
+    elif signatures:
+        tf.saved_model.save(model, model_dir, signatures=dict(signatures))
+    else:
+        model.export(model_dir, verbose=False)
+
+
+class WeightMismatchError(ModelLoadError):
+    """A Keras model's weights do not match the variables of the SavedModel saved beside it."""
+
+
+def copy_weights_into(model: Any, serving: Any) -> None:
+    """Copies a Keras 3 model's weights into the variables of the SavedModel restored beside its
+    ``.keras`` file, matched by path (``dense/kernel``), so the SavedModel's signatures serve them.
+
+    Raises:
+      WeightMismatchError: a SavedModel variable has no weight of its path and shape in the model
+        (the two files were not saved from one model), before anything is copied.
+    """
+    weights = {weight.path: weight for weight in model.weights}
+    pairs, missing = [], []
+    for variable in model_variables(serving):
+        path = variable.name.split(":")[0]
+        weight = weights.get(path)
+        if weight is None or tuple(weight.shape) != tuple(variable.shape):
+            if variable.trainable or path.endswith(("moving_mean", "moving_variance")):
+                missing.append(f"{path} {tuple(variable.shape)}")
+            continue
+        pairs.append((variable, weight))
+    if missing:
+        raise WeightMismatchError(
+            f"the SavedModel beside the .keras file has variables the Keras model has not (or of another shape): "
+            f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}; save both from the same model"
+        )
+    for variable, weight in pairs:
+        variable.assign(weight.numpy())
+
+
 def _rebuilt_from_configs(model: keras.Model) -> bool:
     """Whether Keras can load ``model`` from its layers' configs alone, without saved traces.
 
@@ -344,15 +465,16 @@ _REVIVED_LAYERS_MODULE = "tf_keras.src.saving.legacy.saved_model.load"
 
 def compiled_metrics(model: keras.Model) -> list:
     """Fresh copies of the metrics ``model`` was compiled with (metric objects carry state)."""
-    container = getattr(model, "compiled_metrics", None)
-    user_metrics = getattr(container, "_user_metrics", None) if container is not None else None
+    # Keras 3 keeps them on _compile_metrics (its compiled_metrics is a deprecated stand-in).
+    containers = (getattr(model, "_compile_metrics", None), getattr(model, "compiled_metrics", None))
+    user_metrics = next((c._user_metrics for c in containers if hasattr(c, "_user_metrics")), None)
     if not isinstance(user_metrics, (list, tuple, dict)):
         return []
     return _fresh_metrics(user_metrics)
 
 
 def _fresh_metrics(metrics):
-    if isinstance(metrics, keras.metrics.Metric):
+    if isinstance(metrics, (keras.metrics.Metric, keras3.metrics.Metric)):
         return type(metrics).from_config(metrics.get_config())
     if isinstance(metrics, (list, tuple)):
         return [_fresh_metrics(metric) for metric in metrics]
@@ -422,6 +544,8 @@ def _tensor_infos(infos) -> tuple:
 
 def verify_signatures_preserved(original_dir: str, new_dir: str) -> None:
     """Raises SignatureMismatchError unless both SavedModels expose the same signatures."""
+    if not tf.io.gfile.exists(os.path.join(original_dir, "saved_model.pb")):
+        return  # a .keras file alone: no signatures to keep (the output adds Keras 3's own export)
     before, after = signature_specs(original_dir), signature_specs(new_dir)
     if before != after:
         missing = sorted(set(before) - set(after))

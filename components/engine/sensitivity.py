@@ -10,12 +10,12 @@ allocates per channel family with the same curves (``structured.structured_alloc
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
+from tfx_model_pruning.engine.graph import keras_of
 from tfx_model_pruning.engine.masks import PrunableWeight, keep_largest
 from tfx_model_pruning.engine.results import Curve, SensitivityResult
 
@@ -24,14 +24,14 @@ class BudgetError(ValueError):
     """The requested budget cannot be met with the allowed sparsities."""
 
 
-def sample_loss(model: keras.Model, sample) -> float:
+def sample_loss(model: Any, sample) -> float:
     features, labels = sample
-    loss_fn = model.loss if not isinstance(model.loss, str) else keras.losses.get(model.loss)
+    loss_fn = model.loss if not isinstance(model.loss, str) else keras_of(model).losses.get(model.loss)
     return float(loss_fn(labels, model(features, training=False)))
 
 
 def sensitivity_curves(
-    model: keras.Model, weights: Sequence[PrunableWeight], levels: Sequence[float], sample
+    model: Any, weights: Sequence[PrunableWeight], levels: Sequence[float], sample
 ) -> tuple[float, list[Curve]]:
     """Loss of the model with each targeted layer pruned alone at each level (others dense)."""
     dense_loss = sample_loss(model, sample)

@@ -11,21 +11,21 @@ outputs on real examples. Anything else the original did fails loudly instead of
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
-from tfx_model_pruning.engine.data import ExamplesMismatchError, input_feature_spec, model_features
+from tfx_model_pruning.engine.data import ExamplesMismatchError, input_feature_spec, model_features, model_input_specs
 from tfx_model_pruning.engine.graph import attached_layers, in_layer_graph
+from tfx_model_pruning.engine.restored import model_variables, variable_of
 
 
 class SignatureRebuildError(ValueError):
     """The original serving signature cannot be reproduced for the rebuilt model."""
 
 
-def _example_signature(model: keras.Model, spec, input_name: str, output_names: list[str], preprocess=None):
+def _example_signature(model: Any, spec, input_name: str, output_names: list[str], preprocess=None):
     # Without autograph: the function and Keras layers are graph code already, and converting
     # them took most of the one trace of a large model (ResNet50: 15.6 s of it).
     @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name=input_name)], autograph=False)
@@ -102,7 +102,7 @@ def _shaped_as_traced(features: Mapping[str, Any], specs: Mapping[str, Any]) -> 
     return shaped
 
 
-def _candidate_forms(model: keras.Model, sample: tf.train.Example) -> list[tuple[str, Any, Any]]:
+def _candidate_forms(model: Any, sample: tf.train.Example) -> list[tuple[str, Any, Any]]:
     """``(description, parse spec, preprocessing)`` for each way a signature may feed the model.
 
     Either the examples carry the model's inputs, or a layer attached outside the graph (a
@@ -133,9 +133,69 @@ def _candidate_forms(model: keras.Model, sample: tf.train.Example) -> list[tuple
     return forms + sorted(preprocessed, key=lambda form: len(form[1]))
 
 
-def _reads_model_weights(function, model: keras.Model) -> bool:
-    weights = {id(weight.handle) for layer in model.layers if in_layer_graph(layer) for weight in layer.weights}
+def _reads_model_weights(function, model: Any, serving: Any = None) -> bool:
+    """Whether the signature reads the model's weights: the Keras model's own, or those of the
+    SavedModel restored beside a Keras 3 ``.keras`` file (``serving``), which its signatures capture."""
+    if serving is not None:
+        weights = {id(variable.handle) for variable in model_variables(serving)}
+    else:
+        weights = {
+            id(variable.handle)
+            for layer in model.layers
+            if in_layer_graph(layer)
+            for variable in map(variable_of, layer.weights)
+            if variable is not None
+        }
     return any(id(captured) in weights for captured in function.captured_inputs)
+
+
+def _raw_input_form(model: Any, function) -> Optional[tuple[list[str], list[str]]]:
+    """``(input names, output names)`` of a signature that takes the model's inputs by name and
+    returns a dict (Keras 3's ``model.export``: ``serve``/``serving_default``); None otherwise."""
+    args, kwargs = function.structured_input_signature
+    outputs = function.structured_outputs
+    specs = model_input_specs(model)
+    if args or not kwargs or set(kwargs) != set(specs) or not isinstance(outputs, Mapping):
+        return None
+    return sorted(kwargs), sorted(outputs)
+
+
+def _raw_input_signature(model: Any, function, input_names: list[str], output_names: list[str]):
+    specs = function.structured_input_signature[1]
+
+    def serve(*tensors):
+        outputs = model(model_features(model, dict(zip(input_names, tensors, strict=True))), training=False)
+        flat = tf.nest.flatten(outputs)
+        return dict(zip(output_names, flat, strict=True))
+
+    signature = [tf.TensorSpec(specs[name].shape, specs[name].dtype, name=name) for name in input_names]
+    return tf.function(serve, input_signature=signature, autograph=False)
+
+
+def _random_inputs(function, input_names: list[str]) -> dict[str, tf.Tensor]:
+    rng = np.random.default_rng(0)
+    specs = function.structured_input_signature[1]
+    inputs = {}
+    for name in input_names:
+        shape = [4] + [dim if dim is not None else 1 for dim in specs[name].shape[1:]]
+        values = rng.normal(size=shape) if specs[name].dtype.is_floating else rng.integers(0, 2, size=shape)
+        inputs[name] = tf.constant(values, dtype=specs[name].dtype)
+    return inputs
+
+
+def _rebuilt_raw_input_signature(name: str, function, original_model: Any, new_model: Any, form):
+    """The signature for ``new_model``, accepted if built around the original it reproduces ``function``."""
+    input_names, output_names = form
+    inputs = _random_inputs(function, input_names)
+    expected = function(**inputs)
+    twin = _raw_input_signature(original_model, function, input_names, output_names)
+    got = twin.python_function(*[inputs[key] for key in input_names])
+    if not all(np.allclose(expected[k].numpy(), got[k].numpy(), rtol=1e-4, atol=1e-5) for k in output_names):
+        raise SignatureRebuildError(
+            f"signature {name!r} takes the model's inputs by name but computes more than the model: it cannot "
+            "be carried over to a structurally pruned model"
+        )
+    return _raw_input_signature(new_model, function, input_names, output_names).get_concrete_function()
 
 
 def _reproduces(twin, expected, examples: tf.Tensor, output_names: list[str]) -> bool:
@@ -193,10 +253,11 @@ def _optional_as_in_original(
 
 
 def rebuild_example_signatures(
-    original_model: keras.Model,
+    original_model: Any,
     original_signatures: Mapping[str, tf.types.experimental.ConcreteFunction],
-    new_model: keras.Model,
+    new_model: Any,
     sample_examples: tf.Tensor,
+    serving: Any = None,
 ) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """Signatures for ``new_model`` with the names, inputs and outputs of the originals.
 
@@ -205,7 +266,10 @@ def rebuild_example_signatures(
     layer attached for preprocessing, call the model", and accepted only if that form, built
     around the original model, reproduces the original's outputs on ``sample_examples``. A dense
     feature the form parses but the original does without gets a default only if the form also
-    reproduces the original on the sample without it (``_optional_as_in_original``).
+    reproduces the original on the sample without it (``_optional_as_in_original``). A signature
+    taking the model's inputs by name (Keras 3's export) is rebuilt as such, proven on random
+    inputs. ``serving`` is the SavedModel restored beside a Keras 3 ``.keras`` file, whose
+    variables the original signatures read.
 
     Raises:
       SignatureRebuildError: an original signature is of another form, or no form reproduces it.
@@ -216,8 +280,12 @@ def rebuild_example_signatures(
     forms = _candidate_forms(original_model, sample)
     rebuilt = {}
     for name, function in original_signatures.items():
-        if not _reads_model_weights(function, original_model):
+        if not _reads_model_weights(function, original_model, serving):
             rebuilt[name] = function
+            continue
+        raw_form = _raw_input_form(original_model, function)
+        if raw_form is not None:
+            rebuilt[name] = _rebuilt_raw_input_signature(name, function, original_model, new_model, raw_form)
             continue
         input_name, output_names = _signature_form(name, function)
         if len(output_names) != max(len(original_model.outputs), 1):

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
-import tf_keras as keras
 
 from tfx_model_pruning.engine.config import StructuredPruningConfig
 from tfx_model_pruning.engine.efficiency import count_flops
 from tfx_model_pruning.engine.graph import (
     ChannelBarrier,
     ChannelGraph,
+    Model,
     UnionFind,
     analyse_channels,
     attached_layers,
@@ -45,10 +45,12 @@ from tfx_model_pruning.engine.graph import (
     hidden_key,
     in_layer_graph,
     independent_clone,
+    is_layer,
+    keras_of,
 )
 from tfx_model_pruning.engine.importance import Criterion, channel_scores
 from tfx_model_pruning.engine.layer_handlers import Kept, handler_for
-from tfx_model_pruning.engine.restored import require_tf_keras
+from tfx_model_pruning.engine.restored import require_tensorflow_backend
 from tfx_model_pruning.engine.results import Curve, LayerWidth, SensitivityResult, StructureChange
 from tfx_model_pruning.engine.sensitivity import BudgetError, sample_loss
 
@@ -62,8 +64,8 @@ def _last_dim(tensor) -> Optional[int]:
     return int(dim) if dim is not None else None
 
 
-def analyse(model: keras.Model, protected: tuple[str, ...] = ()) -> ChannelGraph:
-    """The channel graph of a functional or Sequential tf-keras model, through the registered handlers."""
+def analyse(model: Model, protected: tuple[str, ...] = ()) -> ChannelGraph:
+    """The channel graph of a functional or Sequential model (tf-keras or Keras 3), through the registered handlers."""
     try:
         return analyse_channels(model, handler_for, protected)
     except ChannelBarrier as refused:
@@ -119,7 +121,7 @@ def removable_units(graph: ChannelGraph, channel_scores: dict[str, np.ndarray]) 
 def select_units_to_remove(
     units: list[Unit],
     graph: ChannelGraph,
-    model: keras.Model,
+    model: Model,
     config: StructuredPruningConfig,
     family_fractions: Optional[dict[int, float]] = None,
 ) -> list[Unit]:
@@ -242,7 +244,7 @@ def _narrowed(graph: ChannelGraph, layer_name: str, kept: Kept) -> bool:
     )
 
 
-def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> keras.Model:
+def rebuild(model: Model, graph: ChannelGraph, removed_roots: set[int]) -> Model:
     """A new model without the removed channels, weights sliced from ``model`` by each layer's handler."""
     kept = {
         name: _positions(graph, name, removed_roots, kept=True)
@@ -251,6 +253,8 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
     }
 
     def clone(layer):
+        if not is_layer(layer):
+            return layer  # a Keras 3 keras.ops operation: no state to copy
         if not in_layer_graph(layer):
             # Outside the layer graph (a tf.Transform layer attached for the signatures): shared as is.
             return layer
@@ -259,7 +263,7 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
             return type(layer).from_config(handler_for(layer).rebuilt_config(layer, kept[layer.name]))
         return type(layer).from_config(layer.get_config())
 
-    smaller = keras.models.clone_model(model, clone_function=clone)
+    smaller = keras_of(model).models.clone_model(model, clone_function=clone)
     for attribute, layer in attached_layers(model).items():
         setattr(smaller, attribute, layer)
     for layer in model.layers:
@@ -273,7 +277,7 @@ def rebuild(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) ->
     return smaller
 
 
-def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> None:
+def disconnect_in_place(model: Model, graph: ChannelGraph, removed_roots: set[int]) -> None:
     """Zeroes every consumer row that reads a removed channel: the dense-model equivalent of removal."""
     for name in graph.producers:
         dropped = _positions(graph, name, removed_roots, kept=False)
@@ -283,7 +287,7 @@ def disconnect_in_place(model: keras.Model, graph: ChannelGraph, removed_roots: 
         layer.set_weights(handler_for(layer).disconnected(layer, dropped))
 
 
-def disconnected_copy(model: keras.Model, graph: ChannelGraph, removed_roots: set[int]) -> keras.Model:
+def disconnected_copy(model: Model, graph: ChannelGraph, removed_roots: set[int]) -> Model:
     """An independent copy of ``model`` with the removed channels disconnected, not removed."""
     copy = independent_clone(model)
     disconnect_in_place(copy, graph, removed_roots)
@@ -291,7 +295,7 @@ def disconnected_copy(model: keras.Model, graph: ChannelGraph, removed_roots: se
 
 
 def structured_allocation(
-    model: keras.Model, graph: ChannelGraph, units: list[Unit], config: StructuredPruningConfig, holdout
+    model: Model, graph: ChannelGraph, units: list[Unit], config: StructuredPruningConfig, holdout
 ) -> tuple[dict[int, float], SensitivityResult]:
     """Per-family fractions of units to remove that bring FLOPs under ``config.flops_budget``.
 
@@ -365,7 +369,7 @@ class RemovalPlan:
     caller's nests functional/Sequential models (``graph.flatten_nested``).
     """
 
-    model: keras.Model
+    model: Model
     graph: ChannelGraph
     units: list[Unit]
     chosen: list[Unit]
@@ -375,21 +379,21 @@ class RemovalPlan:
     def removed_roots(self) -> set[int]:
         return {unit.root for unit in self.chosen}
 
-    def disconnected(self) -> keras.Model:
+    def disconnected(self) -> Model:
         """The planned model with the chosen channels disconnected, not removed: what the
         rebuilt model must compute (the equivalence tests' and the benchmark's reference)."""
         return disconnected_copy(self.model, self.graph, self.removed_roots)
 
 
 def plan_removal(
-    model: keras.Model,
+    model: Model,
     config: StructuredPruningConfig,
     sample: Optional[tuple[Any, Any]] = None,
     holdout: Optional[tuple[Any, Any]] = None,
     criterion: Optional[Union[str, Criterion]] = None,
 ) -> RemovalPlan:
     """Analyses the channels, scores them and chooses the units to remove (see ``prune_structured``)."""
-    require_tf_keras(model)
+    require_tensorflow_backend(model)
     model = flatten_nested(model)
     names = [layer.name for layer in model.layers]
     unmatched = [p for p in config.protected_layers if not any(re.fullmatch(p, n) for n in names)]
@@ -411,7 +415,7 @@ def plan_removal(
     return RemovalPlan(model, graph, units, chosen, sensitivity)
 
 
-def apply_removal(plan: RemovalPlan, config: StructuredPruningConfig) -> tuple[keras.Model, StructureChange]:
+def apply_removal(plan: RemovalPlan, config: StructuredPruningConfig) -> tuple[Model, StructureChange]:
     """Rebuilds the planned model without the chosen units; returns it and what changed."""
     model, graph = plan.model, plan.graph
     smaller = rebuild(model, graph, plan.removed_roots)
@@ -452,12 +456,12 @@ def apply_removal(plan: RemovalPlan, config: StructuredPruningConfig) -> tuple[k
 
 
 def prune_structured(
-    model: keras.Model,
+    model: Model,
     config: StructuredPruningConfig,
     sample: Optional[tuple[Any, Any]] = None,
     holdout: Optional[tuple[Any, Any]] = None,
     criterion: Optional[Union[str, Criterion]] = None,
-) -> tuple[keras.Model, StructureChange]:
+) -> tuple[Model, StructureChange]:
     """Removes the least important units/filters; returns the smaller model and what changed.
 
     ``sample`` is ``(features, labels)`` for the data-driven criteria (activations, Taylor);
