@@ -20,8 +20,13 @@ from tfx.proto.orchestration import pipeline_pb2
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.atomic_pusher.component import AtomicPusher
-from tfx_model_pruning.engine.restored import needs_keras_graph, require_keras_saving_module
-from tfx_model_pruning.engine.saved_model import resolve_saved_model_dir
+from tfx_model_pruning.engine.restored import (
+    NeedsKerasModelError,
+    needs_keras_graph,
+    needs_keras_graph_message,
+    require_keras_saving_module,
+)
+from tfx_model_pruning.engine.saved_model import holds_keras_graph, resolve_saved_model_dir
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
 from tfx_model_pruning.serving_versions import check_push_destination
@@ -113,7 +118,9 @@ def create_pipeline(
     if transform_module_file is not None and baseline_model_uri is not None:
         raise ValueError("transform_module_file feeds a Trainer; an imported baseline_model_uri has no use for it")
     if baseline_model_uri is not None:
-        resolve_saved_model_dir(baseline_model_uri)  # a missing or non-SavedModel path fails now
+        model_dir = resolve_saved_model_dir(baseline_model_uri)  # a missing or non-SavedModel path fails now
+        if what is not None and not holds_keras_graph(model_dir):
+            raise NeedsKerasModelError(needs_keras_graph_message(what, f"the baseline model in {model_dir!r}"))
 
     example_gen = _example_gen(data_root, data_format, split_patterns)
     examples = example_gen.outputs["examples"]

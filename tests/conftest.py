@@ -22,6 +22,7 @@ INTEGRATION_MODULES = {
     "test_bench",
     "test_executors",
     "test_gate_release",
+    "test_keras3_pipeline",
     "test_kill_and_resume",
     "test_kubeflow_entrypoint",
     "test_packaging",

@@ -111,7 +111,7 @@ def test_raw_examples_are_transformed_for_fine_tuning_and_pruned_weights_stay_ze
     "model_fixture, options, error, message",
     [
         # tf.saved_model.save keeps no loss: it must be given
-        ("restored_model", {"label_key": "species_xf"}, ValueError, "tf.saved_model.save, which keeps no loss; set"),
+        ("restored_model", {"label_key": "species_xf"}, ValueError, "which keeps no loss; set `loss`"),
         (
             "restored_model",
             {"label_key": "sex", "loss": "SparseCategoricalCrossentropy"},

@@ -76,18 +76,35 @@ def test_a_signature_with_extra_preprocessing_is_not_silently_dropped(tmp_path, 
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_a_signature_of_another_form_is_refused(tmp_path, penguin_files):
+def _raw_input_model(tmp_path, extra=None):
     inputs = keras.Input((4,), name="x")
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8)(inputs)))
 
     @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
     def serve(x):
-        return {"y": model(x)}
+        return {"y": model(x) if extra is None else extra(model(x))}
 
     path = str(tmp_path / "raw")
     save_model(model, path, {"serving_default": serve})
+    return path
+
+
+def test_a_signature_taking_the_models_inputs_by_name_is_rebuilt_for_the_smaller_model(tmp_path, penguin_files):
     samples = read_serialized(penguin_files["train"], 8)
-    with pytest.raises(SignatureRebuildError, match="one batch of serialized tf.Examples"):
+    out = str(tmp_path / "out")
+    prune_saved_model(_raw_input_model(tmp_path), out, StructuredPruningConfig(prune_fraction=0.5), samples)
+    pruned = load_model(out)
+    x = tf.constant(np.random.default_rng(0).normal(size=(5, 4)), tf.float32)
+    np.testing.assert_allclose(
+        pruned.signatures["serving_default"](x=x)["y"].numpy(), pruned.model(x).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert pruned.model.layers[1].units == 4
+
+
+def test_a_signature_of_another_form_is_refused(tmp_path, penguin_files):
+    path = _raw_input_model(tmp_path, extra=lambda y: 2.0 * y)  # computes more than the model
+    samples = read_serialized(penguin_files["train"], 8)
+    with pytest.raises(SignatureRebuildError, match="computes more than the model"):
         prune_saved_model(path, str(tmp_path / "out"), StructuredPruningConfig(prune_fraction=0.5), samples)
 
 

@@ -35,7 +35,7 @@ from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
 from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
 from tfx_model_pruning.engine.prune import weight_and_size_stats
 from tfx_model_pruning.engine.report import layer_table
-from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights
+from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights, with_serving_export
 from tfx_model_pruning.evaluator_gate import batched_evaluation, skill
 from tfx_model_pruning.evaluator_gate.checks import GateDecision, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
@@ -141,6 +141,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         serving_dir = latest_version_dir(config.serving_model_dir) if config.serving_model_dir else None
         if serving_dir is not None:
             models[SERVING] = load_model(serving_dir, allow_unsafe_layers)
+        # A Keras 3 .keras file alone has no signatures to evaluate: its own export, made here, has.
+        models = {
+            name: with_serving_export(loaded, os.path.join(evaluation_uri, "exported", name))
+            for name, loaded in models.items()
+        }
         eval_patterns = split_patterns(examples, config.eval_split)
         sample = _first_example(examples, config.eval_split)
         eval_features = sorted(sample.features.feature) if sample is not None else []

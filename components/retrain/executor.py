@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import tf_keras as keras
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
@@ -22,11 +21,10 @@ from tfx_model_pruning.engine import (
     load_model,
     progress,
     require_finite_weights,
-    save_model,
     verify_signatures_preserved,
     weight_stats,
 )
-from tfx_model_pruning.engine.finetune import EpochProgress, require_learned
+from tfx_model_pruning.engine.finetune import EpochProgress, fresh_adam, require_learned
 from tfx_model_pruning.engine.transform import transform_preprocessing
 
 INPUT_FN_NAME = "input_fn"
@@ -90,7 +88,7 @@ class Executor(base_executor.BaseExecutor):
             verbose=0,  # the epochs go to the progress logger instead
             callbacks=[EpochProgress(config.epochs)],
             # A fresh Adam at the configured rate, not the one restored from the Trainer's save.
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=fresh_adam(loaded.model, config.learning_rate),
         )
         # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
         require_finite_weights(
@@ -99,7 +97,7 @@ class Executor(base_executor.BaseExecutor):
         require_learned(result)  # nor a model that ended where a uniform guess starts
 
         model_dir = path_utils.serving_model_dir(output_model.uri)
-        save_model(loaded.model, model_dir, loaded.signatures, result.masks, extra_assets_from=loaded.path)
+        loaded.save(loaded.model, model_dir, result.masks)
         verify_signatures_preserved(loaded.path, model_dir)
         stats = weight_stats(loaded.model, result.masks or None)
         record = {"config": config.model_dump(), "loss": result.loss, "history": result.history, "weights": stats}
