@@ -1,7 +1,8 @@
 """How much of real architectures structured pruning reaches, and what it buys on this CPU.
 
 For stock ``tf_keras.applications`` CNNs built at 96x96 without weights (plus a small Transformer
-encoder and an LSTM text model), prunes ``--fraction`` of every removable group by l1 and prints:
+encoder and an LSTM text model), or with ``--keras 3`` the same from Keras 3's
+``keras.applications`` and layers, prunes ``--fraction`` of every removable group by l1 and prints:
 - the share of *all* Dense/convolution channels removed (``StructureChange.removed_share``);
 - params and FLOPs ratios;
 - exactness: the largest difference between the rebuilt model and the original with the removed
@@ -14,6 +15,7 @@ encoder and an LSTM text model), prunes ``--fraction`` of every removable group 
     .venv/bin/python bench/structured_coverage.py                  # the default set
     .venv/bin/python bench/structured_coverage.py --models ResNet50 MobileNetV2 --repeats 30
     .venv/bin/python bench/structured_coverage.py --all               # all 71 applications (~1-2 h)
+    .venv/bin/python bench/structured_coverage.py --keras 3           # the default set, built with Keras 3
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from typing import Optional
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras as keras3  # noqa: E402
 import numpy as np  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+from keras.src.applications import efficientnet as efficientnet3  # noqa: E402
+from keras.src.applications import resnet as resnet3  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tf_keras.src.applications import efficientnet, resnet  # noqa: E402  (their width-parameterised builders)
 
@@ -35,8 +41,19 @@ from tfx_model_pruning.engine.config import StructuredPruningConfig  # noqa: E40
 from tfx_model_pruning.engine.efficiency import alternating_latency, count_flops  # noqa: E402
 from tfx_model_pruning.engine.structured import StructuredPruningError, apply_removal, plan_removal  # noqa: E402
 
+# The Keras generation the models are built with (``--keras``): tf-keras by default.
+keras = tf_keras
 L = keras.layers
 A = keras.applications
+
+
+def use_keras(generation: str) -> None:
+    """Builds every model with tf-keras (``"2"``) or Keras 3 (``"3"``) from here on."""
+    global keras, L, A
+    keras = keras3 if generation == "3" else tf_keras
+    L, A = keras.layers, keras.applications
+
+
 DEFAULT_MODELS = [
     "ResNet50", "MobileNetV2", "EfficientNetB0", "MobileNetV3Small", "RegNetX002", "NASNetMobile",
     "DenseNet121", "VGG16", "ConvNeXtTiny", "TransformerEncoder", "LSTMText",
@@ -61,14 +78,21 @@ def half_width(name: str) -> Optional[keras.Model]:
         return getattr(A, name)(alpha=0.5, **common)
     if name in EFFICIENTNET:
         width, depth, size = EFFICIENTNET[name]
+        if keras is keras3:
+            return efficientnet3.EfficientNet(width / 2, depth, size, name=f"{name}_half", **common)
         return efficientnet.EfficientNet(width / 2, depth, size, model_name=f"{name}_half", **common)
     if name == "ResNet50":
+        stack = resnet3.stack_residual_blocks_v1 if keras is keras3 else resnet.stack1
 
         def stack_fn(x):
             for filters, blocks, stage in ((32, 3, "conv2"), (64, 4, "conv3"), (128, 6, "conv4"), (256, 3, "conv5")):
-                x = resnet.stack1(x, filters, blocks, stride1=1 if stage == "conv2" else 2, name=stage)
+                x = stack(x, filters, blocks, stride1=1 if stage == "conv2" else 2, name=stage)
             return x
 
+        if keras is keras3:
+            return resnet3.ResNet(
+                stack_fn, False, True, weights=None, input_shape=SHAPE, classes=10, name="resnet50_half"
+            )
         return resnet.ResNet(stack_fn, False, True, "resnet50_half", True, None, None, SHAPE, None, 10)
     return None
 
@@ -107,7 +131,7 @@ def build(name: str) -> keras.Model:
 def _inputs(model: keras.Model, batch: int):
     rng = np.random.default_rng(0)
     spec = model.inputs[0]
-    if spec.dtype.is_integer:
+    if tf.as_dtype(spec.dtype).is_integer:  # tf-keras gives a DType, Keras 3 a name
         return rng.integers(0, 1000, size=(batch, *spec.shape[1:])).astype("int32")
     return rng.normal(size=(batch, *spec.shape[1:])).astype("float32")
 
@@ -134,7 +158,7 @@ def measure(name: str, fraction: float, repeats: int, budget_s: float) -> list:
         return [name, f"refused: {refused}"[:60], *[""] * 7]
     reference = plan.disconnected()
     x = _inputs(model, 2)
-    exactness = float(np.max(np.abs(smaller(x, training=False).numpy() - reference(x, training=False).numpy())))
+    exactness = float(np.max(np.abs(np.asarray(smaller(x, training=False)) - np.asarray(reference(x, training=False)))))
 
     flops_before, flops_after = count_flops(model), count_flops(smaller)
     flops_ratio = flops_after / flops_before if flops_before else float("nan")
@@ -172,9 +196,13 @@ def main() -> None:
         "--budget-s", type=float, default=60.0, help="seconds of timing per batch size; large models get fewer passes"
     )
     parser.add_argument(
-        "--all", action="store_true", help="every CNN in tf_keras.applications, then the two sequence models"
+        "--all", action="store_true", help="every CNN in the applications, then the two sequence models"
+    )
+    parser.add_argument(
+        "--keras", choices=["2", "3"], default="2", help="build the models with tf-keras (2) or Keras 3 (3)"
     )
     args = parser.parse_args()
+    use_keras(args.keras)
     models = [*every_application(), *SEQUENCE_MODELS] if args.all else args.models
     headers = [
         "model", "channels removed (of all)", "params ratio", "FLOPs ratio", "max |rebuilt - disconnected|",
