@@ -76,7 +76,15 @@ def _example_gen(name: str):
     return tfx.components.CsvExampleGen(input_base=os.path.join(taxi_data, "simple"))
 
 
-def build(name: str, out: str, target_sparsity: float, train_steps: int, epochs: int) -> tfx.dsl.Pipeline:
+# How Retrain recovers the accuracy pruning cost: plain fine-tuning of the one-shot pruned model;
+# distillation from the Trainer's model; or pruning to half the target first and the rest
+# gradually while distilling.
+RECOVERY = ("plain", "distill", "gradual+distill")
+
+
+def build(
+    name: str, out: str, target_sparsity: float, train_steps: int, epochs: int, recovery: str = "plain"
+) -> tfx.dsl.Pipeline:
     example = EXAMPLES[name]
     example_gen = _example_gen(name)
     statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -95,7 +103,21 @@ def build(name: str, out: str, target_sparsity: float, train_steps: int, epochs:
         train_args=tfx.proto.TrainArgs(num_steps=train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=5),
     )
-    prune = PruneComponent(model=trainer.outputs["model"], target_sparsity=target_sparsity)
+    gradual = recovery == "gradual+distill"
+    prune = PruneComponent(
+        model=trainer.outputs["model"], target_sparsity=target_sparsity / 2 if gradual else target_sparsity
+    )
+    recovery_args = {}
+    if recovery != "plain":
+        recovery_args.update(teacher_model=trainer.outputs["model"], distillation={"temperature": 2.0, "alpha": 0.5})
+    if gradual:
+        steps = epochs * 20
+        recovery_args["gradual_pruning"] = {
+            "initial_sparsity": target_sparsity / 2,
+            "final_sparsity": target_sparsity,
+            "end_step": steps // 2,
+            "frequency": 10,
+        }
     retrain = RetrainComponent(
         model=prune.outputs["model"],
         examples=transform.outputs["transformed_examples"],
@@ -106,6 +128,7 @@ def build(name: str, out: str, target_sparsity: float, train_steps: int, epochs:
         epochs=epochs,
         steps_per_epoch=20,
         learning_rate=0.01,
+        **recovery_args,
     )
     gate = EvaluatorGate(
         model=retrain.outputs["model"],
@@ -145,10 +168,11 @@ def main() -> None:
     parser.add_argument("--target-sparsity", type=float, default=0.8)
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs of 20 steps")
+    parser.add_argument("--recovery", choices=RECOVERY, default="plain", help="how Retrain recovers accuracy")
     args = parser.parse_args()
 
     out = os.path.abspath(args.output_dir)
-    pipeline = build(args.example, out, args.target_sparsity, args.train_steps, args.epochs)
+    pipeline = build(args.example, out, args.target_sparsity, args.train_steps, args.epochs, args.recovery)
     run_id = f"bench-{int(time.time())}"
     start = time.perf_counter()
     run_locally(pipeline, run_id)

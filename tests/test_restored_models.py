@@ -107,6 +107,34 @@ def test_raw_examples_are_transformed_for_fine_tuning_and_pruned_weights_stay_ze
     assert served(examples=read_serialized(penguin_files["eval"], 4))["outputs"].shape == (4, 3)
 
 
+def test_gradual_pruning_and_distillation_fine_tune_a_model_saved_with_tf_saved_model_save(
+    tmp_path, restored_model, penguin_transform_graph, penguin_data, penguin_files
+):
+    out = run_retrain(
+        restored_model,
+        penguin_data,
+        tmp_path / "retrained",
+        transform_graph=penguin_transform_graph,
+        teacher_uri=restored_model,  # the unpruned Trainer model teaches its pruned self
+        label_key="species_xf",
+        loss="SparseCategoricalCrossentropy",
+        epochs=8,
+        learning_rate=0.01,
+        gradual_pruning={"final_sparsity": 0.8, "begin_step": 0, "end_step": 40, "frequency": 5},
+        distillation={"temperature": 2.0, "alpha": 0.5},
+    ).uri
+    record = json.load(open(os.path.join(out, "fine_tuning.json")))
+    assert record["weights"]["masked_sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert record["history"]["val_loss"][-1] < 0.5  # it learned while it was pruned
+
+    retrained = load_model(os.path.join(out, "Format-Serving"))
+    assert sorted(retrained.masks) == ["dense::kernel", "dense_1::kernel"]  # the output layer protected
+    variables = {v.name.split(":")[0]: v.numpy() for v in retrained.model.variables}
+    for key, mask in retrained.masks.items():
+        assert np.all(variables[key.replace("::", "/")][~mask] == 0)
+    assert signature_specs(os.path.join(out, "Format-Serving")) == signature_specs(restored_model)
+
+
 @pytest.mark.parametrize(
     "model_fixture, options, error, message",
     [

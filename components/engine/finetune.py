@@ -30,7 +30,6 @@ from tfx_model_pruning.engine.outputs import (
 from tfx_model_pruning.engine.restored import (
     call,
     is_restored,
-    require_keras,
     require_tensorflow_backend,
     trainable_variables,
 )
@@ -217,8 +216,9 @@ def fine_tune(
     model is pruned further on that schedule while it trains; with ``config.distillation`` the
     ``teacher`` (usually the unpruned model) supplies soft labels. Returns the history and the
     masks the model carries afterwards. A model restored without its Keras classes
-    (``tf.saved_model.save``) is trained by a loop over its call function; it needs
-    ``config.loss`` (it carries none) and cannot be pruned gradually or distilled.
+    (``tf.saved_model.save``, Keras 3's ``model.export``) is trained by a loop over its call
+    function (or its ``serve`` endpoint or serving signature); it needs ``config.loss`` (it carries
+    none), and is pruned gradually and distilled in that loop too.
     ``verbose`` is Keras's (``"auto"``, 0, 1, 2); ``callbacks`` are called at each epoch's end.
     Data may be in-memory ``(x, y)`` arrays (batched by ``config.batch_size``). The optimizer is
     ``optimizer``, else the one the model was compiled with, else Adam at ``config.learning_rate``.
@@ -232,7 +232,7 @@ def fine_tune(
     eval_dataset = _as_dataset(eval_dataset, config, shuffle=False)
     loss, loss_settings = _loss_for(model, config, train_dataset)
     if is_restored(model):
-        result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks)
+        result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks, teacher)
         result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
         return result
     # Keep the metrics the model was compiled with: they are saved with it, and a generic
@@ -266,7 +266,9 @@ def fresh_adam(model: Any, learning_rate: float) -> Any:
     return (keras if is_restored(model) else keras_of(model)).optimizers.Adam(learning_rate)
 
 
-def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss) -> FineTuneResult:
+def _fine_tune_in_loop(
+    model, train_dataset, eval_dataset, config, masks, teacher, loss, optimizer=None
+) -> FineTuneResult:
     if config.distillation is not None and teacher is None:
         raise ValueError("distillation is configured but no teacher model was given")
     steps_per_epoch = config.steps_per_epoch or int(train_dataset.reduce(0, lambda count, _: count + 1))
@@ -283,7 +285,7 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
             train_dataset.repeat(),
             total_steps,
             loss,
-            model.optimizer,
+            optimizer or model.optimizer,
             fixed_masks=mask_variables(model, masks),
             pruner=pruner,
             teacher=teacher,
@@ -293,7 +295,9 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
     history = {
         "loss": [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, total_steps, steps_per_epoch)]
     }
-    if eval_dataset is not None:
+    if eval_dataset is not None and is_restored(model):
+        history["val_loss"] = [_mean_loss(model, eval_dataset, loss)]
+    elif eval_dataset is not None:
         for name, value in model.evaluate(eval_dataset, return_dict=True, verbose=0).items():
             history[f"val_{name}"] = [float(value)]
     combined = dict(masks)
@@ -303,12 +307,18 @@ def _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teache
     return FineTuneResult(history, combined)
 
 
-def _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks=()) -> FineTuneResult:
-    if config.gradual_pruning is not None:
-        require_keras(model, "gradual pruning while fine-tuning")
-    if config.distillation is not None:
-        require_keras(model, "distillation")
+def _mean_loss(model: Any, dataset: tf.data.Dataset, loss) -> float:
+    step = tf.function(lambda features, labels: loss(labels, call(model, features, training=False)))
+    return float(np.mean([float(step(x, y)) for x, y in dataset]))
+
+
+def _fine_tune_restored(
+    model, train_dataset, eval_dataset, config, masks, loss, callbacks=(), teacher=None
+) -> FineTuneResult:
     keras.utils.set_random_seed(config.seed)
+    if config.gradual_pruning is not None or config.distillation is not None:
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        return _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss, optimizer)
     variables = trainable_variables(model)
     optimizer = keras.optimizers.Adam(config.learning_rate)
     masked = mask_variables(model, masks)

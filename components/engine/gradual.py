@@ -19,6 +19,7 @@ import tf_keras as keras
 
 from tfx_model_pruning.engine.config import DistillationConfig, GradualPruningSchedule
 from tfx_model_pruning.engine.masks import PrunableWeight
+from tfx_model_pruning.engine.restored import call, is_restored, trainable_variables
 
 
 class GradualPruner:
@@ -132,8 +133,10 @@ def masked_train_loop(
     if (teacher is None) != (distillation is None):
         raise ValueError("distillation needs both a teacher model and a DistillationConfig")
     objective = distillation_loss(distillation, loss, *probabilities) if distillation is not None else None
+    # A model restored from a SavedModel trains its tf.Variables through its call function.
+    variables = trainable_variables(model) if is_restored(model) else model.trainable_variables
     if isinstance(optimizer, keras3.optimizers.Optimizer) and not optimizer.built:
-        optimizer.build(model.trainable_variables)  # Keras 3 creates its slots outside the traced step
+        optimizer.build(variables)  # Keras 3 creates its slots outside the traced step
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def hold_zeros():
@@ -148,15 +151,15 @@ def masked_train_loop(
             pruner.update_masks(pruner.sparsity_at(step))
         hold_zeros()
         with tf.GradientTape() as tape:
-            predictions = model(features, training=True)
+            predictions = call(model, features, training=True)
             if objective is not None:
-                value = objective(labels, predictions, teacher(features, training=False))
+                value = objective(labels, predictions, call(teacher, features, training=False))
             else:
                 value = loss(labels, predictions)
-            if model.losses:
+            if not is_restored(model) and model.losses:
                 value += tf.add_n(model.losses)
-        gradients = tape.gradient(value, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        gradients = tape.gradient(value, variables)
+        optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None])
         hold_zeros()
         step.assign_add(1)
         return value
