@@ -20,7 +20,9 @@ from tfx_model_pruning.engine import (
 from tfx_model_pruning.engine.config import DistillationConfig, GradualPruningSchedule
 from tfx_model_pruning.engine.efficiency import count_flops
 from tfx_model_pruning.engine.graph import KERAS_3, TF_KERAS, generation
+from tfx_model_pruning.engine.magnitude import find_prunable_weights
 from tfx_model_pruning.engine.restored import KerasBackendError
+from tfx_model_pruning.engine.sensitivity import allocate, sensitivity_curves
 
 L = keras.layers
 
@@ -202,6 +204,18 @@ def test_flops_of_a_keras_3_model_equal_those_of_the_same_tf_keras_model():
         return k.Model(inputs, k.layers.Dense(4)(x))
 
     assert count_flops(build(keras)) == count_flops(build(tf_keras)) > 0
+
+
+def test_sensitivity_allocation_measures_a_keras_3_model():
+    x, y = _data()
+    model = _classifier()
+    model.fit(x, y, epochs=2, verbose=0)
+    weights = find_prunable_weights(model, PruningConfig(target_sparsity=0.6))
+    dense_loss, curves = sensitivity_curves(model, weights, (0.3, 0.6, 0.9), (x, y))
+    assert [curve.key for curve in curves] == ["a::kernel", "b::kernel", "c::kernel"]
+    assert all(curve.losses[-1] > dense_loss for curve in curves)  # 90% of a layer gone costs loss
+    allocation = allocate(curves, dense_loss, 0.6)
+    assert set(allocation) == {"a::kernel", "b::kernel", "c::kernel"}
 
 
 def test_a_keras_3_model_on_another_backend_is_refused_naming_the_setting(monkeypatch):

@@ -27,10 +27,11 @@ def keras3_baselines(tmp_path_factory, penguin_files) -> dict[str, str]:
     return baselines
 
 
-def _run(out, baseline, method, loss=None):
+def _run(out, baseline, method, loss=None, evaluator=None):
     amount = ["--target-sparsity", "0.8"] if method == "magnitude" else ["--prune-fraction", "0.5"]
     args = ["run-local", "--output-dir", str(out), "--run-id", "keras3", "--baseline-model", baseline]
-    return cli.main([*args, "--method", method, *amount, "--epochs", "3", "-q", *(["--loss", loss] if loss else [])])
+    args += ["--method", method, *amount, "--epochs", "3", "-q", *(["--loss", loss] if loss else [])]
+    return cli.main([*args, *(["--set", f"gate.evaluator={evaluator}"] if evaluator else [])])
 
 
 def _signature_answers(model_dir: str, serialized: tf.Tensor) -> dict[str, np.ndarray]:
@@ -49,25 +50,27 @@ def _signature_answers(model_dir: str, serialized: tf.Tensor) -> dict[str, np.nd
 
 
 @pytest.mark.parametrize(
-    "form, method",
+    "form, method, evaluator",
     [
-        ("keras", "magnitude"),
-        ("keras", "structured"),
-        ("keras+export", "magnitude"),
-        ("keras+export", "structured"),
-        ("export", "magnitude"),
-        ("saved_model", "magnitude"),
+        ("keras", "magnitude", None),
+        ("keras", "structured", "tfma"),  # TFMA's evaluator reads the .keras file's export too
+        ("keras+export", "magnitude", None),
+        ("keras+export", "structured", None),
+        ("export", "magnitude", None),
+        ("saved_model", "magnitude", None),
     ],
 )
 def test_a_keras_3_model_is_pruned_gated_and_pushed_in_the_form_it_came_in(
-    form, method, keras3_baselines, penguin_files, tmp_path
+    form, method, evaluator, keras3_baselines, penguin_files, tmp_path
 ):
     baseline = keras3_baselines[form]
     out = tmp_path / "run"
     # A SavedModel alone keeps no loss (a .keras file keeps the compiled one): it is named, as for tf-keras.
-    assert _run(out, baseline, method, None if form.startswith("keras") else "SparseCategoricalCrossentropy") == 0
+    loss = None if form.startswith("keras") else "SparseCategoricalCrossentropy"
+    assert _run(out, baseline, method, loss, evaluator) == 0
     result = run_result(str(out / "metadata.sqlite"), "keras3")
     assert result.blessed and result.pushed
+    assert result.gate_result["evaluated_by"].startswith("TFMA") == (evaluator == "tfma")
     after = result.pruning_report.after
     if method == "magnitude":
         assert after.masked_sparsity == pytest.approx(0.8, abs=0.005)
