@@ -80,6 +80,17 @@ def serving_signatures(model: keras.Model) -> dict:
     return {"serving_default": serve_tf_examples_fn}
 
 
+def fit(model, train_files: Sequence[str], eval_files: Sequence[str], train_steps: int, eval_steps: int) -> None:
+    """Trains a compiled penguin classifier of either Keras generation on the penguin TFRecords."""
+    model.fit(
+        input_fn(train_files, TRAIN_BATCH_SIZE),
+        steps_per_epoch=train_steps,
+        validation_data=input_fn(eval_files, EVAL_BATCH_SIZE, shuffle=False),
+        validation_steps=eval_steps,
+        verbose=0,  # the pipeline's log and the Trainer's step line say how it went
+    )
+
+
 def train_and_export(
     train_files: Sequence[str],
     eval_files: Sequence[str],
@@ -89,13 +100,7 @@ def train_and_export(
 ) -> keras.Model:
     keras.utils.set_random_seed(0)
     model = build_model()
-    model.fit(
-        input_fn(train_files, TRAIN_BATCH_SIZE),
-        steps_per_epoch=train_steps,
-        validation_data=input_fn(eval_files, EVAL_BATCH_SIZE, shuffle=False),
-        validation_steps=eval_steps,
-        verbose=0,  # the pipeline's log and the Trainer's step line say how it went
-    )
+    fit(model, train_files, eval_files, train_steps, eval_steps)
     model.save(serving_model_dir, save_format="tf", signatures=serving_signatures(model))
     return model
 

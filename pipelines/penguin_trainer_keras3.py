@@ -15,14 +15,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from tfx_model_pruning.pipelines.penguin_trainer import (
-    EVAL_BATCH_SIZE,
-    FEATURE_KEYS,
-    HIDDEN_UNITS,
-    NUM_CLASSES,
-    TRAIN_BATCH_SIZE,
-    input_fn,
-)
+from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS, HIDDEN_UNITS, NUM_CLASSES, fit
 
 KERAS_FILE = "model.keras"
 # keras: model.keras alone; export: model.export() alone; saved_model: tf.saved_model.save with a
@@ -71,13 +64,7 @@ def save(model: keras.Model, serving_model_dir: str, form: str = "keras+export")
 def train(train_files: Sequence[str], eval_files: Sequence[str], train_steps: int, eval_steps: int) -> keras.Model:
     keras.utils.set_random_seed(0)
     model = build_model()
-    model.fit(
-        input_fn(train_files, TRAIN_BATCH_SIZE),
-        steps_per_epoch=train_steps,
-        validation_data=input_fn(eval_files, EVAL_BATCH_SIZE, shuffle=False),
-        validation_steps=eval_steps,
-        verbose=0,
-    )
+    fit(model, train_files, eval_files, train_steps, eval_steps)
     return model
 
 

@@ -72,6 +72,8 @@ def test_a_keras_3_model_is_pruned_gated_and_pushed_in_the_form_it_came_in(
     assert result.blessed and result.pushed
     assert result.gate_result["evaluated_by"].startswith("TFMA") == (evaluator == "tfma")
     after = result.pruning_report.after
+    # The model's own weights, whatever else the form carries (tf.saved_model.save keeps Adam's slots).
+    assert result.pruning_report.before.params == keras3_trainer.build_model().count_params()
     if method == "magnitude":
         assert after.masked_sparsity == pytest.approx(0.8, abs=0.005)
     else:

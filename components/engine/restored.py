@@ -14,6 +14,7 @@ apply and is refused by name, with the one-line change to the Trainer module tha
 from __future__ import annotations
 
 import ast
+import collections
 import os
 from typing import Any, Iterator, Mapping, Optional
 
@@ -168,11 +169,20 @@ def model_variables(model: Any) -> list[tf.Variable]:
     listed = getattr(model, "variables", None)
     if listed:
         return list(listed)
-    # tf.saved_model.save of a Keras 3 model lists no variables at its root: they hang off its layers.
+    # tf.saved_model.save of a Keras 3 model lists no variables at its root: they hang off its
+    # layers. Its optimizer's (slots, step count) are training state, not the model's.
     found: dict[int, tf.Variable] = {}
-    for trackable in tf.train.TrackableView(model).descendants():
+    frontier, seen = collections.deque([model]), set()
+    while frontier:
+        trackable = frontier.popleft()  # breadth first: the layers' order
+        if id(trackable) in seen:
+            continue
+        seen.add(id(trackable))
         if isinstance(trackable, tf.Variable):
             found.setdefault(id(trackable), trackable)
+            continue
+        children = tf.train.TrackableView(trackable).children(trackable)
+        frontier.extend(child for name, child in children.items() if name != "optimizer")
     return list(found.values())
 
 
