@@ -62,7 +62,11 @@ def _description_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--trainer-module", metavar="FILE", help="Trainer module file with run_fn [model.trainer_module]"
     )
-    model.add_argument("--baseline-model", metavar="DIR", help="import this SavedModel instead of training one")
+    model.add_argument(
+        "--baseline-model",
+        metavar="DIR",
+        help="import this model (SavedModel, .keras file, or both) instead of training one",
+    )
     model.add_argument("--train-steps", type=int, help="Trainer steps [model.train_steps]")
     model.add_argument(
         "--transform-module", metavar="FILE", help="module with preprocessing_fn [model.transform_module]"

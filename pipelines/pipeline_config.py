@@ -75,7 +75,10 @@ class ModelSection(_Section):
     trainer_run_fn: Optional[str] = Field(
         default=None, description="Importable run_fn, e.g. 'my_package.trainer.run_fn' (nothing to package)."
     )
-    baseline_model: Optional[str] = Field(default=None, description="An existing SavedModel to import instead.")
+    baseline_model: Optional[str] = Field(
+        default=None,
+        description="An existing model directory to import instead: a SavedModel, a Keras 3 .keras file, or both.",
+    )
     train_steps: int = Field(
         default=500, ge=1, description="Training steps of the Trainer that makes the model to prune."
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfx_model_pruning.engine import PruningConfig, load_model, prune_saved_model
 from tfx_model_pruning.engine.data import read_serialized
 from tfx_model_pruning.pipelines import cli
 from tfx_model_pruning.pipelines import penguin_trainer_keras3 as keras3_trainer
@@ -112,3 +113,29 @@ def test_structured_pruning_of_a_keras_3_export_alone_is_refused_before_any_work
     assert "structured pruning needs the Keras layer graph" in error and keras3_baselines[form] in error
     assert "model.save(os.path.join(fn_args.serving_model_dir, 'model.keras'))" in error
     assert not (out / "metadata.sqlite").exists()
+
+
+@pytest.mark.parametrize("form", ["export", "saved_model"])
+def test_the_taylor_criterion_prunes_a_keras_3_savedmodel_through_its_serving_function(
+    form, keras3_baselines, penguin_files, tmp_path
+):
+    # No compiled loss travels with a SavedModel: the configured one is differentiated instead.
+    config = PruningConfig(
+        target_sparsity=0.5, criterion="taylor", label_key=LABEL_KEY, loss="SparseCategoricalCrossentropy"
+    )
+    sample = read_serialized(penguin_files["train"], 200)
+    taylor = prune_saved_model(keras3_baselines[form], str(tmp_path / "taylor"), config, sample, latency_repeats=0)
+    prune_saved_model(
+        keras3_baselines[form], str(tmp_path / "magnitude"), PruningConfig(target_sparsity=0.5), latency_repeats=0
+    )
+    assert taylor.after.masked_sparsity == pytest.approx(0.5, abs=0.005)
+    taylor_masks, magnitude_masks = (
+        load_model(str(tmp_path / "taylor")).masks,
+        load_model(str(tmp_path / "magnitude")).masks,
+    )
+    assert sorted(taylor_masks) == sorted(magnitude_masks) == ["hidden_0::kernel", "hidden_1::kernel"]
+    assert any(not np.array_equal(taylor_masks[k], magnitude_masks[k]) for k in taylor_masks)  # |w x grad| is not |w|
+    with pytest.raises(ValueError, match="set `loss` in the pruning config"):
+        prune_saved_model(
+            keras3_baselines[form], str(tmp_path / "no-loss"), config.model_copy(update={"loss": None}), sample
+        )

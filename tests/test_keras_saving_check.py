@@ -80,7 +80,8 @@ def test_a_module_that_is_not_clearly_saved_model_save_only_is_let_through(tmp_p
 
 def test_what_needs_the_keras_graph_is_named_as_prune_component_names_it():
     assert needs_keras_graph({"target_sparsity": 0.5}) is None
-    assert needs_keras_graph({"method": "magnitude", "criterion": "taylor"}) == "the taylor criterion"
+    assert needs_keras_graph({"method": "magnitude", "criterion": "taylor"}) == "the taylor criterion without a `loss`"
+    assert needs_keras_graph({"method": "magnitude", "criterion": "taylor", "loss": "MeanSquaredError"}) is None
     assert needs_keras_graph({"method": "structured", "scope": "sensitivity"}) == "structured pruning"
 
 

@@ -69,11 +69,17 @@ def test_protected_layers_match_restored_layer_names(tmp_path, restored_model):
     [
         (StructuredPruningConfig(prune_fraction=0.5), "structured pruning"),
         (LayerRemovalConfig(label_key="species_xf"), "layer removal"),
-        (PruningConfig(target_sparsity=0.5, criterion="taylor", label_key="species_xf"), "the taylor criterion"),
     ],
 )
 def test_methods_that_need_the_layer_graph_refuse_with_the_module_change(tmp_path, restored_model, config, what):
     with pytest.raises(NeedsKerasModelError, match=f"^{what} needs the Keras layer graph.*model.save\\("):
+        prune_saved_model(restored_model, str(tmp_path / "out"), config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_taylor_criterion_without_a_loss_is_refused_naming_the_setting(tmp_path, restored_model):
+    config = PruningConfig(target_sparsity=0.5, criterion="taylor", label_key="species_xf")
+    with pytest.raises(NeedsKerasModelError, match="set `loss` in the pruning config"):
         prune_saved_model(restored_model, str(tmp_path / "out"), config)
     assert not (tmp_path / "out").exists()
 

@@ -49,6 +49,11 @@ class PruningConfig(_StrictModel):
     )
     sample_size: int = Field(default=256, ge=1, description="Train examples the taylor criterion reads.")
     label_key: Optional[str] = Field(default=None, description="Label feature; the taylor criterion needs it.")
+    loss: Optional[str] = Field(
+        default=None,
+        description="Keras loss class the taylor criterion differentiates, for a model that carries no compiled "
+        "loss (a SavedModel from tf.saved_model.save or Keras 3's model.export); from_logits is read from the model.",
+    )
     target_sparsity: Optional[float] = Field(
         default=None, gt=0.0, lt=1.0, description="Fraction of targeted kernel weights to zero, in (0, 1)."
     )
@@ -80,6 +85,10 @@ class PruningConfig(_StrictModel):
     def _one_criterion(self) -> PruningConfig:
         if self.criterion == "taylor" and self.label_key is None:
             raise ValueError("the taylor criterion needs label_key")
+        if self.loss is not None and self.criterion != "taylor":
+            raise ValueError("loss is read by the taylor criterion only; fine-tuning takes its own (retrain.loss)")
+        if self.loss is not None:
+            loss_class(self.loss)  # an unknown name fails here, with the closest one suggested
         if self.criterion == "taylor" and self.magnitude_threshold is not None:
             raise ValueError("magnitude_threshold is a bound on |w|; it does not combine with the taylor criterion")
         given = [self.target_sparsity, self.magnitude_threshold, self.n_m]

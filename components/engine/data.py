@@ -139,6 +139,12 @@ def _as_input(tensor: tf.Tensor, spec: tf.TensorSpec) -> tf.Tensor:
 def parse_sample(model: Any, serialized: tf.Tensor, label_key: Optional[str] = None):
     """``(features, labels)`` for the model from a batch of serialized tf.Examples (labels may be None)."""
     sample = tf.train.Example.FromString(serialized[0].numpy())
+    examples_input = serialized_examples_input(model, set(sample.features.feature))
+    if examples_input is not None:  # a model served from serialized tf.Examples takes them as they are
+        labels = None
+        if label_key:
+            labels = tf.io.parse_example(serialized, {label_key: feature_spec_for_label(label_key, sample)})[label_key]
+        return {examples_input: serialized}, labels
     spec = feature_spec_for_model(model, label_key, sample) if label_key else input_feature_spec(model, sample)
     parsed = tf.io.parse_example(serialized, spec)
     return model_features(model, parsed), (parsed[label_key] if label_key else None)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tfx_model_pruning.engine.graph import ChannelGraph, hidden_key, keras_of
 from tfx_model_pruning.engine.layer_handlers import handler_for
 from tfx_model_pruning.engine.masks import PrunableWeight
+from tfx_model_pruning.engine.restored import call, is_restored
 
 BATCH = 64
 
@@ -150,24 +151,33 @@ class MeanActivation(_ActivationStatistic):
 
 
 def _loss_of(model: Any) -> Callable:
-    if getattr(model, "loss", None) is None:
-        raise MissingSampleError("the taylor criterion needs the model's compiled loss; the model has none")
+    if is_restored(model) or getattr(model, "loss", None) is None:
+        raise MissingSampleError(
+            "the taylor criterion differentiates a loss, and the model carries none (a SavedModel without Keras "
+            "metadata keeps no compiled loss): set `loss` in the pruning config, e.g. 'SparseCategoricalCrossentropy'"
+        )
     return keras_of(model).losses.get(model.loss) if isinstance(model.loss, str) else model.loss
 
 
 class Taylor(Criterion):
+    """|w x d loss / d w|; the loss is the model's compiled one, or ``loss`` for a model without
+    one (restored from a SavedModel, run through its call function, endpoint or signature)."""
+
     needs_sample = True
+
+    def __init__(self, loss: Optional[Callable] = None):
+        self.loss = loss
 
     def __call__(self, model, targets, sample=None):
         _require_sample(self, sample)
         variables = [t.kernel if isinstance(t, ChannelSource) else t.variable for t in targets]
-        loss_fn = _loss_of(model)
+        loss_fn = self.loss or _loss_of(model)
         totals = [np.zeros(v.shape, dtype=np.float64) for v in variables]
         for features, labels in _batches(sample):
             if labels is None:
                 raise MissingSampleError("the taylor criterion needs labels in the sample")
             with tf.GradientTape() as tape:
-                loss = loss_fn(labels, model(features, training=False))
+                loss = loss_fn(labels, call(model, features, training=False))
             for total, variable, gradient in zip(totals, variables, tape.gradient(loss, variables), strict=True):
                 total += np.abs((variable * gradient).numpy())
         return [

@@ -15,9 +15,11 @@ from tfx_model_pruning.engine.config import LayerRemovalConfig, PruningConfig, S
 from tfx_model_pruning.engine.data import parse_sample
 from tfx_model_pruning.engine.efficiency import LATENCY_BATCH_SIZES, alternating_latency, efficiency_stats
 from tfx_model_pruning.engine.graph import in_layer_graph
-from tfx_model_pruning.engine.importance import get_criterion
+from tfx_model_pruning.engine.importance import Criterion, Taylor, get_criterion
+from tfx_model_pruning.engine.keras_names import loss_class
 from tfx_model_pruning.engine.layer_removal import remove_layers
 from tfx_model_pruning.engine.magnitude import find_prunable_weights, prune_model
+from tfx_model_pruning.engine.outputs import resolve_from_logits, takes_from_logits
 from tfx_model_pruning.engine.report import directory_size, gzip_size, layer_rows, weight_stats
 from tfx_model_pruning.engine.restored import needs_keras_graph, require_keras
 from tfx_model_pruning.engine.results import ModelStats, PruningResult
@@ -134,6 +136,18 @@ def _criterion_sample(loaded: LoadedModel, config, examples: _Examples):
     return parse_sample(loaded.model, examples.sample[: config.sample_size], config.label_key)
 
 
+def _criterion(model: Any, config: PruningConfig, sample) -> Optional[Criterion]:
+    """The taylor criterion with the configured loss (``from_logits`` read from the model); None
+    for the configured criterion as registered."""
+    if config.criterion != "taylor" or config.loss is None:
+        return None
+    named = loss_class(config.loss)
+    if not takes_from_logits(named):
+        return Taylor(named())
+    from_logits, _ = resolve_from_logits(model, named, None, lambda: sample[0])
+    return Taylor(named(from_logits=from_logits))
+
+
 def _prune_magnitude(
     loaded: LoadedModel, output_dir: str, config: PruningConfig, examples: _Examples, latency_repeats: int
 ) -> PruningResult:
@@ -149,7 +163,9 @@ def _prune_magnitude(
         dense_loss, curves = sensitivity_curves(loaded.model, weights, config.sensitivity_levels, holdout)
         layer_sparsity = allocate(curves, dense_loss, config.target_sparsity)
         sensitivity = sensitivity_report(dense_loss, curves, layer_sparsity)
-    weights, masks = prune_model(loaded.model, config, loaded.masks, sample, layer_sparsity)
+    weights, masks = prune_model(
+        loaded.model, config, loaded.masks, sample, layer_sparsity, criterion=_criterion(loaded.model, config, sample)
+    )
     loaded.save(loaded.model, output_dir, masks)
     verify_signatures_preserved(loaded.path, output_dir)
     return PruningResult(

@@ -44,8 +44,18 @@ def is_restored(model: Any) -> bool:
     return not isinstance(model, (keras.Model, keras3.Model))
 
 
+# The taylor criterion differentiates the model's compiled loss, which only a Keras model carries.
+TAYLOR_WITHOUT_LOSS = "the taylor criterion without a `loss`"
+
+
 def needs_keras_graph_message(what: str, holder: str = "this model") -> str:
     """The one sentence that says ``what`` needs the Keras layer graph and which form to add."""
+    if what == TAYLOR_WITHOUT_LOSS:
+        return (
+            f"the taylor criterion differentiates a loss, and {holder} carries none (a SavedModel from "
+            "tf.saved_model.save or model.export keeps no compiled loss): set `loss` in the pruning config, "
+            "e.g. loss: SparseCategoricalCrossentropy (from_logits is read from the model)"
+        )
     return (
         f"{what} needs the Keras layer graph, which {holder} lacks (a SavedModel from tf.saved_model.save or "
         f"model.export, no .keras file beside it): {KERAS_SAVE_CHANGE}. "
@@ -76,8 +86,8 @@ def needs_keras_graph(prune_config: Any) -> Optional[str]:
         return "layer removal"
     if setting("scope") == "sensitivity":
         return "scope='sensitivity'"
-    if setting("criterion") == "taylor":
-        return "the taylor criterion"
+    if setting("criterion") == "taylor" and not setting("loss"):
+        return TAYLOR_WITHOUT_LOSS
     return None
 
 
@@ -125,6 +135,12 @@ def require_keras_saving_module(module_file: str, what: str) -> None:
         with open(module_file, encoding="utf-8") as f:
             source = f.read().splitlines()
         where = "; ".join(f"{module_file}:{line}: `{source[line - 1].strip()}`" for line in lines)
+        if what == TAYLOR_WITHOUT_LOSS:
+            raise NeedsKerasModelError(
+                needs_keras_graph_message(
+                    what, f"the model the Trainer module saves with tf.saved_model.save at {where}"
+                )
+            )
         raise NeedsKerasModelError(
             f"{what} needs the Keras layer graph, and the Trainer module saves the model only with "
             f"tf.saved_model.save (no Keras metadata), at {where}; {KERAS_SAVE_CHANGE}. Magnitude pruning "

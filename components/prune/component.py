@@ -117,6 +117,8 @@ class PruneComponent(base_component.BaseComponent):
         ``"taylor"`` (|w x gradient| per weight).
       sample_size: Train examples the data-driven criteria read (default 256).
       label_key: Label feature, required by the taylor criterion.
+      loss: (magnitude, taylor) Keras loss class the taylor criterion differentiates, for a model
+        that carries no compiled loss (``tf.saved_model.save``, Keras 3's ``model.export``).
       min_units: (structured) fewest units/filters any layer keeps.
       width_multiple: (structured) round each pruned group's kept width up to a multiple of this
         (default 8; 1 keeps the exact widths). Groups keeping fewer than this are not rounded.
@@ -156,6 +158,7 @@ class PruneComponent(base_component.BaseComponent):
         min_removed_share: Optional[float] = None,
         sample_size: Optional[int] = None,
         label_key: Optional[str] = None,
+        loss: Optional[str] = None,
         sensitivity_levels: Optional[Sequence[float]] = None,
         flops_budget: Optional[float] = None,
         tolerance: Optional[float] = None,
@@ -181,6 +184,7 @@ class PruneComponent(base_component.BaseComponent):
             "min_removed_share": min_removed_share,
             "sample_size": sample_size,
             "label_key": label_key,
+            "loss": loss,
             "sensitivity_levels": list(sensitivity_levels) if sensitivity_levels is not None else None,
             "flops_budget": flops_budget,
             "tolerance": tolerance,
