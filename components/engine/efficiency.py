@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfx_model_pruning.engine.data import model_features, model_input_specs
-from tfx_model_pruning.engine.graph import call_input_shapes, generation, in_layer_graph, is_model
+from tfx_model_pruning.engine.graph import call_input_shapes, generation, in_layer_graph, is_keras_model
 from tfx_model_pruning.engine.layer_handlers import EinsumDenseHandler
 from tfx_model_pruning.engine.restored import call, is_restored
 
@@ -114,7 +114,7 @@ def count_flops(model: Any) -> Optional[int]:
         return None
     total = 0
     for layer in model.layers:
-        total += count_flops(layer) if is_model(layer) else 2 * layer_macs(layer)
+        total += count_flops(layer) if is_keras_model(layer) else 2 * layer_macs(layer)
     return total
 
 

@@ -204,9 +204,6 @@ class _Keras3(KerasGeneration):
     def nested_outputs(self, model):
         return self.graph_model(model)._outputs_struct
 
-    def input_like(self, tensor):
-        return keras3.Input(shape=_shape(tensor), dtype=tensor.dtype, name=producing_layer(tensor).name)
-
 
 TF_KERAS: KerasGeneration = _TfKeras()
 KERAS_3: KerasGeneration = _Keras3()
@@ -373,10 +370,6 @@ def is_input_layer(layer: Layer) -> bool:
     return isinstance(layer, (keras.layers.InputLayer, keras3.layers.InputLayer))
 
 
-def is_model(layer: Any) -> bool:
-    return is_keras_model(layer)
-
-
 def is_layer(value: Any) -> bool:
     """A layer of either generation (a Keras 3 ``keras.ops`` operation is not one)."""
     return isinstance(value, (keras.layers.Layer, keras3.layers.Layer))
@@ -416,7 +409,7 @@ def leaf_layers(model: Model, prefix: str = "") -> Iterator[tuple[str, Layer]]:
     """``(path, layer)`` for every layer, descending into nested models and wrappers."""
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
-        if is_model(layer):
+        if is_keras_model(layer):
             yield from leaf_layers(layer, prefix=f"{path}/")
         elif wrapped_layers(layer):
             for inner in wrapped_layers(layer):
@@ -454,7 +447,7 @@ def output_weight_layers(model: Model) -> set[str]:
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        if is_model(layer):
+        if is_keras_model(layer):
             found |= output_weight_layers(layer)
             continue
         if _has_prunable_variables(layer):
@@ -576,7 +569,9 @@ def model_without(model: Model, candidate: RemovalCandidate) -> Model:
 
 def nested_graph_models(model: Model) -> list[Model]:
     """The functional/Sequential models called inside ``model`` as layers (ConvNeXt's blocks)."""
-    return [layer for layer in model.layers if is_model(layer) and is_layer_graph(layer) and in_layer_graph(layer)]
+    return [
+        layer for layer in model.layers if is_keras_model(layer) and is_layer_graph(layer) and in_layer_graph(layer)
+    ]
 
 
 def flatten_nested(model: Model) -> Model:
@@ -597,7 +592,7 @@ def flatten_nested(model: Model) -> Model:
             layer = call.layer
             if is_input_layer(layer):
                 continue
-            if is_model(layer) and is_layer_graph(layer):
+            if is_keras_model(layer) and is_layer_graph(layer):
                 inner = {tensor_id(t): computed[i] for t, i in zip(layer.inputs, call.input_ids, strict=True)}
                 replay_into(layer, inner, f"{prefix}{layer.name}_")
                 computed.update(zip(call.output_ids, [inner[tensor_id(t)] for t in layer.outputs], strict=True))
