@@ -1,9 +1,11 @@
 """The FLOP formula, layer type by layer type, against multiply-accumulates counted by hand."""
 
+import keras as keras3
 import pytest
 import tf_keras as keras
 
 from tfx_model_pruning.engine.efficiency import count_flops, layer_macs
+from tfx_model_pruning.engine.layer_handlers import Producer, register_layer_handler, unregister_layer_handler
 
 L = keras.layers
 
@@ -71,3 +73,48 @@ def test_multi_head_attention_counts_projections_scores_and_output():
         + 5 * heads * value_dim * 8  # output projection back to the query's width
     )
     assert layer_macs(attention) == expected
+
+
+def _scaled_dense(generation):
+    """A user's Dense with a learned per-unit output scale, in the given Keras generation."""
+
+    class ScaledDense(generation.layers.Layer):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units))
+            self.scale = self.add_weight(name="scale", shape=(self.units,))
+
+        def call(self, inputs):
+            return (inputs @ self.kernel) * self.scale
+
+    return ScaledDense
+
+
+@pytest.mark.parametrize("generation", [keras, keras3], ids=["tf_keras", "keras3"])
+def test_a_custom_layer_counts_its_flops_once_registered_with_a_handler(generation):
+    scaled_dense = _scaled_dense(generation)
+    inputs = generation.Input((5, 16))
+    model = generation.Model(inputs, scaled_dense(4)(generation.layers.Dense(8)(inputs)))
+    dense = 16 * 8 * 5  # at each of 5 positions
+    # Without a handler the layer is not understood, so it costs nothing, as any unknown layer.
+    assert count_flops(model) == 2 * dense
+    register_layer_handler(scaled_dense, Producer("units", {"kernel": (0, 1), "scale": (None, 0)}))
+    try:
+        assert count_flops(model) == 2 * (dense + 8 * 4 * 5)  # counted as a Dense of 8 -> 4
+    finally:
+        unregister_layer_handler(scaled_dense)
+
+
+def test_a_subclass_with_its_own_call_is_not_counted_as_its_parent():
+    class ClippedDense(L.Dense):
+        def call(self, inputs):
+            return keras.backend.clip(super().call(inputs), -1.0, 1.0)
+
+    inputs = keras.Input((16,))
+    clipped, plain = ClippedDense(8), L.Dense(8)
+    keras.Model(inputs, [clipped(inputs), plain(inputs)])
+    # Its call computes something else: like structured pruning, FLOPs need its own handler.
+    assert (layer_macs(clipped), layer_macs(plain)) == (0, 16 * 8)

@@ -4,7 +4,8 @@ Structured pruning asks the handler of every layer call two things: which channe
 outputs carry (new ones for a *producer* such as Dense or Conv2D, its input's for a
 channel-wise layer, joined ones for an ``Add``), and, once channels are removed, which slices
 of the layer's weights remain. A layer without a handler is a barrier: the channels around it
-are frozen, which is always safe.
+are frozen, which is always safe. The FLOPs count asks the same handler for the layer's
+multiply-accumulates (``macs``); a layer without one counts none.
 
 Built-in layers are registered below through ``register_layer_handler``, the same call a user
 makes for a custom layer::
@@ -41,6 +42,7 @@ from tfx_model_pruning.engine.graph import (
     LayerCall,
     TFOpLambda,
     attention_projections,
+    call_input_shapes,
     generation,
 )
 
@@ -51,6 +53,14 @@ _CROSS_CHANNEL_ACTIVATIONS = {"softmax", "log_softmax"}
 
 # Per weight attribute: (input-channel axis, output-channel axis); None where it has none.
 WeightAxes = dict[str, tuple[Optional[int], Optional[int]]]
+
+# The input and output shapes (batch axis first) of a layer's first call that read one tensor and made one.
+CallShapes = tuple[tuple, tuple]
+
+
+def _spatial(shape: tuple) -> int:
+    """Positions a per-position matrix is applied at: every axis between the batch and the channels."""
+    return int(np.prod([d for d in shape[1:-1]])) if len(shape) > 2 else 1
 
 
 @dataclass
@@ -116,6 +126,11 @@ class LayerHandler:
     def scored_hidden(self, layer: keras.layers.Layer, kind: str) -> tuple[tf.Variable, int]:
         """``(variable, unit axis)`` that scores the layer's hidden units of ``kind`` (heads)."""
         raise NotImplementedError(f"{type(self).__name__} declares no hidden units")
+
+    def macs(self, layer: keras.layers.Layer, shapes: Optional[CallShapes]) -> Optional[int]:
+        """Multiply-accumulates of one call on one example, given its ``shapes`` (None when the
+        call did not read and make one tensor); None where the handler cannot say, counted as 0."""
+        return None
 
     # The general forms, given every input's and the hidden units' positions. The defaults call
     # the simple methods above, which is all a one-input layer without hidden units needs.
@@ -215,6 +230,12 @@ class DepthwiseConvHandler(ChannelWise):
             raise ChannelBarrier("depth_multiplier > 1")
         return super().output_channels(layer, call, inputs, graph)
 
+    def macs(self, layer, shapes):
+        if shapes is None:
+            return None
+        kernel = layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel  # tf-keras, Keras 3
+        return int(np.prod(kernel.shape)) * _spatial(shapes[1])
+
 
 class ActivationHandler(PassThrough):
     def output_channels(self, layer, call, inputs, graph):
@@ -260,6 +281,14 @@ class Producer(LayerHandler):
 
     def scored_kernel(self, layer):
         return getattr(layer, self.kernel_attribute), self.weight_axes[self.kernel_attribute][1]
+
+    def macs(self, layer, shapes):
+        """A Dense's count: every input channel meets every output channel at each position. A
+        kernel without an input axis is a lookup table (Embedding): it multiplies nothing."""
+        if shapes is None or self.weight_axes[self.kernel_attribute][0] is None:
+            return None
+        in_shape, out_shape = shapes
+        return int(in_shape[-1] * out_shape[-1] * _spatial(out_shape))
 
     def disconnected_weights(self, layer, dropped_in, dropped_out):
         values = layer.get_weights()
@@ -311,6 +340,10 @@ class EinsumDenseHandler(Producer):
         shape = config["output_shape"]
         config["output_shape"] = width if isinstance(shape, int) else (*tuple(shape)[:-1], width)
         return config
+
+    def macs(self, layer, shapes):
+        # Any other equation is not counted: its cost depends on the whole equation, not two widths.
+        return super().macs(layer, shapes) if self.matrix_form(layer) else 0
 
 
 def _zeroed(values: np.ndarray, dropped: np.ndarray, axis: int) -> np.ndarray:
@@ -364,6 +397,21 @@ class ConvolutionHandler(Producer):
         )
         return [_zeroed(values, columns, -1) for values in layer.get_weights()]
 
+    def macs(self, layer, shapes):
+        # The kernel's size counts the window and, for a grouped convolution, only a group's inputs.
+        return int(np.prod(layer.kernel.shape)) * _spatial(shapes[1]) if shapes is not None else None
+
+
+class ConvTransposeHandler(Producer):
+    """Conv1D/2D/3DTranspose: the kernel is stored as (..., out, in), and each input position
+    scatters a whole kernel into the output."""
+
+    def __init__(self):
+        super().__init__("filters", {"kernel": (-1, -2), "bias": (None, 0)})
+
+    def macs(self, layer, shapes):
+        return int(np.prod(layer.kernel.shape)) * _spatial(shapes[0]) if shapes is not None else None
+
 
 class SeparableConvHandler(Producer):
     """Depthwise then pointwise: an input channel owns ``depth_multiplier`` pointwise rows."""
@@ -383,6 +431,12 @@ class SeparableConvHandler(Producer):
     def disconnected_weights(self, layer, dropped_in, dropped_out):
         depthwise, *rest = layer.get_weights()
         return [_zeroed(depthwise, dropped_in, -2), *rest]
+
+    def macs(self, layer, shapes):
+        if shapes is None:
+            return None
+        kernels = (layer.depthwise_kernel, layer.pointwise_kernel)
+        return sum(int(np.prod(kernel.shape)) for kernel in kernels) * _spatial(shapes[1])
 
 
 class RecurrentHandler(LayerHandler):
@@ -425,6 +479,21 @@ class RecurrentHandler(LayerHandler):
         kernel, recurrent, *bias = layer.get_weights()
         return [_zeroed(kernel, dropped_in, 0), _zeroed(recurrent, dropped_out, 0), *bias]
 
+    def macs(self, layer, shapes):
+        """Every timestep multiplies the input and the previous state by each gate's matrices."""
+        if shapes is None or shapes[0][1] is None:
+            return None
+        in_shape, units = shapes[0], layer.units
+        return int(self.gates(layer) * (in_shape[-1] * units + units * units) * in_shape[1])
+
+
+class BidirectionalHandler(LayerHandler):
+    """A barrier to the channel analysis (its two directions' units are concatenated or merged);
+    its cost is that of each direction, read from that layer's own handler."""
+
+    def macs(self, layer, shapes):
+        return sum(handler_for(part).macs(part, shapes) or 0 for part in (layer.forward_layer, layer.backward_layer))
+
 
 class MultiHeadAttentionHandler(LayerHandler):
     """Attention heads are hidden units: a head owns its query, key and value columns (kernel and
@@ -458,6 +527,28 @@ class MultiHeadAttentionHandler(LayerHandler):
 
     def scored_hidden(self, layer, kind):
         return attention_projections(layer)[-1].kernel, 0  # (heads, dim, channels)
+
+    def macs(self, layer, shapes):
+        """Projections of query, key and value, the scores, the weighted values, and the output.
+        The call reads two or three tensors, so their shapes come from the call, not ``shapes``."""
+        input_shapes = call_input_shapes(layer)
+        query, value = input_shapes[0], input_shapes[1]
+        key = input_shapes[2] if len(input_shapes) > 2 else value
+        if any(dim is None for shape in (query, value, key) for dim in shape[1:]):
+            return 0
+        config = layer.get_config()
+        heads, key_dim = config["num_heads"], config["key_dim"]
+        value_dim = config.get("value_dim") or key_dim
+        queries, values = int(np.prod(query[1:-1])), int(np.prod(value[1:-1]))
+        output_dim = config.get("output_shape") or query[-1]
+        output_dim = int(np.prod(output_dim)) if isinstance(output_dim, (list, tuple)) else int(output_dim)
+        return int(
+            queries * query[-1] * heads * key_dim
+            + values * key[-1] * heads * key_dim
+            + values * value[-1] * heads * value_dim
+            + heads * queries * values * (key_dim + value_dim)
+            + queries * heads * value_dim * output_dim
+        )
 
     def rebuilt_config(self, layer, kept):
         config = layer.get_config()
@@ -712,9 +803,8 @@ def _register_builtins() -> None:
             register_layer_handler(layer_class, ConvolutionHandler())
         for layer_class in classes("SeparableConv1D", "SeparableConv2D"):
             register_layer_handler(layer_class, SeparableConvHandler())
-        # Transposed convolutions store their kernel as (..., out, in).
         for layer_class in classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
-            register_layer_handler(layer_class, Producer("filters", {"kernel": (-1, -2), "bias": (None, 0)}))
+            register_layer_handler(layer_class, ConvTransposeHandler())
         for layer_class in classes("Flatten"):
             register_layer_handler(layer_class, FlattenHandler())
         for layer_class in classes("MultiHeadAttention"):
@@ -722,6 +812,8 @@ def _register_builtins() -> None:
         for name, gates in (("LSTM", 4), ("GRU", 3), ("SimpleRNN", 1)):
             for layer_class in classes(name):
                 register_layer_handler(layer_class, RecurrentHandler(gates))
+        for layer_class in classes("Bidirectional"):
+            register_layer_handler(layer_class, BidirectionalHandler())
         for layer_class in classes("Reshape"):
             register_layer_handler(layer_class, ReshapeHandler())
         for layer_class in classes("Concatenate"):
