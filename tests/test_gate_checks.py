@@ -203,7 +203,7 @@ def test_each_check_says_its_metric_slice_reference_and_comparator():
 def test_the_decision_json_reads_back_as_the_same_decision():
     results = _run(_config(min_sparsity=0.9))
     decision = GateDecision(
-        checks=results, config=_config().model_dump(), models={"candidate": "/c"}, metrics={"candidate": {}},
+        checks=results, config=_config(), models={"candidate": "/c"}, metrics={"candidate": {}},
         slices={}, unchecked_slices={}, weights={}, layers={}, judged_serving_version="/serving/3",
     )  # fmt: skip
     written = json.loads(json.dumps(decision.to_json()))

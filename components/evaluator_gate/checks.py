@@ -2,110 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from scipy.stats import binomtest
 
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.evaluator_gate.result import (
+    BOUND,
+    DROP,
+    RELATIVE_DROP,
+    REQUIREMENT,
+    SKILL,
+    CheckResult,
+)
+from tfx_model_pruning.evaluator_gate.result import GateDecision as GateDecision  # re-exported
+from tfx_model_pruning.evaluator_gate.result import is_blessed as is_blessed  # re-exported
 from tfx_model_pruning.evaluator_gate.skill import SkillTally
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check: what was measured, against which bound, on which slice, compared with what."""
-
-    name: str
-    passed: bool
-    measured: Optional[float]
-    bound: Optional[float]
-    detail: str
-    # 95% Wilson interval of a proportion (accuracy) over the examples it was measured on:
-    # how much the measured value can be trusted, shown next to the bound.
-    interval: Optional[tuple[float, float]] = None
-    metric: Optional[str] = None  # the metric or quantity checked: "sparse_categorical_accuracy", "flops", ...
-    slice: Optional[str] = None  # "species=2"; None for the whole eval split
-    reference: Optional[str] = None  # the model a drop is measured against; None for an absolute bound
-    comparator: Optional[str] = None  # ">=" or "<=" between measured and bound; None where nothing is compared
-
-    @property
-    def verdict(self) -> str:
-        """PASS or FAIL; NOTE for a passed check that measured and compared nothing (a first release)."""
-        if self.passed and self.measured is None and self.comparator is None:
-            return "NOTE"
-        return "PASS" if self.passed else "FAIL"
-
-    def explain(self) -> str:
-        """The check in words, measured value against bound: why it failed, or what it confirmed."""
-        subject = f"{self.metric or self.name}" + (f" on {self.slice}" if self.slice else "")
-        if self.reference and self.comparator == "<=" and self.measured is not None and "drop" in self.name:
-            kind = "relative drop" if "relative" in self.name else "drop"
-            side = "more than" if not self.passed else "within"
-            return f"{subject}: {kind} vs {self.reference} of {self.measured:.4g}, {side} the allowed {self.bound:.4g}"
-        if self.measured is None or self.bound is None or self.comparator is None:
-            return f"{self.name}: {self.detail}" if self.detail else self.name
-        if self.comparator == ">=":
-            relation = "below" if not self.passed else "at or above"
-            bound = "lower bound"
-        else:
-            relation = "above" if not self.passed else "at or below"
-            bound = "upper bound"
-        interval = f" (95% interval {self.interval[0]:.3f}-{self.interval[1]:.3f})" if self.interval else ""
-        return f"{subject} is {self.measured:.4g}{interval}, {relation} the {bound} {self.bound:.4g}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "verdict": self.verdict}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if values.get("interval") is not None:
-            values["interval"] = tuple(values["interval"])
-        return cls(**values)
-
-
-@dataclass
-class GateDecision:
-    """The gate's verdict with everything it was decided on; ``to_json()`` is ``gate_result.json``."""
-
-    checks: list[CheckResult]
-    config: dict[str, Any]
-    models: dict[str, str]  # role ("candidate", "baseline", "serving") -> SavedModel path
-    metrics: dict[str, dict[str, float]]  # role -> metric -> value on the whole eval split
-    slices: dict[str, dict[str, dict[str, float]]]  # slice label -> role -> metric -> value
-    unchecked_slices: dict[str, float]  # slices too small to check -> example count
-    weights: dict[str, dict[str, Any]]  # role -> measured weight, size and cost figures
-    layers: dict[str, list[dict[str, Any]]]  # role -> per-weight table
-    judged_serving_version: str = ""  # the serving version compared with, so a stale verdict is not pushed
-    # Where the verdict was made: pipeline, run id, time (UTC), push destination; for the report's header.
-    run: dict[str, str] = field(default_factory=dict)
-    evaluated_by: str = ""  # which evaluator computed the metrics, and why TFMA's when it was
-
-    @property
-    def blessed(self) -> bool:
-        return is_blessed(self.checks)
-
-    @property
-    def failed_checks(self) -> list[str]:
-        return [check.name for check in self.checks if not check.passed]
-
-    def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "checks"}
-        return {
-            "blessed": self.blessed,
-            **data,
-            "checks": [check.as_dict() for check in self.checks],
-            "failed_checks": self.failed_checks,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> GateDecision:
-        known = {f.name for f in fields(cls)} - {"checks"}
-        return cls(
-            checks=[CheckResult.from_dict(c) for c in data["checks"]], **{k: data[k] for k in known if k in data}
-        )
-
 
 # Metrics that are a fraction of examples, so a binomial interval describes their uncertainty.
 _PROPORTION_METRICS = {
@@ -182,6 +94,8 @@ def run_checks(
             "a metric measured on a handful of examples means little",
             metric="example_count",
             comparator=">=",
+            kind=BOUND,
+            bound_name="min_eval_examples",
         ),
         _finite_check(non_finite),
     ]
@@ -201,6 +115,7 @@ def run_checks(
                     f"none yet under {config.serving_model_dir}"
                     + ("" if config.require_serving_model else " (first release: nothing to compare with)"),
                     reference=SERVING_LABEL,
+                    kind=REQUIREMENT,
                 )
             )
         else:
@@ -227,6 +142,8 @@ def run_checks(
                 "measured from the candidate's weights",
                 metric="sparsity",
                 comparator=">=",
+                kind=BOUND,
+                bound_name="min_sparsity",
             )
         )
     results += _efficiency_checks(config, efficiency or {})
@@ -270,7 +187,7 @@ def skill_checks(
     if overall is None or not overall.examples:
         why = unmeasured or "the eval split gave no examples"
         detail = f"not measured: {why}; the gate refuses what it cannot check (require_skill: false turns this off)"
-        return [CheckResult(BEATS_MAJORITY, False, None, None, detail, metric="no_skill")]
+        return [CheckResult(BEATS_MAJORITY, False, None, None, detail, metric="no_skill", kind=SKILL)]
     if task_kind(config, overall) == "regression":
         return _regression_skill(overall)
     results = [_beats_majority(overall, slice_label=None), _answers_vary(overall)]
@@ -283,7 +200,7 @@ def skill_checks(
 
 def _beats_majority(tally: SkillTally, slice_label: Optional[str]) -> CheckResult:
     name = f"[{slice_label}] {NOT_WORSE_THAN_MAJORITY}" if slice_label else BEATS_MAJORITY
-    on = {"metric": "accuracy", "slice": slice_label}
+    on = {"metric": "accuracy", "slice": slice_label, "kind": SKILL}
     if tally.label_counts is None or tally.accuracy is None:
         detail = "the labels are not classes (not whole numbers, or over a thousand values): accuracy cannot be judged"
         return CheckResult(name, False, None, None, detail, **on)
@@ -315,7 +232,7 @@ def _answers_vary(tally: SkillTally) -> CheckResult:
             f"gives the same answer, {only}, to every one of the {tally.examples:,} eval examples "
             f"(outputs from {tally.prediction_min:.4g} to {tally.prediction_max:.4g}): it has collapsed to a constant"
         )
-    return CheckResult(ANSWERS_VARY, passed, len(predicted), 2, detail, metric="predicted_classes")
+    return CheckResult(ANSWERS_VARY, passed, len(predicted), 2, detail, metric="predicted_classes", kind=SKILL)
 
 
 def _regression_skill(tally: SkillTally) -> list[CheckResult]:
@@ -331,6 +248,7 @@ def _regression_skill(tally: SkillTally) -> list[CheckResult]:
             f"mean squared error {error:.4g} vs {variance:.4g} for always answering the mean label "
             f"{tally.label_sum / tally.examples:.4g}",
             metric="mean_squared_error",
+            kind=SKILL,
         ),
         CheckResult(
             ANSWERS_VARY,
@@ -339,6 +257,7 @@ def _regression_skill(tally: SkillTally) -> list[CheckResult]:
             MIN_PREDICTION_SPREAD * label_std,
             f"predictions spread (std) {spread:.4g}; the labels' {label_std:.4g}",
             metric="prediction_std",
+            kind=SKILL,
         ),
     ]
 
@@ -368,7 +287,13 @@ def _slice_checks(
         )
         return [
             CheckResult(
-                f"slices by {config.slice_feature} computed", False, 0, None, detail, slice=config.slice_feature
+                f"slices by {config.slice_feature} computed",
+                False,
+                0,
+                None,
+                detail,
+                slice=config.slice_feature,
+                kind=REQUIREMENT,
             )
         ]
     too_small = unchecked_slices(config, slices)
@@ -403,7 +328,7 @@ def _finite_check(non_finite: Optional[Mapping[str, int]]) -> CheckResult:
         + [f"{what} not measured" for what in unmeasured]
     )
     return CheckResult(
-        name, total == 0 and not unmeasured, total, 0, detail, metric="non_finite_values", comparator="<="
+        name, total == 0 and not unmeasured, total, 0, detail, metric="non_finite_values", comparator="<=", kind=BOUND
     )
 
 
@@ -423,7 +348,11 @@ def _metric_checks(
         value = candidate.get(name)
         on = {"metric": name, "slice": slice_label}
         if value is None:
-            results.append(CheckResult(f"{prefix}{name} computed", False, None, None, "TFMA produced no value", **on))
+            results.append(
+                CheckResult(
+                    f"{prefix}{name} computed", False, None, None, "TFMA produced no value", kind=REQUIREMENT, **on
+                )
+            )
             continue
         interval = wilson_interval(value, examples) if threshold.metric in _PROPORTION_METRICS else None
         detail = f"95% interval {interval[0]:.3f}-{interval[1]:.3f} over {int(examples)} examples" if interval else ""
@@ -437,6 +366,8 @@ def _metric_checks(
                     detail,
                     interval,
                     comparator=">=",
+                    kind=BOUND,
+                    bound_name="lower_bound",
                     **on,
                 )
             )
@@ -450,6 +381,8 @@ def _metric_checks(
                     detail,
                     interval,
                     comparator="<=",
+                    kind=BOUND,
+                    bound_name="upper_bound",
                     **on,
                 )
             )
@@ -464,6 +397,7 @@ def _metric_checks(
                     None,
                     "a drop bound needs the parent or the serving model; neither is connected",
                     reference=PARENT_LABEL,
+                    kind=REQUIREMENT,
                     **on,
                 )
             )
@@ -491,6 +425,7 @@ def _drop_checks(
                 None,
                 None,
                 "a drop bound needs the reference's value",
+                kind=REQUIREMENT,
                 **on,
             )
         ]
@@ -507,6 +442,9 @@ def _drop_checks(
                 threshold.max_absolute_drop,
                 detail,
                 comparator="<=",
+                kind=DROP,
+                bound_name="max_absolute_drop",
+                reference_value=reference,
                 **on,
             )
         )
@@ -520,6 +458,9 @@ def _drop_checks(
                 threshold.max_relative_drop,
                 detail,
                 comparator="<=",
+                kind=RELATIVE_DROP,
+                bound_name="max_relative_drop",
+                reference_value=reference,
                 **on,
             )
         )
@@ -530,19 +471,24 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
     candidate = efficiency.get("candidate", {})
     baseline = efficiency.get("baseline")
     results = []
-    for name, key, bound in (
-        ("saved model bytes <= max_saved_model_bytes", "saved_model_bytes", config.max_saved_model_bytes),
-        ("params <= max_params", "params", config.max_params),
-        ("FLOPs <= max_flops", "flops", config.max_flops),
-        (f"CPU latency (ms, batch {config.latency_batch_size}) <= max_latency_ms", "latency_ms", config.max_latency_ms),
+    for name, key, bound_name in (
+        ("saved model bytes <= max_saved_model_bytes", "saved_model_bytes", "max_saved_model_bytes"),
+        ("params <= max_params", "params", "max_params"),
+        ("FLOPs <= max_flops", "flops", "max_flops"),
+        (f"CPU latency (ms, batch {config.latency_batch_size}) <= max_latency_ms", "latency_ms", "max_latency_ms"),
     ):
+        bound = getattr(config, bound_name)
         if bound is not None:
             value = candidate.get(key)
             passed = value is not None and value <= bound
             detail = "measured on the candidate" if value is not None else "not measurable for this model: refused"
             if value is None and key == "flops":
                 detail = "not counted: the model was saved without its Keras layers (tf.saved_model.save)"
-            results.append(CheckResult(name, passed, value, bound, detail, metric=key, comparator="<="))
+            results.append(
+                CheckResult(
+                    name, passed, value, bound, detail, metric=key, comparator="<=", kind=BOUND, bound_name=bound_name
+                )
+            )
     if config.min_size_reduction is not None:
         if baseline is None:
             results.append(
@@ -554,6 +500,8 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
                     "needs the parent model (baseline_model)",
                     metric="size_reduction",
                     reference=PARENT_LABEL,
+                    kind=REQUIREMENT,
+                    bound_name="min_size_reduction",
                 )
             )
         else:
@@ -569,10 +517,8 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
                     metric="size_reduction",
                     reference=PARENT_LABEL,
                     comparator=">=",
+                    kind=BOUND,
+                    bound_name="min_size_reduction",
                 )
             )
     return results
-
-
-def is_blessed(results: list[CheckResult]) -> bool:
-    return bool(results) and all(result.passed for result in results)

@@ -1,21 +1,28 @@
 """Readable renderings of the gate's result: why a model was or was not released.
 
 ``summary.md`` for logs and terminals; ``report.html`` with ``report.png`` for people deciding
-on a release. Everything shown comes from the gate's result dict, so the page cannot disagree
-with the blessing.
+on a release. Everything shown comes from the gate's typed result (``result.py``), so the page
+cannot disagree with the blessing.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import Any, Mapping, Union
 
 import jinja2
 from tabulate import tabulate
 
-from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL, CheckResult
+from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL
 from tfx_model_pruning.evaluator_gate.metrics import metric_output_name
+from tfx_model_pruning.evaluator_gate.result import (
+    OVERALL,
+    GateDecision,
+    GateFailure,
+    GateResult,
+    gate_result_from_json,
+)
 
 MODEL_ORDER = ("baseline", "serving", "candidate")
 # One name per model, as check names and the pipeline file's compare_with call them.
@@ -33,61 +40,69 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def comparison_rows(result: dict[str, Any]) -> list[list[str]]:
+def as_gate_result(result: Union[GateResult, Mapping[str, Any]]) -> GateResult:
+    """The typed result: as given, or read from ``gate_result.json``'s content (a dict)."""
+    return gate_result_from_json(result) if isinstance(result, Mapping) else result
+
+
+# The comparison's rows: label, and the ModelFigures field it shows.
+_FIGURE_ROWS = (
+    ("sparsity (pruned layers)", "masked_sparsity"),
+    ("sparsity (all kernels)", "kernel_sparsity"),
+    ("params", "params"),
+    ("non-zero params", "nonzero_params"),
+    ("gzip bytes (weights)", "weights_gzip_bytes"),
+    ("gzip bytes (SavedModel dir)", "gzip_bytes"),
+    ("SavedModel bytes", "saved_model_bytes"),
+    ("FLOPs per example", "flops"),
+    ("CPU latency (ms)", "latency_ms"),
+)
+
+
+def comparison_rows(result: Union[GateDecision, Mapping[str, Any]]) -> list[list[str]]:
     """Baselines vs candidate: each metric, sparsity, params, sizes, FLOPs and latency."""
-    names = [name for name in MODEL_ORDER if name in result["weights"]]
-    metric_names = sorted({key for name in names for key in result["metrics"].get(name, {})})
-    rows = [[metric] + [_fmt(result["metrics"].get(name, {}).get(metric)) for name in names] for metric in metric_names]
-    for label, key in (
-        ("sparsity (pruned layers)", "masked_sparsity"),
-        ("sparsity (all kernels)", "kernel_sparsity"),
-        ("params", "params"),
-        ("non-zero params", "nonzero_params"),
-        ("gzip bytes (weights)", "weights_gzip_bytes"),
-        ("gzip bytes (SavedModel dir)", "gzip_bytes"),
-        ("SavedModel bytes", "saved_model_bytes"),
-        ("FLOPs per example", "flops"),
-        ("CPU latency (ms)", "latency_ms"),
-    ):
-        if all(key in result["weights"][name] for name in names):
-            rows.append([label] + [_fmt(result["weights"][name][key]) for name in names])
+    result = as_gate_result(result)
+    names = _models(result)
+    metric_names = sorted({metric for name in names for metric in result.metrics.get(name, {})})
+    rows = [[metric] + [_fmt(result.metric(name, metric)) for name in names] for metric in metric_names]
+    for label, figure in _FIGURE_ROWS:
+        if all(result.weights[name].measured(figure) for name in names):
+            rows.append([label] + [_fmt(getattr(result.weights[name], figure)) for name in names])
     return [["", *(MODEL_LABELS[name] for name in names)], *rows]
 
 
-def _checks(result: dict[str, Any]) -> list[CheckResult]:
-    return sorted((CheckResult.from_dict(check) for check in result["checks"]), key=lambda check: check.passed)
-
-
-def verdict_line(result: dict[str, Any]) -> str:
+def verdict_line(result: Union[GateDecision, Mapping[str, Any]]) -> str:
     """``BLESSED: all 11 checks passed`` or ``NOT BLESSED: 2 of 13 checks failed`` (NOTEs not counted)."""
-    checks = [check for check in _checks(result) if check.verdict != "NOTE"]  # a first release compares nothing
+    result = as_gate_result(result)
+    checks = [check for check in result.checks_failed_first() if check.verdict != "NOTE"]  # a first release
     failed = [check for check in checks if not check.passed]
-    first_release = "; no model serving yet (first release)" if len(checks) < len(result["checks"]) else ""
-    if result["blessed"]:
+    first_release = "; no model serving yet (first release)" if len(checks) < len(result.checks) else ""
+    if result.blessed:
         return f"BLESSED: all {len(checks)} checks passed{first_release}"
     return f"NOT BLESSED: {len(failed)} of {len(checks)} checks failed"
 
 
-def header_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+def header_rows(result: Union[GateDecision, Mapping[str, Any]]) -> list[tuple[str, str]]:
     """Pipeline, run, time, the models compared (by path) and the push destination."""
-    run = result.get("run") or {}
-    rows = [
-        (label, run[key]) for label, key in (("pipeline", "pipeline"), ("run", "run"), ("time", "time")) if run.get(key)
-    ]
-    rows += [(MODEL_LABELS[name], result["models"][name]) for name in MODEL_ORDER[::-1] if name in result["models"]]
-    if "serving" not in result["models"] and result["config"].get("serving_model_dir"):
+    result = as_gate_result(result)
+    run = result.run
+    rows = [(label, value) for label, value in (("pipeline", run.pipeline), ("run", run.run), ("time", run.time))]
+    rows = [(label, value) for label, value in rows if value]
+    rows += [(MODEL_LABELS[name], result.models[name]) for name in MODEL_ORDER[::-1] if name in result.models]
+    if "serving" not in result.models and result.config.serving_model_dir:
         rows.append((SERVING_LABEL, "no model serving yet (first release)"))
-    if run.get("push_destination"):
-        rows.append(("push destination", run["push_destination"]))
-    if result.get("evaluated_by"):
-        rows.append(("evaluated by", result["evaluated_by"]))
+    if run.push_destination:
+        rows.append(("push destination", run.push_destination))
+    if result.evaluated_by:
+        rows.append(("evaluated by", result.evaluated_by))
     return rows
 
 
-def summary_markdown(result: dict[str, Any]) -> str:
+def summary_markdown(result: Union[GateDecision, Mapping[str, Any]]) -> str:
     """The verdict and why first (failed checks in words), then every check, then the comparison."""
+    result = as_gate_result(result)
     header, *rows = comparison_rows(result)
-    checks = _checks(result)
+    checks = result.checks_failed_first()
     failed = [check for check in checks if not check.passed]
     lines = ["# Release gate", "", f"**{verdict_line(result)}**", ""]
     lines += [f"- {label}: `{value}`" for label, value in header_rows(result)] + [""]
@@ -109,18 +124,17 @@ def summary_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _models(result: dict[str, Any]) -> list[str]:
-    return [name for name in MODEL_ORDER if name in result["weights"]]
+def _models(result: GateDecision) -> list[str]:
+    return [name for name in MODEL_ORDER if name in result.weights]
 
 
-def _threshold_metrics(result: dict[str, Any]) -> list[str]:
+def _threshold_metrics(result: GateDecision) -> list[str]:
     """Output names of the metrics the thresholds bound, in the order the config gives them."""
-    config = result["config"]
-    classes = dict.fromkeys(t["metric"] for t in [*config["thresholds"], *config["slice_thresholds"]])
+    classes = dict.fromkeys(threshold.metric for threshold in result.config.all_thresholds)
     return [metric_output_name(name) for name in classes]
 
 
-def release_report_png(result: dict[str, Any]) -> bytes:
+def release_report_png(result: Union[GateDecision, Mapping[str, Any]]) -> bytes:
     """The report's plots: metric per slice, size and speed relative to the baseline, per-layer
     sparsity and width."""
     import matplotlib
@@ -129,25 +143,24 @@ def release_report_png(result: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    result = as_gate_result(result)
     models = _models(result)
     metric = (_threshold_metrics(result) or ["example_count"])[0]
-    slice_labels = ["Overall", *sorted(result.get("slices", {}))]
+    slice_labels = [OVERALL, *sorted(result.slices)]
     figure, axes = plt.subplots(2, 2, figsize=(13, 8.5))
 
     ax = axes[0][0]
     width = 0.8 / len(models)
     x = np.arange(len(slice_labels))
     for index, name in enumerate(models):
-        values = [
-            (result["metrics"] if label == "Overall" else result["slices"][label]).get(name, {}).get(metric, np.nan)
-            for label in slice_labels
-        ]
+        values = [result.metric(name, metric, label) for label in slice_labels]
+        values = [np.nan if value is None else value for value in values]
         bars = ax.bar(x + index * width, values, width, label=MODEL_LABELS[name], color=MODEL_COLORS[name])
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     lower_bounds = {
-        c["bound"]
-        for c in result["checks"]
-        if c.get("metric") == metric and c.get("comparator") == ">=" and not c.get("reference")
+        check.bound
+        for check in result.checks
+        if check.metric == metric and check.comparator == ">=" and not check.reference
     }
     for bound in lower_bounds:
         ax.axhline(bound, color="#c62828", linestyle="--", linewidth=1, label=f"lower bound {bound:g}")
@@ -166,17 +179,18 @@ def release_report_png(result: dict[str, Any]) -> bytes:
         ("FLOPs", "flops"),
         ("CPU latency", "latency_ms"),
     ]
-    weights = result["weights"]
+    weights = result.weights
     if reference is None:
         ax.text(0.5, 0.5, "no baseline to compare sizes with", ha="center", va="center")
         ax.set_axis_off()
     else:
+        candidate = weights["candidate"]
         shown = [
-            (label, key)
-            for label, key in quantities
-            if weights[reference].get(key) and weights["candidate"].get(key) is not None
+            (label, figure)
+            for label, figure in quantities
+            if getattr(weights[reference], figure) and getattr(candidate, figure) is not None
         ]
-        ratios = [weights["candidate"][key] / weights[reference][key] for _, key in shown]
+        ratios = [getattr(candidate, figure) / getattr(weights[reference], figure) for _, figure in shown]
         ax.barh([label for label, _ in shown], ratios, color=MODEL_COLORS["candidate"])
         ax.axvline(1.0, color="black", linewidth=1)
         for y, ratio in enumerate(ratios):
@@ -184,19 +198,16 @@ def release_report_png(result: dict[str, Any]) -> bytes:
         ax.set_title(f"candidate / {MODEL_LABELS[reference]} (lower is smaller or faster)")
         ax.invert_yaxis()
 
-    layers = result.get("layers", {})
-    for ax, key, title in ((axes[1][0], "sparsity", "per-layer sparsity"), (axes[1][1], "width", "per-layer width")):
-        names = [
-            row["layer"] + ("" if row["weight"] == "kernel" else f"/{row['weight']}")
-            for row in layers.get("candidate", [])
-        ]
+    layers = result.layers
+    for ax, column, title in (
+        (axes[1][0], "sparsity", "per-layer sparsity"),
+        (axes[1][1], "width", "per-layer width"),
+    ):
+        names = [row.label for row in layers.get("candidate", [])]
         y = np.arange(len(names))
         height = 0.8 / max(len(models), 1)
         for index, name in enumerate(models):
-            by_layer = {
-                row["layer"] + ("" if row["weight"] == "kernel" else f"/{row['weight']}"): row[key]
-                for row in layers.get(name, [])
-            }
+            by_layer = {row.label: getattr(row, column) for row in layers.get(name, [])}
             ax.barh(
                 y + index * height,
                 [by_layer.get(n, np.nan) for n in names],
@@ -205,14 +216,14 @@ def release_report_png(result: dict[str, Any]) -> bytes:
                 color=MODEL_COLORS[name],
             )
         ax.set_yticks(y + height * (len(models) - 1) / 2, names, fontsize=8)
-        if key == "sparsity":
+        if column == "sparsity":
             ax.set_xlim(0, 1)
         ax.invert_yaxis()
         ax.set_title(title)
         ax.legend(fontsize=8)
 
-    verdict = "BLESSED" if result["blessed"] else "NOT BLESSED"
-    figure.suptitle(f"Release gate: {verdict}", color="#2e7d32" if result["blessed"] else "#c62828", fontsize=14)
+    verdict = "BLESSED" if result.blessed else "NOT BLESSED"
+    figure.suptitle(f"Release gate: {verdict}", color="#2e7d32" if result.blessed else "#c62828", fontsize=14)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -229,41 +240,36 @@ _HTML = jinja2.Environment(
 ).get_template("release_report.html.j2")
 
 
-def release_report_html(result: dict[str, Any], png: bytes = b"") -> str:
+def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes = b"") -> str:
     """A self-contained page (plots embedded) with the verdict, every check and the comparisons."""
-    if "checks" not in result:  # the evaluation itself failed: say so, nothing else is known
+    result = as_gate_result(result)
+    if isinstance(result, GateFailure):  # the evaluation itself failed: say so, nothing else is known
         return _HTML.render(
-            verdict="NOT BLESSED", blessed=False, header=[], failed=[], error=result.get("error", "unknown"), checks=[],
+            verdict="NOT BLESSED", blessed=False, header=[], failed=[], error=result.error, checks=[],
             png="", comparison=[[""]], slices=[], unchecked=[], min_slice_examples=0, layers=[], models=[],
             labels=MODEL_LABELS, paths=[],
         )  # fmt: skip
     models = _models(result)
     metrics = _threshold_metrics(result) + ["example_count"]
     slice_rows = []
-    for label in ["Overall", *sorted(result.get("slices", {}))]:
-        values = result["metrics"] if label == "Overall" else result["slices"][label]
+    for label in [OVERALL, *sorted(result.slices)]:
         for metric in metrics:
-            slice_rows.append([label, metric, *(_fmt(values.get(name, {}).get(metric)) for name in models)])
-    layer_rows, by_model = (
-        [],
-        {
-            name: {row["layer"] + "/" + row["weight"]: row for row in result.get("layers", {}).get(name, [])}
-            for name in models
-        },
-    )
-    for key in by_model.get("candidate", {}):
-        cells = [key.removesuffix("/kernel")]
+            slice_rows.append([label, metric, *(_fmt(result.metric(name, metric, label)) for name in models)])
+    by_model = {name: {(row.layer, row.weight): row for row in result.layers.get(name, [])} for name in models}
+    layer_rows = []
+    for key, candidate_row in by_model.get("candidate", {}).items():
+        cells = [candidate_row.label]
         for name in models:
             row = by_model[name].get(key)
-            cells += ["×".join(map(str, row["shape"])), _fmt(row["sparsity"])] if row else ["-", "-"]
+            cells += ["×".join(map(str, row.shape)), _fmt(row.sparsity)] if row else ["-", "-"]
         layer_rows.append(cells)
-    checks = _checks(result)
+    checks = result.checks_failed_first()
     return _HTML.render(
         verdict=verdict_line(result),
-        blessed=result["blessed"],
+        blessed=result.blessed,
         header=header_rows(result),
         failed=[check.explain() for check in checks if not check.passed],
-        error=result.get("error"),
+        error=None,
         checks=[
             {
                 "verdict": c.verdict,
@@ -276,11 +282,11 @@ def release_report_html(result: dict[str, Any], png: bytes = b"") -> str:
         ],
         png=base64.b64encode(png).decode("ascii"),
         comparison=comparison_rows(result),
-        slices=slice_rows if result.get("slices") else [],
-        unchecked=sorted(result.get("unchecked_slices", {}).items()),
-        min_slice_examples=result["config"].get("min_slice_examples", 1),
+        slices=slice_rows if result.slices else [],
+        unchecked=sorted(result.unchecked_slices.items()),
+        min_slice_examples=result.config.min_slice_examples,
         layers=layer_rows,
         models=models,
         labels=MODEL_LABELS,
-        paths=[(name, result["models"][name]) for name in models if name in result["models"]],
+        paths=[(name, result.models[name]) for name in models if name in result.models],
     )
