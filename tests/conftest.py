@@ -15,36 +15,25 @@ from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root  # noq
 
 # The integration tier: pipelines (LocalDagRunner, Beam, TFMA), subprocesses, package builds and
 # trained-and-saved baselines. Everything else is the unit tier: `pytest -m "not integration"`.
-INTEGRATION_MODULES = {
-    "test_artifact_type_migration",
-    "test_atomic_push",
-    "test_batched_evaluation",
-    "test_bench",
-    "test_executors",
-    "test_gate_release",
-    "test_keras3_pipeline",
-    "test_kill_and_resume",
-    "test_kubeflow_entrypoint",
-    "test_packaging",
-    "test_pipeline_e2e",
-    "test_release_safety",
-    "test_restored_models",
-    "test_run_isolation",
-    "test_spans",
-    "test_taxi_example",
-    "test_tfx_example_chain",
-    "test_transform_models",
-    "test_untrusted_models",
-    "test_user_pipeline_file",
-}
-INTEGRATION_FIXTURES = {"penguin_baseline", "penguin_transform_graph", "examples_with_empty_eval"}
+# A module of such tests says so itself (`pytestmark = pytest.mark.integration`); a test elsewhere
+# that uses a heavy fixture carries `@pytest.mark.integration`. HEAVY_FIXTURES names the fixtures
+# defined below that train, save or run Beam; collection fails for an unmarked test that uses one.
+HEAVY_FIXTURES = {"penguin_baseline", "penguin_transform_graph", "examples_with_empty_eval"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: every tier checks every test
 def pytest_collection_modifyitems(items):
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.integration)
+    unmarked = [
+        f"{item.nodeid} (uses {', '.join(sorted(HEAVY_FIXTURES & set(item.fixturenames)))})"
+        for item in items
+        if HEAVY_FIXTURES & set(item.fixturenames) and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use a heavy fixture but are not marked integration; add "
+            "`@pytest.mark.integration` to the test (or `pytestmark = pytest.mark.integration` to its "
+            "module):\n  " + "\n  ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session")

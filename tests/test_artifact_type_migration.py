@@ -2,9 +2,13 @@
 
 import sqlite3
 
+import pytest
+
 from tfx_model_pruning.artifacts import PruningReport
 from tfx_model_pruning.pipelines import cli
 from tfx_model_pruning.pipelines.results import run_result
+
+pytestmark = pytest.mark.integration
 
 OLD_TYPE_NAME = "components.PruningReport"
 

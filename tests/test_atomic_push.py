@@ -11,6 +11,8 @@ import pytest
 
 from tfx_model_pruning.atomic_pusher.executor import STAGING_PREFIX, StaleVerdictError, publish_version
 
+pytestmark = pytest.mark.integration
+
 
 def _fake_model(directory, payload):
     os.makedirs(os.path.join(directory, "variables"), exist_ok=True)

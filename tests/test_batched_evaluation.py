@@ -13,6 +13,8 @@ from tfx_model_pruning.evaluator_gate import batched_evaluation
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 from tfx_model_pruning.pipelines import penguin_trainer
 
+pytestmark = pytest.mark.integration
+
 ONE_PASS = "one pass over whole batches"
 
 

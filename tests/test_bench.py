@@ -10,6 +10,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import digits_pruning  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 
 def test_benchmark_runs_every_method_on_a_tiny_budget(monkeypatch):
     monkeypatch.setattr(digits_pruning, "BASELINE_EPOCHS", 1)

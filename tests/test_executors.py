@@ -15,6 +15,8 @@ from tfx_model_pruning.engine.results import LayerWidth, PruningResult
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 from tfx_model_pruning.prune import executor as prune_executor
 
+pytestmark = pytest.mark.integration
+
 
 def _accuracy_gate(min_sparsity=None, efficiency=None, **bounds):
     return GateConfig(

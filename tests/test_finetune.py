@@ -25,6 +25,7 @@ def pruned_penguin(tmp_path, penguin_baseline):
     return load_model(out)
 
 
+@pytest.mark.integration
 def test_zeros_survive_fine_tuning_and_the_rest_learns(pruned_penguin, penguin_files):
     model, masks = pruned_penguin.model, pruned_penguin.masks
     before = {key: model.get_layer(key.split("::")[0]).kernel.numpy().copy() for key in masks}
@@ -46,6 +47,7 @@ def test_zeros_survive_fine_tuning_and_the_rest_learns(pruned_penguin, penguin_f
     assert revived > 0
 
 
+@pytest.mark.integration
 def test_steps_per_epoch_repeats_the_data(pruned_penguin, penguin_files):
     model = pruned_penguin.model
     train = examples_dataset(penguin_files["train"], model, "species", 64)
@@ -54,6 +56,7 @@ def test_steps_per_epoch_repeats_the_data(pruned_penguin, penguin_files):
     assert len(history["loss"]) == 1
 
 
+@pytest.mark.integration
 def test_absent_label_key_names_the_available_features(pruned_penguin, penguin_files):
     with pytest.raises(ExamplesMismatchError, match=r"label_key 'island' .*body_mass_g"):
         examples_dataset(penguin_files["train"], pruned_penguin.model, "island", 8)

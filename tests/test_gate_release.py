@@ -11,6 +11,8 @@ from tfx_model_pruning.engine import load_model
 from tfx_model_pruning.engine.saved_model import save_model
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 
+pytestmark = pytest.mark.integration
+
 ACCURACY = "sparse_categorical_accuracy"
 
 

@@ -131,6 +131,7 @@ def test_distillation_without_a_teacher_is_refused_at_construction():
         )
 
 
+@pytest.mark.integration
 def test_gradual_pruning_with_distillation_on_penguin(penguin_baseline, penguin_files):
     student = load_model(penguin_baseline)
     teacher = load_model(penguin_baseline).model

@@ -15,6 +15,8 @@ from tfx_model_pruning.pipelines import penguin_trainer_keras3 as keras3_trainer
 from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS, LABEL_KEY
 from tfx_model_pruning.pipelines.results import run_result
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="session")
 def keras3_baselines(tmp_path_factory, penguin_files) -> dict[str, str]:

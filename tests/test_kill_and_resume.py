@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from tfx_model_pruning.engine import load_model
 from tfx_model_pruning.pipelines.results import run_result
+
+pytestmark = pytest.mark.integration
 
 UPSTREAM = ("ImportExampleGen", "Trainer", "PruneComponent")
 

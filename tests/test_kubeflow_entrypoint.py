@@ -14,6 +14,8 @@ import yaml
 from tfx_model_pruning.engine import load_model
 from tfx_model_pruning.pipelines import cli
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):

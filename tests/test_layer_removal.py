@@ -88,6 +88,7 @@ def test_negative_tolerance_is_an_error_before_work():
         )  # fmt: skip
 
 
+@pytest.mark.integration
 def test_layer_removal_on_the_penguin_model_keeps_the_signature(tmp_path, penguin_baseline, penguin_files):
     config = LayerRemovalConfig(label_key="species", tolerance=0.02, fine_tune_steps=30, max_removals=1)
     train = read_serialized(penguin_files["train"], 1000)

@@ -11,6 +11,8 @@ from importlib import metadata
 import pytest
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -4,10 +4,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tfx_model_pruning.engine import load_model
 from tfx_model_pruning.pipelines import cli
 from tfx_model_pruning.pipelines.results import run_result
+
+pytestmark = pytest.mark.integration
 
 
 def test_trainer_to_pusher_releases_a_sparse_model_within_one_point(tmp_path, capsys):

@@ -22,6 +22,8 @@ from tfx_model_pruning.pipelines import cli, pruning_pipeline
 from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS
 from tfx_model_pruning.pipelines.results import failed_steps
 
+pytestmark = pytest.mark.integration
+
 ACCURACY = MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.5)
 
 

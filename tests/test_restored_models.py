@@ -25,6 +25,8 @@ from tfx_model_pruning.engine.restored import NeedsKerasModelError
 from tfx_model_pruning.engine.saved_model import load_model, signature_specs
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def restored_model(tmp_path_factory, penguin_transform_graph):

@@ -5,11 +5,14 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from tfx_model_pruning.pipelines import cli
 from tfx_model_pruning.pipelines.results import failed_steps, run_result
+
+pytestmark = pytest.mark.integration
 
 
 def _executions(metadata_path, run_id):

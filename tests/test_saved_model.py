@@ -26,6 +26,7 @@ def _serialized_examples(files, count=32):
     return tf.constant([r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)])
 
 
+@pytest.mark.integration
 def test_pruned_model_reloads_with_identical_signatures_and_consistent_outputs(
     tmp_path, penguin_baseline, penguin_files
 ):
@@ -54,6 +55,7 @@ def test_pruned_model_reloads_with_identical_signatures_and_consistent_outputs(
     assert not np.allclose(original_logits, served_logits), "the served graph must use the pruned weights"
 
 
+@pytest.mark.integration
 def test_report_counts_and_sizes(tmp_path, penguin_baseline):
     report = prune_saved_model(penguin_baseline, str(tmp_path / "pruned"), PruningConfig(target_sparsity=0.8))
     before, after = report.before, report.after
@@ -80,6 +82,7 @@ def test_directory_without_a_saved_model(tmp_path):
         load_model(str(tmp_path))
 
 
+@pytest.mark.integration
 def test_corrupt_saved_model(tmp_path, penguin_baseline):
     import shutil
 
@@ -119,6 +122,7 @@ def test_signature_check_catches_a_changed_signature(tmp_path):
         verify_signatures_preserved(str(tmp_path / "a"), str(tmp_path / "b"))
 
 
+@pytest.mark.integration
 def test_masks_are_stored_where_serving_ignores_them(tmp_path, penguin_baseline):
     out = tmp_path / "pruned"
     prune_saved_model(penguin_baseline, str(out), PruningConfig(target_sparsity=0.5))

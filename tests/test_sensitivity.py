@@ -39,6 +39,7 @@ def test_an_unreachable_budget_is_an_error():
         PruningConfig(target_sparsity=0.8, scope="sensitivity")
 
 
+@pytest.mark.integration
 def test_sensitivity_pruning_of_the_penguin_model(tmp_path, penguin_baseline, penguin_files):
     config = PruningConfig(target_sparsity=0.8, scope="sensitivity", label_key="species", sample_size=100)
     holdout = read_serialized(penguin_files["eval"], 100)
@@ -57,6 +58,7 @@ def test_sensitivity_pruning_of_the_penguin_model(tmp_path, penguin_baseline, pe
     assert report.after.masked_sparsity >= 0.8 - 0.005
 
 
+@pytest.mark.integration
 def test_executor_writes_the_sensitivity_plot(tmp_path, penguin_baseline, penguin_data):
     model = standard_artifacts.Model()
     model.uri = str(tmp_path / "model")
@@ -80,6 +82,7 @@ def test_executor_writes_the_sensitivity_plot(tmp_path, penguin_baseline, pengui
     assert json.load(open(os.path.join(report.uri, "report.json")))["sensitivity"]["allocation"]
 
 
+@pytest.mark.integration
 def test_structured_sensitivity_meets_a_flops_budget(tmp_path, penguin_baseline, penguin_files):
     config = StructuredPruningConfig(scope="sensitivity", flops_budget=0.4, label_key="species", sample_size=100)
     holdout = read_serialized(penguin_files["eval"], 100)
@@ -96,6 +99,7 @@ def test_structured_sensitivity_meets_a_flops_budget(tmp_path, penguin_baseline,
         assert widths[name].after == 64 - int(fraction * 64)
 
 
+@pytest.mark.integration
 def test_structured_sensitivity_budget_that_cannot_be_met(tmp_path, penguin_baseline, penguin_files):
     config = StructuredPruningConfig(scope="sensitivity", flops_budget=0.01, label_key="species")
     holdout = read_serialized(penguin_files["eval"], 100)

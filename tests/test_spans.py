@@ -4,11 +4,14 @@ import json
 import os
 import shutil
 
+import pytest
 import yaml
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from tfx_model_pruning.pipelines import cli
+
+pytestmark = pytest.mark.integration
 
 SPAN_PATTERNS = [
     "--split-pattern",

@@ -17,6 +17,7 @@ from tfx_model_pruning.engine.signatures import SignatureRebuildError
 from tfx_model_pruning.pipelines import penguin_trainer
 
 
+@pytest.mark.integration
 def test_structured_pruning_shrinks_the_penguin_model_and_keeps_its_signature(
     tmp_path, penguin_baseline, penguin_files
 ):
@@ -54,6 +55,7 @@ def test_structured_pruning_shrinks_the_penguin_model_and_keeps_its_signature(
     assert reloaded.model.loss is not None, "the compiled loss travels on for fine-tuning"
 
 
+@pytest.mark.integration
 def test_structured_pruning_needs_examples(tmp_path, penguin_baseline):
     with pytest.raises(MissingExamplesError, match="connect `examples`"):
         prune_saved_model(penguin_baseline, str(tmp_path / "x"), StructuredPruningConfig(prune_fraction=0.5))
@@ -108,6 +110,7 @@ def test_a_signature_of_another_form_is_refused(tmp_path, penguin_files):
         prune_saved_model(path, str(tmp_path / "out"), StructuredPruningConfig(prune_fraction=0.5), samples)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "config",
     [

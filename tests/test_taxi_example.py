@@ -33,6 +33,8 @@ from tfx_model_pruning.evaluator_gate.checks import ANSWERS_VARY, BEATS_MAJORITY
 from tfx_model_pruning.pipelines import cli
 from tfx_model_pruning.pipelines.results import run_result
 
+pytestmark = pytest.mark.integration
+
 # The first 2,000 rows of the 15,002 (plus the last, see taxi_rows): 77% of their labels are 0,
 # and the example's model trained on them beats that (80% on the next 2,000 rows; 1,500 rows
 # gave 77.5% against 75.4%, too close to gate on).

@@ -15,6 +15,8 @@ from tfx_model_pruning.engine.prune import UnclonableLayerError
 from tfx_model_pruning.engine.saved_model import signature_specs, unsafe_layers
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 
+pytestmark = pytest.mark.integration
+
 
 def test_transform_layer_is_trusted_while_a_lambda_is_still_refused(tmp_path, penguin_transform_graph):
     model_dir = save_penguin_example(tmp_path / "model", penguin_transform_graph, with_keras=True)

@@ -12,6 +12,8 @@ from tfx_model_pruning.engine import load_model
 from tfx_model_pruning.engine.saved_model import UnsafeModelError, unsafe_layers
 from tfx_model_pruning.prune import executor as prune_executor
 
+pytestmark = pytest.mark.integration
+
 
 class Doubling(keras.layers.Layer):
     def call(self, inputs):

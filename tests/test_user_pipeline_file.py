@@ -5,6 +5,7 @@ import csv
 import json
 import os
 
+import pytest
 import tensorflow as tf
 import yaml
 from tfx.examples.penguin import penguin_utils_keras
@@ -12,6 +13,8 @@ from tfx.examples.penguin import penguin_utils_keras
 from tfx_model_pruning.pipelines import cli
 from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS
 from tfx_model_pruning.pipelines.results import run_result
+
+pytestmark = pytest.mark.integration
 
 TFX_PENGUIN_MODULE = penguin_utils_keras.__file__.removesuffix("c")
 
