@@ -27,13 +27,13 @@ CONSTRAINTS := stacks/tfx-$(STACK).txt
 # Empty where this machine runs the stack itself; else the wrapper that runs make inside Debian 13.
 ELSEWHERE := $(if $(filter 1.21,$(STACK)),$(if $(filter 1.21,$(shell sh stacks/native.sh)),,stacks/debian13.sh))
 
-.PHONY: setup run test unit bench lint clean image stack
+.PHONY: setup run test unit bench lint readme clean image stack
 
 stack:
 	@echo "stack: TFX $(STACK) (Python $(PYTHON_VERSION), $(VENV))$(if $(ELSEWHERE), inside Debian 13 via $(ELSEWHERE): this machine's glibc is older than 2.39,)"
 
 ifneq ($(ELSEWHERE),)
-setup run test unit bench lint: stack
+setup run test unit bench lint readme: stack
 	$(ELSEWHERE) make $@ STACK=$(STACK) $(if $(OUTPUT_DIR),OUTPUT_DIR=$(OUTPUT_DIR))
 else
 $(VENV)/.installed: setup.py $(CONSTRAINTS)
@@ -63,6 +63,10 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The README's configuration reference, generated from the code (tests/test_readme_reference.py checks it).
+readme: setup
+	$(VENV)/bin/python -m tfx_model_pruning.pipelines.reference --write README.md
 endif
 
 # Needs a Docker engine (the development machines have none). Tag = the compiled pipeline's default image.
