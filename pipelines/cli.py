@@ -29,8 +29,76 @@ def _version() -> str:
     return metadata.version("tfx-model-pruning")
 
 
+# Flags that each set one key of the pipeline file: flag -> dotted path. Type, choices and help
+# come from the model's field at that path, so a flag cannot drift from the file it overrides.
+FILE_FLAGS: dict[str, dict[str, str]] = {
+    "data": {"--data-root": "data.root", "--data-format": "data.format", "--label-key": "data.label_key"},
+    "model to prune": {"--train-steps": "model.train_steps", "--transform-module": "model.transform_module"},
+    "pruning": {
+        "--target-sparsity": "prune.target_sparsity",
+        "--prune-fraction": "prune.prune_fraction",
+        "--scope": "prune.scope",
+        "--criterion": "prune.criterion",
+        "--protected-layer": "prune.protected_layers",
+    },
+    "fine-tuning": {"--epochs": "retrain.epochs", "--learning-rate": "retrain.learning_rate", "--loss": "retrain.loss"},
+    "release gate (flags change the first threshold and slice threshold)": {
+        "--min-eval-examples": "gate.min_eval_examples",
+        "--min-sparsity": "gate.min_sparsity",
+    },
+    "extensions": {"--module-file": "module_file"},
+    "runner": {"--beam-arg": "beam_args"},
+}
+# compile: where the data_root runtime parameter's default lives.
+COMPILE_PATHS = {"--data-root": "kubeflow.data_root"}
+
+
+def _field_at(path: str):
+    """The pipeline file's field at ``path`` in every model that has it (each pruning method's)."""
+    from pydantic import BaseModel
+
+    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig, field_types
+
+    models: list = [PipelineConfig]
+    fields = []
+    for part in path.split("."):
+        fields = [model.model_fields[part] for model in models if part in model.model_fields]
+        models = [t for field in fields for t in field_types(field.annotation) if isinstance(t, type)]
+        models = [t for t in models if issubclass(t, BaseModel)]
+    return fields
+
+
+def _add_file_flag(group, flag: str, path: str) -> None:
+    import typing
+
+    from tfx_model_pruning.pipelines.pipeline_config import field_types
+
+    fields = _field_at(path)
+    kinds = [t for field in fields for t in field_types(field.annotation, keep_literals=True)]
+    literals = [t for t in kinds if typing.get_origin(t) is typing.Literal]
+    # Choices only where every method's field is a fixed set (a criterion is any registered name).
+    closed = all(t is type(None) or t in literals for t in kinds)
+    choices = list(dict.fromkeys(value for t in literals for value in t.__args__)) if closed else []
+    scalar = next((t for t in kinds if t in (bool, int, float, str)), str)
+    wrapped = [t for f in fields for t in (f.annotation, *typing.get_args(f.annotation))]
+    repeated = any(typing.get_origin(t) is list for t in wrapped)
+    description = fields[0].description.rstrip(".")
+    if len({field.description for field in fields}) > 1:
+        description = path.rsplit(".", 1)[-1].replace("_", " ")
+    options: dict = {"help": f"{description} [{path}{'; repeatable' if repeated else ''}]", "default": None}
+    if scalar is bool:
+        options["action"] = "store_true"
+    else:
+        options.update(type=scalar, action="append" if repeated else "store")
+        if choices:
+            options["choices"] = choices
+    group.add_argument(flag, **options)
+
+
 def _description_options(parser: argparse.ArgumentParser) -> None:
     """The flags run-local and compile share: each overrides one key of the pipeline file."""
+    from tfx_model_pruning.pipelines.pipeline_config import GateSection, PruningMethod
+
     source = parser.add_argument_group("pipeline file (every flag below overrides one of its keys)")
     source.add_argument(
         "--config",
@@ -47,65 +115,53 @@ def _description_options(parser: argparse.ArgumentParser) -> None:
         help="any key of the file by its dotted path, the value read as YAML, e.g. --set retrain.batch_size=64; "
         "repeatable",
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--data-root", help="folder of the examples [data.root]")
-    data.add_argument("--data-format", choices=["tfrecord", "csv"], help="[data.format]")
-    data.add_argument(
+    groups = {title: parser.add_argument_group(title) for title in FILE_FLAGS}
+    for title, flags in FILE_FLAGS.items():
+        for flag, path in flags.items():
+            _add_file_flag(groups[title], flag, path)
+    groups["data"].add_argument(
         "--split-pattern",
         action="append",
         metavar="SPLIT=GLOB",
         help="files of a split under the data root, repeatable; with {SPAN} the newest span is read at run time, "
         "e.g. train=span-{SPAN}/Split-train/* [data.splits]",
     )
-    data.add_argument("--label-key", help="label feature in the raw examples [data.label_key]")
-    model = parser.add_argument_group("model to prune")
+    model = groups["model to prune"]
     model.add_argument(
-        "--trainer-module", metavar="FILE", help="Trainer module file with run_fn [model.trainer_module]"
+        "--trainer-module",
+        metavar="FILE",
+        help="Trainer module file with run_fn, instead of the file's model source [model.trainer_module]",
     )
     model.add_argument(
         "--baseline-model",
         metavar="DIR",
-        help="import this model (SavedModel, .keras file, or both) instead of training one",
+        help="import this model (SavedModel, .keras file, or both) instead of the file's model source "
+        "[model.baseline_model]",
     )
-    model.add_argument("--train-steps", type=int, help="Trainer steps [model.train_steps]")
-    model.add_argument(
-        "--transform-module", metavar="FILE", help="module with preprocessing_fn [model.transform_module]"
+    groups["pruning"].add_argument(
+        "--method",
+        choices=list(PruningMethod.defaults),
+        help="[prune.method]; another method than the file's starts from its defaults ("
+        + ", ".join(f"{method}: {defaults}" for method, defaults in PruningMethod.defaults.items())
+        + ")",
     )
-    prune = parser.add_argument_group("pruning")
-    prune.add_argument("--method", choices=["magnitude", "structured", "layer_removal"], help="[prune.method]")
-    prune.add_argument("--target-sparsity", type=float, help="magnitude: fraction of weights zeroed")
-    prune.add_argument("--prune-fraction", type=float, help="structured: fraction of units/filters removed")
-    prune.add_argument("--scope", choices=["global", "per_layer"], help="[prune.scope]")
-    prune.add_argument("--protected-layer", action="append", help="layer name or regex; repeatable")
-    retrain = parser.add_argument_group("fine-tuning")
-    retrain.add_argument("--epochs", type=int, help="[retrain.epochs]")
-    retrain.add_argument("--learning-rate", type=float, help="[retrain.learning_rate]")
-    retrain.add_argument(
-        "--loss",
-        help="Keras loss class, e.g. SparseCategoricalCrossentropy; needed for a model saved with "
-        "tf.saved_model.save, which carries no compiled loss [retrain.loss]",
+    groups["fine-tuning"].add_argument(
+        "--distill", action="store_true", default=None, help="distil from the unpruned model [retrain.distillation]"
     )
-    retrain.add_argument(
-        "--distill", action="store_true", default=None, help="distil from the unpruned model (T=4, alpha=0.5)"
-    )
-    gate = parser.add_argument_group("release gate (flags change the first threshold and slice threshold)")
+    gate = groups["release gate (flags change the first threshold and slice threshold)"]
     gate.add_argument("--metric", help="Keras metric class the gate checks [gate.thresholds.0.metric]")
     gate.add_argument("--min-metric", type=float, help="absolute lower bound [gate.thresholds.0.lower_bound]")
     gate.add_argument(
         "--max-drop", type=float, help="largest allowed drop vs each baseline [gate.thresholds.0.max_absolute_drop]"
     )
     gate.add_argument(
-        "--compare-with", choices=["parent", "serving", "both"], help="baselines of the gate [gate.compare_with]"
+        "--compare-with",
+        choices=[*GateSection.baselines(), "both"],
+        help="baselines of the gate [gate.compare_with]",
     )
     gate.add_argument("--slice-feature", help="check each value of this feature on its own; '' for none")
     gate.add_argument("--slice-min-metric", type=float, help="lower bound in every slice")
     gate.add_argument("--slice-max-drop", type=float, help="largest allowed drop in any slice")
-    gate.add_argument("--min-eval-examples", type=int, help="refuse an eval split with fewer [gate.min_eval_examples]")
-    gate.add_argument("--min-sparsity", type=float, help="default: magnitude pruning's target sparsity")
-    runner = parser.add_argument_group("runner")
-    runner.add_argument(
-        "--beam-arg", action="append", metavar="ARG", help="passed to Beam, repeatable, e.g. --beam-arg=--runner=..."
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -335,28 +391,23 @@ def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict
     """The pipeline-file keys the flags given on the command line set (flags left out change nothing)."""
     import yaml
 
-    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig, Replace
+    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig, PruningMethod, Replace
 
     given = {name: value for name, value in vars(args).items() if value is not None}
     raw: dict = {}
-    flat = {
-        "data_root": "data.root", "data_format": "data.format", "label_key": "data.label_key",
-        "train_steps": "model.train_steps", "transform_module": "model.transform_module",
-        "scope": "prune.scope", "protected_layer": "prune.protected_layers",
-        "epochs": "retrain.epochs", "learning_rate": "retrain.learning_rate", "loss": "retrain.loss",
-        "min_eval_examples": "gate.min_eval_examples", "min_sparsity": "gate.min_sparsity",
-        "beam_arg": "beam_args", "enable_cache": "enable_cache",
-    }  # fmt: skip
+    flat = {flag: path for flags in FILE_FLAGS.values() for flag, path in flags.items()}
+    flat["--enable-cache"] = "enable_cache"
     if args.command == "compile":
-        flat.pop("data_root")  # the runtime parameter's default: kubeflow.data_root
+        flat.update(COMPILE_PATHS)
         flat.update(
             {
-                "data_root": "kubeflow.data_root", "output_dir": "kubeflow.output_dir", "image": "kubeflow.image",
-                "pipeline_root": "kubeflow.pipeline_root", "serving_dir": "kubeflow.serving_dir",
-                "push_root": "kubeflow.push_root",
+                "--output-dir": "kubeflow.output_dir", "--image": "kubeflow.image",
+                "--pipeline-root": "kubeflow.pipeline_root", "--serving-dir": "kubeflow.serving_dir",
+                "--push-root": "kubeflow.push_root",
             }
         )  # fmt: skip
-    for name, path in flat.items():
+    for flag, path in flat.items():
+        name = flag.removeprefix("--").replace("-", "_")
         if name in given:
             _set_path(raw, path, given[name])
     if "split_pattern" in given:
@@ -370,13 +421,10 @@ def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict
     if "method" in given and given["method"] != file_prune.get("method", "magnitude"):
         # Another method: the file's options for its own method do not apply.
         kept = {key: value for key, value in file_prune.items() if key in ("protected_layers", "label_key")}
-        defaults = {"structured": {"prune_fraction": 0.5}, "magnitude": {"target_sparsity": 0.8}}
-        raw["prune"] = Replace({**kept, **defaults.get(given["method"], {}), "method": given["method"]})
-    for name in ("target_sparsity", "prune_fraction"):
-        if name in given:
-            _set_path(raw, f"prune.{name}", given[name])
+        defaults = PruningMethod.defaults[given["method"]]
+        raw["prune"] = Replace({**kept, **defaults, "method": given["method"], **raw.get("prune", {})})
     if given.get("distill"):
-        raw.setdefault("retrain", {})["distillation"] = {"temperature": 4.0, "alpha": 0.5}
+        raw.setdefault("retrain", {})["distillation"] = {}  # DistillationConfig's defaults
     if "compare_with" in given:
         choice = given["compare_with"]
         raw.setdefault("gate", {})["compare_with"] = ["parent", "serving"] if choice == "both" else [choice]
@@ -433,7 +481,7 @@ def run_local(args: argparse.Namespace) -> int:
         output_dir = local_output_dir(args, config)
         metadata_path = os.path.join(output_dir, "metadata.sqlite")
         run_id = args.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        pipeline = pruning_pipeline.create_pipeline_from_config(
+        pipeline = pruning_pipeline.create_pipeline(
             config,
             pipeline_root=os.path.join(output_dir, "root"),
             serving_model_dir=config.push.destination or os.path.join(output_dir, "serving"),
@@ -492,28 +540,29 @@ def failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
     return f"prune-pipeline run-local: error: {step.component} failed: {reason}"
 
 
-def check_lines(gate_result: dict) -> list[str]:
+def check_lines(gate_result) -> list[str]:
     """One line per gate check, failures first: its verdict and, in words, measured value against bound."""
-    from tfx_model_pruning.evaluator_gate.checks import CheckResult
+    from tfx_model_pruning.evaluator_gate.report import as_gate_result
 
-    checks = sorted((CheckResult.from_dict(check) for check in gate_result["checks"]), key=lambda c: c.passed)
-    return [f"  {check.verdict}  {check.explain()}" for check in checks]
+    return [f"  {check.verdict}  {check.explain()}" for check in as_gate_result(gate_result).checks_failed_first()]
 
 
 def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> int:
     from tabulate import tabulate
 
     from tfx_model_pruning.evaluator_gate.report import comparison_rows
+    from tfx_model_pruning.evaluator_gate.result import GateDecision
     from tfx_model_pruning.pipelines.console import paint
     from tfx_model_pruning.pipelines.results import run_result
 
     result = run_result(metadata_path, run_id)
-    checks = result.gate_result["checks"]
-    lines = check_lines(result.gate_result)
+    gate = GateDecision.from_json(result.gate_result)
+    checks = gate.checks
+    lines = check_lines(gate)
     failed = [line for line in lines if line.startswith("  FAIL")]
     notes = [line.removeprefix("  NOTE  ") for line in lines if line.startswith("  NOTE")]
     if not quiet:
-        header, *rows = comparison_rows(result.gate_result)
+        header, *rows = comparison_rows(gate)
         print()
         print(tabulate(rows, headers=header, tablefmt="github", disable_numparse=True))
     print()
@@ -549,7 +598,7 @@ def compile_kubeflow(args: argparse.Namespace) -> int:
         ]
         if missing:
             raise PipelineConfigError(f"compiling for Kubeflow needs {', '.join(missing)}")
-        pipeline = kubeflow.kubeflow_pipeline_from_config(config)
+        pipeline = kubeflow.kubeflow_pipeline(config)
     except PipelineConfigError as err:
         print(f"prune-pipeline compile: error: {err}", file=sys.stderr)
         return 2
@@ -671,9 +720,8 @@ def _import_tensorflow_quietly() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "verbose", False):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not {"-v", "--verbose"} & set(argv):
         # Before TensorFlow is imported: its C++ log lines (CUDA probes, rendezvous notes) stay off,
         # and the libraries' import-time warnings go to the run's log, not the terminal.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -683,6 +731,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.getLogger("py.warnings").addHandler(logging.NullHandler())
         logging.getLogger("py.warnings").propagate = False  # a library's basicConfig must not print them
         _import_tensorflow_quietly()
+    # The flags are made from the config models, which import TensorFlow: after the quieting above.
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "run-local":
         return run_local(args)
     if args.command == "compile":

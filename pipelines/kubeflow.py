@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from importlib import metadata
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping
 
 import yaml
 from tfx import v1 as tfx
@@ -24,7 +24,6 @@ from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
 PACKAGE = "tfx-model-pruning"
 IMAGE_REPOSITORY = "tfx-model-pruning"
 DATA_ROOT_PARAMETER = "data_root"
-TRAINER_RUN_FN = "tfx_model_pruning.pipelines.penguin_trainer.run_fn"
 GATE_CONFIG_PARAMETER = "gate_config"
 
 
@@ -33,63 +32,24 @@ def default_image() -> str:
     return f"{IMAGE_REPOSITORY}:{metadata.version(PACKAGE)}"
 
 
-def kubeflow_pipeline(
-    *,
-    pipeline_name: str,
-    pipeline_root: str,
-    default_data_root: str,
-    serving_model_dir: str,
-    label_key: str,
-    prune_args: Mapping[str, Any],
-    retrain_args: Mapping[str, Any],
-    gate_args: Mapping[str, Any],
-    train_steps: int = 500,
-    beam_pipeline_args: Sequence[str] = (),
-    compare_with: Sequence[str] = ("parent", "serving"),
-    split_patterns: Mapping[str, str] = pruning_pipeline.DEFAULT_SPLIT_PATTERNS,
-    push_root: Optional[str] = None,
-) -> tfx.dsl.Pipeline:
-    """The pruning pipeline as it runs on Kubeflow: data root at run time, Trainer by run_fn.
-
-    Scheduled runs see new data two ways: ``data_root`` is a runtime parameter, and split
-    patterns with ``{SPAN}`` (``span-{SPAN}/Split-train/*``) make ImportExampleGen read the
-    newest span under it at run time.
-    """
-    data_root = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=default_data_root)
-    return pruning_pipeline.create_pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
-        data_root=data_root,
-        serving_model_dir=serving_model_dir,
-        label_key=label_key,
-        prune_args=prune_args,
-        retrain_args=retrain_args,
-        gate_args=gate_args,
-        trainer_run_fn=TRAINER_RUN_FN,
-        train_steps=train_steps,
-        beam_pipeline_args=beam_pipeline_args,
-        compare_with=compare_with,
-        split_patterns=split_patterns,
-        push_root=push_root,
-    )
-
-
-def kubeflow_pipeline_from_config(config: PipelineConfig) -> tfx.dsl.Pipeline:
-    """The pipeline of a validated description as it runs on Kubeflow: the ``kubeflow`` section
-    gives the locations, ``data_root`` becomes a runtime parameter (default ``kubeflow.data_root``).
+def kubeflow_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    """The pipeline of a validated description as it runs on Kubeflow: ``create_pipeline`` with the
+    ``kubeflow`` section's locations, ``data_root`` a runtime parameter (default ``kubeflow.data_root``),
+    so a scheduled run can point at new data without recompiling; split patterns with ``{SPAN}``
+    read the newest span under it at run time.
 
     The model source must be reachable from the pods: ``model.trainer_run_fn`` importable in the
-    image, a ``model.trainer_module`` or ``model.baseline_model`` path the pods can read.
+    image, a ``model.trainer_module`` or ``model.baseline_model`` path the pods can read. A
+    ``module_file`` is packaged into a wheel under the pipeline root, which the pods install.
     """
     kubeflow = config.kubeflow
     data_root = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=kubeflow.data_root)
-    return pruning_pipeline.create_pipeline_from_config(
+    return pruning_pipeline.create_pipeline(
         config,
         pipeline_root=kubeflow.pipeline_root,
         serving_model_dir=kubeflow.serving_dir,
         data_root=data_root,
         push_root=kubeflow.push_root,
-        beam_pipeline_args=config.beam_args or (),
     )
 
 
@@ -125,5 +85,6 @@ def compile_pipeline(
         json.dump(job, f, indent=2, sort_keys=True)
     spec_path = os.path.join(output_dir, f"{name}.yaml")
     with open(spec_path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(json.loads(json.dumps(spec)), f, sort_keys=False)
+        # Sorted, as KFP's own compiler writes it: the same pipeline compiles to the same bytes.
+        yaml.safe_dump(json.loads(json.dumps(spec)), f, sort_keys=True)
     return job_path, spec_path

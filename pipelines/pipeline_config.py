@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
 from tfx_model_pruning.engine.keras_names import closest_name
 from tfx_model_pruning.evaluator_gate.config import GateConfig
+from tfx_model_pruning.user_module import load_user_module
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PENGUIN_PRESET = os.path.join(PRESETS_DIR, "penguin.yaml")
@@ -117,6 +118,11 @@ class GateSection(GateConfig):
         description="Baselines: the unpruned parent and/or the newest version under the push destination.",
     )
 
+    @classmethod
+    def baselines(cls) -> list[str]:
+        """The names ``compare_with`` takes."""
+        return [value for t in field_types(cls.model_fields["compare_with"].annotation, True) for value in t.__args__]
+
     def inconsistencies(self) -> list[str]:
         # GateConfig's, with the serving directory the push destination, which the pipeline fills in
         # (a local run's lies under its output directory).
@@ -149,6 +155,26 @@ class KubeflowSection(_Section):
     experiment: Optional[str] = Field(default=None, description="KFP experiment (default: the pipeline name).")
 
 
+# How much a pipeline prunes when its file names a method but no amount: 80% of the weights, half the channels.
+_STARTING_AMOUNTS = {"target_sparsity": 0.8, "prune_fraction": 0.5}
+_PRUNING_MODELS = typing.get_args(typing.get_args(AnyPruningConfig)[0])
+
+
+class PruningMethod:
+    """The pruning methods by name (each config model's ``method``), and the setting a pipeline
+    starts each from: the file's default section, and the CLI's ``--method`` switch."""
+
+    defaults: dict[str, dict[str, float]] = {
+        model.model_fields["method"].default: {
+            key: value for key, value in _STARTING_AMOUNTS.items() if key in model.model_fields
+        }
+        for model in _PRUNING_MODELS
+    }
+
+
+_METHODS = tuple(PruningMethod.defaults)
+
+
 class PipelineConfig(_Section):
     """A whole pipeline: data, model source, pruning, fine-tuning, release gate, push and runner options."""
 
@@ -161,7 +187,7 @@ class PipelineConfig(_Section):
     data: DataSection = Field(description="The examples: their folder, format, splits and label feature.")
     model: ModelSection = Field(description="The model to prune: trained by a Trainer, or an existing SavedModel.")
     prune: AnyPruningConfig = Field(
-        default_factory=lambda: PruningConfig(target_sparsity=0.8),
+        default_factory=lambda: PruningConfig(**PruningMethod.defaults["magnitude"]),
         description="How to prune; method picks magnitude (default, 80% sparsity), structured or layer_removal.",
     )
     retrain: RetrainSection = Field(description="How the pruned model is fine-tuned (RetrainComponent).")
@@ -176,14 +202,29 @@ class PipelineConfig(_Section):
     kubeflow: KubeflowSection = Field(
         default_factory=KubeflowSection, description="Locations and endpoint for compile, submit and schedule."
     )
+    module_file: Optional[str] = Field(
+        default=None,
+        description="Your Python module of extensions (register_criterion, register_layer_handler, Keras "
+        "classes): imported here, so the names it registers validate, and by PruneComponent, RetrainComponent "
+        "and EvaluatorGate wherever they run (TFX packages it with the pipeline); an input_fn in it feeds "
+        "fine-tuning.",
+    )
+    module_path: Optional[str] = Field(
+        default=None, description="Instead of module_file: an importable module, installed in the image."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_data(cls, values: Any) -> Any:
-        """The label key and the sparsity to check follow the data and pruning sections unless set."""
+        """The label key and the sparsity to check follow the data and pruning sections unless set;
+        the user's module is imported first, so the names it registers are known to the sections."""
         if not isinstance(values, dict):
             return values
         values = dict(values)
+        if values.get("module_file") and values.get("module_path"):
+            raise ValueError("give module_file or module_path, not both")
+        if isinstance(values.get("module_file"), str) or isinstance(values.get("module_path"), str):
+            load_user_module(values.get("module_file"), values.get("module_path"))
         label = (values.get("data") or {}).get("label_key") if isinstance(values.get("data"), dict) else None
         prune = values.get("prune") if isinstance(values.get("prune"), dict) else {}
         for section in ("retrain", "gate"):
@@ -205,17 +246,18 @@ class PipelineConfig(_Section):
         return values
 
 
-_METHODS = ("magnitude", "structured", "layer_removal")
-
-
-def _candidates(annotation: Any) -> list[Any]:
-    """The types a field may hold: Optional, unions, Annotated and lists unwrapped."""
+def field_types(annotation: Any, keep_literals: bool = False) -> list[Any]:
+    """The types a field may hold: Optional, unions, Annotated and lists unwrapped (with
+    ``keep_literals``, a ``Literal[...]`` stays whole, for its choices)."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _candidates(typing.get_args(annotation)[0])
+        return field_types(typing.get_args(annotation)[0], keep_literals)
     if origin in (typing.Union, types.UnionType, list):
-        return [inner for arg in typing.get_args(annotation) for inner in _candidates(arg)]
+        return [inner for arg in typing.get_args(annotation) for inner in field_types(arg, keep_literals)]
     return [annotation]
+
+
+_candidates = field_types
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -292,6 +334,9 @@ _PATH_KEYS |= {("push", "destination"), ("push", "root")}
 
 def _resolve_paths(raw: dict, base_dir: str) -> dict:
     """Relative local paths in the file are relative to the file; URLs (gs://...) stay as they are."""
+    module_file = raw.get("module_file")
+    if isinstance(module_file, str) and module_file and "://" not in module_file and not os.path.isabs(module_file):
+        raw["module_file"] = os.path.normpath(os.path.join(base_dir, module_file))
     for section, key in _PATH_KEYS:
         value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):

@@ -124,16 +124,20 @@ def _pipeline_args(tmp_path, penguin_data, **overrides):
 
 
 def test_pipeline_construction_validates_everything_static(tmp_path, penguin_data):
-    pipeline = pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data))
+    pipeline = pruning_pipeline.create_pipeline_from_args(**_pipeline_args(tmp_path, penguin_data))
     assert [c.id for c in pipeline.components] == [
         "ImportExampleGen", "Trainer", "PruneComponent", "RetrainComponent", "EvaluatorGate", "Pusher",
     ]  # fmt: skip
     with pytest.raises(ValidationError, match="target_sparsity"):
-        pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data, prune_args={"target_sparsity": 1.0}))
+        pruning_pipeline.create_pipeline_from_args(
+            **_pipeline_args(tmp_path, penguin_data, prune_args={"target_sparsity": 1.0})
+        )
     with pytest.raises(FileNotFoundError, match="data_root"):
-        pruning_pipeline.create_pipeline(**_pipeline_args(tmp_path, penguin_data, data_root=str(tmp_path / "none")))
-    with pytest.raises(ValueError, match="exactly one of trainer_module_file or trainer_run_fn"):
-        pruning_pipeline.create_pipeline(
+        pruning_pipeline.create_pipeline_from_args(
+            **_pipeline_args(tmp_path, penguin_data, data_root=str(tmp_path / "none"))
+        )
+    with pytest.raises(ValueError, match="exactly one of trainer_module, trainer_run_fn or baseline_model"):
+        pruning_pipeline.create_pipeline_from_args(
             **_pipeline_args(tmp_path, penguin_data, baseline_model_uri=str(tmp_path))
         )  # fmt: skip
 
@@ -143,7 +147,7 @@ def test_pipeline_rejects_a_missing_or_non_savedmodel_baseline(tmp_path, penguin
 
     for uri, message in ((tmp_path / "missing", "does not exist"), (tmp_path, "no saved_model.pb")):
         with pytest.raises(ModelLoadError, match=message):
-            pruning_pipeline.create_pipeline(
+            pruning_pipeline.create_pipeline_from_args(
                 **_pipeline_args(tmp_path, penguin_data, trainer_module_file=None, baseline_model_uri=str(uri))
             )
 
@@ -151,7 +155,9 @@ def test_pipeline_rejects_a_missing_or_non_savedmodel_baseline(tmp_path, penguin
 def test_prune_structured_options_are_validated_at_construction():
     structured = PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5)
     assert '"method":"structured"' in structured.exec_properties["pruning_config"]
-    with pytest.raises(ValueError, match="structured needs `examples`"):
+    with pytest.raises(
+        ValueError, match="structured pruning proves the rebuilt serving signatures on examples: connect `examples`"
+    ):
         PruneComponent(model=MODEL, method="structured", prune_fraction=0.5)
     with pytest.raises(ValidationError, match="target_sparsity"):
         PruneComponent(model=MODEL, examples=EXAMPLES, method="structured", prune_fraction=0.5, target_sparsity=0.5)
@@ -191,10 +197,10 @@ def test_push_destination_must_stay_inside_the_push_root(tmp_path, penguin_data)
     (root / "link").symlink_to(tmp_path)  # a symlink out of the root is an escape too
     for escape in (str(root / ".." / "elsewhere"), str(tmp_path / "other"), str(root / "link" / "x"), str(root)):
         with pytest.raises(ValueError, match="outside the push root"):
-            pruning_pipeline.create_pipeline(
+            pruning_pipeline.create_pipeline_from_args(
                 **_pipeline_args(tmp_path, penguin_data, serving_model_dir=escape, push_root=str(root))
             )
-    pruning_pipeline.create_pipeline(
+    pruning_pipeline.create_pipeline_from_args(
         **_pipeline_args(tmp_path, penguin_data, serving_model_dir=str(root / "penguin"), push_root=str(root))
     )
     with pytest.raises(ValueError, match="outside the push root"):

@@ -8,7 +8,7 @@ from tfx_example_models import TAXI_MODULE, TAXI_SAVED_MODEL_SAVE, taxi_module_s
 from tfx_model_pruning.engine import NeedsKerasModelError
 from tfx_model_pruning.engine.restored import needs_keras_graph, saved_model_save_lines
 from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.pruning_pipeline import create_pipeline
+from tfx_model_pruning.pipelines.pruning_pipeline import create_pipeline_from_args
 
 
 def _taxi_save_line() -> int:
@@ -18,7 +18,7 @@ def _taxi_save_line() -> int:
 
 
 def _build(tmp_path, trainer_module, prune_args):
-    return create_pipeline(
+    return create_pipeline_from_args(
         pipeline_name="taxi",
         pipeline_root=str(tmp_path / "root"),
         data_root=str(tmp_path),
@@ -26,8 +26,7 @@ def _build(tmp_path, trainer_module, prune_args):
         label_key="tips",
         trainer_module_file=trainer_module,
         transform_module_file=TAXI_MODULE,
-        data_format="csv",
-        split_patterns=None,
+        data={"format": "csv"},
         prune_args=prune_args,
         retrain_args={"label_key": "tips_xf", "loss": "BinaryCrossentropy"},
         gate_args={"label_key": "tips_xf", "thresholds": [{"metric": "BinaryAccuracy", "lower_bound": 0.7}]},

@@ -8,12 +8,15 @@ ExampleGen -> StatisticsGen -> SchemaGen -> Transform -> Trainer (``penguin_util
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from tfx.examples.penguin import penguin_utils_keras
 
 from tfx_model_pruning.engine.saved_model import load_model, signature_specs
-from tfx_model_pruning.pipelines.pruning_pipeline import create_pipeline, run_locally
+from tfx_model_pruning.pipelines.pruning_pipeline import create_pipeline_from_args, run_locally
 from tfx_model_pruning.pipelines.results import run_result
+
+pytestmark = pytest.mark.integration
 
 TFX_PENGUIN_MODULE = penguin_utils_keras.__file__.removesuffix("c")  # the .py, never a .pyc
 
@@ -21,7 +24,7 @@ TFX_PENGUIN_MODULE = penguin_utils_keras.__file__.removesuffix("c")  # the .py, 
 def test_tfx_penguin_keras_example_is_pruned_retrained_gated_and_pushed(tmp_path, penguin_data, penguin_files):
     out = tmp_path / "run"
     serving = out / "serving"
-    pipeline = create_pipeline(
+    pipeline = create_pipeline_from_args(
         pipeline_name="tfx-penguin-example",
         pipeline_root=str(out / "root"),
         data_root=penguin_data,

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from tfx_model_pruning.engine.importance import get_criterion
 from tfx_model_pruning.engine.keras_names import loss_class
 
 
@@ -25,6 +26,16 @@ def _check_patterns(cls, patterns: list[str]) -> list[str]:
         except re.error as err:
             raise ValueError(f"protected layer pattern {pattern!r} is not a valid regular expression: {err}") from err
     return patterns
+
+
+def _check_registered(cls, name: str) -> str:
+    get_criterion(name)  # an unknown name fails here, naming the closest and every registered one
+    return name
+
+
+def _require_labels(criterion: str, label_key: Optional[str]) -> None:
+    if get_criterion(criterion).needs_labels and label_key is None:
+        raise ValueError(f"the {criterion} criterion reads labels: it needs label_key")
 
 
 class PruningConfig(_StrictModel):
@@ -44,8 +55,10 @@ class PruningConfig(_StrictModel):
         default="magnitude",
         description="magnitude: set the least important weights to zero (the model keeps its shape).",
     )
-    criterion: Literal["magnitude", "taylor"] = Field(
-        default="magnitude", description="|w|, or |w x gradient| summed over sample_size train examples."
+    criterion: str = Field(
+        default="magnitude",
+        description="A registered criterion that scores single weights: magnitude (|w|), l2, taylor "
+        "(|w x gradient| summed over sample_size train examples), or one of your own (register_criterion).",
     )
     sample_size: int = Field(default=256, ge=1, description="Train examples the taylor criterion reads.")
     label_key: Optional[str] = Field(default=None, description="Label feature; the taylor criterion needs it.")
@@ -81,16 +94,27 @@ class PruningConfig(_StrictModel):
         default=True, description="Leave the last weighted layer on every model output dense."
     )
 
+    @field_validator("criterion")
+    @classmethod
+    def _scores_weights(cls, name: str) -> str:
+        if not get_criterion(name).scores_weights:
+            raise ValueError(
+                f"criterion {name!r} scores channels by their activations, not single weights: "
+                "use it with method structured"
+            )
+        return name
+
     @model_validator(mode="after")
     def _one_criterion(self) -> PruningConfig:
-        if self.criterion == "taylor" and self.label_key is None:
-            raise ValueError("the taylor criterion needs label_key")
+        _require_labels(self.criterion, self.label_key)
         if self.loss is not None and self.criterion != "taylor":
             raise ValueError("loss is read by the taylor criterion only; fine-tuning takes its own (retrain.loss)")
         if self.loss is not None:
             loss_class(self.loss)  # an unknown name fails here, with the closest one suggested
-        if self.criterion == "taylor" and self.magnitude_threshold is not None:
-            raise ValueError("magnitude_threshold is a bound on |w|; it does not combine with the taylor criterion")
+        if self.criterion != "magnitude" and self.magnitude_threshold is not None:
+            raise ValueError(
+                f"magnitude_threshold is a bound on |w|; it does not combine with the {self.criterion} criterion"
+            )
         given = [self.target_sparsity, self.magnitude_threshold, self.n_m]
         if sum(value is not None for value in given) != 1:
             raise ValueError("give exactly one of target_sparsity, magnitude_threshold or n_m")
@@ -135,9 +159,10 @@ class StructuredPruningConfig(_StrictModel):
     prune_fraction: Optional[float] = Field(
         default=None, gt=0.0, lt=1.0, description="Fraction of removable channels to remove."
     )
-    criterion: Literal["l1", "l2", "apoz", "mean_activation", "taylor"] = Field(
+    criterion: str = Field(
         default="l1",
-        description="l1/l2: weight norms; apoz, mean_activation, taylor: measured on sample_size train examples.",
+        description="A registered criterion: l1/l2 (weight norms); apoz, mean_activation, taylor (measured on "
+        "sample_size train examples); or one of your own (register_criterion).",
     )
     sample_size: int = Field(default=256, ge=1, description="Examples the data-driven criteria read.")
     label_key: Optional[str] = Field(default=None, description="Label feature; taylor and sensitivity need it.")
@@ -174,10 +199,11 @@ class StructuredPruningConfig(_StrictModel):
 
     _patterns_compile = field_validator("protected_layers")(_check_patterns)
 
+    _registered = field_validator("criterion")(_check_registered)
+
     @model_validator(mode="after")
     def _consistent(self) -> StructuredPruningConfig:
-        if self.criterion == "taylor" and self.label_key is None:
-            raise ValueError("the taylor criterion needs label_key")
+        _require_labels(self.criterion, self.label_key)
         if self.scope == "sensitivity":
             if self.flops_budget is None or self.label_key is None:
                 raise ValueError("scope='sensitivity' needs flops_budget and label_key (loss on held-out examples)")
@@ -226,6 +252,19 @@ class LayerRemovalConfig(_StrictModel):
 AnyPruningConfig = Annotated[
     Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig], Field(discriminator="method")
 ]
+
+
+def reads_examples(config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig]) -> Optional[str]:
+    """Why pruning by ``config`` reads examples, or None when it does not."""
+    if config.method == "structured":
+        return "structured pruning proves the rebuilt serving signatures on examples"
+    if config.method == "layer_removal":
+        return "layer removal fine-tunes and validates on examples"
+    if getattr(config, "scope", None) == "sensitivity":
+        return "scope='sensitivity' measures the loss on the eval split"
+    if get_criterion(config.criterion).needs_sample:
+        return f"criterion {config.criterion!r} reads train examples"
+    return None
 
 
 def pruning_config_from_json(text: str) -> Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig]:

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_model_pruning.engine.graph import ChannelGraph, hidden_key, keras_of
+from tfx_model_pruning.engine.keras_names import closest_name
 from tfx_model_pruning.engine.layer_handlers import handler_for
 from tfx_model_pruning.engine.masks import PrunableWeight
 from tfx_model_pruning.engine.restored import call, is_restored
@@ -61,9 +62,14 @@ Target = Union[ChannelSource, PrunableWeight]
 
 
 class Criterion(abc.ABC):
-    """Scores targets; ``needs_sample`` says whether it reads examples ``(features, labels)``."""
+    """Scores targets. What a criterion needs is declared on its class, so the configs and the
+    components validate a registered name without knowing it: ``needs_sample`` (it reads examples
+    ``(features, labels)``), ``needs_labels`` (it reads their labels too) and ``scores_weights``
+    (it can score single weights, as magnitude pruning asks; every criterion scores channels)."""
 
     needs_sample: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
+    scores_weights: ClassVar[bool] = True
 
     @abc.abstractmethod
     def __call__(self, model: Any, targets: Sequence[Target], sample: Optional[tuple[Any, Any]]) -> list[np.ndarray]:
@@ -105,6 +111,7 @@ def _require_sample(criterion: Criterion, sample) -> None:
 
 class _ActivationStatistic(Criterion):
     needs_sample = True
+    scores_weights = False
 
     @staticmethod
     @abc.abstractmethod
@@ -164,6 +171,7 @@ class Taylor(Criterion):
     one (restored from a SavedModel, run through its call function, endpoint or signature)."""
 
     needs_sample = True
+    needs_labels = True
 
     def __init__(self, loss: Optional[Callable] = None):
         self.loss = loss
@@ -196,11 +204,25 @@ def register_criterion(name: str, criterion: Criterion) -> None:
     CRITERIA[name] = criterion
 
 
+class UnknownCriterionError(KeyError, ValueError):
+    """No criterion is registered under this name (a ValueError too, so pydantic reports it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def get_criterion(criterion: Union[str, Criterion]) -> Criterion:
+    """The criterion registered as ``criterion`` (a criterion object is returned as it is)."""
     if isinstance(criterion, Criterion):
         return criterion
     if criterion not in CRITERIA:
-        raise KeyError(f"unknown criterion {criterion!r}; known: {sorted(CRITERIA)}")
+        close = closest_name(criterion, list(CRITERIA))
+        raise UnknownCriterionError(
+            f"unknown criterion {criterion!r}"
+            + (f"; did you mean {close!r}?" if close else ".")
+            + f" Registered: {', '.join(sorted(CRITERIA))}. A criterion of your own is registered with "
+            "register_criterion(name, criterion) in a module the components load (module_file / module_path)."
+        )
     return CRITERIA[criterion]
 
 

@@ -151,6 +151,24 @@ TRUSTED_LAYER_PACKAGES = ("tensorflow_transform",)
 # marshal.dumps(code) starts with TYPE_CODE ('c'), with or without FLAG_REF (0x80).
 
 
+# Modules the pipeline's owner gave the components (module_file / module_path): the Keras classes
+# they register are code the pipeline brought, not code that came with the model.
+_USER_MODULES: set[str] = set()
+
+
+def trust_classes_registered_by(module_name: str) -> None:
+    """Lets models name the Keras classes that module ``module_name`` (already imported) registers."""
+    _USER_MODULES.add(module_name)
+
+
+def _user_registered_classes() -> set[str]:
+    names = set()
+    for registered_name, registered in keras.utils.get_custom_objects().items():
+        if isinstance(registered, type) and getattr(registered, "__module__", None) in _USER_MODULES:
+            names.update((registered_name, registered.__name__))
+    return names
+
+
 def _is_keras_class(class_name: str) -> bool:
     # tf-keras registers its own optimizers under the default package: "Custom>Adam".
     class_name = class_name.removeprefix("Custom>")
@@ -158,6 +176,7 @@ def _is_keras_class(class_name: str) -> bool:
         class_name in _SAFE_EXTRA_CLASSES
         or any(isinstance(getattr(namespace, class_name, None), type) for namespace in _KERAS_NAMESPACES)
         or class_name in trusted_registered_classes()
+        or class_name in _user_registered_classes()
     )
 
 

@@ -33,6 +33,7 @@ from tensorflow_model_analysis.writers import eval_config_writer, metrics_plots_
 from tfx_model_pruning.engine.data import tfrecord_compression
 from tfx_model_pruning.evaluator_gate import skill
 from tfx_model_pruning.evaluator_gate.metrics import NON_FINITE_PREDICTIONS, metric_output_name
+from tfx_model_pruning.user_module import load_user_module
 
 EXAMPLE_COUNT = "example_count"
 # Large batches amortise the per-call cost of the models and metrics (about a millisecond); the
@@ -58,6 +59,9 @@ class EvaluationPlan:
     metric_classes: Sequence[str]  # Keras metric class names
     raw_features: Mapping[str, tuple[str, int]]  # feature of the examples -> (kind, values in the first example)
     batch_size: int
+    # The user's module (module_file, module_path): a worker on another machine registers its
+    # Keras classes and handlers before loading a model.
+    user_module: tuple[Optional[str], Optional[str]] = (None, None)
 
 
 def serialized_input_name(signature) -> Optional[str]:
@@ -221,6 +225,7 @@ class _EvaluateFiles(beam.DoFn):
         self._models: Optional[_Models] = None
 
     def setup(self):
+        load_user_module(*self._plan.user_module)
         self._models = self._shared.acquire(lambda: _Models(self._plan))
 
     def process(self, path: str) -> Iterator:

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+import inspect
+from typing import Any, Mapping, Optional, Union
 
+from pydantic import TypeAdapter
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from tfx_model_pruning import standard_component_specs as specs
+from tfx_model_pruning.component_options import (
+    ALLOW_UNSAFE_LAYERS,
+    MODULE_FILE,
+    MODULE_PATH,
+    build_config,
+    component_signature,
+    document,
+)
 from tfx_model_pruning.evaluator_gate import executor
-from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
+from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.metrics import metric_output_name
+from tfx_model_pruning.user_module import attach, load_user_module
 
 
 class EvaluatorGateSpec(ComponentSpec):
     PARAMETERS = {
         specs.GATE_CONFIG_KEY: ExecutionParameter(type=str),
         specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+        specs.MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         specs.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -65,49 +78,13 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         pusher = tfx.components.Pusher(model=retrain.outputs["model"], model_blessing=gate.outputs["blessing"], ...)
 
     Args:
-      model: The candidate ``Model`` (a SavedModel, tf-keras or ``tf.saved_model.save``, with
-        a ``serving_default`` signature that takes serialized tf.Examples).
+      model: The candidate ``Model`` (a SavedModel, tf-keras or ``tf.saved_model.save``, or a Keras 3
+        ``.keras`` file, with a ``serving_default`` signature that takes serialized tf.Examples).
       baseline_model: Optional ``Model`` to compare with (e.g. the unpruned Trainer output).
-        Drop bounds need it.
+        Drop bounds and ``min_size_reduction`` need it (or ``serving_model_dir``).
       examples: ``Examples`` with an ``eval_split``.
-      label_key: Label feature name.
-      thresholds: ``MetricThreshold``s or dicts: ``metric`` (Keras metric class name; TFMA is
-        told to name it ``snake_case`` of the class, e.g. ``AUC`` -> ``auc``, whatever else runs),
-        ``lower_bound``, ``upper_bound``, ``max_absolute_drop``, ``max_relative_drop``,
-        ``higher_is_better``.
-      min_sparsity: Least fraction of exact zeros in the candidate's pruned layers.
-      max_saved_model_bytes, max_params, max_flops: Upper bounds on the candidate's size on disk,
-        parameter count and FLOPs per example.
-      min_size_reduction: Least reduction of gzip-compressed weights versus ``baseline_model``.
-      max_latency_ms, latency_batch_size: Upper bound on the candidate's median CPU latency,
-        measured on the machine the gate runs on.
-      eval_split, signature_name: Which split to evaluate and which signature TFMA calls.
-      preprocessing_function_names: Signatures that turn raw examples into features, run
-        before the label and slices are read, as in TFMA and the stock Evaluator. After a
-        tf.Transform pipeline whose Trainer exports ``transform_features`` (TFX's examples do),
-        ``label_key="species_xf", preprocessing_function_names=["transform_features"]`` reads
-        the label the transform computes. A name a model lacks, or a label or slice feature
-        found neither in the raw examples nor in these outputs, fails before evaluation.
-      slice_feature, slice_thresholds: Check ``slice_thresholds`` on every value of
-        ``slice_feature`` on its own (TFMA slicing; drops are against the same slice of each
-        baseline), so a model that holds its overall accuracy but collapses on one slice is
-        refused. Slicing by the label checks each class.
-      min_eval_examples: Refuse when the eval split has fewer examples (default 100): an
-        accuracy measured on a handful of examples means little.
-      min_slice_examples: Slices with fewer eval examples are listed in the report, not checked.
-      serving_model_dir: The push destination. Its newest version (the model serving now) is
-        evaluated too and every drop bound applies against it as well as against
-        ``baseline_model``; either baseline can be used alone. No Resolver is involved, so this
-        runs on open-source Kubeflow Pipelines.
-      require_serving_model: Refuse when ``serving_model_dir`` holds no version yet. Off by
-        default, so the first release can pass (the report says there was nothing to compare).
-      evaluator: ``"auto"`` (default) evaluates every model and slice in one pass over whole
-        batches, with the Keras metrics TFMA uses, written in TFMA's format, where the metrics
-        and signatures allow it, else with TFMA's per-example evaluator; ``"tfma"`` always TFMA.
-      eval_batch_size: Examples per batch of that pass; by default as many as 16 MiB of
-        serialized examples and 1e11 FLOPs of the largest model allow, at most 32768.
-      allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
-        runs code shipped with the model. Off by default: such models are refused.
+      config: A ``GateConfig`` (or a mapping of one); the keyword options below are its fields,
+        and override it. ``thresholds`` entries may be ``MetricThreshold``s or mappings.
 
     Raises:
       pydantic.ValidationError / UnknownMetricError: at construction, for bounds that cannot
@@ -123,68 +100,49 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         model: types.BaseChannel,
         examples: types.BaseChannel,
         baseline_model: Optional[types.BaseChannel] = None,
+        config: Union[GateConfig, Mapping[str, Any], None] = None,
         *,
-        label_key: str,
-        thresholds: Sequence[Union[MetricThreshold, Mapping]],
-        min_sparsity: Optional[float] = None,
-        max_saved_model_bytes: Optional[int] = None,
-        min_size_reduction: Optional[float] = None,
-        max_latency_ms: Optional[float] = None,
-        latency_batch_size: int = 1,
-        max_params: Optional[int] = None,
-        max_flops: Optional[int] = None,
-        eval_split: str = "eval",
-        signature_name: str = "serving_default",
-        preprocessing_function_names: Sequence[str] = (),
-        slice_feature: Optional[str] = None,
-        slice_thresholds: Sequence[Union[MetricThreshold, Mapping]] = (),
-        min_eval_examples: int = 100,
-        min_slice_examples: int = 1,
-        serving_model_dir: Optional[str] = None,
-        require_serving_model: bool = False,
-        evaluator: str = "auto",
-        eval_batch_size: Optional[int] = None,
         allow_unsafe_layers: bool = False,
+        module_file: Optional[str] = None,
+        module_path: Optional[str] = None,
+        **options: Any,
     ):
-        config = GateConfig(
-            label_key=label_key,
-            thresholds=[MetricThreshold.model_validate(t) if isinstance(t, Mapping) else t for t in thresholds],
-            min_sparsity=min_sparsity,
-            max_saved_model_bytes=max_saved_model_bytes,
-            min_size_reduction=min_size_reduction,
-            max_latency_ms=max_latency_ms,
-            latency_batch_size=latency_batch_size,
-            max_params=max_params,
-            max_flops=max_flops,
-            eval_split=eval_split,
-            signature_name=signature_name,
-            preprocessing_function_names=list(preprocessing_function_names),
-            slice_feature=slice_feature,
-            slice_thresholds=[
-                MetricThreshold.model_validate(t) if isinstance(t, Mapping) else t for t in slice_thresholds
-            ],
-            min_eval_examples=min_eval_examples,
-            min_slice_examples=min_slice_examples,
-            serving_model_dir=serving_model_dir,
-            require_serving_model=require_serving_model,
-            evaluator=evaluator,
-            eval_batch_size=eval_batch_size,
-        )
-        for threshold in config.all_thresholds:
+        load_user_module(module_file, module_path)
+        gate = build_config(TypeAdapter(GateConfig), MODELS, config, options, "EvaluatorGate")
+        for threshold in gate.all_thresholds:
             metric_output_name(threshold.metric)
             has_drop_bound = threshold.max_absolute_drop is not None or threshold.max_relative_drop is not None
-            if has_drop_bound and baseline_model is None and serving_model_dir is None:
+            if has_drop_bound and baseline_model is None and gate.serving_model_dir is None:
                 raise ValueError(f"{threshold.metric}: a drop bound needs a baseline_model or a serving_model_dir")
-        if config.min_size_reduction is not None and baseline_model is None:
+        if gate.min_size_reduction is not None and baseline_model is None:
             raise ValueError("min_size_reduction is measured against a baseline_model; connect one")
         super().__init__(
             spec=EvaluatorGateSpec(
                 model=model,
                 baseline_model=baseline_model,
                 examples=examples,
-                gate_config=config.model_dump_json(),
+                gate_config=gate.model_dump_json(),
                 allow_unsafe_layers=int(allow_unsafe_layers),
+                module_file=module_file,
+                module_path=module_path,
                 blessing=types.Channel(type=standard_artifacts.ModelBlessing),
                 evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             )
         )
+        attach(self, module_file, module_path)
+
+
+MODELS = (GateConfig,)
+SHARED = {"allow_unsafe_layers": ALLOW_UNSAFE_LAYERS, "module_file": MODULE_FILE, "module_path": MODULE_PATH}
+_channel = inspect.Parameter.POSITIONAL_OR_KEYWORD
+EvaluatorGate.__init__.__signature__ = component_signature(
+    [
+        inspect.Parameter("model", _channel, annotation=types.BaseChannel),
+        inspect.Parameter("examples", _channel, annotation=types.BaseChannel),
+        inspect.Parameter("baseline_model", _channel, default=None, annotation=Optional[types.BaseChannel]),
+    ],
+    MODELS,
+    Union[GateConfig, Mapping[str, Any]],
+    SHARED,
+)
+document(EvaluatorGate, MODELS, SHARED)

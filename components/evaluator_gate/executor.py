@@ -37,7 +37,7 @@ from tfx_model_pruning.engine.prune import weight_and_size_stats
 from tfx_model_pruning.engine.report import layer_table
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights, with_serving_export
 from tfx_model_pruning.evaluator_gate import batched_evaluation, skill
-from tfx_model_pruning.evaluator_gate.checks import GateDecision, run_checks, unchecked_slices
+from tfx_model_pruning.evaluator_gate.checks import run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.metrics import (
     NON_FINITE_PREDICTIONS,
@@ -51,11 +51,13 @@ from tfx_model_pruning.evaluator_gate.report import (
     summary_markdown,
     verdict_line,
 )
+from tfx_model_pruning.evaluator_gate.result import GateDecision, GateFailure, LayerRow, ModelFigures, RunHeader
 from tfx_model_pruning.serving_versions import (
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
     latest_version_dir,
 )
+from tfx_model_pruning.user_module import load_user_module
 
 CANDIDATE, BASELINE, SERVING = "candidate", "baseline", "serving"
 OVERALL = "Overall"
@@ -63,6 +65,8 @@ FAILED_CHECKS_PROPERTY = "failed_checks"
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
+    _user_module: tuple[Optional[str], Optional[str]] = (None, None)
+
     def Do(
         self,
         input_dict: dict[str, list[types.Artifact]],
@@ -77,24 +81,25 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if baseline is not None:
             blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
         try:
+            self._user_module = (exec_properties.get(specs.MODULE_FILE_KEY), exec_properties.get(specs.MODULE_PATH_KEY))
+            load_user_module(*self._user_module)  # before the config: it may name what the module registers
             config = GateConfig.model_validate_json(exec_properties[specs.GATE_CONFIG_KEY])
             allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
             decision = self._evaluate(
                 config, candidate, baseline, input_dict[specs.EXAMPLES_KEY], evaluation.uri, allow_unsafe
             )
             decision.run = self._run_header(config)
-            result = decision.to_json()
-            write_json(evaluation.uri, files.GATE_RESULT_JSON, result)
-            write_text(evaluation.uri, files.GATE_SUMMARY_MARKDOWN, summary_markdown(result))
-            png = release_report_png(result)
+            write_json(evaluation.uri, files.GATE_RESULT_JSON, decision.to_json())
+            write_text(evaluation.uri, files.GATE_SUMMARY_MARKDOWN, summary_markdown(decision))
+            png = release_report_png(decision)
             write_bytes(evaluation.uri, files.GATE_REPORT_PNG, png)
-            write_text(evaluation.uri, files.GATE_REPORT_HTML, release_report_html(result, png))
+            write_text(evaluation.uri, files.GATE_REPORT_HTML, release_report_html(decision, png))
         except Exception as err:
             reason = f"EvaluatorGate failed, NOT_BLESSED: {type(err).__name__}: {_one_line(err)}"
             logging.error(reason)
             # Kept where the executor's outputs survive (a direct call, an orchestrator that keeps them).
-            failure = {"blessed": False, "error": repr(err)}
-            write_json(evaluation.uri, files.GATE_RESULT_JSON, failure)
+            failure = GateFailure(error=repr(err))
+            write_json(evaluation.uri, files.GATE_RESULT_JSON, failure.to_json())
             write_text(evaluation.uri, files.GATE_REPORT_HTML, release_report_html(failure))
             _write_blessing(blessing, blessed=False)
             if self._context is not None and self._context.executor_output_uri:
@@ -108,23 +113,23 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, decision.judged_serving_version)
         blessing.set_string_custom_property(FAILED_CHECKS_PROPERTY, "; ".join(decision.failed_checks))
         _write_blessing(blessing, blessed=decision.blessed)
-        progress.figure(verdict_line(decision.to_json()))
+        progress.figure(verdict_line(decision))
         if decision.blessed:
             logging.info("EvaluatorGate: BLESSED (%d checks passed)", len(decision.checks))
         else:
             logging.warning("EvaluatorGate: NOT_BLESSED; failed checks: %s", _failed_check_lines(decision))
         return None
 
-    def _run_header(self, config: GateConfig) -> dict[str, str]:
+    def _run_header(self, config: GateConfig) -> RunHeader:
         """Which pipeline and run made the verdict, and when: the first lines of the report."""
         context = self._context
         pipeline = context.pipeline_info.id if context is not None and context.pipeline_info is not None else ""
-        return {
-            "pipeline": pipeline,
-            "run": (context.pipeline_run_id or "") if context is not None else "",
-            "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "push_destination": config.serving_model_dir or "",
-        }
+        return RunHeader(
+            pipeline=pipeline,
+            run=(context.pipeline_run_id or "") if context is not None else "",
+            time=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            push_destination=config.serving_model_dir or "",
+        )
 
     def _evaluate(
         self,
@@ -218,19 +223,19 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         )
         return GateDecision(
             checks=checks,
-            config=config.model_dump(),
+            config=config,
             models={name: loaded.path for name, loaded in models.items()},
             metrics=metrics,
             slices=by_slice,
             unchecked_slices=unchecked_slices(config, by_slice),
-            weights=stats,
-            layers=layers,
+            weights={name: ModelFigures.from_json(figures) for name, figures in stats.items()},
+            layers={name: [LayerRow.from_json(row) for row in rows] for name, rows in layers.items()},
             judged_serving_version=os.path.realpath(serving_dir) if serving_dir is not None else "",
             evaluated_by=evaluated_by,
         )
 
-    @staticmethod
     def _one_pass_plan(
+        self,
         config: GateConfig,
         models: dict,
         sample: Optional[tf.train.Example],
@@ -258,6 +263,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             slice_feature=config.slice_feature,
             metric_classes=[] if answers_only else list(dict.fromkeys(t.metric for t in config.all_thresholds)),
             raw_features=raw_features,
+            user_module=self._user_module,
             batch_size=config.eval_batch_size
             or batched_evaluation.batch_size_for(
                 sample.ByteSize(), None if None in flops.values() else max(flops.values())

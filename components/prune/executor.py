@@ -18,6 +18,7 @@ from tfx_model_pruning.engine import progress, prune_saved_model, summary_markdo
 from tfx_model_pruning.engine.config import pruning_config_from_json
 from tfx_model_pruning.engine.data import read_serialized
 from tfx_model_pruning.engine.sensitivity import plot_curves
+from tfx_model_pruning.user_module import load_from
 
 # Structured pruning proves its rebuilt serving signatures on at least this many real
 # examples; data-driven criteria read config.sample_size of them.
@@ -33,6 +34,7 @@ class Executor(base_executor.BaseExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
+        load_from(exec_properties)  # before the config: it may name a criterion the module registers
         config = pruning_config_from_json(exec_properties[specs.PRUNING_CONFIG_KEY])
         input_uri = artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY])
         output_model = artifact_utils.get_single_instance(output_dict[specs.OUTPUT_MODEL_KEY])

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
-import os
-from typing import Mapping, Optional, Union
+import inspect
+from typing import Any, Mapping, Optional, Union
 
+from pydantic import TypeAdapter
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from tfx_model_pruning import standard_component_specs as specs
-from tfx_model_pruning.engine.config import DistillationConfig, FineTuneConfig, GradualPruningSchedule
+from tfx_model_pruning.component_options import (
+    ALLOW_UNSAFE_LAYERS,
+    MODULE_FILE,
+    MODULE_PATH,
+    SharedArgument,
+    build_config,
+    component_signature,
+    document,
+)
+from tfx_model_pruning.engine.config import FineTuneConfig
 from tfx_model_pruning.retrain import executor
+from tfx_model_pruning.retrain.executor import INPUT_FN_NAME
+from tfx_model_pruning.user_module import attach, load_user_module
 
 
 class RetrainComponentSpec(ComponentSpec):
     PARAMETERS = {
         specs.FINE_TUNE_CONFIG_KEY: ExecutionParameter(type=str),
         specs.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+        specs.MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
         specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
     }
     # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
@@ -41,7 +54,7 @@ class RetrainComponent(base_component.BaseComponent):
     ``label_key="<label>_xf"`` (what the transform calls the label), and/or
     ``transform_graph=transform.outputs["transform_graph"]``, with which raw examples are
     transformed first (examples already carrying the model's inputs are used as they are).
-    A ``module_file`` defining ``input_fn`` replaces all that, as with the TFX Trainer::
+    A module (``module_file`` / ``module_path``) defining ``input_fn`` replaces all that, as with the TFX Trainer::
 
         def input_fn(file_paths, model, label_key, batch_size, shuffle_buffer, seed) -> tf.data.Dataset:
             ...  # batches of (features, label)
@@ -88,25 +101,10 @@ class RetrainComponent(base_component.BaseComponent):
       examples: ``Examples`` channel with ``train_split`` and ``eval_split``.
       transform_graph: Optional ``TransformGraph`` channel of the Transform the model was
         trained after; its outputs must include every model input.
-      label_key: Name of the label feature.
-      epochs, steps_per_epoch, batch_size, learning_rate: Training budget (Adam optimizer);
-        ``steps_per_epoch`` defaults to one pass over the train split.
-      loss: Keras loss class name (e.g. ``"SparseCategoricalCrossentropy"``); default: the loss
-        the model was compiled with. ``from_logits`` goes with it; by default it is read from the
-        model (its final activation), and a value that contradicts the model fails before training.
-      module_file: Optional path to a Python file defining ``input_fn``.
-      gradual_pruning: Optional ``GradualPruningSchedule`` (or dict): prune further while
-        fine-tuning, polynomial decay from ``initial_sparsity`` to ``final_sparsity`` between
-        ``begin_step`` and ``end_step`` (batches), masks updated every ``frequency`` steps inside
-        the compiled training step. A schedule that cannot finish within
-        ``epochs * steps_per_epoch`` is an error (at construction when ``steps_per_epoch`` is set).
-      distillation: Optional ``DistillationConfig`` (or dict: ``temperature``, ``alpha`` = weight
-        of the hard-label loss) to distil from ``teacher_model`` (the unpruned model; logits).
-      teacher_model: ``Model`` channel of the teacher, required with ``distillation``.
-      allow_unsafe_layers: Load models that contain ``Lambda`` or custom layers, whose loading
-        runs code shipped with the model. Off by default: such models are refused.
-      train_split, eval_split: Split names in ``examples``.
-      seed, shuffle_buffer: Shuffling of the train split (seed 0, a buffer of 1024 examples).
+      teacher_model: ``Model`` channel of the teacher, required with ``distillation`` (usually
+        the unpruned model).
+      config: A ``FineTuneConfig`` (or a mapping of one); the keyword options below are its
+        fields, and override it. ``label_key`` is required here.
     """
 
     SPEC_CLASS = RetrainComponentSpec
@@ -116,55 +114,59 @@ class RetrainComponent(base_component.BaseComponent):
         self,
         model: types.BaseChannel,
         examples: types.BaseChannel,
+        config: Union[FineTuneConfig, Mapping[str, Any], None] = None,
         *,
-        label_key: str,
-        epochs: int = 10,
-        steps_per_epoch: Optional[int] = None,
-        batch_size: int = 32,
-        learning_rate: float = 1e-3,
-        loss: Optional[str] = None,
-        from_logits: Optional[bool] = None,
-        module_file: Optional[str] = None,
-        train_split: str = "train",
-        eval_split: str = "eval",
-        seed: int = 0,
-        shuffle_buffer: int = 1024,
-        gradual_pruning: Optional[Union[GradualPruningSchedule, Mapping]] = None,
-        distillation: Optional[Union[DistillationConfig, Mapping]] = None,
         teacher_model: Optional[types.BaseChannel] = None,
         transform_graph: Optional[types.BaseChannel] = None,
         allow_unsafe_layers: bool = False,
+        module_file: Optional[str] = None,
+        module_path: Optional[str] = None,
+        **options: Any,
     ):
-        config = FineTuneConfig(
-            label_key=label_key,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            loss=loss,
-            from_logits=from_logits,
-            train_split=train_split,
-            eval_split=eval_split,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            gradual_pruning=gradual_pruning,
-            distillation=distillation,
-        )
-        if config.distillation is not None and teacher_model is None:
+        module = load_user_module(module_file, module_path)
+        fine_tune = build_config(TypeAdapter(FineTuneConfig), MODELS, config, options, "RetrainComponent")
+        if fine_tune.label_key is None:
+            raise ValueError("RetrainComponent reads the label from the examples: give label_key")
+        if fine_tune.distillation is not None and teacher_model is None:
             raise ValueError("distillation needs a teacher_model (usually the unpruned baseline)")
-        if module_file is not None and transform_graph is not None:
-            raise ValueError("give either transform_graph or a module_file with input_fn, not both")
-        if module_file is not None and "://" not in module_file and not os.path.isfile(module_file):
-            raise FileNotFoundError(f"module_file {module_file!r} does not exist")
+        if transform_graph is not None and hasattr(module, INPUT_FN_NAME):
+            raise ValueError(f"give either transform_graph or a module with {INPUT_FN_NAME}, not both")
         super().__init__(
             spec=RetrainComponentSpec(
                 input_model=model,
                 examples=examples,
                 teacher_model=teacher_model,
                 transform_graph=transform_graph,
-                fine_tune_config=config.model_dump_json(),
+                fine_tune_config=fine_tune.model_dump_json(),
                 module_file=module_file,
+                module_path=module_path,
                 allow_unsafe_layers=int(allow_unsafe_layers),
                 model=types.Channel(type=standard_artifacts.Model),
             )
         )
+        attach(self, module_file, module_path)
+
+
+MODELS = (FineTuneConfig,)
+SHARED = {
+    "allow_unsafe_layers": ALLOW_UNSAFE_LAYERS,
+    "module_file": MODULE_FILE._replace(
+        doc=MODULE_FILE.doc + f" An ``{INPUT_FN_NAME}`` it defines replaces the default input (above)."
+    ),
+    "module_path": MODULE_PATH,
+}
+_channel = inspect.Parameter.POSITIONAL_OR_KEYWORD
+RetrainComponent.__init__.__signature__ = component_signature(
+    [
+        inspect.Parameter("model", _channel, annotation=types.BaseChannel),
+        inspect.Parameter("examples", _channel, annotation=types.BaseChannel),
+    ],
+    MODELS,
+    Union[FineTuneConfig, Mapping[str, Any]],
+    {
+        "teacher_model": SharedArgument(Optional[types.BaseChannel], None, ""),
+        "transform_graph": SharedArgument(Optional[types.BaseChannel], None, ""),
+        **SHARED,
+    },
+)
+document(RetrainComponent, MODELS, SHARED)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
-from tfx.utils import import_utils, path_utils
+from tfx.utils import path_utils
 
 from tfx_model_pruning import artifact_files as files
 from tfx_model_pruning import standard_component_specs as specs
@@ -26,6 +25,7 @@ from tfx_model_pruning.engine import (
 )
 from tfx_model_pruning.engine.finetune import EpochProgress, fresh_adam, require_learned
 from tfx_model_pruning.engine.transform import transform_preprocessing
+from tfx_model_pruning.user_module import load_from
 
 INPUT_FN_NAME = "input_fn"
 
@@ -37,6 +37,7 @@ class Executor(base_executor.BaseExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
+        module = load_from(exec_properties)  # before loading the model: it may register its classes
         config = FineTuneConfig.model_validate_json(exec_properties[specs.FINE_TUNE_CONFIG_KEY])
         examples = input_dict[specs.EXAMPLES_KEY]
         train_files = split_files(examples, config.train_split)
@@ -46,13 +47,13 @@ class Executor(base_executor.BaseExecutor):
         allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
         loaded = load_model(artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY]), allow_unsafe)
         require_finite_weights(loaded.model, f"the model to fine-tune ({loaded.path})")
-        module_file = exec_properties.get(specs.MODULE_FILE_KEY)
-        make_dataset = self._input_fn(module_file)
+        user_input_fn = getattr(module, INPUT_FN_NAME, None)
+        make_dataset = user_input_fn or examples_dataset
         options = {}
         if input_dict.get(specs.TRANSFORM_GRAPH_KEY):
             transform_uri = artifact_utils.get_single_uri(input_dict[specs.TRANSFORM_GRAPH_KEY])
-            if module_file:
-                raise ValueError("give either transform_graph or a module_file with input_fn, not both")
+            if user_input_fn is not None:
+                raise ValueError(f"give either transform_graph or a module with {INPUT_FN_NAME}, not both")
             options["preprocessing"] = transform_preprocessing(transform_uri)
         train = make_dataset(
             file_paths=train_files,
@@ -105,14 +106,6 @@ class Executor(base_executor.BaseExecutor):
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
         progress.figure(_key_figure(result.history, stats["masked_sparsity"]))
-
-    @staticmethod
-    def _input_fn(module_file: str | None):
-        if not module_file:
-            return examples_dataset
-        if not os.path.exists(module_file) and "://" not in module_file:
-            raise FileNotFoundError(f"module_file {module_file!r} does not exist")
-        return import_utils.import_func_from_source(module_file, INPUT_FN_NAME)
 
 
 def _key_figure(history: dict[str, list[float]], sparsity: float) -> str:
