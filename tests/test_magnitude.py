@@ -103,6 +103,17 @@ def test_protected_layers_by_name_and_regex_are_untouched():
     assert abs(_zero_fraction([_kernel(model, "head")]) - 0.5) <= 0.005
 
 
+def test_kernels_smaller_than_min_weights_are_left_whole():
+    model = _mlp()
+    hidden_a = _kernel(model, "hidden_a")  # 16 x 32 = 512 weights; hidden_b has 768
+    weights, _ = prune_model(model, PruningConfig(target_sparsity=0.5, min_weights=600))
+    np.testing.assert_array_equal(_kernel(model, "hidden_a"), hidden_a)
+    assert abs(_zero_fraction([_kernel(model, "hidden_b")]) - 0.5) <= 0.005
+    assert {w.layer_name: w.protected_by for w in weights}["hidden_a"] == "fewer than min_weights=600 weights"
+    with pytest.raises(PruningConfigError, match="every prunable layer is protected"):
+        prune_model(_mlp(), PruningConfig(target_sparsity=0.5, min_weights=10_000))
+
+
 def test_pattern_matching_no_layer_is_an_error():
     with pytest.raises(PruningConfigError, match=re.escape("['encoder.*'] match no layer")):
         prune_model(_mlp(), PruningConfig(target_sparsity=0.5, protected_layers=["encoder.*"]))

@@ -93,6 +93,12 @@ class PruningConfig(_StrictModel):
     protect_output_layer: bool = Field(
         default=True, description="Leave the last weighted layer on every model output dense."
     )
+    min_weights: int = Field(
+        default=0,
+        ge=0,
+        description="Leave every kernel with fewer weights than this unpruned: zeros in a small layer (a few "
+        "input features wide) save almost nothing and cost the most accuracy per weight.",
+    )
 
     @field_validator("criterion")
     @classmethod

@@ -45,6 +45,8 @@ def find_prunable_weights(model: Any, config: PruningConfig) -> list[PrunableWei
         short_name = weight.layer_name.rsplit("/", 1)[-1]
         if weight.key in in_output_layer:
             weight.protected_by = "output layer"
+        if weight.variable.shape.num_elements() < config.min_weights:
+            weight.protected_by = f"fewer than min_weights={config.min_weights} weights"
         for pattern, regex in patterns:
             if regex.fullmatch(weight.layer_name) or regex.fullmatch(short_name):
                 weight.protected_by = f"protected_layers pattern {pattern!r}"
