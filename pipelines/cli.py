@@ -55,17 +55,24 @@ COMPILE_PATHS = {"--data-root": "kubeflow.data_root"}
 
 def _field_at(path: str):
     """The pipeline file's field at ``path`` in every model that has it (each pruning method's)."""
+
+
+    return [field for field, _ in _fields_with_models(path)]
+
+
+def _fields_with_models(path: str) -> list:
+    """``(field, model)`` for each model that has the field at ``path``."""
     from pydantic import BaseModel
 
     from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig, field_types
 
     models: list = [PipelineConfig]
-    fields = []
+    found: list = []
     for part in path.split("."):
-        fields = [model.model_fields[part] for model in models if part in model.model_fields]
-        models = [t for field in fields for t in field_types(field.annotation) if isinstance(t, type)]
+        found = [(model.model_fields[part], model) for model in models if part in model.model_fields]
+        models = [t for field, _ in found for t in field_types(field.annotation) if isinstance(t, type)]
         models = [t for t in models if issubclass(t, BaseModel)]
-    return fields
+    return found
 
 
 def _add_file_flag(group, flag: str, path: str) -> None:
@@ -83,9 +90,20 @@ def _add_file_flag(group, flag: str, path: str) -> None:
     wrapped = [t for f in fields for t in (f.annotation, *typing.get_args(f.annotation))]
     repeated = any(typing.get_origin(t) is list for t in wrapped)
     description = fields[0].description.rstrip(".")
-    if len({field.description for field in fields}) > 1:
-        description = path.rsplit(".", 1)[-1].replace("_", " ")
-    options: dict = {"help": f"{description} [{path}{'; repeatable' if repeated else ''}]", "default": None}
+    if len({field.description for field in fields}) > 1:  # each pruning method says what it means by it
+        description = "; ".join(
+            f"{model.model_fields['method'].default}: {field.description.rstrip('.')}"
+            for field, model in _fields_with_models(path)
+        )
+    defaults = {repr(field.get_default(call_default_factory=True)) for field in fields if not field.is_required()}
+    shown = f"; default {defaults.pop()}" if len(defaults) == 1 and "None" not in defaults else ""
+    if len(defaults) > 1:
+        shown = "; default " + ", ".join(
+            f"{model.model_fields['method'].default}: {field.get_default(call_default_factory=True)!r}"
+            for field, model in _fields_with_models(path)
+        )
+    # The flag's own default stays None: a flag left out leaves the file's value (or the model's default).
+    options: dict = {"help": f"{description} [{path}{shown}{'; repeatable' if repeated else ''}]", "default": None}
     if scalar is bool:
         options["action"] = "store_true"
     else:
