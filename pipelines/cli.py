@@ -56,7 +56,6 @@ COMPILE_PATHS = {"--data-root": "kubeflow.data_root"}
 def _field_at(path: str):
     """The pipeline file's field at ``path`` in every model that has it (each pruning method's)."""
 
-
     return [field for field, _ in _fields_with_models(path)]
 
 
