@@ -7,7 +7,7 @@ import tf_keras as keras
 from pydantic import ValidationError
 
 from tfx_model_pruning.engine.config import PruningConfig, StructuredPruningConfig
-from tfx_model_pruning.engine.importance import MissingSampleError, channel_scores
+from tfx_model_pruning.engine.importance import Criterion, CriterionError, MissingSampleError, channel_scores
 from tfx_model_pruning.engine.magnitude import prune_model
 from tfx_model_pruning.engine.structured import analyse, prune_structured
 
@@ -100,3 +100,16 @@ def test_taylor_needs_a_label_key():
         StructuredPruningConfig(prune_fraction=0.5, criterion="taylor")
     with pytest.raises(ValidationError, match="needs label_key"):
         PruningConfig(target_sparsity=0.5, criterion="taylor")
+
+
+class _Negated(Criterion):
+    """-|w| per channel: the order of l1, upside down in sign."""
+
+    def __call__(self, model, targets, sample=None):
+        return [-np.abs(t.per_channel(t.kernel.numpy())).sum(axis=0) for t in targets]
+
+
+def test_a_negative_or_non_finite_score_is_refused_not_read_upside_down():
+    model = _model_with_a_dead_and_an_unused_unit()
+    with pytest.raises(CriterionError, match="_Negated gave hidden a negative score .* must be >= 0"):
+        prune_structured(model, StructuredPruningConfig(prune_fraction=0.5), criterion=_Negated())

@@ -1,7 +1,7 @@
 """Importance criteria: which channels (structured) or weights (unstructured) matter least.
 
 A criterion is an object with one call, ``criterion(model, targets, sample)``, returning one
-score array per target (higher = keep). A target is a ``ChannelSource`` (a producer's output
+score array per target (finite, non-negative, higher = keep). A target is a ``ChannelSource`` (a producer's output
 channels: one score per channel) or a ``PrunableWeight`` (one score per entry). Built-ins are
 registered by name, the names the configs accept; a user's criterion object can be passed to
 ``prune_structured``/``prune_model`` directly.
@@ -262,7 +262,7 @@ def channel_scores(
 ) -> dict[str, np.ndarray]:
     """Per producer layer, one importance score per output channel (higher = keep)."""
     sources = channel_sources(model, graph)
-    scores = get_criterion(criterion)(model, sources, sample)
+    scores = _checked(get_criterion(criterion), sources, get_criterion(criterion)(model, sources, sample))
     return {source.layer_name: score for source, score in zip(sources, scores, strict=True)}
 
 
@@ -270,5 +270,25 @@ def weight_scores(
     model: Any, weights: Sequence[PrunableWeight], criterion: Union[str, Criterion], sample=None
 ) -> dict[str, np.ndarray]:
     """Per weight key, one importance score per entry (higher = keep)."""
-    scores = get_criterion(criterion)(model, list(weights), sample)
+    scores = _checked(get_criterion(criterion), weights, get_criterion(criterion)(model, list(weights), sample))
     return {weight.key: score for weight, score in zip(weights, scores, strict=True)}
+
+
+def _checked(criterion: Criterion, targets: Sequence[Target], scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The scores, refused unless one finite, non-negative array per target: layers are compared by
+    their scores relative to a mean, which a negative score turns upside down."""
+    scores = [np.asarray(score, dtype=np.float64) for score in scores]
+    if len(scores) != len(targets):
+        raise CriterionError(
+            f"{type(criterion).__name__} returned {len(scores)} score arrays for {len(targets)} targets"
+        )
+    for target, score in zip(targets, scores, strict=True):
+        name = getattr(target, "layer_name", "?")
+        if not np.all(np.isfinite(score)):
+            raise CriterionError(f"{type(criterion).__name__} gave {name} a NaN or infinite score")
+        if np.any(score < 0):
+            raise CriterionError(
+                f"{type(criterion).__name__} gave {name} a negative score ({score.min():g}): importance scores "
+                "must be >= 0, higher meaning keep"
+            )
+    return scores
