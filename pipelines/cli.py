@@ -326,6 +326,7 @@ def _kubeflow_defaults(args: argparse.Namespace) -> None:
         if getattr(args, name, None) is None and getattr(kubeflow, name) is not None:
             setattr(args, name, getattr(kubeflow, name))
     args.experiment = args.experiment or kubeflow.experiment or config.name
+    args.service_account = kubeflow.service_account
     if hasattr(args, "spec") and args.spec is None:
         args.spec = os.path.join(kubeflow.output_dir, f"{config.name}.yaml")
 
@@ -363,6 +364,7 @@ def kubeflow_command(args: argparse.Namespace) -> int:
             parameters=parameters,
             namespace=namespace,
             enable_caching=args.enable_caching,
+            service_account=args.service_account,
         )
         print(f"run {run_name}: {run_id}")
     elif args.schedule_command == "create":
@@ -374,6 +376,7 @@ def kubeflow_command(args: argparse.Namespace) -> int:
             cron=args.cron,
             parameters=parameters,
             namespace=namespace,
+            service_account=args.service_account,
         )
         print(f"schedule {args.name} ({args.cron}): {schedule_id}")
     elif args.schedule_command == "list":
@@ -604,6 +607,7 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
 
 def compile_kubeflow(args: argparse.Namespace) -> int:
     from tfx_model_pruning.pipelines import kubeflow
+    from tfx_model_pruning.pipelines.kubeflow_steps import StepSettingsError
     from tfx_model_pruning.pipelines.pipeline_config import PipelineConfigError
 
     try:
@@ -630,7 +634,11 @@ def compile_kubeflow(args: argparse.Namespace) -> int:
                 config.kubeflow.output_dir,
                 config.kubeflow.image or kubeflow.default_image(),
                 parameter_defaults={kubeflow.DATA_ROOT_PARAMETER: config.kubeflow.data_root},
+                steps=config.kubeflow.steps,
             )
+    except StepSettingsError as err:
+        print(f"prune-pipeline compile: error: {err}", file=sys.stderr)
+        return 2
     except Exception as err:
         explained = cloud_storage_error(err, config.kubeflow.pipeline_root)
         if explained is None:

@@ -155,7 +155,11 @@ def read_spec(spec_path: str) -> PipelineSpecFile:
     """Reads the bare pipeline-spec YAML that ``compile`` writes; refuses the PipelineJob wrapper."""
     with open(spec_path, "rb") as f:
         content = f.read()
-    spec = yaml.safe_load(content)
+    try:
+        # The pipeline spec, then (with per-step Kubernetes settings) the platform spec.
+        spec = next(iter(yaml.safe_load_all(content)), None)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{spec_path} is not valid YAML: {err}") from None
     if not isinstance(spec, dict) or "root" not in spec or "pipelineInfo" not in spec:
         hint = (
             " (that is the PipelineJob wrapper; pass the .yaml that compile writes)"
@@ -198,6 +202,7 @@ def submit_run(
     parameters: Optional[Mapping[str, Any]] = None,
     namespace: Optional[str] = None,
     enable_caching: Optional[bool] = None,
+    service_account: Optional[str] = None,
 ) -> str:
     """Creates one run of the (uploaded or reused) pipeline version in ``experiment``; returns its id."""
     spec.check_parameters(parameters)  # before any request
@@ -210,6 +215,7 @@ def submit_run(
         pipeline_id=version.pipeline_id,
         version_id=version.version_id,
         enable_caching=enable_caching,
+        service_account=service_account,
     )
     return run.run_id
 
@@ -223,8 +229,9 @@ def schedule_run(
     cron: str,
     parameters: Optional[Mapping[str, Any]] = None,
     namespace: Optional[str] = None,
+    service_account: Optional[str] = None,
 ) -> str:
-    """Creates a recurring run; returns its id.
+    """Creates a recurring run; returns its id; its pods run as ``service_account`` when given.
 
     One run at a time (``max_concurrency=1``: two retrainings pushing at once would race for the
     gate's serving baseline) and no catch-up (a paused schedule resumes with one run, not a
@@ -250,6 +257,7 @@ def schedule_run(
         pipeline_id=version.pipeline_id,
         version_id=version.version_id,
         enabled=True,
+        service_account=service_account,
     )
     return recurring.recurring_run_id
 

@@ -15,16 +15,23 @@ from importlib import metadata
 from typing import Mapping
 
 import yaml
+from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from tfx_model_pruning.pipelines import pruning_pipeline
+from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings, apply_step_settings
 from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
 
 PACKAGE = "tfx-model-pruning"
 IMAGE_REPOSITORY = "tfx-model-pruning"
 DATA_ROOT_PARAMETER = "data_root"
 GATE_CONFIG_PARAMETER = "gate_config"
+_RESOURCES = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+# The resource fields this KFP SDK's pipeline spec has (newer ones add quantities as strings).
+RESOURCE_SPEC_FIELDS = frozenset(
+    field.name for message in (_RESOURCES, _RESOURCES.AcceleratorConfig) for field in message.DESCRIPTOR.fields
+)
 
 
 def default_image() -> str:
@@ -54,12 +61,18 @@ def kubeflow_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
 
 
 def compile_pipeline(
-    pipeline: tfx.dsl.Pipeline, output_dir: str, image: str, parameter_defaults: Mapping[str, str] = ()
+    pipeline: tfx.dsl.Pipeline,
+    output_dir: str,
+    image: str,
+    parameter_defaults: Mapping[str, str] = (),
+    steps: Mapping[str, StepSettings] = (),
 ) -> tuple[str, str]:
     """Writes the PipelineJob JSON and the bare pipeline-spec YAML; returns both paths.
 
     ``parameter_defaults`` become the job's runtime values and the spec's ``defaultValue``s, so
-    a run (or a recurring run) that names no value still has one.
+    a run (or a recurring run) that names no value still has one. ``steps`` (``kubeflow.steps``)
+    set each step's pod: the pipeline spec carries resources, env, retries and caching; node
+    selectors, tolerations and secrets go into the platform spec, the YAML's second document.
     """
     parameter_defaults = dict(parameter_defaults)
     os.makedirs(output_dir, exist_ok=True)
@@ -80,11 +93,14 @@ def compile_pipeline(
     for parameter, value in parameter_defaults.items():
         definition = spec["root"]["inputDefinitions"]["parameters"][parameter]
         definition.update({"defaultValue": value, "isOptional": True})
+    platform_spec = apply_step_settings(spec, dict(steps), RESOURCE_SPEC_FIELDS)
     job_path = os.path.join(output_dir, f"{name}_job.json")
     with open(job_path, "w", encoding="utf-8") as f:
         json.dump(job, f, indent=2, sort_keys=True)
     spec_path = os.path.join(output_dir, f"{name}.yaml")
     with open(spec_path, "w", encoding="utf-8") as f:
         # Sorted, as KFP's own compiler writes it: the same pipeline compiles to the same bytes.
-        yaml.safe_dump(json.loads(json.dumps(spec)), f, sort_keys=True)
+        # The platform spec follows as a second document, as kfp-kubernetes writes it.
+        documents = [json.loads(json.dumps(spec))] + ([platform_spec] if platform_spec else [])
+        yaml.safe_dump_all(documents, f, sort_keys=True)
     return job_path, spec_path

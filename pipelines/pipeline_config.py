@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
 from tfx_model_pruning.engine.keras_names import closest_name
 from tfx_model_pruning.evaluator_gate.config import GateConfig
+from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings
 from tfx_model_pruning.user_module import load_user_module
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -153,6 +154,14 @@ class KubeflowSection(_Section):
     host: Optional[str] = Field(default=None, description="KFP API endpoint for submit/schedule.")
     namespace: Optional[str] = Field(default=None, description="Kubernetes namespace (multi-user KFP).")
     experiment: Optional[str] = Field(default=None, description="KFP experiment (default: the pipeline name).")
+    service_account: Optional[str] = Field(
+        default=None, description="Kubernetes service account the runs' pods use (submit and schedule)."
+    )
+    steps: dict[str, StepSettings] = Field(
+        default_factory=dict,
+        description="Pod settings per step, by component id (RetrainComponent, PruneComponent, EvaluatorGate, "
+        "Trainer, Pusher...): CPU and memory, accelerators, node selector, tolerations, env, retries, caching.",
+    )
 
 
 # How much a pipeline prunes when its file names a method but no amount: 80% of the weights, half the channels.
