@@ -694,7 +694,7 @@ def cloud_storage_error(err: BaseException, pipeline_root: Optional[str]) -> Opt
     text = " ".join(str(getattr(err, "message", None) or err).split())
     url = re.search(r"\b[a-z0-9]+://[^\s'\"]+", text)
     where = url.group(0) if url else (pipeline_root or "cloud storage")
-    why = "TFX uploads the Trainer module file's package under the pipeline root while compiling"
+    why = "TFX uploads module files (the Trainer's, the Transform's, module_file) as packages under the pipeline root"
     denied = (tf.errors.UnauthenticatedError, tf.errors.PermissionDeniedError, GoogleAuthError)
     if isinstance(err, denied) or re.search(r"\b40[13]\b|credential|anonymous caller|bearer token", text, re.I):
         return (
@@ -705,7 +705,7 @@ def cloud_storage_error(err: BaseException, pipeline_root: Optional[str]) -> Opt
         return (
             f"cannot reach {where} from this machine ({why}): {_one_line(text)[:200]}. To fix: compile where "
             "the bucket is reachable (network, proxy, DNS) with Google Cloud credentials, or give "
-            "model.trainer_run_fn (importable in the image) instead of a module file: nothing to upload."
+            "model.trainer_run_fn and module_path (importable in the image) instead of module files: nothing to upload."
         )
     return f"cannot access {where} ({why}): {_one_line(text)[:300]}"
 
