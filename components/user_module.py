@@ -86,8 +86,8 @@ def _import_file(module_file: str) -> ModuleType:
 
 
 def attach(component: base_component.BaseComponent, module_file: Optional[str], module_path: Optional[str]) -> None:
-    """Checks and loads the module at construction, so the names it registers validate now, and
-    has TFX package a ``module_file`` with the pipeline as it does the Trainer's."""
+    """Has TFX package a ``module_file`` with the pipeline, as it does the Trainer's (the component
+    has loaded the module already, with ``load_user_module``, so the names it registers validated)."""
     if module_file and module_path:
         raise ValueError("give module_file or module_path, not both")
     if module_file and "://" not in module_file and not fileio.exists(module_file):
