@@ -68,9 +68,10 @@ class RetrainComponent(base_component.BaseComponent):
     training (``FineTuneDataError``: a label out of range, in one line), or when a model with
     several outputs has no ``module_file`` to give it a label per output.
 
-    Models saved with ``tf.saved_model.save`` (as TFX's examples do) are fine-tuned through
-    their restored call function; they carry no loss, so ``loss`` must be given, and they
-    cannot be pruned gradually or distilled (both need the Keras layers).
+    Models saved with ``tf.saved_model.save`` (as TFX's examples do) or Keras 3's ``model.export``
+    are fine-tuned through their restored call function, ``serve`` endpoint or serving signature;
+    they carry no loss, so ``loss`` must be given. Gradual pruning and distillation run in the
+    same loop (the teacher may be restored too).
 
     Usage::
 
