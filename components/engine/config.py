@@ -402,6 +402,12 @@ class FineTuneConfig(_StrictModel):
     distillation: Optional[DistillationConfig] = Field(
         default=None, description="Distil from a teacher (the unpruned model) while fine-tuning."
     )
+    strategy: Literal["one_device", "mirrored", "multi_worker"] = Field(
+        default="one_device",
+        description="tf.distribute strategy of fine-tuning: one_device; mirrored (every local GPU, else every "
+        "logical CPU); multi_worker (the workers TF_CONFIG names). The model is loaded under it; gradual pruning "
+        "and distillation run on one device.",
+    )
 
     @field_validator("loss")
     @classmethod
@@ -412,6 +418,11 @@ class FineTuneConfig(_StrictModel):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> FineTuneConfig:
+        if self.strategy != "one_device" and (self.gradual_pruning is not None or self.distillation is not None):
+            raise ValueError(
+                f"strategy {self.strategy!r} distributes plain fine-tuning; gradual_pruning and distillation "
+                "run on one device (strategy: one_device)"
+            )
         if self.gradual_pruning is not None and self.steps_per_epoch is not None:
             self.gradual_pruning.check_fits(self.epochs * self.steps_per_epoch)
         return self

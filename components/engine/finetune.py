@@ -32,6 +32,7 @@ from tfx_model_pruning.engine.restored import (
     is_restored,
     require_tensorflow_backend,
     trainable_variables,
+    variable_of,
 )
 from tfx_model_pruning.engine.saved_model import compiled_metrics
 
@@ -76,6 +77,54 @@ def mask_variables(model: Any, masks: Mapping[str, np.ndarray]) -> list[tuple[tf
     return pairs
 
 
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy ``FineTuneConfig.strategy`` names; build or load the model
+    inside its ``scope()`` before ``fine_tune``.
+
+    ``mirrored`` replicates across every local GPU, or, without one, every logical CPU device (one
+    on a plain machine; tests configure two). ``multi_worker`` reads the cluster from ``TF_CONFIG``.
+
+    Example::
+
+        strategy = distribution_strategy("mirrored")
+        with strategy.scope():
+            model = load_model(path).model
+            fine_tune(model, train, val, FineTuneConfig(strategy="mirrored", ...), masks)
+    """
+    if name == "one_device":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}: one_device, mirrored or multi_worker")
+
+
+def _masked(variable: tf.Variable, mask: tf.Tensor) -> Any:
+    return variable.assign(variable * mask)
+
+
+def hold_masks(masked: Sequence[tuple[tf.Variable, tf.Tensor]]) -> None:
+    """Sets every masked weight to ``weight * mask``, on every replica when a strategy distributes
+    them: in a replica's step the update goes through the strategy (a replicated variable cannot
+    be assigned by one replica alone)."""
+    if not tf.distribute.has_strategy():
+        for variable, mask in masked:
+            variable.assign(variable * mask)
+        return
+
+    def update(strategy):
+        for variable, mask in masked:
+            strategy.extended.update(variable, _masked, args=(mask,))
+
+    if tf.distribute.in_cross_replica_context():
+        update(tf.distribute.get_strategy())
+    else:
+        tf.distribute.get_replica_context().merge_call(update)
+
+
 class KeepPrunedWeightsZero(keras.callbacks.Callback):
     """Holds pruned weights at zero through ``fit``, so momentum or weight decay can never
     revive one: the masks are applied inside the compiled train step, right after each
@@ -96,8 +145,7 @@ class KeepPrunedWeightsZero(keras.callbacks.Callback):
         self._own_train_step = None
 
     def _apply_masks(self) -> None:
-        for variable, mask in self._masked:
-            variable.assign(variable * mask)
+        hold_masks(self._masked)
 
     def on_train_begin(self, logs=None):
         self._apply()
@@ -228,6 +276,7 @@ def fine_tune(
         result = fine_tune(model, (x_train, y_train), (x_val, y_val), FineTuneConfig(epochs=3), masks, verbose=0)
     """
     require_tensorflow_backend(model)
+    _require_built_under(model, config.strategy)
     train_dataset = _as_dataset(train_dataset, config, shuffle=True)
     eval_dataset = _as_dataset(eval_dataset, config, shuffle=False)
     loss, loss_settings = _loss_for(model, config, train_dataset)
@@ -259,6 +308,23 @@ def fine_tune(
         result = _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss)
     result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
     return result
+
+
+def _require_built_under(model: Any, strategy: str) -> None:
+    """A distributed fine-tune needs the model's variables made under the strategy's scope."""
+    if strategy == "one_device":
+        return
+    if is_restored(model):
+        raise ValueError(
+            f"strategy {strategy!r} distributes Keras's fit; a model restored without its Keras classes "
+            "(tf.saved_model.save, model.export) is fine-tuned on one device"
+        )
+    first = variable_of(model.weights[0]) if model.weights else None
+    if not isinstance(first, tf.distribute.DistributedValues):
+        raise ValueError(
+            f"strategy {strategy!r}: build or load the model inside distribution_strategy({strategy!r}).scope(), "
+            "so its weights are made on every replica"
+        )
 
 
 def fresh_adam(model: Any, learning_rate: float) -> Any:

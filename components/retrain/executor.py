@@ -23,7 +23,7 @@ from tfx_model_pruning.engine import (
     verify_signatures_preserved,
     weight_stats,
 )
-from tfx_model_pruning.engine.finetune import EpochProgress, fresh_adam, require_learned
+from tfx_model_pruning.engine.finetune import EpochProgress, distribution_strategy, fresh_adam, require_learned
 from tfx_model_pruning.engine.transform import transform_preprocessing
 from tfx_model_pruning.user_module import load_from
 
@@ -45,7 +45,9 @@ class Executor(base_executor.BaseExecutor):
         output_model = artifact_utils.get_single_instance(output_dict[specs.OUTPUT_MODEL_KEY])
 
         allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
-        loaded = load_model(artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY]), allow_unsafe)
+        strategy = distribution_strategy(config.strategy)
+        with strategy.scope():  # the weights (and later the optimizer's) made on every replica
+            loaded = load_model(artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY]), allow_unsafe)
         require_finite_weights(loaded.model, f"the model to fine-tune ({loaded.path})")
         user_input_fn = getattr(module, INPUT_FN_NAME, None)
         make_dataset = user_input_fn or examples_dataset
@@ -79,18 +81,19 @@ class Executor(base_executor.BaseExecutor):
                 raise ValueError("distillation is configured but no teacher_model is connected")
             teacher_uri = artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY])
             teacher = load_model(teacher_uri, allow_unsafe).model
-        result = fine_tune(
-            loaded.model,
-            train,
-            evaluation,
-            config,
-            loaded.masks,
-            teacher=teacher,
-            verbose=0,  # the epochs go to the progress logger instead
-            callbacks=[EpochProgress(config.epochs)],
-            # A fresh Adam at the configured rate, not the one restored from the Trainer's save.
-            optimizer=fresh_adam(loaded.model, config.learning_rate),
-        )
+        with strategy.scope():
+            result = fine_tune(
+                loaded.model,
+                train,
+                evaluation,
+                config,
+                loaded.masks,
+                teacher=teacher,
+                verbose=0,  # the epochs go to the progress logger instead
+                callbacks=[EpochProgress(config.epochs)],
+                # A fresh Adam at the configured rate, not the one restored from the Trainer's save.
+                optimizer=fresh_adam(loaded.model, config.learning_rate),
+            )
         # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
         require_finite_weights(
             loaded.model, f"the fine-tuned model (fine-tuning diverged: final loss {_final_loss(result.history)})"
@@ -98,7 +101,8 @@ class Executor(base_executor.BaseExecutor):
         require_learned(result)  # nor a model that ended where a uniform guess starts
 
         model_dir = path_utils.serving_model_dir(output_model.uri)
-        loaded.save(loaded.model, model_dir, result.masks)
+        with strategy.scope():  # saving recompiles the model: its metrics are made where its weights are
+            loaded.save(loaded.model, model_dir, result.masks)
         verify_signatures_preserved(loaded.path, model_dir)
         stats = weight_stats(loaded.model, result.masks or None)
         record = {"config": config.model_dump(), "loss": result.loss, "history": result.history, "weights": stats}
