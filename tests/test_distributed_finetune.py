@@ -1,6 +1,7 @@
 """Fine-tuning under tf.distribute: mirrored across two logical CPU devices, and multi-worker with
-two processes on loopback (TF_CONFIG), each equal to one-device training, pruned zeros held on every
-replica; and RetrainComponent's executor loading the model under the configured strategy."""
+two processes on loopback (TF_CONFIG), plainly and with gradual pruning and distillation, each equal
+to one-device training, pruned zeros held on every replica; and RetrainComponent's executor loading
+the model under the configured strategy."""
 
 import json
 import os
@@ -11,9 +12,8 @@ import sys
 import numpy as np
 import pytest
 from executor_calls import run_prune, run_retrain
-from pydantic import ValidationError
 
-from tfx_model_pruning.engine import FineTuneConfig, load_model
+from tfx_model_pruning.engine import load_model
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,15 @@ def _report(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _check(report: dict) -> None:
+def _check(reports: dict) -> None:
+    for report in reports.values():
+        _check_one(report)
+    # Gradual pruning went on from the 60% the model was pruned to, on every replica alike.
+    assert reports["plain"]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert reports["gradual_distilled"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+
+
+def _check_one(report: dict) -> None:
     assert report["replicas"] == 2
     assert report["zeros_held_on_every_replica"] and report["same_mask"]
     assert report["max_kernel_difference"] < 1e-5, "the distributed run must equal one-device training"
@@ -37,7 +45,7 @@ def test_mirrored_across_two_devices_equals_one_device_and_holds_the_zeros_on_bo
     report = _report(
         subprocess.run([sys.executable, SCRIPT, "mirrored"], capture_output=True, text=True, env=ENV, timeout=600)
     )
-    assert report["kernels_on_replicas"] == 2  # both replicas' copies checked
+    assert all(r["kernels_on_replicas"] == 2 for r in report.values())  # both replicas' copies checked
     _check(report)
 
 
@@ -78,8 +86,3 @@ def test_retrain_executor_fine_tunes_under_the_configured_strategy(tmp_path, pen
     assert retrained.masks
     for key, mask in retrained.masks.items():
         assert np.all(retrained.model.get_layer(key.split("::")[0]).kernel.numpy()[~mask] == 0)
-
-
-def test_gradual_pruning_and_distillation_stay_on_one_device():
-    with pytest.raises(ValidationError, match="gradual_pruning and distillation run on one device"):
-        FineTuneConfig(strategy="mirrored", distillation={})

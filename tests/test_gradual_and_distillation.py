@@ -1,5 +1,6 @@
 """Gradual pruning inside the compiled training step, and distillation from the unpruned model."""
 
+import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,7 +13,13 @@ from tfx_model_pruning import RetrainComponent
 from tfx_model_pruning.engine import FineTuneConfig, examples_dataset, fine_tune, load_model
 from tfx_model_pruning.engine.config import DistillationConfig, GradualPruningSchedule
 from tfx_model_pruning.engine.finetune import make_loss
-from tfx_model_pruning.engine.gradual import GradualPruner, as_class_logits, distillation_loss, masked_train_loop
+from tfx_model_pruning.engine.gradual import (
+    GradualPruner,
+    as_class_logits,
+    distillation_loss,
+    masked_train_loop,
+    per_example_loss,
+)
 from tfx_model_pruning.engine.magnitude import find_prunable_weights
 
 MODEL = types.Channel(type=standard_artifacts.Model)
@@ -108,18 +115,35 @@ def test_a_schedule_longer_than_training_is_an_error_before_training():
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
-def test_distillation_loss_mixes_hard_and_soft_terms():
+def test_distillation_loss_mixes_hard_and_soft_terms_per_example():
     hard = make_loss("SparseCategoricalCrossentropy", True)
     labels = tf.constant([0, 2])
     student = tf.constant([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     teacher = tf.constant([[1.0, 1.0, -2.0], [0.0, 0.0, 3.0]])
     only_hard = distillation_loss(DistillationConfig(alpha=1.0), hard)(labels, student, teacher)
-    assert float(only_hard) == pytest.approx(float(hard(labels, student)))
+    assert only_hard.shape == (2,)  # one value per example: a distributed step averages them over the batch
+    assert float(tf.reduce_mean(only_hard)) == pytest.approx(float(hard(labels, student)))
     self_soft = distillation_loss(DistillationConfig(alpha=0.0), hard)(labels, student, student)
-    assert float(self_soft) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(self_soft.numpy(), 0.0, atol=1e-6)
     soft = distillation_loss(DistillationConfig(alpha=0.0, temperature=2.0), hard)(labels, student, teacher)
     kl = keras.losses.KLDivergence()(tf.nn.softmax(teacher / 2.0), tf.nn.softmax(student / 2.0))
-    assert float(soft) == pytest.approx(4.0 * float(kl), rel=1e-5)
+    assert float(tf.reduce_mean(soft)) == pytest.approx(4.0 * float(kl), rel=1e-5)
+
+
+@pytest.mark.parametrize("generation", ["tf_keras", "keras3"])
+def test_per_example_loss_averages_to_what_the_loss_reduces_to(generation):
+    losses = keras.losses if generation == "tf_keras" else keras3.losses
+    rng = np.random.default_rng(0)
+    labels = tf.constant(rng.integers(0, 4, size=(5, 7)))  # a sequence: a loss per time step
+    logits = tf.constant(rng.normal(size=(5, 7, 4)).astype("float32"))
+    reduced = losses.SparseCategoricalCrossentropy(from_logits=True)
+    per_example = per_example_loss(reduced, labels, logits)
+    assert per_example.shape == (5,)
+    assert float(tf.reduce_mean(per_example)) == pytest.approx(float(reduced(labels, logits)), rel=1e-6)
+    probabilities = tf.nn.softmax(logits)  # a loss given as a plain function
+    per_example = per_example_loss(losses.sparse_categorical_crossentropy, labels, probabilities)
+    expected = tf.reduce_mean(losses.sparse_categorical_crossentropy(labels, probabilities))
+    assert float(tf.reduce_mean(per_example)) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_distillation_without_a_teacher_is_refused_at_construction():

@@ -405,8 +405,8 @@ class FineTuneConfig(_StrictModel):
     strategy: Literal["one_device", "mirrored", "multi_worker"] = Field(
         default="one_device",
         description="tf.distribute strategy of fine-tuning: one_device; mirrored (every local GPU, else every "
-        "logical CPU); multi_worker (the workers TF_CONFIG names). The model is loaded under it; gradual pruning "
-        "and distillation run on one device.",
+        "logical CPU); multi_worker (the workers TF_CONFIG names). The model, the teacher and the masks are made "
+        "under it; gradual pruning and distillation are distributed too.",
     )
 
     @field_validator("loss")
@@ -418,11 +418,6 @@ class FineTuneConfig(_StrictModel):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> FineTuneConfig:
-        if self.strategy != "one_device" and (self.gradual_pruning is not None or self.distillation is not None):
-            raise ValueError(
-                f"strategy {self.strategy!r} distributes plain fine-tuning; gradual_pruning and distillation "
-                "run on one device (strategy: one_device)"
-            )
         if self.gradual_pruning is not None and self.steps_per_epoch is not None:
             self.gradual_pruning.check_fits(self.epochs * self.steps_per_epoch)
         return self

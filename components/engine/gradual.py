@@ -10,7 +10,7 @@ before training starts (tfmot's default ``frequency=100`` silently prunes nothin
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import keras as keras3
 import numpy as np
@@ -86,22 +86,45 @@ def as_class_logits(outputs: tf.Tensor, probabilities: bool) -> tf.Tensor:
     return tf.concat([tf.zeros_like(outputs), outputs], axis=-1) if outputs.shape[-1] == 1 else outputs
 
 
+def per_example_loss(loss: Any, labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+    """``loss`` of each example, shape ``[batch]``: their mean is what ``loss(labels, outputs)`` gives.
+
+    A Keras loss's ``call`` is its unreduced value (its ``__call__`` reduces over the batch, which
+    a replica of a distributed step must not do alone); values over further axes (time steps) are
+    averaged within each example, as Keras's reduction averages them.
+    """
+    values = (
+        loss.call(labels, outputs)
+        if isinstance(loss, (keras.losses.Loss, keras3.losses.Loss))
+        else loss(labels, outputs)
+    )
+    values = tf.cast(values, tf.float32)
+    if values.shape.rank == 0:
+        return tf.broadcast_to(values, tf.shape(outputs)[:1])
+    if values.shape.rank > 1:
+        values = tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+    return values
+
+
 def distillation_loss(
     config: DistillationConfig, hard_loss, student_probabilities: bool = False, teacher_probabilities: bool = False
 ):
-    """alpha * hard-label loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+    """alpha * hard-label loss + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+    per example (shape ``[batch]``; the loss of the batch is their mean).
 
     Teacher and student are compared as class logits (``as_class_logits``): a model that ends in
     a softmax or a sigmoid is distilled as well as one that outputs logits.
     """
     temperature, alpha = config.temperature, config.alpha
-    kl = keras.losses.KLDivergence()
 
     def loss(labels, student_outputs, teacher_outputs):
         student_logits = as_class_logits(student_outputs, student_probabilities)
         teacher_logits = as_class_logits(teacher_outputs, teacher_probabilities)
-        soft = kl(tf.nn.softmax(teacher_logits / temperature), tf.nn.softmax(student_logits / temperature))
-        return alpha * hard_loss(labels, student_outputs) + (1.0 - alpha) * temperature**2 * soft
+        soft = keras.losses.kl_divergence(
+            tf.nn.softmax(teacher_logits / temperature), tf.nn.softmax(student_logits / temperature)
+        )
+        hard = per_example_loss(hard_loss, labels, student_outputs)
+        return alpha * hard + (1.0 - alpha) * temperature**2 * tf.cast(soft, tf.float32)
 
     return loss
 
@@ -125,6 +148,10 @@ def masked_train_loop(
     loss; ``probabilities`` says whether the student and the teacher output probabilities (else
     logits). Returns the loss of every step. ``train_dataset`` must yield ``total_steps`` batches.
 
+    Called inside a ``tf.distribute`` strategy's scope (model, teacher and pruner made there), each
+    batch is split across the replicas, the loss is the mean over the whole batch, and the masks
+    are recomputed and applied once for all replicas, between their steps.
+
     Raises:
       ValueError: the pruner's schedule does not fit in ``total_steps`` (before any training).
     """
@@ -137,6 +164,7 @@ def masked_train_loop(
     variables = trainable_variables(model) if is_restored(model) else model.trainable_variables
     if isinstance(optimizer, keras3.optimizers.Optimizer) and not optimizer.built:
         optimizer.build(variables)  # Keras 3 creates its slots outside the traced step
+    strategy = tf.distribute.get_strategy()  # the default one, on one device, outside any scope
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def hold_zeros():
@@ -145,26 +173,40 @@ def masked_train_loop(
         if pruner is not None:
             pruner.apply()
 
-    @tf.function
-    def train_step(features, labels):
-        if pruner is not None and pruner.should_update(step):
-            pruner.update_masks(pruner.sparsity_at(step))
-        hold_zeros()
+    def replica_step(features, labels):
+        context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
             predictions = call(model, features, training=True)
             if objective is not None:
-                value = objective(labels, predictions, call(teacher, features, training=False))
+                per_example = objective(labels, predictions, call(teacher, features, training=False))
             else:
-                value = loss(labels, predictions)
+                per_example = per_example_loss(loss, labels, predictions)
+            # The mean over the global batch, however unevenly its last one is split.
+            examples = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.size(per_example), tf.float32))
+            value = tf.reduce_sum(per_example) / examples
             if not is_restored(model) and model.losses:
-                value += tf.add_n(model.losses)
+                value += tf.add_n(model.losses) / strategy.num_replicas_in_sync
         gradients = tape.gradient(value, variables)
         optimizer.apply_gradients([(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None])
+        return value
+
+    @tf.function
+    def train_step(features, labels):
+        # In cross-replica context: the masks are computed once and assigned on every replica.
+        if pruner is not None and pruner.should_update(step):
+            pruner.update_masks(pruner.sparsity_at(step))
+        hold_zeros()
+        value = strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)), axis=None
+        )
         hold_zeros()
         step.assign_add(1)
         return value
 
-    losses = [float(train_step(features, labels)) for features, labels in train_dataset.take(total_steps)]
+    batches = train_dataset.take(total_steps)
+    if tf.distribute.has_strategy():
+        batches = strategy.experimental_distribute_dataset(batches)
+    losses = [float(train_step(features, labels)) for features, labels in batches]
     if len(losses) < total_steps:
         raise ValueError(f"the dataset ran out after {len(losses)} of {total_steps} steps; repeat it")
     return losses

@@ -80,7 +80,8 @@ class Executor(base_executor.BaseExecutor):
             if not input_dict.get(specs.TEACHER_MODEL_KEY):
                 raise ValueError("distillation is configured but no teacher_model is connected")
             teacher_uri = artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY])
-            teacher = load_model(teacher_uri, allow_unsafe).model
+            with strategy.scope():
+                teacher = load_model(teacher_uri, allow_unsafe).model
         with strategy.scope():
             result = fine_tune(
                 loaded.model,

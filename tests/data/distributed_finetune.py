@@ -1,4 +1,5 @@
-"""Fine-tunes one pruned model on one device and under a tf.distribute strategy, and prints both.
+"""Fine-tunes one pruned model on one device and under a tf.distribute strategy, plainly and with
+gradual pruning and distillation, and prints how the distributed runs compare.
 
 Run as a script (the strategy's devices must be set before TensorFlow starts):
 ``python distributed_finetune.py mirrored`` splits the CPU into two logical devices first;
@@ -31,36 +32,49 @@ x = rng.normal(size=(512, 8)).astype("float32")
 y = np.argmax(x @ rng.normal(size=(8, 3)), axis=1).astype("int64")
 
 
-def train(strategy_name):
+def train(strategy_name, gradual_distilled):
     strategy = DISTRIBUTED if strategy_name == STRATEGY else distribution_strategy(strategy_name)
     with strategy.scope():
         keras.utils.set_random_seed(0)
         inputs = keras.Input((8,))
         hidden = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
         model = keras.Model(inputs, keras.layers.Dense(3, name="out")(hidden))
+        teacher = keras.models.clone_model(model) if gradual_distilled else None
+        if teacher is not None:
+            teacher.set_weights([w * 1.5 for w in model.get_weights()])  # a teacher unlike the student
         _, masks = prune_model(model, PruningConfig(target_sparsity=0.6))
+        more = {}
+        if gradual_distilled:  # 24 steps: prune from 0.6 to 0.8 on steps 0-16, every 4 steps
+            more = {
+                "gradual_pruning": {
+                    "initial_sparsity": 0.6, "final_sparsity": 0.8, "begin_step": 0, "end_step": 16, "frequency": 4,
+                },
+                "distillation": {"temperature": 2.0, "alpha": 0.5},
+            }  # fmt: skip
         config = FineTuneConfig(
             epochs=3, batch_size=64, learning_rate=0.02, loss="SparseCategoricalCrossentropy",
-            from_logits=True, strategy=strategy_name,
+            from_logits=True, strategy=strategy_name, **more,
         )  # fmt: skip
-        result = fine_tune(model, (x, y), None, config, masks, verbose=0, optimizer=keras.optimizers.SGD(0.1, 0.9))
+        optimizer = keras.optimizers.SGD(0.1, 0.9)
+        result = fine_tune(model, (x, y), None, config, masks, teacher=teacher, verbose=0, optimizer=optimizer)
     kernel = model.get_layer("hidden").kernel
     replicas = [v.numpy() for v in getattr(kernel, "values", (kernel,))]
-    return strategy.num_replicas_in_sync, replicas, masks["hidden::kernel"], result.history["loss"]
+    return strategy.num_replicas_in_sync, replicas, result.masks["hidden::kernel"], result.history["loss"]
 
 
-one_replicas, (one_kernel,), mask, one_loss = train("one_device")
-replicas, kernels, distributed_mask, loss = train(STRATEGY)
-print(
-    json.dumps(
-        {
-            "replicas": replicas,
-            "kernels_on_replicas": len(kernels),
-            "zeros_held_on_every_replica": all(bool(np.all(k[~mask] == 0)) for k in kernels),
-            "same_mask": bool(np.array_equal(mask, distributed_mask)),
-            "max_kernel_difference": float(max(np.abs(k - one_kernel).max() for k in kernels)),
-            "loss_one_device": one_loss,
-            "loss_distributed": loss,
-        }
-    )
-)
+def compare(gradual_distilled):
+    _, (one_kernel,), mask, one_loss = train("one_device", gradual_distilled)
+    replicas, kernels, distributed_mask, loss = train(STRATEGY, gradual_distilled)
+    return {
+        "replicas": replicas,
+        "kernels_on_replicas": len(kernels),
+        "sparsity": float(1.0 - distributed_mask.mean()),
+        "zeros_held_on_every_replica": all(bool(np.all(k[~distributed_mask] == 0)) for k in kernels),
+        "same_mask": bool(np.array_equal(mask, distributed_mask)),
+        "max_kernel_difference": float(max(np.abs(k - one_kernel).max() for k in kernels)),
+        "loss_one_device": one_loss,
+        "loss_distributed": loss,
+    }
+
+
+print(json.dumps({"plain": compare(False), "gradual_distilled": compare(True)}))
