@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
+from matplotlib.figure import Figure
 
 from tfx_model_pruning.engine.graph import keras_of
 from tfx_model_pruning.engine.masks import PrunableWeight, keep_largest
@@ -85,12 +86,8 @@ def allocate(curves: list[Curve], dense_loss: float, target_sparsity: float) -> 
 
 def plot_curves(curves: list[Curve], dense_loss: float, allocation: dict[str, float], path: str) -> None:
     """Writes a PNG of every layer's loss-vs-sparsity curve, marking the allocated sparsity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))  # not pyplot: no global backend switched under a notebook user
+    axes = figure.subplots()
     for curve in curves:
         line = axes.plot([0.0] + curve.levels, [dense_loss] + curve.losses, marker="o", label=curve.key)[0]
         chosen = allocation.get(curve.key, 0.0)
@@ -106,7 +103,6 @@ def plot_curves(curves: list[Curve], dense_loss: float, allocation: dict[str, fl
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "wb") as f:
         figure.savefig(f, format="png", dpi=110)
-    plt.close(figure)
 
 
 def sensitivity_report(dense_loss: float, curves: list[Curve], allocation: dict[str, float]) -> SensitivityResult:

@@ -12,6 +12,8 @@ import io
 from typing import Any, Mapping, Union
 
 import jinja2
+import numpy as np
+from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL
@@ -137,17 +139,12 @@ def _threshold_metrics(result: GateDecision) -> list[str]:
 def release_report_png(result: Union[GateDecision, Mapping[str, Any]]) -> bytes:
     """The report's plots: metric per slice, size and speed relative to the baseline, per-layer
     sparsity and width."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     result = as_gate_result(result)
     models = _models(result)
     metric = (_threshold_metrics(result) or ["example_count"])[0]
     slice_labels = [OVERALL, *sorted(result.slices)]
-    figure, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    figure = Figure(figsize=(13, 8.5))  # not pyplot: no global backend switched under a notebook user
+    axes = figure.subplots(2, 2)
 
     ax = axes[0][0]
     width = 0.8 / len(models)
@@ -227,7 +224,6 @@ def release_report_png(result: Union[GateDecision, Mapping[str, Any]]) -> bytes:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
     return buffer.getvalue()
 
 
