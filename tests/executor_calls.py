@@ -55,7 +55,7 @@ def run_retrain(model_uri, examples_uri, out_dir, module_file=None, transform_gr
     return model
 
 
-def run_gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfig):
+def run_gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfig, beam_pipeline_args=()):
     blessing = artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
     evaluation = artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
     inputs = {
@@ -65,7 +65,7 @@ def run_gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateCo
     if baseline_uri:
         inputs["baseline_model"] = [artifact(standard_artifacts.Model, baseline_uri)]
     context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=list(DEFAULT_BEAM_ARGS), tmp_dir=str(tmp_path / "tmp")
+        beam_pipeline_args=[*DEFAULT_BEAM_ARGS, *beam_pipeline_args], tmp_dir=str(tmp_path / "tmp")
     )
     error = None
     try:

@@ -88,6 +88,40 @@ def test_one_pass_equals_tfma_for_two_models_every_slice_and_many_batches(
     assert verdicts[0] == verdicts[1]
 
 
+def test_a_single_file_is_cut_into_shards_for_several_workers_with_tfma_s_numbers(
+    tmp_path, monkeypatch, penguin_baseline, penguin_data
+):
+    candidate, _ = run_prune(penguin_baseline, tmp_path / "prune", target_sparsity=0.9)
+    monkeypatch.setattr(batched_evaluation, "MAX_BATCH_SIZE", 7)  # batches enough for three shards
+    # As on a runner of three machines; here three worker threads, each with a shard of the one file.
+    monkeypatch.setattr(batched_evaluation, "declared_workers", lambda args: 3)
+    config = {"metrics": ["SparseCategoricalAccuracy"], "slice_metrics": ["SparseCategoricalAccuracy"]}
+    by_tfma = run_gate(tmp_path / "tfma", candidate.uri, penguin_baseline, penguin_data, _config("tfma", **config))
+    _, by_tfma, error = by_tfma
+    assert error is None, error
+    workers = ["--direct_num_workers=3", "--direct_running_mode=multi_threading"]
+    _, sharded, error = run_gate(
+        tmp_path / "sharded", candidate.uri, penguin_baseline, penguin_data, _config("auto", **config), workers
+    )
+    assert error is None, error
+    assert len(glob.glob(os.path.join(penguin_data, "Split-eval", "*"))) == 1
+    assert sharded["evaluated_by"].endswith("each file in 3 shards")
+    _assert_same_numbers(by_tfma, sharded)
+
+
+def test_shards_go_to_workers_that_would_otherwise_idle():
+    assert batched_evaluation.declared_workers([]) == 1
+    processes = ["--direct_num_workers=4", "--direct_running_mode=multi_processing"]
+    assert batched_evaluation.declared_workers(processes) == 1  # on this machine's cores
+    assert batched_evaluation.declared_workers(["--runner=DataflowRunner", "--max_num_workers=20"]) == 20
+    assert batched_evaluation.declared_workers(["--runner=FlinkRunner", "--parallelism=8"]) == 8
+    assert batched_evaluation.shards_per_file(workers=1, files=1) == 1
+    assert batched_evaluation.shards_per_file(workers=20, files=3) == 7
+    assert batched_evaluation.shards_per_file(workers=4, files=10) == 1  # files enough: none is read twice
+    units = batched_evaluation.work_units([os.path.join(os.path.dirname(__file__), "data", "*.py")], 2)
+    assert {unit.shard for unit in units} == {0, 1} and len(units) % 2 == 0
+
+
 def test_one_pass_feeds_named_inputs_of_a_keras_saved_model(tmp_path, penguin_files, penguin_data):
     keras.utils.set_random_seed(0)
     model = penguin_trainer.build_model()

@@ -2,12 +2,13 @@
 
 TFMA runs the models on record batches, then unbatches and slices and combines its metrics one
 example at a time, which made the gate 50-60 times slower than a batched ``predict`` of the
-same models. Here each Beam element is a file of examples: ``tf.data`` reads it in batches, each
-batch goes once through every model's serving (and preprocessing) signature, and the per-slice
-states of the same Keras metric objects TFMA would use are updated on the batch's rows. The
-states are sums (TFMA merges them the same way), so ``CombinePerKey`` adds them up across
-batches and workers and memory stays flat in the number of examples. The result is written in
-TFMA's own format (``tfma.load_metrics`` reads it) and equals TFMA's to float rounding.
+same models. Here each Beam element is a file of examples, or a shard of one (``WorkUnit``):
+``tf.data`` reads it in batches, each batch goes once through every model's serving (and
+preprocessing) signature, and the per-slice states of the same Keras metric objects TFMA would
+use are updated on the batch's rows. The states are sums (TFMA merges them the same way), so one
+``CombineGlobally`` adds them up across batches, shards and workers and memory stays flat in the
+number of examples. The result is written in TFMA's own format (``tfma.load_metrics`` reads it)
+and equals TFMA's to float rounding.
 
 What it covers, decided before Beam starts (``unsupported_reason``): signatures that take
 serialized tf.Examples or features of the examples by name and return one output, and Keras
@@ -17,8 +18,10 @@ metric classes that TFMA computes through Keras (not the ones TFMA reimplements,
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -26,9 +29,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 import tf_keras as keras
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
+from google.protobuf import json_format
 from tensorflow_model_analysis.metrics import metric_types
-from tensorflow_model_analysis.writers import eval_config_writer, metrics_plots_and_validations_writer
+from tensorflow_model_analysis.proto import config_pb2
+from tensorflow_model_analysis.writers import metrics_plots_and_validations_writer
 
 from tfx_model_pruning.engine.data import tfrecord_compression
 from tfx_model_pruning.evaluator_gate import skill
@@ -62,6 +68,8 @@ class EvaluationPlan:
     # The user's module (module_file, module_path): a worker on another machine registers its
     # Keras classes and handlers before loading a model.
     user_module: tuple[Optional[str], Optional[str]] = (None, None)
+    # Shards each file is cut into (WorkUnit), so workers of a distributed runner share one file.
+    shards_per_file: int = 1
 
 
 def serialized_input_name(signature) -> Optional[str]:
@@ -109,17 +117,19 @@ def batch_size_for(example_bytes: int, flops_per_example: Optional[int]) -> int:
 
 
 class _Models:
-    """The models' signatures and Keras metric objects, loaded once per worker."""
+    """The models' signatures, loaded once per worker process and shared by its threads."""
 
-    def __init__(self, plan: EvaluationPlan):
+    def __init__(self, plan: EvaluationPlan, loaded_signatures: Optional[Mapping[str, Mapping[str, Any]]] = None):
         self.plan = plan
         self.signatures = {}
+        functions = [plan.signature_name, *plan.preprocessing_function_names]
         for name, path in plan.models.items():
+            if loaded_signatures is not None:  # the models the driver loaded, in its own process
+                self.signatures[name] = {function: loaded_signatures[name][function] for function in functions}
+                continue
             loaded = tf.saved_model.load(path)
-            functions = [plan.signature_name, *plan.preprocessing_function_names]
             self.signatures[name] = {function: loaded.signatures[function] for function in functions}
             self.signatures[name]["_loaded"] = loaded  # keeps the variables alive
-        self.metrics = [_MetricState(class_name) for class_name in plan.metric_classes]
         self.raw_spec = self._raw_spec()
 
     def _raw_spec(self) -> dict[str, Any]:
@@ -209,47 +219,109 @@ def _slice_rows(plan: EvaluationPlan, size: int, slice_values) -> Iterator[tuple
         yield ((plan.slice_feature, key_value),), np.unique(group)
 
 
-TALLIES = "tallies"
+@dataclass(frozen=True)
+class WorkUnit:
+    """A file's batches ``shard``, ``shard + shards``, ...: one element of the evaluation's input.
+
+    A file is cut into ``shards`` so that several workers share a single large file: each reads
+    the file (a gzipped TFRecord file can only be read from its start) but parses, predicts and
+    updates the metrics for its own batches alone, which is most of the work.
+    """
+
+    path: str
+    shard: int = 0
+    shards: int = 1
+
+
+def declared_workers(beam_pipeline_args: Sequence[str]) -> int:
+    """How many machines the Beam pipeline's options say its workers run on: the most of
+    ``num_workers``, ``max_num_workers`` and Flink's ``parallelism``; 1 when none is said, and
+    1 for the DirectRunner, whose workers share this machine's cores (which TensorFlow's own
+    threads already use: two threads each reading the file ran at half the speed of one)."""
+    options = PipelineOptions(list(beam_pipeline_args)).get_all_options()
+    if (options.get("runner") or "DirectRunner") in ("DirectRunner", "direct", "FnApiRunner"):
+        return 1
+    declared = [options.get(name) for name in ("num_workers", "max_num_workers", "parallelism")]
+    return max([count for count in declared if isinstance(count, int) and count > 0], default=1)
+
+
+def shards_per_file(workers: int, files: int) -> int:
+    """Enough shards that every worker has one when there are fewer files than workers.
+
+    Each shard reads its whole file, so a file is cut only for workers that would otherwise idle.
+    """
+    return max(1, math.ceil(workers / max(files, 1))) if workers > files else 1
+
+
+def work_units(file_patterns: Sequence[str], shards_per_file: int) -> list[WorkUnit]:
+    """Every file the patterns match, each cut into ``shards_per_file`` shards."""
+    paths = sorted({path for pattern in file_patterns for path in tf.io.gfile.glob(pattern)})
+    return [WorkUnit(path, shard, shards_per_file) for path in paths for shard in range(shards_per_file)]
+
+
+@dataclass
+class Evaluation:
+    """Sums over some batches: per slice key, each model's metric states; per slice label, the
+    tally model's no-skill tally. Sums merge in any order, across shards and workers."""
+
+    states: dict = field(default_factory=dict)  # slice key -> model name -> state (_add)
+    tallies: dict = field(default_factory=dict)  # slice label -> skill.SkillTally
+
+    def add(self, other: Evaluation) -> Evaluation:
+        for key, by_model in other.states.items():
+            mine = self.states.setdefault(key, {})
+            for model_name, state in by_model.items():
+                mine[model_name] = _add(mine.get(model_name), state)
+        for label, tally in other.tallies.items():
+            self.tallies[label] = self.tallies[label].add(tally) if label in self.tallies else tally
+        return self
 
 
 class _EvaluateFiles(beam.DoFn):
-    """One file of examples -> (slice key, per-model metric states) for each slice in it.
-
-    With ``tally_model``, also (slice label, that model's no-skill tally) for each slice, on the
-    ``TALLIES`` output: counted from the same batches, so no second read of the split.
-    """
+    """One work unit (a file, or a shard of one) -> its ``Evaluation``: per slice, each model's
+    metric states, and, with ``tally_model``, that model's no-skill tallies, counted from the
+    same batches (no second read of the split)."""
 
     def __init__(self, plan: EvaluationPlan, tally_model: Optional[str] = None):
         self._plan, self._tally_model = plan, tally_model
         self._shared = shared.Shared()
         self._models: Optional[_Models] = None
 
+    def share_loaded(self, loaded_signatures: Mapping[str, Mapping[str, Any]]) -> _Models:
+        """Lets a worker in this process use the models already loaded here instead of loading
+        them again; the caller keeps the returned object alive while the pipeline runs (the
+        shared handle holds it weakly). A worker in another process loads its own, once."""
+        return self._shared.acquire(lambda: _Models(self._plan, loaded_signatures))
+
     def setup(self):
         load_user_module(*self._plan.user_module)
         self._models = self._shared.acquire(lambda: _Models(self._plan))
+        # The models are shared by this process's worker threads; the metric variables each
+        # update and read back are not (two threads on one would mix their batches).
+        self._metrics = [_MetricState(class_name) for class_name in self._plan.metric_classes]
 
-    def process(self, path: str) -> Iterator:
-        states: dict[tuple, dict] = {}
-        tallies: dict[str, skill.SkillTally] = {}
-        dataset = tf.data.TFRecordDataset(path, compression_type=tfrecord_compression(path))
-        for serialized in dataset.batch(self._plan.batch_size).prefetch(1):
+    def process(self, unit: WorkUnit) -> Iterator[Evaluation]:
+        result = Evaluation()
+        dataset = tf.data.TFRecordDataset(unit.path, compression_type=tfrecord_compression(unit.path))
+        batches = dataset.batch(self._plan.batch_size)
+        if unit.shards > 1:
+            batches = batches.shard(unit.shards, unit.shard)
+        for serialized in batches.prefetch(1):
             labels, predictions, slice_values = self._models.evaluate(serialized)
             size = int(serialized.shape[0])
             for key, rows in _slice_rows(self._plan, size, slice_values):
-                state = states.setdefault(key, {})
+                state = result.states.setdefault(key, {})
                 for model_name in self._plan.models:
                     update = self._state(labels[model_name][rows], predictions[model_name][rows])
                     state[model_name] = _add(state.get(model_name), update)
                 if self._tally_model is not None:
                     tally = skill.tally(labels[self._tally_model][rows], predictions[self._tally_model][rows])
                     label = skill.slice_label(key)
-                    tallies[label] = tallies[label].add(tally) if label in tallies else tally
-        yield from states.items()
-        for item in tallies.items():
-            yield beam.pvalue.TaggedOutput(TALLIES, item)
+                    result.tallies[label] = result.tallies[label].add(tally) if label in result.tallies else tally
+        yield result
 
     def _state(self, labels: np.ndarray, predictions: np.ndarray) -> list:
-        weights = [metric(labels, predictions) for metric in self._models.metrics]
+        weights = [metric(labels, predictions) for metric in self._metrics]
         non_finite = int(predictions.size - np.count_nonzero(np.isfinite(predictions)))
         return [float(len(labels)), float(non_finite), weights]
 
@@ -265,65 +337,81 @@ def _add(total: Optional[list], update: list) -> list:
     ]
 
 
-class _SumStates(beam.CombineFn):
-    def create_accumulator(self) -> dict:
-        return {}
+class _SumEvaluations(beam.CombineFn):
+    def create_accumulator(self) -> Evaluation:
+        return Evaluation()
 
-    def add_input(self, accumulator: dict, state: dict) -> dict:
-        for model_name, value in state.items():
-            accumulator[model_name] = _add(accumulator.get(model_name), value)
-        return accumulator
+    def add_input(self, accumulator: Evaluation, evaluation: Evaluation) -> Evaluation:
+        return accumulator.add(evaluation)
 
-    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
-        merged: dict = {}
+    def merge_accumulators(self, accumulators: Iterable[Evaluation]) -> Evaluation:
+        merged = Evaluation()
         for accumulator in accumulators:
-            self.add_input(merged, accumulator)
+            merged.add(accumulator)
         return merged
 
-    def extract_output(self, accumulator: dict) -> dict:
+    def extract_output(self, accumulator: Evaluation) -> Evaluation:
         return accumulator
 
 
-class _MetricValues(beam.DoFn):
-    """Summed states -> TFMA's {MetricKey: value}, through the Keras metrics' own ``result()``."""
-
-    def __init__(self, metric_classes: Sequence[str]):
-        self._metric_classes = list(metric_classes)
-
-    def setup(self):
-        self._metrics = [
-            getattr(keras.metrics, class_name)(name=metric_output_name(class_name))
-            for class_name in self._metric_classes
-        ]
-
-    def process(self, element: tuple[tuple, dict]) -> Iterator[tuple[tuple, dict]]:
-        slice_key, states = element
+def metric_values(states: Mapping[tuple, dict], metric_classes: Sequence[str]) -> Iterator[tuple[tuple, dict]]:
+    """Summed states -> TFMA's (slice key, {MetricKey: value}), through the Keras metrics' own ``result()``."""
+    metrics = [getattr(keras.metrics, name)(name=metric_output_name(name)) for name in metric_classes]
+    for slice_key, by_model in states.items():
         values = {}
-        for model_name, (count, non_finite, weights) in states.items():
+        for model_name, (count, non_finite, weights) in by_model.items():
             values[metric_types.MetricKey(name=EXAMPLE_COUNT, model_name=model_name)] = count
             values[metric_types.MetricKey(name=NON_FINITE_PREDICTIONS, model_name=model_name)] = non_finite
-            for metric, metric_weights in zip(self._metrics, weights, strict=True):
+            for metric, metric_weights in zip(metrics, weights, strict=True):
                 metric.set_weights(metric_weights)
                 values[metric_types.MetricKey(name=metric.name, model_name=model_name)] = float(metric.result())
         yield slice_key, values
 
 
-def _evaluated_files(pipeline: beam.Pipeline, file_patterns: Sequence[str], do_fn: _EvaluateFiles, stage: str):
-    return (
-        pipeline
-        | f"{stage}FilePatterns" >> beam.Create(list(file_patterns))
-        | f"Match{stage}Files" >> beam.FlatMap(lambda pattern: sorted(tf.io.gfile.glob(pattern)))
-        | f"Spread{stage}Files" >> beam.Reshuffle()
-        | f"{stage}Batches" >> beam.ParDo(do_fn).with_outputs(TALLIES, main="states")
-    )
+METRICS_FILE = f"{tfma.constants.METRICS_KEY}-00000-of-00001.tfrecord"  # the name TFMA's writer gives
+EVAL_CONFIG_FILE = "eval_config.json"
 
 
-def _write_tallies(tallies, output_dir: str) -> None:
+def _write_results(
+    evaluation: Evaluation,
+    metric_classes: Sequence[str],
+    output_path: Optional[str],
+    eval_run: str,
+    tallies_dir: Optional[str],
+) -> None:
+    """TFMA's metrics file (``MetricsForSlice`` records) and eval config, as ``tfma.load_metrics``
+    and ``tfma.load_eval_result`` read them; the tallies as ``skill.read_tallies`` reads them.
+
+    A handful of slices, written by the one element the evaluation combines to: TFMA's writers
+    would add file-sink stages to every run for the same few records.
+    """
+    if output_path is not None:
+        tf.io.gfile.makedirs(output_path)
+        with tf.io.TFRecordWriter(os.path.join(output_path, METRICS_FILE)) as writer:
+            for slice_metrics in metric_values(evaluation.states, metric_classes):
+                proto = metrics_plots_and_validations_writer.convert_slice_metrics_to_proto(slice_metrics, None)
+                writer.write(proto.SerializeToString())
+        with tf.io.gfile.GFile(os.path.join(output_path, EVAL_CONFIG_FILE), "w") as f:
+            f.write(eval_run)
+    if tallies_dir is not None:
+        skill.write_tallies(list(evaluation.tallies.items()), tallies_dir)
+
+
+def _evaluate(
+    pipeline: beam.Pipeline,
+    file_patterns: Sequence[str],
+    plan: EvaluationPlan,
+    do_fn: _EvaluateFiles,
+    stage: str,
+    write: Any,
+) -> None:
     _ = (
-        tallies
-        | "SumTallies" >> beam.CombinePerKey(skill.merge_tallies)
-        | "AllSlices" >> beam.combiners.ToList()
-        | "WriteTallies" >> beam.Map(skill.write_tallies, output_dir)
+        pipeline
+        | f"{stage}WorkUnits" >> beam.Create(work_units(file_patterns, plan.shards_per_file))
+        | f"Spread{stage}WorkUnits" >> beam.Reshuffle()
+        | f"{stage}Batches" >> beam.ParDo(do_fn)
+        | f"Sum{stage}" >> beam.CombineGlobally(_SumEvaluations())
+        | f"Write{stage}" >> beam.Map(write)
     )
 
 
@@ -335,32 +423,36 @@ def evaluate_and_write(
     output_path: str,
     tally_model: Optional[str] = None,
     tallies_dir: Optional[str] = None,
-) -> None:
+    loaded_signatures: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> Optional[_Models]:
     """Adds the one-pass evaluation to ``pipeline``; TFMA's metrics file and eval config go to ``output_path``.
 
-    With ``tally_model``, that model's no-skill tallies (``skill.py``) go to ``tallies_dir``.
+    With ``tally_model``, that model's no-skill tallies (``skill.py``) go to ``tallies_dir``. With
+    ``loaded_signatures`` (model name -> its signatures, loaded here), workers in this process use
+    them; keep the returned object until the pipeline has run.
     """
-    evaluated = _evaluated_files(pipeline, file_patterns, _EvaluateFiles(plan, tally_model), "Evaluate")
-    metrics = (
-        evaluated.states
-        | "SumSliceStates" >> beam.CombinePerKey(_SumStates())
-        | "MetricValues" >> beam.ParDo(_MetricValues(plan.metric_classes))
+    do_fn = _EvaluateFiles(plan, tally_model)
+    shared_models = do_fn.share_loaded(loaded_signatures) if loaded_signatures is not None else None
+    eval_run = json_format.MessageToJson(
+        config_pb2.EvalRun(
+            eval_config=eval_config,
+            version=tfma.__version__,
+            data_location="<user provided PCollection>",  # what TFMA's EvalConfigWriter records
+            file_format="<unknown>",
+            model_locations=dict(plan.models),
+        )
     )
-    if tally_model is not None:
-        _write_tallies(evaluated[TALLIES], tallies_dir)
-    evaluation = {tfma.constants.METRICS_KEY: metrics}
-    writer = metrics_plots_and_validations_writer.MetricsPlotsAndValidationsWriter(
-        output_paths={tfma.constants.METRICS_KEY: os.path.join(output_path, tfma.constants.METRICS_KEY)},
-        eval_config=eval_config,
+    tallies = tallies_dir if tally_model is not None else None
+    metric_classes = list(plan.metric_classes)
+    write = functools.partial(
+        _write_results, metric_classes=metric_classes, output_path=output_path, eval_run=eval_run, tallies_dir=tallies
     )
-    _ = evaluation | "WriteMetrics" >> writer.ptransform
-    config_writer = eval_config_writer.EvalConfigWriter(output_path, eval_config, model_locations=dict(plan.models))
-    _ = evaluation | "WriteEvalConfig" >> config_writer.ptransform
+    _evaluate(pipeline, file_patterns, plan, do_fn, "Evaluate", write)
+    return shared_models
 
 
 def add_skill_tallies(pipeline: beam.Pipeline, file_patterns: Sequence[str], plan: EvaluationPlan, output_dir: str):
     """The no-skill tallies of the plan's one model alone (beside TFMA's evaluator), for ``skill.read_tallies``."""
     (model_name,) = plan.models
-    _write_tallies(
-        _evaluated_files(pipeline, file_patterns, _EvaluateFiles(plan, model_name), "Tally")[TALLIES], output_dir
-    )
+    write = functools.partial(_write_results, metric_classes=(), output_path=None, eval_run="", tallies_dir=output_dir)
+    _evaluate(pipeline, file_patterns, plan, _EvaluateFiles(plan, model_name), "Tally", write)

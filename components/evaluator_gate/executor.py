@@ -9,6 +9,7 @@ execution's output files.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from typing import Any, Optional
@@ -173,8 +174,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         )
         if config.evaluator == "tfma":
             plan, why_not = None, "asked for by the configuration (evaluator: tfma)"
+        if plan is not None:
+            workers = batched_evaluation.declared_workers(self._beam_pipeline_args)
+            shards = batched_evaluation.shards_per_file(workers, len(split_files(examples, config.eval_split)))
+            plan = dataclasses.replace(plan, shards_per_file=shards)
         evaluated_by = (
             "one pass over whole batches (Keras metrics as TFMA computes them)"
+            + (f", each file in {plan.shards_per_file} shards" if plan.shards_per_file > 1 else "")
             if plan is not None
             else f"TFMA's per-example evaluator: {why_not}"
         )
@@ -183,8 +189,16 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         tally = config.require_skill and skill_plan is not None
         with self._make_beam_pipeline() as pipeline:
             if plan is not None:  # the tallies come from the same batches
-                batched_evaluation.evaluate_and_write(
-                    pipeline, eval_patterns, plan, eval_config, tfma_dir, CANDIDATE if tally else None, skill_dir
+                # Held until the pipeline has run: an in-process worker evaluates these models, not fresh loads.
+                shared_models = batched_evaluation.evaluate_and_write(  # noqa: F841
+                    pipeline,
+                    eval_patterns,
+                    plan,
+                    eval_config,
+                    tfma_dir,
+                    CANDIDATE if tally else None,
+                    skill_dir,
+                    loaded_signatures={name: loaded.signatures for name, loaded in models.items()},
                 )
             else:
                 self._tfma_evaluation(pipeline, models, examples, eval_patterns, eval_config, tfma_dir)
