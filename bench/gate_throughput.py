@@ -1,18 +1,21 @@
 """EvaluatorGate throughput against a bare batched predict and the stock TFX Evaluator.
 
-    .venv/bin/python bench/gate_throughput.py --examples 100000 1000000 --work-dir /tmp/gate-bench
+    .venv/bin/python bench/gate_throughput.py --examples 100000 1000000 10000000 --work-dir /tmp/gate-bench
 
 Penguin-schema examples (the records TFX ships, repeated) in one gzipped file, as ExampleGen
 writes them; a parent trained by this project's penguin Trainer and an 80%-sparse candidate
-pruned from it. Each figure is one subprocess, so its peak RSS is its own:
+pruned from it. Each figure is the median of ``--repeats`` subprocesses (each its own peak RSS):
 
 - bare predict: ``tf.data`` reads the file in batches of the gate's size and each batch goes
   through both models' serving signature, nothing else (the floor of any evaluation);
 - the gate (``EvaluatorGate``'s executor, whole ``Do``: loading, evaluation, checks, report),
-  one-pass evaluation (the default) and ``evaluator: tfma``;
+  one-pass evaluation (the default) and ``evaluator: tfma``; "gate-2-shards" cuts the one file in two
+  shards, as for two machines, on two worker threads of this machine (the cost of each shard
+  reading the whole file);
 - the stock ``Evaluator`` executor on the same models, metric and slices, as TFX users run it.
 
-All on Beam's in-memory DirectRunner, candidate and parent, accuracy overall and per species.
+All on Beam's in-memory DirectRunner (but gate-2-shards), candidate and parent, accuracy overall
+and per species.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from child_process import run_child  # noqa: E402
 
-MODES = ("predict", "gate", "gate-tfma", "stock-evaluator")
+MODES = ("predict", "gate", "gate-2-shards", "gate-tfma", "stock-evaluator")
+# Two worker threads, the one eval file cut into two shards as for two machines (the gate does not
+# cut a file for the DirectRunner's workers, which share this machine's cores).
+TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
 
 
 def prepare(work_dir: str, counts: list[int]) -> None:
@@ -96,10 +102,12 @@ def _artifacts(work_dir: str, count: int, out: str):
     return inputs, outputs
 
 
-def _context(out: str):
+def _context(out: str, beam_pipeline_args=()):
     from tfx.dsl.components.base import base_beam_executor
 
-    return base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=[], tmp_dir=os.path.join(out, "tmp"))
+    return base_beam_executor.BaseBeamExecutor.Context(
+        beam_pipeline_args=list(beam_pipeline_args), tmp_dir=os.path.join(out, "tmp")
+    )
 
 
 def run_mode(mode: str, work_dir: str, count: int) -> dict:
@@ -131,12 +139,15 @@ def run_mode(mode: str, work_dir: str, count: int) -> dict:
     from tensorflow_model_analysis.proto import config_pb2  # TFMA 0.52 no longer re-exports its protos
     from tfx.components.evaluator import executor as stock
 
-    from tfx_model_pruning.evaluator_gate import executor
+    from tfx_model_pruning.evaluator_gate import batched_evaluation, executor
 
     start = time.perf_counter()
     if mode.startswith("gate"):
         config = _gate_config("tfma" if mode == "gate-tfma" else "auto")
-        executor.Executor(_context(out)).Do(inputs, outputs, {"gate_config": config.model_dump_json()})
+        context = _context(out, TWO_WORKERS if mode == "gate-2-shards" else ())
+        if mode == "gate-2-shards":
+            batched_evaluation.declared_workers = lambda beam_pipeline_args: 2
+        executor.Executor(context).Do(inputs, outputs, {"gate_config": config.model_dump_json()})
         seconds = time.perf_counter() - start
         with open(os.path.join(out, "evaluation", "gate_result.json")) as f:
             result = json.load(f)
@@ -182,11 +193,21 @@ def run_mode(mode: str, work_dir: str, count: int) -> dict:
     }
 
 
-def measure(mode: str, work_dir: str, count: int) -> dict:
-    """``run_mode`` in a subprocess of its own; adds that process's peak RSS."""
+def measure(mode: str, work_dir: str, count: int, repeats: int) -> dict:
+    """``run_mode`` in a subprocess of its own, ``repeats`` times: the median run's figures, the
+    spread of the seconds, and the largest peak RSS."""
     command = [sys.executable, __file__, "--one", mode, "--work-dir", work_dir, "--examples", str(count)]
-    child = run_child(command)
-    return {**json.loads(child.stdout.strip().splitlines()[-1]), "peak_rss_mib": child.peak_rss_mib}
+    runs = []
+    for _ in range(repeats):
+        child = run_child(command)
+        runs.append({**json.loads(child.stdout.strip().splitlines()[-1]), "peak_rss_mib": child.peak_rss_mib})
+    runs.sort(key=lambda run: run["seconds"])
+    median = runs[len(runs) // 2]
+    return {
+        **median,
+        "spread": (runs[0]["seconds"], runs[-1]["seconds"]),
+        "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+    }
 
 
 def main(argv=None) -> int:
@@ -194,6 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--work-dir", default="/tmp/gate-bench")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the median is shown")
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -206,14 +228,14 @@ def main(argv=None) -> int:
     for count in args.examples:
         predict = None
         for mode in args.modes:
-            result = measure(mode, args.work_dir, count)
+            result = measure(mode, args.work_dir, count, args.repeats)
             predict = result if mode == "predict" else predict
             rate = result["examples"] / result["seconds"]
             rows.append(
                 [
                     f"{count:,}",
                     mode,
-                    f"{result['seconds']:.1f}",
+                    f"{result['seconds']:.1f} ({result['spread'][0]:.1f}-{result['spread'][1]:.1f})",
                     f"{rate:,.0f}",
                     f"{rate / (predict['examples'] / predict['seconds']):.2f}" if predict else "",
                     f"{result['peak_rss_mib']:,.0f}",
@@ -224,7 +246,15 @@ def main(argv=None) -> int:
     print(
         tabulate(
             rows,
-            headers=["examples", "what", "seconds", "examples/s", "vs predict", "peak RSS MiB", "candidate accuracy"],
+            headers=[
+                "examples",
+                "what",
+                "seconds, median (range)",
+                "examples/s",
+                "vs predict",
+                "peak RSS MiB",
+                "candidate accuracy",
+            ],  # fmt: skip
             tablefmt="github",
             disable_numparse=True,
         )
