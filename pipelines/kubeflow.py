@@ -16,7 +16,8 @@ from typing import Mapping
 
 import yaml
 from kfp.pipeline_spec import pipeline_spec_pb2
-from tfx import v1 as tfx
+from tfx.orchestration import data_types
+from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from tfx_model_pruning.pipelines import pruning_pipeline
@@ -39,7 +40,7 @@ def default_image() -> str:
     return f"{IMAGE_REPOSITORY}:{metadata.version(PACKAGE)}"
 
 
-def kubeflow_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+def kubeflow_pipeline(config: PipelineConfig) -> tfx_pipeline.Pipeline:
     """The pipeline of a validated description as it runs on Kubeflow: ``create_pipeline`` with the
     ``kubeflow`` section's locations, ``data_root`` a runtime parameter (default ``kubeflow.data_root``),
     so a scheduled run can point at new data without recompiling; split patterns with ``{SPAN}``
@@ -50,7 +51,7 @@ def kubeflow_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     ``module_file`` is packaged into a wheel under the pipeline root, which the pods install.
     """
     kubeflow = config.kubeflow
-    data_root = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=kubeflow.data_root)
+    data_root = data_types.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=kubeflow.data_root)
     return pruning_pipeline.create_pipeline(
         config,
         pipeline_root=kubeflow.pipeline_root,
@@ -61,7 +62,7 @@ def kubeflow_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
 
 
 def compile_pipeline(
-    pipeline: tfx.dsl.Pipeline,
+    pipeline: tfx_pipeline.Pipeline,
     output_dir: str,
     image: str,
     parameter_defaults: Mapping[str, str] = (),

@@ -11,11 +11,18 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Optional, Union
 
-from tfx import v1 as tfx
+# TFX's modules themselves, not ``tfx.v1``: the same classes, without the 2.7 s ``tfx.v1`` spends
+# importing its Google Cloud extensions (Vertex AI's client) in every process that builds a pipeline.
+from tfx import components as tfx_components
 from tfx.dsl.compiler import constants as compiler_constants
+from tfx.dsl.components.common.importer import Importer
+from tfx.orchestration import data_types, metadata
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.portable import runtime_parameter_utils, tfx_runner
-from tfx.proto import example_gen_pb2
+from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
 from tfx.proto.orchestration import pipeline_pb2
+from tfx.types import standard_artifacts
 
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
 from tfx_model_pruning import standard_component_specs as specs
@@ -46,10 +53,10 @@ def create_pipeline(
     *,
     pipeline_root: str,
     serving_model_dir: str,
-    data_root: Union[str, tfx.dsl.experimental.RuntimeParameter, None] = None,
+    data_root: Union[str, data_types.RuntimeParameter, None] = None,
     metadata_path: Optional[str] = None,
     push_root: Optional[str] = None,
-) -> tfx.dsl.Pipeline:
+) -> tfx_pipeline.Pipeline:
     """The pruning pipeline of a validated description: the one builder under the pipeline file,
     the CLI, the Python API and Kubeflow compilation. Every option and its default lives in
     ``config`` (``PipelineConfig``); only the locations, which differ between a local run and
@@ -74,7 +81,7 @@ def create_pipeline(
         pipeline = create_pipeline(
             config, pipeline_root="runs/root", serving_model_dir="runs/serving", metadata_path="runs/metadata.sqlite"
         )
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        LocalDagRunner().run(pipeline)
     """
     push_root = push_root if push_root is not None else config.push.root
     check_push_destination(serving_model_dir, push_root)
@@ -103,9 +110,9 @@ def create_pipeline(
     upstream: list = [example_gen]
     training_examples, transform_graph = examples, None
     if source.transform_module is not None:
-        statistics_gen = tfx.components.StatisticsGen(examples=examples)
-        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
-        transform = tfx.components.Transform(
+        statistics_gen = tfx_components.StatisticsGen(examples=examples)
+        schema_gen = tfx_components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+        transform = tfx_components.Transform(
             examples=examples, schema=schema_gen.outputs["schema"], module_file=source.transform_module
         )
         upstream += [statistics_gen, schema_gen, transform]
@@ -113,19 +120,19 @@ def create_pipeline(
         transform_graph = transform.outputs["transform_graph"]
 
     if source.baseline_model is None:
-        baseline_source = tfx.components.Trainer(
+        baseline_source = tfx_components.Trainer(
             module_file=source.trainer_module,
             run_fn=source.trainer_run_fn,
             examples=training_examples,
             transform_graph=transform_graph,
-            train_args=tfx.proto.TrainArgs(num_steps=source.train_steps),
-            eval_args=tfx.proto.EvalArgs(num_steps=10),
+            train_args=trainer_pb2.TrainArgs(num_steps=source.train_steps),
+            eval_args=trainer_pb2.EvalArgs(num_steps=10),
         )
         baseline = baseline_source.outputs["model"]
     else:
-        baseline_source = tfx.dsl.Importer(
-            source_uri=source.baseline_model, artifact_type=tfx.types.standard_artifacts.Model
-        ).with_id("baseline_importer")
+        baseline_source = Importer(source_uri=source.baseline_model, artifact_type=standard_artifacts.Model).with_id(
+            "baseline_importer"
+        )
         baseline = baseline_source.outputs["result"]
 
     extensions = {"module_file": config.module_file, "module_path": config.module_path}
@@ -152,18 +159,18 @@ def create_pipeline(
     pusher = AtomicPusher(
         model=retrain.outputs["model"],
         model_blessing=gate.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_model_dir)
         ),
         push_root=push_root,
     ).with_id("Pusher")
-    return tfx.dsl.Pipeline(
+    return tfx_pipeline.Pipeline(
         pipeline_name=config.name,
         pipeline_root=pipeline_root,
         components=[*upstream, baseline_source, prune, retrain, gate, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path) if metadata_path else None
+            metadata.sqlite_metadata_connection_config(metadata_path) if metadata_path else None
         ),
         beam_pipeline_args=list(config.beam_args if config.beam_args is not None else DEFAULT_BEAM_ARGS),
     )
@@ -173,7 +180,7 @@ def create_pipeline_from_args(
     *,
     pipeline_name: str,
     pipeline_root: str,
-    data_root: Union[str, tfx.dsl.experimental.RuntimeParameter],
+    data_root: Union[str, data_types.RuntimeParameter],
     serving_model_dir: str,
     label_key: str,
     prune_args: Optional[Mapping[str, Any]] = None,
@@ -186,7 +193,7 @@ def create_pipeline_from_args(
     metadata_path: Optional[str] = None,
     push_root: Optional[str] = None,
     **settings: Any,
-) -> tfx.dsl.Pipeline:
+) -> tfx_pipeline.Pipeline:
     """``create_pipeline`` with the description given as keywords: the sections (``prune_args``,
     ``retrain_args``, ``gate_args``) and the model source by their old names, any other top-level
     key of ``PipelineConfig`` (``data``, ``train_steps`` into ``model``, ``enable_cache``,
@@ -246,8 +253,8 @@ def _example_gen(data_root, data_format: str, split_patterns: Optional[Mapping[s
         else None
     )
     if data_format == "csv":
-        return tfx.components.CsvExampleGen(input_base=data_root, input_config=input_config)
-    return tfx.components.ImportExampleGen(input_base=data_root, input_config=input_config)
+        return tfx_components.CsvExampleGen(input_base=data_root, input_config=input_config)
+    return tfx_components.ImportExampleGen(input_base=data_root, input_config=input_config)
 
 
 def judges_against_serving(gate_config_json: str) -> bool:
@@ -255,7 +262,7 @@ def judges_against_serving(gate_config_json: str) -> bool:
     return GateConfig.model_validate_json(gate_config_json).serving_model_dir is not None
 
 
-def local_pipeline_ir(pipeline: tfx.dsl.Pipeline, run_id: str) -> pipeline_pb2.Pipeline:
+def local_pipeline_ir(pipeline: tfx_pipeline.Pipeline, run_id: str) -> pipeline_pb2.Pipeline:
     """The pipeline compiled for LocalDagRunner with ``run_id`` as its run's name.
 
     A gate that compares with the serving model is never cached: its verdict depends on which
@@ -276,7 +283,7 @@ def local_pipeline_ir(pipeline: tfx.dsl.Pipeline, run_id: str) -> pipeline_pb2.P
     return ir
 
 
-def run_locally(pipeline: tfx.dsl.Pipeline, run_id: str) -> None:
+def run_locally(pipeline: tfx_pipeline.Pipeline, run_id: str) -> None:
     """Runs ``pipeline`` on LocalDagRunner as run ``run_id`` (see ``local_pipeline_ir``).
 
     The run gets a temporary folder of its own, deleted when it ends: TFX builds an sdist of the
@@ -288,7 +295,7 @@ def run_locally(pipeline: tfx.dsl.Pipeline, run_id: str) -> None:
     tempfile.tempdir = scratch
     os.environ["TMPDIR"] = scratch  # the wheel builds and pip installs TFX runs as subprocesses
     try:
-        tfx.orchestration.LocalDagRunner().run_with_ir(local_pipeline_ir(pipeline, run_id))
+        LocalDagRunner().run_with_ir(local_pipeline_ir(pipeline, run_id))
     finally:
         tempfile.tempdir = saved[0]
         if saved[1] is None:

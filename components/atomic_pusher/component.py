@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from tfx import v1 as tfx
+from tfx.components import Pusher
 from tfx.dsl.components.base import executor_spec
 
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.atomic_pusher import executor
 
 
-class AtomicPusher(tfx.components.Pusher):
+class AtomicPusher(Pusher):
     """The stock ``Pusher`` (same inputs, outputs and blessing check) publishing atomically.
 
     On a local or mounted filesystem each pushed version is staged in a hidden directory and
