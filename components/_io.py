@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import tensorflow as tf
 from tfx.types import artifact_utils
@@ -28,6 +28,15 @@ def _write(directory: str, name: str, content, mode: str) -> str:
 
 def write_json(directory: str, name: str, payload: Any) -> str:
     return write_text(directory, name, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def read_json_if_present(directory: str, name: str) -> Optional[Any]:
+    """The JSON file ``name`` in ``directory``, or None where there is none."""
+    path = os.path.join(directory, name)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def split_patterns(examples: list, split: str) -> list[str]:

@@ -11,6 +11,10 @@ SENSITIVITY_PLOT = "sensitivity.png"
 # RetrainComponent's model, next to Format-Serving
 FINE_TUNING_JSON = "fine_tuning.json"
 
+# PruneComponent's and RetrainComponent's models, next to Format-Serving: the compressed sizes
+# measured when it was saved (engine.prune.SIZE_FIGURES), so the gate need not compress it again
+MODEL_SIZES_JSON = "model_sizes.json"
+
 # EvaluatorGate's evaluation (ModelEvaluation)
 GATE_RESULT_JSON = "gate_result.json"
 GATE_SUMMARY_MARKDOWN = "summary.md"

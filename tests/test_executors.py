@@ -11,6 +11,8 @@ from tfx.types import standard_artifacts
 
 from tfx_model_pruning.artifacts import PruningReport
 from tfx_model_pruning.engine import ExamplesMismatchError, load_model
+from tfx_model_pruning.engine import prune as engine_prune
+from tfx_model_pruning.engine.prune import size_stats, weight_and_size_stats
 from tfx_model_pruning.engine.results import LayerWidth, PruningResult
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 from tfx_model_pruning.prune import executor as prune_executor
@@ -100,6 +102,38 @@ def test_gate_blesses_a_model_within_its_bounds(tmp_path, pruned, penguin_baseli
     assert result["weights"]["candidate"]["nonzero_params"] < result["weights"]["baseline"]["nonzero_params"]
     assert os.path.isdir(os.path.join(tmp_path, "evaluation", "tfma"))
     assert "**BLESSED: all " in open(tmp_path / "evaluation" / "summary.md").read()
+
+
+def test_gate_takes_the_sizes_recorded_with_a_model_instead_of_compressing_it_again(
+    tmp_path, monkeypatch, penguin_baseline, penguin_data
+):
+    pruned_model, _ = run_prune(penguin_baseline, tmp_path / "prune", target_sparsity=0.8)
+    retrained = run_retrain(pruned_model.uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=1)
+    for model in (pruned_model, retrained):
+        recorded = json.load(open(os.path.join(model.uri, "model_sizes.json")))
+        measured = weight_and_size_stats(load_model(model.uri).model, None, os.path.join(model.uri, "Format-Serving"))
+        assert recorded == {key: measured[key] for key in ("saved_model_bytes", "gzip_bytes", "weights_gzip_bytes")}
+    compressed = []
+
+    def counted(directory):
+        compressed.append(directory)
+        return size_stats(directory)
+
+    monkeypatch.setattr(engine_prune, "size_stats", counted)
+    gate = _accuracy_gate(lower_bound=0)
+    _, result, error = run_gate(tmp_path / "gate", retrained.uri, penguin_baseline, penguin_data, gate)
+    assert error is None, error
+    assert compressed == [os.path.join(penguin_baseline, "Format-Serving")]  # the Trainer's model records none
+    assert result["weights"]["candidate"]["gzip_bytes"] == recorded["gzip_bytes"]
+
+    # A model changed since its sizes were recorded is measured again.
+    with open(os.path.join(retrained.uri, "Format-Serving", "assets.extra", "note.txt"), "w") as f:
+        f.write("x" * 1000)
+    compressed.clear()
+    _, result, error = run_gate(tmp_path / "gate-2", retrained.uri, penguin_baseline, penguin_data, gate)
+    assert error is None, error
+    assert os.path.join(retrained.uri, "Format-Serving") in compressed
+    assert result["weights"]["candidate"]["saved_model_bytes"] == recorded["saved_model_bytes"] + 1000
 
 
 def test_gate_refuses_an_unreachable_threshold(tmp_path, pruned, penguin_baseline, penguin_data):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -43,12 +43,26 @@ def size_stats(model_dir: str) -> dict[str, int]:
     return {"saved_model_bytes": directory_size(model_dir), "gzip_bytes": gzip_size(model_dir)}
 
 
-def weight_and_size_stats(model: Any, masks: Optional[dict[str, np.ndarray]], model_dir: str) -> dict[str, Any]:
+# The figures that compress a model: whoever saved it can record them (``recorded`` below).
+SIZE_FIGURES = ("saved_model_bytes", "gzip_bytes", "weights_gzip_bytes")
+
+
+def weight_and_size_stats(
+    model: Any,
+    masks: Optional[dict[str, np.ndarray]],
+    model_dir: str,
+    recorded: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
     """``weight_stats`` of the model and ``size_stats`` of its SavedModel, side by side.
 
     Each compresses all the weights once (the SavedModel's and the arrays'), which at 50M
     params took most of a prune step; zlib releases the GIL, so the two run on two cores.
+    ``recorded`` sizes (``SIZE_FIGURES``, from whoever saved ``model_dir``) are taken instead of
+    compressing again when the directory still holds the bytes they were measured on.
     """
+    if recorded is not None and set(SIZE_FIGURES) <= set(recorded):
+        if recorded["saved_model_bytes"] == directory_size(model_dir):
+            return {**weight_stats(model, masks, compress=False), **{key: recorded[key] for key in SIZE_FIGURES}}
     with ThreadPoolExecutor(max_workers=2) as pool:
         sizes = pool.submit(size_stats, model_dir)
         weights = weight_stats(model, masks)

@@ -58,11 +58,12 @@ def directory_size(directory: str) -> int:
     )
 
 
-def weight_stats(model: Any, masks: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
+def weight_stats(model: Any, masks: Optional[dict[str, np.ndarray]] = None, compress: bool = True) -> dict[str, Any]:
     """Sparsity of a model measured from its weights (not from what a report claims).
 
     ``masked_sparsity`` covers the weights the masks name (the pruned layers) and equals
-    ``kernel_sparsity`` when the model carries no masks.
+    ``kernel_sparsity`` when the model carries no masks. ``compress=False`` leaves out
+    ``weights_gzip_bytes``, the one figure that compresses every weight.
     """
     total_kernel = zero_kernel = total_masked = zero_masked = 0
     for weight in iter_prunable_weights(model):
@@ -73,7 +74,7 @@ def weight_stats(model: Any, masks: Optional[dict[str, np.ndarray]] = None) -> d
         if not masks or weight.key in masks:
             total_masked += values.size
             zero_masked += zeros
-    return {
+    stats = {
         "params": count_params(model),
         "kernel_params": total_kernel,
         "kernel_zeros": zero_kernel,
@@ -81,8 +82,10 @@ def weight_stats(model: Any, masks: Optional[dict[str, np.ndarray]] = None) -> d
         "masked_params": total_masked,
         "masked_sparsity": zero_masked / total_masked if total_masked else 0.0,
         "nonzero_params": count_params(model) - zero_kernel,
-        "weights_gzip_bytes": weights_gzip_size(model),
     }
+    if compress:
+        stats["weights_gzip_bytes"] = weights_gzip_size(model)
+    return stats
 
 
 def weights_gzip_size(model: Any) -> int:

@@ -30,7 +30,14 @@ from tfx.types import artifact_utils
 
 from tfx_model_pruning import artifact_files as files
 from tfx_model_pruning import standard_component_specs as specs
-from tfx_model_pruning._io import split_files, split_patterns, write_bytes, write_json, write_text
+from tfx_model_pruning._io import (
+    read_json_if_present,
+    split_files,
+    split_patterns,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
 from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
@@ -207,8 +214,15 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         tallies = skill.read_tallies(skill_dir) if skill_plan is not None else None
         by_slice = _metrics_by_slice(tfma_dir, list(models))
         metrics = by_slice.pop(OVERALL, {name: {} for name in models})
+        # Sizes the Prune or Retrain executor measured when it saved the model: not compressed again.
+        artifacts = {CANDIDATE: candidate, BASELINE: baseline}
+        recorded = {
+            name: read_json_if_present(artifact.uri, files.MODEL_SIZES_JSON)
+            for name, artifact in artifacts.items()
+            if artifact is not None
+        }
         stats = {
-            name: weight_and_size_stats(loaded.model, loaded.masks or None, loaded.path)
+            name: weight_and_size_stats(loaded.model, loaded.masks or None, loaded.path, recorded.get(name))
             for name, loaded in models.items()
         }
         layers = {name: layer_table(loaded.model) for name, loaded in models.items()}

@@ -17,6 +17,7 @@ from tfx_model_pruning._io import split_files, write_json, write_text
 from tfx_model_pruning.engine import progress, prune_saved_model, summary_markdown
 from tfx_model_pruning.engine.config import pruning_config_from_json
 from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.prune import SIZE_FIGURES
 from tfx_model_pruning.engine.sensitivity import plot_curves
 from tfx_model_pruning.user_module import load_from
 
@@ -70,6 +71,7 @@ class Executor(base_executor.BaseExecutor):
         progress.figure(_key_figure(result))
 
         write_json(report_artifact.uri, files.PRUNING_REPORT_JSON, result.to_json())
+        write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: getattr(after, key) for key in SIZE_FIGURES})
         write_text(report_artifact.uri, files.PRUNING_SUMMARY_MARKDOWN, summary_markdown(result))
         for artifact in (output_model, report_artifact):
             artifact.set_float_custom_property("sparsity", after.masked_sparsity)

@@ -21,9 +21,9 @@ from tfx_model_pruning.engine import (
     progress,
     require_finite_weights,
     verify_signatures_preserved,
-    weight_stats,
 )
 from tfx_model_pruning.engine.finetune import EpochProgress, distribution_strategy, fresh_adam, require_learned
+from tfx_model_pruning.engine.prune import SIZE_FIGURES, weight_and_size_stats
 from tfx_model_pruning.engine.transform import transform_preprocessing
 from tfx_model_pruning.user_module import load_from
 
@@ -105,9 +105,10 @@ class Executor(base_executor.BaseExecutor):
         with strategy.scope():  # saving recompiles the model: its metrics are made where its weights are
             loaded.save(loaded.model, model_dir, result.masks)
         verify_signatures_preserved(loaded.path, model_dir)
-        stats = weight_stats(loaded.model, result.masks or None)
+        stats = weight_and_size_stats(loaded.model, result.masks or None, model_dir)
         record = {"config": config.model_dump(), "loss": result.loss, "history": result.history, "weights": stats}
         write_json(output_model.uri, files.FINE_TUNING_JSON, record)
+        write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
         progress.figure(_key_figure(result.history, stats["masked_sparsity"]))
