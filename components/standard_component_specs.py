@@ -11,6 +11,7 @@ OUTPUT_MODEL_KEY = MODEL_KEY
 EXAMPLES_KEY = "examples"
 BASELINE_MODEL_KEY = "baseline_model"
 TEACHER_MODEL_KEY = "teacher_model"
+PARENT_MODEL_KEY = "parent_model"  # the unpruned model whose metric fine-tuning recovers
 TRANSFORM_GRAPH_KEY = "transform_graph"
 PRUNING_REPORT_KEY = "pruning_report"
 BLESSING_KEY = "blessing"

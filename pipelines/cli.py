@@ -594,6 +594,8 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
         print(f"All {counted} checks passed (each with its measured value in the release report).")
     for note in notes:
         print(f"Note: {note}")
+    if gate.fine_tuning is not None:
+        print(f"Fine-tuning: {gate.fine_tuning.summary()}")
     print(f"Release report: {result.gate_html_path}")
     if not quiet:
         print(f"                {result.gate_summary_path}")

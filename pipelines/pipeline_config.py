@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
-from tfx_model_pruning.engine.keras_names import closest_name
+from tfx_model_pruning.engine.keras_names import closest_name, metric_class
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings
 from tfx_model_pruning.user_module import load_user_module
@@ -247,12 +247,61 @@ class PipelineConfig(_Section):
             # section's own mistakes would hide behind "cannot tell the method".
             values["prune"] = prune = {**prune, "method": "magnitude"}
         gate = values["gate"]
+        retrain = values["retrain"]
+        if isinstance(retrain, dict) and isinstance(gate, dict) and retrain.get("epochs") is None:
+            recovery = retrain.get("recovery")
+            recovery = dict(recovery) if isinstance(recovery, dict) else recovery
+            if recovery is None or isinstance(recovery, dict):
+                followed = _recovery_from_gate(gate)
+                recovery = recovery or {}
+                if followed is not None and recovery.get("metric", followed["metric"]) == followed["metric"]:
+                    for key, value in followed.items():
+                        recovery.setdefault(key, value)
+                values["retrain"] = {**retrain, "recovery": recovery}
         if isinstance(gate, dict) and "min_sparsity" not in gate and prune.get("method", "magnitude") == "magnitude":
             target = prune.get("target_sparsity")
             # Only a valid value: a bad one is reported once, where the user wrote it.
             if isinstance(target, (int, float)) and not isinstance(target, bool) and 0.0 < target < 1.0:
                 gate["min_sparsity"] = target
         return values
+
+    @model_validator(mode="after")
+    def _recovery_follows_the_gate(self) -> PipelineConfig:
+        followed = _recovery_from_gate(self.gate.model_dump())
+        recovery = self.retrain.recovery
+        if self.retrain.until_recovered and followed is not None and recovery.metric != followed["metric"]:
+            raise ValueError(
+                f"retrain.recovery.metric {recovery.metric!r} differs from the metric the gate checks "
+                f"({followed['metric']!r}, gate.thresholds): fine-tuning recovers the gate's metric; leave "
+                "retrain.recovery.metric out"
+            )
+        return self
+
+
+def _recovery_from_gate(gate: Mapping) -> Optional[dict[str, Any]]:
+    """The recovery settings the gate implies: its first threshold that bounds a drop against the
+    parent (else its first), its direction, and half the drop it allows as the tolerance (a margin
+    for the slices and the serving baseline the gate also checks). None when the gate's thresholds
+    are not readable (their own errors say why)."""
+    thresholds = gate.get("thresholds")
+    if not isinstance(thresholds, list) or not thresholds or not all(isinstance(t, Mapping) for t in thresholds):
+        return None
+    chosen = next(
+        (t for t in thresholds if t.get("max_absolute_drop") is not None or t.get("max_relative_drop") is not None),
+        thresholds[0],
+    )
+    metric = chosen.get("metric")
+    try:
+        metric_class(metric)
+    except (TypeError, ValueError):
+        return None
+    followed: dict[str, Any] = {"metric": metric, "higher_is_better": bool(chosen.get("higher_is_better", True))}
+    for drop, tolerance in (("max_absolute_drop", "tolerance"), ("max_relative_drop", "relative_tolerance")):
+        value = chosen.get(drop)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            followed[tolerance] = value / 2
+            break
+    return followed
 
 
 def field_types(annotation: Any, keep_literals: bool = False) -> list[Any]:

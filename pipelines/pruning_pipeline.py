@@ -142,6 +142,7 @@ def create_pipeline(
         examples=training_examples,
         config=config.retrain,
         teacher_model=baseline if config.retrain.distillation is not None else None,  # the unpruned model teaches
+        parent_model=baseline if config.retrain.until_recovered else None,  # whose metric it recovers
         transform_graph=transform_graph,
         **extensions,
     )

@@ -34,7 +34,8 @@ class FailedStep:
     message: str
 
 
-def _store(metadata_path: str) -> metadata_store.MetadataStore:
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    """The run's ML Metadata store, read-only."""
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
@@ -50,7 +51,7 @@ def _run_context(store: metadata_store.MetadataStore, run_id: str) -> metadata_s
 
 
 def _run_artifacts(metadata_path: str, run_id: str) -> dict[str, list[metadata_store_pb2.Artifact]]:
-    store = _store(metadata_path)
+    store = open_store(metadata_path)
     context = _run_context(store, run_id)
     type_names = {artifact_type.id: artifact_type.name for artifact_type in store.get_artifact_types()}
     by_type: dict[str, list[metadata_store_pb2.Artifact]] = {}
@@ -61,7 +62,7 @@ def _run_artifacts(metadata_path: str, run_id: str) -> dict[str, list[metadata_s
 
 def failed_steps(metadata_path: str, run_id: str) -> list[FailedStep]:
     """The components of run ``run_id`` whose execution failed, with the reason they recorded."""
-    store = _store(metadata_path)
+    store = open_store(metadata_path)
     context = _run_context(store, run_id)
     type_names = {execution_type.id: execution_type.name for execution_type in store.get_execution_types()}
     failed = []

@@ -32,7 +32,8 @@ def test_compiled_spec_has_every_component_edge_image_and_runtime_parameter(tmp_
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == TASKS
     assert set(tasks["PruneComponent"]["dependentTasks"]) == {"ImportExampleGen", "Trainer"}
-    assert set(tasks["RetrainComponent"]["dependentTasks"]) == {"ImportExampleGen", "PruneComponent"}
+    # The Trainer's model is the parent whose accuracy fine-tuning recovers.
+    assert set(tasks["RetrainComponent"]["dependentTasks"]) == {"ImportExampleGen", "PruneComponent", "Trainer"}
     assert set(tasks["EvaluatorGate"]["dependentTasks"]) == {"ImportExampleGen", "RetrainComponent", "Trainer"}
     assert set(tasks["Pusher"]["dependentTasks"]) == {"EvaluatorGate", "RetrainComponent"}
     assert not [name for name in tasks if "Resolver" in name], "open-source KFP cannot run Resolver nodes"

@@ -229,3 +229,45 @@ def test_the_preset_ships_with_the_package():
     assert os.path.isfile(PENGUIN_PRESET) and PENGUIN_PRESET.endswith(
         os.path.join("pipelines", "presets", "penguin.yaml")
     )
+
+
+def test_fine_tuning_recovers_the_gates_metric_within_half_its_allowed_drop():
+    config = load_pipeline_config()  # gate: SparseCategoricalAccuracy, max_absolute_drop 0.01
+    recovery = config.retrain.recovery
+    assert config.retrain.until_recovered and config.retrain.epochs is None
+    assert (recovery.metric, recovery.higher_is_better, recovery.tolerance) == (
+        "SparseCategoricalAccuracy",
+        True,
+        0.005,
+    )
+
+    relative = load_pipeline_config(
+        overrides={
+            "gate": {
+                "thresholds": [{"metric": "MeanSquaredError", "max_relative_drop": 0.1, "higher_is_better": False}]
+            }
+        }
+    ).retrain.recovery
+    assert (relative.metric, relative.higher_is_better, relative.relative_tolerance) == (
+        "MeanSquaredError",
+        False,
+        0.05,
+    )
+    fixed = load_pipeline_config(overrides={"retrain": {"epochs": 5}}).retrain
+    assert not fixed.until_recovered and fixed.recovery.metric is None  # a fixed count recovers nothing
+
+
+def test_a_recovery_metric_other_than_the_gates_is_refused():
+    with pytest.raises(PipelineConfigError, match="differs from the metric the gate checks"):
+        load_pipeline_config(overrides={"retrain": {"recovery": {"metric": "AUC"}}})
+
+
+def test_bad_recovery_settings_are_reported_together_with_their_paths():
+    with pytest.raises(PipelineConfigError) as raised:
+        load_pipeline_config(overrides={"retrain": {"recovery": {"tolerance": 0, "max_steps": 0, "metric": "MeanIoU"}}})
+    message = str(raised.value)
+    assert "3 invalid setting(s)" in message
+    assert "retrain.recovery.tolerance: Input should be greater than 0" in message
+    assert "retrain.recovery.max_steps: Input should be greater than or equal to 1" in message
+    assert "retrain.recovery.metric: fine-tuning cannot compute 'MeanIoU'" in message
+    assert "SparseCategoricalAccuracy" in message  # the metrics it can compute are listed

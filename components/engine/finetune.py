@@ -6,11 +6,12 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from tf_keras.src.utils.generic_utils import to_snake_case
 
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.config import FineTuneConfig
@@ -27,6 +28,7 @@ from tfx_model_pruning.engine.outputs import (
     resolve_from_logits,
     takes_from_logits,
 )
+from tfx_model_pruning.engine.recovery import Evaluator, RecoveryMonitor, RecoveryRecord
 from tfx_model_pruning.engine.restored import (
     call,
     is_restored,
@@ -183,10 +185,18 @@ class FineTuneResult:
     no_information_loss: Optional[float] = None
     # The loss trained with: its name, from_logits and what it was read from (fine_tuning.json).
     loss: dict[str, Any] = field(default_factory=dict)
+    # Why fine-tuning stopped, each evaluation, the parent's value and the best step (None: a fixed
+    # count with no parent to compare with).
+    recovery: Optional[RecoveryRecord] = None
+    # The peak rate, the schedule and the steps it spans.
+    learning_rate: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> Optional[float]:
-        """The last epoch's validation loss, or its training loss without validation data."""
+        """The validation loss of the weights kept (the best evaluation's, where they were restored),
+        else the last epoch's, or its training loss without validation data."""
+        if self.recovery is not None and self.recovery.restored_best:
+            return self.recovery.best.loss
         losses = self.history.get("val_loss") or self.history.get("loss") or []
         return losses[-1] if losses else None
 
@@ -256,9 +266,16 @@ def fine_tune(
     teacher: Optional[keras.Model] = None,
     verbose: Union[int, str] = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
-    optimizer: Optional[keras.optimizers.Optimizer] = None,
+    optimizer: Union[keras.optimizers.Optimizer, Literal["compiled", "fresh"]] = "compiled",
+    parent: Any = None,
 ) -> FineTuneResult:
-    """Fine-tunes ``model`` in place, holding masked weights at zero.
+    """Fine-tunes ``model`` in place, holding masked weights at zero, until it has recovered.
+
+    Without ``config.epochs`` the ``parent`` (the unpruned model; default the ``teacher``) is
+    evaluated once on ``eval_dataset`` with ``config.recovery.metric``, and fine-tuning stops at
+    the first evaluation within the tolerance of it, on a plateau, or when the budget is spent;
+    the best evaluation's weights are kept (``result.recovery`` says which and why). With
+    ``config.epochs`` it runs exactly that many epochs and keeps the last weights.
 
     ``train_dataset`` yields ``(features, labels)`` batches. With ``config.gradual_pruning`` the
     model is pruned further on that schedule while it trains; with ``config.distillation`` the
@@ -267,29 +284,215 @@ def fine_tune(
     (``tf.saved_model.save``, Keras 3's ``model.export``) is trained by a loop over its call
     function (or its ``serve`` endpoint or serving signature); it needs ``config.loss`` (it carries
     none), and is pruned gradually and distilled in that loop too.
-    ``verbose`` is Keras's (``"auto"``, 0, 1, 2); ``callbacks`` are called at each epoch's end.
-    Data may be in-memory ``(x, y)`` arrays (batched by ``config.batch_size``). The optimizer is
-    ``optimizer``, else the one the model was compiled with, else Adam at ``config.learning_rate``.
+    ``verbose`` is Keras's (``"auto"``, 0, 1, 2); ``callbacks`` are called at each epoch's (or
+    evaluation's) end. Data may be in-memory ``(x, y)`` arrays (batched by ``config.batch_size``).
+    ``optimizer`` is one to train with; ``"compiled"`` (the default) the one the model was compiled
+    with, as it is, where it has one; ``"fresh"``, or a model without one: a new Adam on
+    ``config.schedule`` peaking at ``config.learning_rate`` (default: the rate the model's own
+    optimizer ended with, times ``learning_rate_factor``). RetrainComponent always starts fresh.
 
     Example::
 
         result = fine_tune(model, (x_train, y_train), (x_val, y_val), FineTuneConfig(epochs=3), masks, verbose=0)
+        result = fine_tune(
+            pruned, train, val, FineTuneConfig(recovery={"metric": "SparseCategoricalAccuracy"}), masks, parent=original
+        )
+        print(result.recovery.summary())  # recovered 0.955 of 0.960 in 340 steps (stopped: recovered)
     """
     require_tensorflow_backend(model)
     _require_built_under(model, config.strategy)
+    # First: the shuffle of a dataset made from (x, y) here depends on the global seed as well.
+    (keras if is_restored(model) else keras_of(model)).utils.set_random_seed(config.seed)
     train_dataset = _as_dataset(train_dataset, config, shuffle=True)
     eval_dataset = _as_dataset(eval_dataset, config, shuffle=False)
     loss, loss_settings = _loss_for(model, config, train_dataset)
+    steps_per_epoch = config.steps_per_epoch or count_batches(train_dataset)
+    budget = config.budget_steps(steps_per_epoch)
+    chosen = optimizer if not isinstance(optimizer, str) else None
+    if optimizer == "compiled" and not is_restored(model):
+        chosen = getattr(model, "optimizer", None)
+    fresh = chosen is None
+    learning_rate = _learning_rate(model, config) if fresh else None
+    if fresh:
+        chosen = fresh_adam(model, learning_rate_schedule(model, config, learning_rate, budget))
+    recovery = _recovery_plan(model, eval_dataset, config, loss, parent if parent is not None else teacher)
     if is_restored(model):
-        result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, callbacks, teacher)
-        result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
-        return result
-    # Keep the metrics the model was compiled with: they are saved with it, and a generic
-    # "accuracy" would be resolved against logits and report nonsense downstream.
-    chosen = optimizer or getattr(model, "optimizer", None) or fresh_adam(model, config.learning_rate)
-    model.compile(optimizer=chosen, loss=loss, metrics=compiled_metrics(model))
-    keras_of(model).utils.set_random_seed(config.seed)
-    if config.gradual_pruning is None and config.distillation is None:
+        keras.utils.set_random_seed(config.seed)
+        if config.until_recovered or config.gradual_pruning is not None or config.distillation is not None:
+            result = _fine_tune_in_loop(
+                model,
+                train_dataset,
+                eval_dataset,
+                config,
+                masks,
+                teacher,
+                loss,
+                chosen,
+                steps_per_epoch,
+                budget,
+                recovery,
+            )
+        else:
+            result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, chosen, callbacks)
+    else:
+        # Keep the metrics the model was compiled with: they are saved with it, and a generic
+        # "accuracy" would be resolved against logits and report nonsense downstream.
+        model.compile(optimizer=chosen, loss=loss, metrics=compiled_metrics(model))
+        keras_of(model).utils.set_random_seed(config.seed)
+        if config.gradual_pruning is None and config.distillation is None:
+            result = _fine_tune_with_fit(
+                model, train_dataset, eval_dataset, config, masks, callbacks, verbose, steps_per_epoch, budget, recovery
+            )
+        else:
+            result = _fine_tune_in_loop(
+                model,
+                train_dataset,
+                eval_dataset,
+                config,
+                masks,
+                teacher,
+                loss,
+                chosen,
+                steps_per_epoch,
+                budget,
+                recovery,
+            )
+    if recovery is not None and not config.until_recovered:
+        result.recovery = recovery.finish_fixed(budget, steps_per_epoch)
+    result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
+    result.learning_rate = (
+        {"peak": learning_rate, "schedule": config.schedule, "steps": budget} if fresh else {"optimizer": "given"}
+    )
+    return result
+
+
+def count_batches(dataset: tf.data.Dataset) -> int:
+    """Batches in one pass of ``dataset``: its cardinality where tf.data knows it, else counted."""
+    known = int(dataset.cardinality())
+    if known >= 0:
+        return known
+    return int(dataset.reduce(0, lambda count, _: count + 1))
+
+
+# Warm-up over the first 5% of the budget: Adam's first moments are estimated from a few batches,
+# and a pruned model's first steps at the full rate were where its loss jumped.
+WARMUP_FRACTION = 0.05
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def trained_learning_rate(model: Any) -> Optional[float]:
+    """The learning rate the model's own optimizer ended training with, where it was saved with it."""
+    optimizer = getattr(model, "optimizer", None)
+    rate = getattr(optimizer, "learning_rate", None) if optimizer is not None else None
+    if rate is None:
+        return None
+    try:
+        if callable(rate) and not isinstance(rate, tf.Variable):  # a schedule: its value at the last step
+            rate = rate(optimizer.iterations)
+        value = float(np.asarray(rate))
+    except (TypeError, ValueError, tf.errors.OpError):
+        return None
+    return value if math.isfinite(value) and 0.0 < value < 1.0 else None
+
+
+def _learning_rate(model: Any, config: FineTuneConfig) -> float:
+    if config.learning_rate is not None:
+        return config.learning_rate
+    trained = trained_learning_rate(model)
+    rate = trained * config.learning_rate_factor if trained is not None else DEFAULT_LEARNING_RATE
+    logging.getLogger(__name__).info(
+        "Fine-tuning at a peak learning rate of %.3g (%s)",
+        rate,
+        f"{config.learning_rate_factor} x the model's own {trained:.3g}" if trained else "the default",
+    )
+    return min(rate, 0.5)
+
+
+def learning_rate_schedule(model: Any, config: FineTuneConfig, peak: float, steps: int) -> Any:
+    """``config.schedule`` over ``steps`` batches, in the model's Keras generation (a float for constant)."""
+    if config.schedule == "constant":
+        return peak
+    schedules = (keras if is_restored(model) else keras_of(model)).optimizers.schedules
+    warmup = max(1, int(round(WARMUP_FRACTION * steps)))
+    return schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(1, steps - warmup), warmup_target=peak, warmup_steps=warmup
+    )
+
+
+class _Recovery:
+    """What a recovery needs before training starts: the evaluator and the parent's value."""
+
+    def __init__(self, model: Any, evaluator: Evaluator, parent_value: Optional[float], config: FineTuneConfig):
+        self.model = model
+        self.evaluator = evaluator
+        self.parent_value = parent_value
+        self.config = config
+
+    def start(self, budget: int, steps_per_epoch: int) -> RecoveryMonitor:
+        schedule = self.config.gradual_pruning
+        return RecoveryMonitor(
+            self.model,
+            self.evaluator,
+            self.config.recovery,
+            self.parent_value,
+            budget_steps=budget,
+            steps_per_epoch=steps_per_epoch,
+            fixed=not self.config.until_recovered,
+            # The masks of end_step are made at the start of batch end_step + 1 (steps count from 0).
+            eligible_from_step=schedule.end_step + 1 if schedule is not None else 0,
+        )
+
+    def finish_fixed(self, budget: int, steps_per_epoch: int) -> RecoveryRecord:
+        """A fixed count, measured once at its end against the parent."""
+        monitor = self.start(budget, steps_per_epoch)
+        with _data_errors_named():
+            monitor.evaluate(budget)
+        return monitor.finish(budget)
+
+
+def _recovery_plan(model, eval_dataset, config: FineTuneConfig, loss, parent) -> Optional[_Recovery]:
+    """The evaluator and the parent's metric; None for a fixed count that has nothing to compare with."""
+    metric = config.recovery.metric
+    if not config.until_recovered and (metric is None or parent is None or eval_dataset is None):
+        return None
+    if eval_dataset is None:
+        raise ValueError(
+            "fine-tuning until recovered evaluates on held-out data: give eval data, or epochs for a fixed count"
+        )
+    evaluator = Evaluator(eval_dataset, loss, metric)
+    parent_value = None
+    if metric is not None and parent is not None:
+        with _data_errors_named():
+            parent_value, _ = evaluator(parent)
+        logging.getLogger(__name__).info("The parent's %s on the eval split: %.4f", metric, parent_value)
+    elif metric is not None:
+        logging.getLogger(__name__).warning(
+            "recovery.metric %s is set but no parent model was given: fine-tuning stops on a plateau or its budget",
+            metric,
+        )
+    return _Recovery(model, evaluator, parent_value, config)
+
+
+class _EvaluateEveryEpoch(keras.callbacks.Callback):
+    """Runs the recovery monitor at the end of each of fit's epochs (one evaluation interval each)."""
+
+    def __init__(self, monitor: RecoveryMonitor, interval: int):
+        super().__init__()
+        self.monitor = monitor
+        self.interval = interval
+        self.steps = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps = (epoch + 1) * self.interval
+        if self.monitor.evaluate(self.steps):
+            self.model.stop_training = True
+
+
+def _fine_tune_with_fit(
+    model, train_dataset, eval_dataset, config, masks, callbacks, verbose, steps_per_epoch, budget, recovery
+) -> FineTuneResult:
+    hold = KeepPrunedWeightsZero(mask_variables(model, masks))
+    if not config.until_recovered:
         if config.steps_per_epoch is not None:
             train_dataset = train_dataset.repeat()
         with _data_errors_named():
@@ -298,16 +501,41 @@ def fine_tune(
                 validation_data=eval_dataset,
                 epochs=config.epochs,
                 steps_per_epoch=config.steps_per_epoch,
-                callbacks=[KeepPrunedWeightsZero(mask_variables(model, masks)), *callbacks],
+                callbacks=[hold, *callbacks],
                 verbose=verbose,
             )
-        result = FineTuneResult(
+        return FineTuneResult(
             {name: [float(v) for v in values] for name, values in history.history.items()}, dict(masks)
         )
-    else:
-        result = _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss)
-    result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
+    interval = min(config.recovery.eval_every_steps or steps_per_epoch, budget)
+    monitor = recovery.start(budget, steps_per_epoch)
+    evaluate = _EvaluateEveryEpoch(monitor, interval)
+    history = {"loss": []}
+    with _data_errors_named():
+        hold.set_model(model)
+        hold._apply()  # the zeros exact before the evaluation of the untrained model
+        if not monitor.evaluate(0):
+            fitted = model.fit(
+                train_dataset.repeat(),
+                epochs=math.ceil(budget / interval),
+                steps_per_epoch=interval,
+                callbacks=[hold, evaluate, *callbacks],
+                verbose=verbose,
+            )
+            history["loss"] = [float(v) for v in fitted.history.get("loss", [])]
+    result = FineTuneResult(history, dict(masks))
+    result.recovery = monitor.finish(evaluate.steps)
+    _evaluations_into(result)
     return result
+
+
+def _evaluations_into(result: FineTuneResult) -> None:
+    """The recovery's evaluations as the history's val_ series (the eval loss, the metric)."""
+    record = result.recovery
+    result.history["val_loss"] = [e.loss for e in record.evaluations]
+    if record.metric is not None:
+        result.history[f"val_{to_snake_case(record.metric)}"] = [e.metric for e in record.evaluations]
+    result.history["val_step"] = [float(e.step) for e in record.evaluations]
 
 
 def _require_built_under(model: Any, strategy: str) -> None:
@@ -333,44 +561,57 @@ def fresh_adam(model: Any, learning_rate: float) -> Any:
 
 
 def _fine_tune_in_loop(
-    model, train_dataset, eval_dataset, config, masks, teacher, loss, optimizer=None
+    model, train_dataset, eval_dataset, config, masks, teacher, loss, optimizer, steps_per_epoch, budget, recovery
 ) -> FineTuneResult:
     if config.distillation is not None and teacher is None:
         raise ValueError("distillation is configured but no teacher model was given")
-    steps_per_epoch = config.steps_per_epoch or int(train_dataset.reduce(0, lambda count, _: count + 1))
-    total_steps = config.epochs * steps_per_epoch
     pruner = None
     if config.gradual_pruning is not None:
-        config.gradual_pruning.check_fits(total_steps)
+        config.gradual_pruning.check_fits(budget)
         weights = find_prunable_weights(model, config.gradual_pruning.as_pruning_config())
         pruner = GradualPruner(weights, config.gradual_pruning)
     probabilities = _output_probabilities(model, teacher, train_dataset) if teacher is not None else (False, False)
+    monitor = recovery.start(budget, steps_per_epoch) if config.until_recovered else None
+    interval = min(config.recovery.eval_every_steps or steps_per_epoch, budget)
+    fixed_masks = mask_variables(model, masks)
     with _data_errors_named():
-        losses = masked_train_loop(
-            model,
-            train_dataset.repeat(),
-            total_steps,
-            loss,
-            optimizer or model.optimizer,
-            fixed_masks=mask_variables(model, masks),
-            pruner=pruner,
-            teacher=teacher,
-            distillation=config.distillation,
-            probabilities=probabilities,
-        )
-    history = {
-        "loss": [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, total_steps, steps_per_epoch)]
-    }
-    if eval_dataset is not None and is_restored(model):
-        history["val_loss"] = [_mean_loss(model, eval_dataset, loss)]
-    elif eval_dataset is not None:
-        for name, value in model.evaluate(eval_dataset, return_dict=True, verbose=0).items():
-            history[f"val_{name}"] = [float(value)]
+        stopped_at_start = False
+        if monitor is not None:
+            for variable, mask in fixed_masks:
+                variable.assign(variable * mask)
+            stopped_at_start = bool(monitor.evaluate(0))
+        losses = []
+        if not stopped_at_start:
+            losses = masked_train_loop(
+                model,
+                train_dataset.repeat(),
+                budget,
+                loss,
+                optimizer,
+                fixed_masks=fixed_masks,
+                pruner=pruner,
+                teacher=teacher,
+                distillation=config.distillation,
+                probabilities=probabilities,
+                evaluate_every=interval if monitor is not None else None,
+                on_evaluate=(lambda step: bool(monitor.evaluate(step))) if monitor is not None else None,
+            )
+    per = interval if monitor is not None else steps_per_epoch
+    history = {"loss": [float(np.mean(losses[i : i + per])) for i in range(0, len(losses), per)]}
     combined = dict(masks)
     if pruner is not None:
         for key, mask in pruner.numpy_masks().items():
             combined[key] = mask & combined[key] if key in combined else mask
-    return FineTuneResult(history, combined)
+    result = FineTuneResult(history, combined)
+    if monitor is not None:
+        result.recovery = monitor.finish(len(losses))
+        _evaluations_into(result)
+    elif eval_dataset is not None and is_restored(model):
+        history["val_loss"] = [_mean_loss(model, eval_dataset, loss)]
+    elif eval_dataset is not None:
+        for name, value in model.evaluate(eval_dataset, return_dict=True, verbose=0).items():
+            history[f"val_{name}"] = [float(value)]
+    return result
 
 
 def _mean_loss(model: Any, dataset: tf.data.Dataset, loss) -> float:
@@ -378,15 +619,9 @@ def _mean_loss(model: Any, dataset: tf.data.Dataset, loss) -> float:
     return float(np.mean([float(step(x, y)) for x, y in dataset]))
 
 
-def _fine_tune_restored(
-    model, train_dataset, eval_dataset, config, masks, loss, callbacks=(), teacher=None
-) -> FineTuneResult:
-    keras.utils.set_random_seed(config.seed)
-    if config.gradual_pruning is not None or config.distillation is not None:
-        optimizer = keras.optimizers.Adam(config.learning_rate)
-        return _fine_tune_in_loop(model, train_dataset, eval_dataset, config, masks, teacher, loss, optimizer)
+def _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, optimizer, callbacks=()):
+    """A fixed count of epochs for a model restored without its Keras classes, evaluated every epoch."""
     variables = trainable_variables(model)
-    optimizer = keras.optimizers.Adam(config.learning_rate)
     masked = mask_variables(model, masks)
 
     def hold_masks():

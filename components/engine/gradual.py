@@ -10,7 +10,7 @@ before training starts (tfmot's default ``frequency=100`` silently prunes nothin
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import keras as keras3
 import numpy as np
@@ -140,6 +140,8 @@ def masked_train_loop(
     teacher: Optional[keras.Model] = None,
     distillation: Optional[DistillationConfig] = None,
     probabilities: tuple[bool, bool] = (False, False),
+    evaluate_every: Optional[int] = None,
+    on_evaluate: Optional[Callable[[int], bool]] = None,
 ) -> list[float]:
     """Trains ``model`` for ``total_steps`` batches in one compiled step function.
 
@@ -147,6 +149,8 @@ def masked_train_loop(
     are applied after every optimizer step; with a ``teacher`` the loss is the distillation
     loss; ``probabilities`` says whether the student and the teacher output probabilities (else
     logits). Returns the loss of every step. ``train_dataset`` must yield ``total_steps`` batches.
+    With ``on_evaluate``, it is called with the step count every ``evaluate_every`` steps (and
+    after the last); training stops early when it returns True.
 
     Called inside a ``tf.distribute`` strategy's scope (model, teacher and pruner made there), each
     batch is split across the replicas, the loss is the mean over the whole batch, and the masks
@@ -206,7 +210,15 @@ def masked_train_loop(
     batches = train_dataset.take(total_steps)
     if tf.distribute.has_strategy():
         batches = strategy.experimental_distribute_dataset(batches)
-    losses = [float(train_step(features, labels)) for features, labels in batches]
-    if len(losses) < total_steps:
+    losses, stopped = [], False
+    for features, labels in batches:
+        losses.append(train_step(features, labels))  # read back at evaluations: no sync per step
+        done = len(losses)
+        if on_evaluate is not None and (done % (evaluate_every or total_steps) == 0 or done == total_steps):
+            if on_evaluate(done):
+                stopped = True
+                break
+    losses = [float(value) for value in losses]
+    if len(losses) < total_steps and not stopped:
         raise ValueError(f"the dataset ran out after {len(losses)} of {total_steps} steps; repeat it")
     return losses

@@ -42,6 +42,7 @@ from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
 from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
 from tfx_model_pruning.engine.prune import weight_and_size_stats
+from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.report import layer_table
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights, with_serving_export
 from tfx_model_pruning.evaluator_gate import batched_evaluation, skill
@@ -97,6 +98,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 config, candidate, baseline, input_dict[specs.EXAMPLES_KEY], evaluation.uri, allow_unsafe
             )
             decision.run = self._run_header(config)
+            decision.fine_tuning = _fine_tuning_of(candidate.uri)
             write_json(evaluation.uri, files.GATE_RESULT_JSON, decision.to_json())
             write_text(evaluation.uri, files.GATE_SUMMARY_MARKDOWN, summary_markdown(decision))
             png = release_report_png(decision)
@@ -477,6 +479,12 @@ def _first_example(examples: list[types.Artifact], split: str) -> Optional[tf.tr
         return first_example(split_files(examples, split))
     except ExamplesMismatchError:  # an empty split: the example-count check refuses it
         return None
+
+
+def _fine_tuning_of(model_uri: str) -> Optional[RecoveryRecord]:
+    """The candidate's recovery record, where RetrainComponent made it (fine_tuning.json beside it)."""
+    recorded = (read_json_if_present(model_uri, files.FINE_TUNING_JSON) or {}).get("recovery")
+    return RecoveryRecord.from_json(recorded) if recorded else None
 
 
 def _one_line(err: BaseException) -> str:

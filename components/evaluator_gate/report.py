@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
+from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL
 from tfx_model_pruning.evaluator_gate.metrics import metric_output_name
 from tfx_model_pruning.evaluator_gate.result import (
@@ -123,7 +124,32 @@ def summary_markdown(result: Union[GateDecision, Mapping[str, Any]]) -> str:
         tabulate(rows, headers=header, tablefmt="github", disable_numparse=True),
         "",
     ]
+    if result.fine_tuning is not None:
+        head, *evaluations = fine_tuning_rows(result.fine_tuning)
+        lines += ["## Fine-tuning", "", f"{result.fine_tuning.summary()}.", ""]
+        lines += [tabulate(evaluations, headers=head, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
+
+
+def fine_tuning_rows(record: RecoveryRecord) -> list[list[str]]:
+    """A header and a row per evaluation while fine-tuning: step, metric, eval loss, time, best/last."""
+    name = record.metric or "metric"
+    rows = [["step", name, "eval loss", "seconds", ""]]
+    if record.parent is not None:
+        rows.append(["parent", _fmt(record.parent), "", "", f"target {_fmt(record.target)}"])
+    for evaluation in record.evaluations:
+        ends = (("best", record.best_step), ("last", record.last.step))
+        marks = [mark for mark, step in ends if evaluation.step == step]
+        rows.append(
+            [
+                str(evaluation.step),
+                _fmt(evaluation.metric) if evaluation.metric is not None else "-",
+                _fmt(evaluation.loss),
+                f"{evaluation.seconds:.1f}",
+                ", ".join(marks) + (" (kept)" if marks and evaluation.step == record.best_step else ""),
+            ]
+        )
+    return rows
 
 
 def _models(result: GateDecision) -> list[str]:
@@ -243,7 +269,7 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         return _HTML.render(
             verdict="NOT BLESSED", blessed=False, header=[], failed=[], error=result.error, checks=[],
             png="", comparison=[[""]], slices=[], unchecked=[], min_slice_examples=0, layers=[], models=[],
-            labels=MODEL_LABELS, paths=[],
+            labels=MODEL_LABELS, paths=[], fine_tuning="", fine_tuning_rows=[],
         )  # fmt: skip
     models = _models(result)
     metrics = _threshold_metrics(result) + ["example_count"]
@@ -285,4 +311,6 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         models=models,
         labels=MODEL_LABELS,
         paths=[(name, result.models[name]) for name in models if name in result.models],
+        fine_tuning=result.fine_tuning.summary() if result.fine_tuning is not None else "",
+        fine_tuning_rows=fine_tuning_rows(result.fine_tuning) if result.fine_tuning is not None else [],
     )

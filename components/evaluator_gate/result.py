@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping, Optional, Union
 
 from tfx_model_pruning import artifact_files as files
+from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 
 # What a check compares, which decides how it is put in words.
@@ -195,6 +196,8 @@ class GateDecision:
     judged_serving_version: str = ""  # the serving version compared with, so a stale verdict is not pushed
     run: RunHeader = field(default_factory=RunHeader)  # pipeline, run id, time (UTC), push destination
     evaluated_by: str = ""  # which evaluator computed the metrics, and why TFMA's when it was
+    # How the candidate was fine-tuned: its recovery record (fine_tuning.json), where it has one.
+    fine_tuning: Optional[RecoveryRecord] = None
 
     @property
     def blessed(self) -> bool:
@@ -229,6 +232,7 @@ class GateDecision:
             "judged_serving_version": self.judged_serving_version,
             "run": self.run.to_json(),
             "evaluated_by": self.evaluated_by,
+            "fine_tuning": self.fine_tuning.to_json() if self.fine_tuning is not None else None,
             "checks": [check.as_dict() for check in self.checks],
             "failed_checks": self.failed_checks,
         }
@@ -250,6 +254,7 @@ class GateDecision:
             judged_serving_version=data.get("judged_serving_version") or "",
             run=RunHeader.from_json(data.get("run") or {}),
             evaluated_by=data.get("evaluated_by") or "",
+            fine_tuning=RecoveryRecord.from_json(data["fine_tuning"]) if data.get("fine_tuning") else None,
         )
 
 

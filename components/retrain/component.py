@@ -39,13 +39,23 @@ class RetrainComponentSpec(ComponentSpec):
         specs.INPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
         specs.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
         specs.TEACHER_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+        specs.PARENT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
         specs.TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
     }
     OUTPUTS = {specs.OUTPUT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
 
 
 class RetrainComponent(base_component.BaseComponent):
-    """Fine-tunes a pruned model; weights pruned upstream stay exactly zero.
+    """Fine-tunes a pruned model until it has recovered; weights pruned upstream stay exactly zero.
+
+    Without ``epochs``, the ``parent_model`` (the unpruned model) is evaluated once on the eval
+    split with ``recovery.metric`` (give the gate's: ``create_pipeline`` does), and fine-tuning
+    stops at the first evaluation within ``recovery.tolerance`` of it, when neither the metric
+    nor the eval loss improved for ``recovery.patience`` evaluations, or when its budget
+    (``recovery.max_steps`` / ``max_epochs`` / ``max_seconds``) is spent; the best evaluation's
+    weights are kept. ``fine_tuning.json`` records every evaluation and why it stopped, and the
+    output artifact carries the same as ``recovery_*`` custom properties. ``epochs`` runs a
+    fixed count instead.
 
     Reads TFRecord ``tf.Example``s of the ``train`` split (any ExampleGen) and validates on
     ``eval``. By default each model input is fed the feature of the same name and the label is
@@ -86,9 +96,13 @@ class RetrainComponent(base_component.BaseComponent):
         retrain = RetrainComponent(
             model=prune.outputs["model"],
             examples=example_gen.outputs["examples"],
+            parent_model=trainer.outputs["model"],
             label_key="species",
-            epochs=20,
-            learning_rate=1e-3,
+            recovery={"metric": "SparseCategoricalAccuracy", "tolerance": 0.005},  # until recovered
+        )
+        fixed = RetrainComponent(
+            model=prune.outputs["model"], examples=example_gen.outputs["examples"], label_key="species",
+            epochs=20, learning_rate=1e-3,
         )
         gradual = RetrainComponent(
             model=trainer.outputs["model"], examples=example_gen.outputs["examples"], label_key="species",
@@ -104,6 +118,8 @@ class RetrainComponent(base_component.BaseComponent):
         trained after; its outputs must include every model input.
       teacher_model: ``Model`` channel of the teacher, required with ``distillation`` (usually
         the unpruned model).
+      parent_model: ``Model`` channel of the unpruned model whose ``recovery.metric`` fine-tuning
+        recovers (default: the teacher; without either, it stops on a plateau or its budget).
       config: A ``FineTuneConfig`` (or a mapping of one); the keyword options below are its
         fields, and override it. ``label_key`` is required here.
     """
@@ -118,6 +134,7 @@ class RetrainComponent(base_component.BaseComponent):
         config: Union[FineTuneConfig, Mapping[str, Any], None] = None,
         *,
         teacher_model: Optional[types.BaseChannel] = None,
+        parent_model: Optional[types.BaseChannel] = None,
         transform_graph: Optional[types.BaseChannel] = None,
         allow_unsafe_layers: bool = False,
         module_file: Optional[str] = None,
@@ -137,6 +154,7 @@ class RetrainComponent(base_component.BaseComponent):
                 input_model=model,
                 examples=examples,
                 teacher_model=teacher_model,
+                parent_model=parent_model,
                 transform_graph=transform_graph,
                 fine_tune_config=fine_tune.model_dump_json(),
                 module_file=module_file,
@@ -166,6 +184,7 @@ RetrainComponent.__init__.__signature__ = component_signature(
     Union[FineTuneConfig, Mapping[str, Any]],
     {
         "teacher_model": SharedArgument(Optional[types.BaseChannel], None, ""),
+        "parent_model": SharedArgument(Optional[types.BaseChannel], None, ""),
         "transform_graph": SharedArgument(Optional[types.BaseChannel], None, ""),
         **SHARED,
     },

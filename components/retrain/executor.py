@@ -22,12 +22,15 @@ from tfx_model_pruning.engine import (
     require_finite_weights,
     verify_signatures_preserved,
 )
-from tfx_model_pruning.engine.finetune import EpochProgress, distribution_strategy, fresh_adam, require_learned
+from tfx_model_pruning.engine.finetune import EpochProgress, FineTuneResult, distribution_strategy, require_learned
 from tfx_model_pruning.engine.prune import SIZE_FIGURES, weight_and_size_stats
+from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.transform import transform_preprocessing
 from tfx_model_pruning.user_module import load_from
 
 INPUT_FN_NAME = "input_fn"
+# Examples per batch of the evaluations during fine-tuning (none of them trains).
+EVAL_BATCH_SIZE = 256
 
 
 class Executor(base_executor.BaseExecutor):
@@ -70,18 +73,24 @@ class Executor(base_executor.BaseExecutor):
             file_paths=eval_files,
             model=loaded.model,
             label_key=config.label_key,
-            batch_size=config.batch_size,
+            # Evaluated again and again while fine-tuning: whole batches, parsed once.
+            batch_size=max(config.batch_size, EVAL_BATCH_SIZE),
             shuffle_buffer=0,
             seed=config.seed,
             **options,
-        )
-        teacher = None
-        if config.distillation is not None:
-            if not input_dict.get(specs.TEACHER_MODEL_KEY):
-                raise ValueError("distillation is configured but no teacher_model is connected")
-            teacher_uri = artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY])
-            with strategy.scope():
-                teacher = load_model(teacher_uri, allow_unsafe).model
+        ).cache()
+        teacher = parent = None
+        with strategy.scope():
+            if config.distillation is not None:
+                if not input_dict.get(specs.TEACHER_MODEL_KEY):
+                    raise ValueError("distillation is configured but no teacher_model is connected")
+                teacher = load_model(artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY]), allow_unsafe)
+            if input_dict.get(specs.PARENT_MODEL_KEY):
+                parent_uri = artifact_utils.get_single_uri(input_dict[specs.PARENT_MODEL_KEY])
+                same = teacher is not None and parent_uri == artifact_utils.get_single_uri(
+                    input_dict[specs.TEACHER_MODEL_KEY]
+                )
+                parent = teacher if same else load_model(parent_uri, allow_unsafe)
         with strategy.scope():
             result = fine_tune(
                 loaded.model,
@@ -89,11 +98,12 @@ class Executor(base_executor.BaseExecutor):
                 evaluation,
                 config,
                 loaded.masks,
-                teacher=teacher,
+                teacher=teacher.model if teacher is not None else None,
+                parent=parent.model if parent is not None else None,
                 verbose=0,  # the epochs go to the progress logger instead
-                callbacks=[EpochProgress(config.epochs)],
-                # A fresh Adam at the configured rate, not the one restored from the Trainer's save.
-                optimizer=fresh_adam(loaded.model, config.learning_rate),
+                callbacks=[] if config.until_recovered else [EpochProgress(config.epochs)],
+                # A fresh Adam on the configured schedule, not the one restored from the Trainer's save.
+                optimizer="fresh",
             )
         # A diverged fine-tune is the usual way NaN reaches a model; nothing after this may save it.
         require_finite_weights(
@@ -106,20 +116,49 @@ class Executor(base_executor.BaseExecutor):
             loaded.save(loaded.model, model_dir, result.masks)
         verify_signatures_preserved(loaded.path, model_dir)
         stats = weight_and_size_stats(loaded.model, result.masks or None, model_dir)
-        record = {"config": config.model_dump(), "loss": result.loss, "history": result.history, "weights": stats}
+        record = {
+            "config": config.model_dump(),
+            "loss": result.loss,
+            "learning_rate": result.learning_rate,
+            "history": result.history,
+            "recovery": result.recovery.to_json() if result.recovery is not None else None,
+            "weights": stats,
+        }
         write_json(output_model.uri, files.FINE_TUNING_JSON, record)
         write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
+        if result.recovery is not None:
+            record_recovery(output_model, result.recovery)
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
-        progress.figure(_key_figure(result.history, stats["masked_sparsity"]))
+        progress.figure(_key_figure(result, stats["masked_sparsity"]))
 
 
-def _key_figure(history: dict[str, list[float]], sparsity: float) -> str:
-    """The last epoch's validation figures (or its train loss) and the sparsity kept."""
+def record_recovery(artifact: types.Artifact, recovery: RecoveryRecord) -> None:
+    """What fine-tuning recovered and why it stopped, as the model artifact's MLMD custom properties."""
+    artifact.set_string_custom_property("recovery_summary", recovery.summary())
+    artifact.set_string_custom_property("recovery_stop_reason", recovery.stop_reason)
+    artifact.set_int_custom_property("recovery_steps", recovery.steps)
+    artifact.set_int_custom_property("recovery_best_step", recovery.best_step)
+    artifact.set_int_custom_property("recovery_evaluations", len(recovery.evaluations))
+    if recovery.metric is not None:
+        artifact.set_string_custom_property("recovery_metric", recovery.metric)
+        artifact.set_float_custom_property("recovery_best", recovery.best.metric)
+        artifact.set_float_custom_property("recovery_last", recovery.last.metric)
+    if recovery.parent is not None:
+        artifact.set_float_custom_property("recovery_parent", recovery.parent)
+        artifact.set_float_custom_property("recovery_target", recovery.target)
+
+
+def _key_figure(result: FineTuneResult, sparsity: float) -> str:
+    """What fine-tuning recovered and why it stopped (or the last epoch's eval figures), and the sparsity kept."""
+    kept = f"; sparsity {sparsity:.2f}" if sparsity else ""
+    if result.recovery is not None:
+        return result.recovery.summary() + kept
+    history = result.history
     evaluated = {name.removeprefix("val_"): values[-1] for name, values in history.items() if name.startswith("val_")}
     shown = evaluated or {"train loss": history["loss"][-1]} if history.get("loss") else evaluated
     figures = ", ".join(f"{name} {value:.4g}" for name, value in sorted(shown.items(), key=lambda kv: kv[0] == "loss"))
-    return f"{'eval ' if evaluated else ''}{figures}" + (f"; sparsity {sparsity:.2f}" if sparsity else "")
+    return f"{'eval ' if evaluated else ''}{figures}" + kept
 
 
 def _final_loss(history: dict[str, list[float]]) -> str:
