@@ -37,7 +37,16 @@ def run_prune(baseline_uri, out_dir, **config):
     return model, report
 
 
-def run_retrain(model_uri, examples_uri, out_dir, module_file=None, transform_graph=None, teacher_uri=None, **config):
+def run_retrain(
+    model_uri,
+    examples_uri,
+    out_dir,
+    module_file=None,
+    transform_graph=None,
+    teacher_uri=None,
+    parent_uri=None,
+    **config,
+):
     model = artifact(standard_artifacts.Model, out_dir)
     inputs = {
         "input_model": [artifact(standard_artifacts.Model, model_uri)],
@@ -47,6 +56,8 @@ def run_retrain(model_uri, examples_uri, out_dir, module_file=None, transform_gr
         inputs["transform_graph"] = [artifact(standard_artifacts.TransformGraph, transform_graph)]
     if teacher_uri is not None:
         inputs["teacher_model"] = [artifact(standard_artifacts.Model, teacher_uri)]
+    if parent_uri is not None:
+        inputs["parent_model"] = [artifact(standard_artifacts.Model, parent_uri)]
     retrain_executor.Executor().Do(
         inputs,
         {"model": [model]},

@@ -61,6 +61,32 @@ def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_d
     assert model.get_float_custom_property("sparsity") == pytest.approx(0.8, abs=0.005)
 
 
+def test_retrain_executor_fine_tunes_until_recovered_and_records_why_it_stopped(
+    tmp_path, pruned, penguin_data, penguin_baseline
+):
+    recovery = {"metric": "SparseCategoricalAccuracy", "tolerance": 0.005, "max_steps": 64, "eval_every_steps": 16}
+    model = run_retrain(
+        pruned[0].uri, penguin_data, tmp_path / "retrained", parent_uri=penguin_baseline, label_key="species",
+        recovery=recovery,
+    )  # fmt: skip
+    record = json.load(open(os.path.join(model.uri, "fine_tuning.json")))
+    recovered = record["recovery"]
+    assert recovered["metric"] == "SparseCategoricalAccuracy" and 0.9 <= recovered["parent"] <= 1.0
+    assert recovered["stop_reason"] in ("recovered", "plateau", "budget") and recovered["steps"] <= 64
+    steps = [e["step"] for e in recovered["evaluations"]]
+    assert steps == list(range(0, recovered["steps"] + 1, 16))  # step 0, then every 16 batches
+    assert record["learning_rate"]["schedule"] == "warmup_cosine" and record["learning_rate"]["steps"] == 64
+    # The artifact's ML Metadata says the same.
+    assert model.get_string_custom_property("recovery_summary") == recovered["summary"]
+    assert model.get_string_custom_property("recovery_stop_reason") == recovered["stop_reason"]
+    assert model.get_int_custom_property("recovery_steps") == recovered["steps"]
+    assert model.get_float_custom_property("recovery_parent") == pytest.approx(recovered["parent"])
+    assert model.get_float_custom_property("recovery_best") == pytest.approx(recovered["best"]["metric"])
+    loaded = load_model(model.uri)
+    for key, mask in loaded.masks.items():  # the weights kept, best or last, have their zeros
+        np.testing.assert_array_equal(loaded.model.get_layer(key.split("::")[0]).kernel.numpy() == 0, ~mask)
+
+
 def test_retrain_executor_uses_a_module_file_input_fn(tmp_path, pruned, penguin_data):
     calls = tmp_path / "calls.txt"
     module = tmp_path / "my_input.py"
@@ -75,7 +101,8 @@ def input_fn(file_paths, model, label_key, batch_size, shuffle_buffer, seed):
 """
     )
     run_retrain(pruned[0].uri, penguin_data, tmp_path / "out", module_file=str(module), label_key="species", epochs=1)
-    assert calls.read_text().splitlines() == ["1 32", "1 32"]  # train and eval
+    # Train at the configured batch; the evaluations while fine-tuning in whole batches of 256.
+    assert calls.read_text().splitlines() == ["1 32", "1 256"]
 
 
 def test_retrain_executor_rejects_an_absent_label_key(tmp_path, pruned, penguin_data):

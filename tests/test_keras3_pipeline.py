@@ -33,7 +33,8 @@ def keras3_baselines(tmp_path_factory, penguin_files) -> dict[str, str]:
 def _run(out, baseline, method, loss=None, evaluator=None):
     amount = ["--target-sparsity", "0.8"] if method == "magnitude" else ["--prune-fraction", "0.5"]
     args = ["run-local", "--output-dir", str(out), "--run-id", "keras3", "--baseline-model", baseline]
-    args += ["--method", method, *amount, "--epochs", "3", "-q", *(["--loss", loss] if loss else [])]
+    # Fine-tuned until recovered (the default): a fixed three epochs left this model 0.02-0.04 short.
+    args += ["--method", method, *amount, "-q", *(["--loss", loss] if loss else [])]
     return cli.main([*args, *(["--set", f"gate.evaluator={evaluator}"] if evaluator else [])])
 
 

@@ -484,8 +484,8 @@ class FineTuneConfig(_StrictModel):
         default=None,
         gt=0.0,
         lt=1.0,
-        description="Peak learning rate of a fresh Adam. Default: learning_rate_factor times the rate the model "
-        "was trained with, where its optimizer says; else 1e-3.",
+        description="Peak learning rate of a fresh Adam. Default until recovered: learning_rate_factor times the "
+        "rate the model was trained with, where its optimizer says, else 1e-3; for a fixed count of epochs: 1e-3.",
     )
     learning_rate_factor: float = Field(
         default=0.3,
@@ -494,10 +494,11 @@ class FineTuneConfig(_StrictModel):
         description="Default peak learning rate as a multiple of the model's own (read from its optimizer): 0.3 "
         "recovered TFX's penguin model at 80% to 0.98 where 1.0 stalled at 0.97 (README, Fine-tuning).",
     )
-    schedule: Literal["warmup_cosine", "constant"] = Field(
-        default="warmup_cosine",
+    schedule: Optional[Literal["warmup_cosine", "constant"]] = Field(
+        default=None,
         description="warmup_cosine: linear warm-up over 5% of the budget's steps, then cosine decay to 0 at its "
-        "end; constant: the peak rate throughout.",
+        "end; constant: the peak rate throughout. Default: warmup_cosine until recovered; constant for a fixed "
+        "count of epochs (what epochs always meant).",
     )
     loss: Optional[str] = Field(
         default=None,
@@ -544,6 +545,11 @@ class FineTuneConfig(_StrictModel):
             if budget is not None:
                 self.gradual_pruning.check_fits(budget)
         return self
+
+    @property
+    def effective_schedule(self) -> str:
+        """The schedule in force: as given, else by the stopping rule."""
+        return self.schedule or ("warmup_cosine" if self.until_recovered else "constant")
 
     @property
     def until_recovered(self) -> bool:

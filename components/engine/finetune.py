@@ -288,8 +288,9 @@ def fine_tune(
     evaluation's) end. Data may be in-memory ``(x, y)`` arrays (batched by ``config.batch_size``).
     ``optimizer`` is one to train with; ``"compiled"`` (the default) the one the model was compiled
     with, as it is, where it has one; ``"fresh"``, or a model without one: a new Adam on
-    ``config.schedule`` peaking at ``config.learning_rate`` (default: the rate the model's own
-    optimizer ended with, times ``learning_rate_factor``). RetrainComponent always starts fresh.
+    ``config.effective_schedule`` peaking at ``config.learning_rate`` (default until recovered:
+    the rate the model's own optimizer ended with, times ``learning_rate_factor``).
+    RetrainComponent always starts fresh.
 
     Example::
 
@@ -360,9 +361,8 @@ def fine_tune(
     if recovery is not None and not config.until_recovered:
         result.recovery = recovery.finish_fixed(budget, steps_per_epoch)
     result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
-    result.learning_rate = (
-        {"peak": learning_rate, "schedule": config.schedule, "steps": budget} if fresh else {"optimizer": "given"}
-    )
+    schedule = {"peak": learning_rate, "schedule": config.effective_schedule, "steps": budget}
+    result.learning_rate = schedule if fresh else {"optimizer": "given"}
     return result
 
 
@@ -398,6 +398,8 @@ def trained_learning_rate(model: Any) -> Optional[float]:
 def _learning_rate(model: Any, config: FineTuneConfig) -> float:
     if config.learning_rate is not None:
         return config.learning_rate
+    if not config.until_recovered:
+        return DEFAULT_LEARNING_RATE  # a fixed count trains as it always did
     trained = trained_learning_rate(model)
     rate = trained * config.learning_rate_factor if trained is not None else DEFAULT_LEARNING_RATE
     logging.getLogger(__name__).info(
@@ -410,7 +412,7 @@ def _learning_rate(model: Any, config: FineTuneConfig) -> float:
 
 def learning_rate_schedule(model: Any, config: FineTuneConfig, peak: float, steps: int) -> Any:
     """``config.schedule`` over ``steps`` batches, in the model's Keras generation (a float for constant)."""
-    if config.schedule == "constant":
+    if config.effective_schedule == "constant":
         return peak
     schedules = (keras if is_restored(model) else keras_of(model)).optimizers.schedules
     warmup = max(1, int(round(WARMUP_FRACTION * steps)))
