@@ -136,16 +136,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp-64-64", "mlp-1M"], help="mlp-64-64, mlp-1M, penguin")
     parser.add_argument("--steps", type=int, default=500, help="steps per epoch (4 epochs a path)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, metavar="MODE")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the paths, in alternation")
     args = parser.parse_args(argv)
+    modes = [mode for mode in MODES if mode in args.modes or mode == "bare fit"]
     rows = []
     for name in args.models:
-        floor = None
-        for mode in MODES:
-            rate = steps_per_second(name, mode, args.steps)
-            floor = rate if mode == "bare fit" else floor
-            rows.append([name, mode, f"{rate:,.0f}", f"{floor / rate:.2f}"])
+        rates: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(args.repeats):  # alternation: a slow minute of the machine slows every path alike
+            for mode in modes:
+                rates[mode].append(steps_per_second(name, mode, args.steps))
+        floor = float(np.median(rates["bare fit"]))
+        for mode in modes:
+            ratios = [floor / rate for rate in rates[mode]]
+            spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if args.repeats > 1 else ""
+            rows.append([name, mode, f"{np.median(rates[mode]):,.0f}", f"{floor / np.median(rates[mode]):.2f}{spread}"])
             print(rows[-1], flush=True)
-    headers = ["model", "path", "steps/s", "step time vs bare fit"]
+    headers = ["model", "path", "steps/s (median)", "step time vs bare fit (range)"]
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
 

@@ -228,3 +228,20 @@ def test_a_keras_3_model_on_another_backend_is_refused_naming_the_setting(monkey
     ):
         with pytest.raises(KerasBackendError, match="KERAS_BACKEND=tensorflow"):
             call()
+
+
+def test_a_keras_3_model_is_fine_tuned_until_it_recovers_its_parent():
+    x, y = _data(512)
+    parent = _classifier()
+    parent.fit(x, y, epochs=10, verbose=0)
+    student = _classifier()
+    student.set_weights(parent.get_weights())
+    _, masks = prune_model(student, PruningConfig(target_sparsity=0.8))
+    config = FineTuneConfig(batch_size=32, recovery={"metric": "SparseCategoricalAccuracy", "tolerance": 0.02})
+    result = fine_tune(student, (x, y), (x[:256], y[:256]), config, masks, parent=parent, verbose=0, optimizer="fresh")
+    record = result.recovery
+    assert record.stop_reason == "recovered" and record.best.metric >= record.parent - 0.02
+    assert isinstance(student.optimizer, keras.optimizers.Adam)  # a Keras 3 optimizer for a Keras 3 model
+    assert record.evaluations[0].step == 0 and record.steps == record.last.step > 0
+    held = sum(int((student.get_layer(n).kernel.numpy() == 0).sum()) for n in "abc")
+    assert held >= sum(int((~mask).sum()) for mask in masks.values())

@@ -207,3 +207,22 @@ def test_a_fresh_optimizer_peaks_at_a_share_of_the_models_own_rate_after_a_warm_
     rates = [float(schedule(step)) for step in (0, 2, 10, 39)]
     assert rates[0] == 0.0 and rates[1] == pytest.approx(0.003)  # 5% of 40 steps of warm-up
     assert rates[1] > rates[2] > rates[3] > 0.0  # then the cosine down
+
+
+@pytest.mark.parametrize("generation", ["tf_keras", "keras"])
+def test_batch_norm_statistics_are_recomputed_as_the_mean_over_train_batches(generation):
+    import keras as keras3
+    import tensorflow as tf
+
+    from tfx_model_pruning.engine.recovery import batch_norm_layers, recalibrate_batch_norm
+
+    library = keras if generation == "tf_keras" else keras3
+    inputs = library.Input((3,))
+    model = library.Model(inputs, library.layers.BatchNormalization(momentum=0.999, name="bn")(inputs))
+    x = np.random.default_rng(0).normal(loc=[5.0, -2.0, 0.5], size=(128, 3)).astype("float32")
+    layers = batch_norm_layers(model)
+    assert [layer.name for layer in layers] == ["bn"]
+    read = recalibrate_batch_norm(model, layers, tf.data.Dataset.from_tensor_slices((x, x[:, 0])).batch(32))
+    assert read == 4 and layers[0].momentum == 0.999  # its own momentum back
+    np.testing.assert_allclose(np.asarray(layers[0].moving_mean), x.mean(axis=0), rtol=1e-4)
+    assert np.allclose(np.asarray(layers[0].moving_variance), x.var(axis=0), rtol=0.05)

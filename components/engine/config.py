@@ -412,6 +412,13 @@ class RecoveryConfig(_StrictModel):
     eval_every_steps: Optional[int] = Field(
         default=None, ge=1, description="Batches between evaluations; default: one pass over the train split."
     )
+    batch_norm_batches: int = Field(
+        default=20,
+        ge=0,
+        description="Before each evaluation, BatchNormalization's moving statistics are recomputed from this "
+        "many train batches (no weight changes; 0: never): at momentum 0.99-0.999 they lag the pruned weights "
+        "for thousands of steps, and a model that has recovered would be evaluated, and saved, as if it had not.",
+    )
     max_epochs: int = Field(default=100, ge=1, description="Budget: passes over the train split.")
     max_steps: Optional[int] = Field(
         default=None, ge=1, description="Budget: batches (counted in whole evaluation intervals)."

@@ -28,7 +28,13 @@ from tfx_model_pruning.engine.outputs import (
     resolve_from_logits,
     takes_from_logits,
 )
-from tfx_model_pruning.engine.recovery import Evaluator, RecoveryMonitor, RecoveryRecord
+from tfx_model_pruning.engine.recovery import (
+    Evaluator,
+    RecoveryMonitor,
+    RecoveryRecord,
+    batch_norm_layers,
+    recalibrate_batch_norm,
+)
 from tfx_model_pruning.engine.restored import (
     call,
     is_restored,
@@ -430,8 +436,19 @@ class _Recovery:
         self.parent_value = parent_value
         self.config = config
 
-    def start(self, budget: int, steps_per_epoch: int) -> RecoveryMonitor:
+    def start(
+        self, budget: int, steps_per_epoch: int, train_dataset: Optional[tf.data.Dataset] = None
+    ) -> RecoveryMonitor:
         schedule = self.config.gradual_pruning
+        layers = batch_norm_layers(self.model)
+        count = self.config.recovery.batch_norm_batches
+        prepare = None
+        if layers and count and train_dataset is not None:
+            batches = train_dataset.repeat().take(count)
+
+            def prepare():
+                recalibrate_batch_norm(self.model, layers, batches)
+
         return RecoveryMonitor(
             self.model,
             self.evaluator,
@@ -442,6 +459,7 @@ class _Recovery:
             fixed=not self.config.until_recovered,
             # The masks of end_step are made at the start of batch end_step + 1 (steps count from 0).
             eligible_from_step=schedule.end_step + 1 if schedule is not None else 0,
+            prepare=prepare,
         )
 
     def finish_fixed(self, budget: int, steps_per_epoch: int) -> RecoveryRecord:
@@ -510,7 +528,7 @@ def _fine_tune_with_fit(
             {name: [float(v) for v in values] for name, values in history.history.items()}, dict(masks)
         )
     interval = min(config.recovery.eval_every_steps or steps_per_epoch, budget)
-    monitor = recovery.start(budget, steps_per_epoch)
+    monitor = recovery.start(budget, steps_per_epoch, train_dataset)
     evaluate = _EvaluateEveryEpoch(monitor, interval)
     history = {"loss": []}
     with _data_errors_named():
@@ -573,7 +591,7 @@ def _fine_tune_in_loop(
         weights = find_prunable_weights(model, config.gradual_pruning.as_pruning_config())
         pruner = GradualPruner(weights, config.gradual_pruning)
     probabilities = _output_probabilities(model, teacher, train_dataset) if teacher is not None else (False, False)
-    monitor = recovery.start(budget, steps_per_epoch) if config.until_recovered else None
+    monitor = recovery.start(budget, steps_per_epoch, train_dataset) if config.until_recovered else None
     interval = min(config.recovery.eval_every_steps or steps_per_epoch, budget)
     fixed_masks = mask_variables(model, masks)
     with _data_errors_named():

@@ -22,14 +22,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+import keras as keras3
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.config import RecoveryConfig
 from tfx_model_pruning.engine.gradual import per_example_loss
 from tfx_model_pruning.engine.keras_names import metric_class
-from tfx_model_pruning.engine.restored import call, model_variables
+from tfx_model_pruning.engine.restored import call, is_restored, model_variables
 
 RECOVERED = "recovered"
 PLATEAU = "plateau"
@@ -169,6 +171,42 @@ class Evaluator:
         return step, metric
 
 
+def batch_norm_layers(model: Any) -> list:
+    """The BatchNormalization layers of a Keras model (none for a model restored without its classes)."""
+    if is_restored(model):
+        return []
+    kinds = (tf_keras.layers.BatchNormalization, keras3.layers.BatchNormalization)
+    return [layer for layer in _all_layers(model) if isinstance(layer, kinds)]
+
+
+def _all_layers(model: Any) -> list:
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        if hasattr(layer, "layers"):
+            found += _all_layers(layer)
+    return found
+
+
+def recalibrate_batch_norm(model: Any, layers: list, batches: Any) -> int:
+    """Recomputes each layer's moving mean and variance as the average over ``batches`` (features, labels).
+
+    Momentum 1 - 1/k at the k-th batch makes the moving value the plain mean of the k batch values;
+    the weights are not touched (forward passes in training mode, no gradient). Returns the batches read.
+    """
+    kept = [layer.momentum for layer in layers]
+    count = 0
+    try:
+        for count, (features, _) in enumerate(batches, start=1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / count
+            call(model, features, training=True)
+    finally:
+        for layer, momentum in zip(layers, kept, strict=True):
+            layer.momentum = momentum
+    return count
+
+
 class RecoveryMonitor:
     """Records each evaluation, keeps the best weights, and says when to stop."""
 
@@ -182,6 +220,7 @@ class RecoveryMonitor:
         steps_per_epoch: int,
         fixed: bool = False,
         eligible_from_step: int = 0,
+        prepare: Optional[Callable[[], None]] = None,
     ):
         self.model = model
         self.evaluator = evaluator
@@ -191,6 +230,7 @@ class RecoveryMonitor:
         self.steps_per_epoch = steps_per_epoch
         self.fixed = fixed  # a fixed count: evaluations are recorded, nothing stops early or is restored
         self.eligible_from_step = eligible_from_step  # gradual pruning: no weights before the final sparsity
+        self.prepare = prepare  # before each evaluation: BatchNormalization statistics recomputed
         self.target = None
         if self.parent is not None:
             shortfall = config.tolerance_at(self.parent)
@@ -217,6 +257,8 @@ class RecoveryMonitor:
     def evaluate(self, step: int) -> Optional[str]:
         """Evaluates the model after ``step`` batches; the reason to stop now, or None."""
         started = time.perf_counter()
+        if self.prepare is not None:
+            self.prepare()
         metric, loss = self.evaluator(self.model)
         self._eval_seconds += time.perf_counter() - started
         evaluation = Evaluation(step, metric, loss, time.perf_counter() - self._started)
