@@ -86,3 +86,14 @@ def test_retrain_executor_fine_tunes_under_the_configured_strategy(tmp_path, pen
     assert retrained.masks
     for key, mask in retrained.masks.items():
         assert np.all(retrained.model.get_layer(key.split("::")[0]).kernel.numpy()[~mask] == 0)
+
+
+def test_fine_tuning_until_recovered_under_mirrored_measures_the_parent_as_one_device_does():
+    script = os.path.join(os.path.dirname(SCRIPT), "recovery_mirrored.py")
+    report = _report(subprocess.run([sys.executable, script], capture_output=True, text=True, env=ENV, timeout=600))
+    one, mirrored = report["one_device"], report["mirrored"]
+    assert (one["replicas"], mirrored["replicas"], mirrored["copies"]) == (1, 2, 2)
+    assert mirrored["parent"] == pytest.approx(one["parent"], abs=1e-6)  # the same evaluation, split across replicas
+    for run in (one, mirrored):
+        assert run["stop_reason"] == "recovered" and run["best"] >= run["target"]
+        assert run["zeros_held_on_every_replica"]

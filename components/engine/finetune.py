@@ -323,47 +323,24 @@ def fine_tune(
     if fresh:
         chosen = fresh_adam(model, learning_rate_schedule(model, config, learning_rate, budget))
     recovery = _recovery_plan(model, eval_dataset, config, loss, parent if parent is not None else teacher)
-    if is_restored(model):
-        keras.utils.set_random_seed(config.seed)
-        if config.until_recovered or config.gradual_pruning is not None or config.distillation is not None:
-            result = _fine_tune_in_loop(
-                model,
-                train_dataset,
-                eval_dataset,
-                config,
-                masks,
-                teacher,
-                loss,
-                chosen,
-                steps_per_epoch,
-                budget,
-                recovery,
-            )
-        else:
-            result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, chosen, callbacks)
-    else:
+    restored = is_restored(model)
+    if not restored:
         # Keep the metrics the model was compiled with: they are saved with it, and a generic
         # "accuracy" would be resolved against logits and report nonsense downstream.
         model.compile(optimizer=chosen, loss=loss, metrics=compiled_metrics(model))
-        keras_of(model).utils.set_random_seed(config.seed)
-        if config.gradual_pruning is None and config.distillation is None:
-            result = _fine_tune_with_fit(
-                model, train_dataset, eval_dataset, config, masks, callbacks, verbose, steps_per_epoch, budget, recovery
-            )
-        else:
-            result = _fine_tune_in_loop(
-                model,
-                train_dataset,
-                eval_dataset,
-                config,
-                masks,
-                teacher,
-                loss,
-                chosen,
-                steps_per_epoch,
-                budget,
-                recovery,
-            )
+    (keras if restored else keras_of(model)).utils.set_random_seed(config.seed)
+    # Keras's fit serves a Keras model fine-tuned plainly; the engine's loop everything else.
+    in_loop = config.gradual_pruning is not None or config.distillation is not None
+    if in_loop or (restored and config.until_recovered):
+        result = _fine_tune_in_loop(
+            model, train_dataset, eval_dataset, config, masks, teacher, loss, chosen, steps_per_epoch, budget, recovery
+        )
+    elif restored:
+        result = _fine_tune_restored(model, train_dataset, eval_dataset, config, masks, loss, chosen, callbacks)
+    else:
+        result = _fine_tune_with_fit(
+            model, train_dataset, eval_dataset, config, masks, callbacks, verbose, steps_per_epoch, budget, recovery
+        )
     if recovery is not None and not config.until_recovered:
         result.recovery = recovery.finish_fixed(budget, steps_per_epoch)
     result.no_information_loss, result.loss = no_information_loss(model, loss), loss_settings
