@@ -390,7 +390,7 @@ def _learning_rate(model: Any, config: FineTuneConfig) -> float:
         rate,
         f"{config.learning_rate_factor} x the model's own {trained:.3g}" if trained else "the default",
     )
-    return min(rate, 0.5)
+    return min(rate, 0.5)  # a factor up to 10 times a rate near 0.1 would leave FineTuneConfig's own range
 
 
 def learning_rate_schedule(model: Any, config: FineTuneConfig, peak: float, steps: int) -> Any:
@@ -488,7 +488,8 @@ class _EvaluateEveryEpoch(keras.callbacks.Callback):
 def _fine_tune_with_fit(
     model, train_dataset, eval_dataset, config, masks, callbacks, verbose, steps_per_epoch, budget, recovery
 ) -> FineTuneResult:
-    hold = KeepPrunedWeightsZero(mask_variables(model, masks))
+    masked = mask_variables(model, masks)
+    hold = KeepPrunedWeightsZero(masked)
     if not config.until_recovered:
         if config.steps_per_epoch is not None:
             train_dataset = train_dataset.repeat()
@@ -509,8 +510,7 @@ def _fine_tune_with_fit(
     evaluate = _EvaluateEveryEpoch(monitor, interval)
     history = {"loss": []}
     with _data_errors_named():
-        hold.set_model(model)
-        hold._apply()  # the zeros exact before the evaluation of the untrained model
+        hold_masks(masked)  # the zeros exact before the evaluation of the untrained model
         if not monitor.evaluate(0):
             fitted = model.fit(
                 train_dataset.repeat(),
@@ -574,8 +574,7 @@ def _fine_tune_in_loop(
     with _data_errors_named():
         stopped_at_start = False
         if monitor is not None:
-            for variable, mask in fixed_masks:
-                variable.assign(variable * mask)
+            hold_masks(fixed_masks)
             stopped_at_start = bool(monitor.evaluate(0))
         losses = []
         if not stopped_at_start:
