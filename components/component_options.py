@@ -42,6 +42,38 @@ ALLOW_UNSAFE_LAYERS = SharedArgument(
     "Load models that contain ``Lambda`` or custom layers, whose loading runs code shipped with "
     "the model. Off by default: such models are refused.",
 )
+ALLOW_OPS = SharedArgument(
+    Sequence[str],
+    (),
+    "Op types the graph scan lets through (``engine.graph_scan.REFUSED_OPS``: file I/O, Python "
+    'callbacks, network, ...), e.g. ``["PrintV2"]``. Empty by default: a model whose graphs hold '
+    "any of them is refused before it is loaded, and a candidate may hold no op its parent lacks.",
+)
+
+
+def allow_ops_parameter(allow_ops: Sequence[str], component: str) -> Optional[str]:
+    """``allow_ops`` as the execution property, checked when the pipeline is built."""
+    from tfx_model_pruning.engine.graph_scan import unknown_op_names
+
+    if isinstance(allow_ops, str):
+        raise TypeError(f"{component}: allow_ops is a list of op names, not the string {allow_ops!r}")
+    unknown = unknown_op_names(allow_ops)
+    if unknown:
+        raise ValueError(
+            f"{component}: allow_ops names {', '.join(map(repr, unknown))}, which TensorFlow does not register "
+            "(op types are CamelCase, as in the refusal: 'PrintV2', 'ReadFile'; a custom op's library must be "
+            "loaded by module_file)"
+        )
+    return ",".join(dict.fromkeys(allow_ops)) or None
+
+
+def allowed_ops(exec_properties: Mapping[str, Any]) -> list[str]:
+    """The executor's side of ``allow_ops_parameter``."""
+    from tfx_model_pruning.standard_component_specs import ALLOW_OPS_KEY
+
+    return [name for name in (exec_properties.get(ALLOW_OPS_KEY) or "").split(",") if name]
+
+
 MODULE_FILE = SharedArgument(
     Optional[str],
     None,

@@ -24,5 +24,6 @@ GATE_CONFIG_KEY = "gate_config"
 MODULE_FILE_KEY = "module_file"  # TFX's names: udf_utils packages module_file into a wheel named by module_path
 MODULE_PATH_KEY = "module_path"
 ALLOW_UNSAFE_LAYERS_KEY = "allow_unsafe_layers"
+ALLOW_OPS_KEY = "allow_ops"  # comma-separated op names the graph scan lets through
 LATENCY_REPEATS_KEY = "latency_repeats"
 PUSH_ROOT_KEY = "push_root"

@@ -20,6 +20,7 @@ from typing import Iterator, Optional, Sequence
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 EXIT_FAILED = 1
+EXIT_REFUSED = 2  # bad input: a configuration, or a model the graph scan refuses
 EXIT_NOT_PUSHED = 3
 
 
@@ -47,6 +48,7 @@ FILE_FLAGS: dict[str, dict[str, str]] = {
         "--min-sparsity": "gate.min_sparsity",
     },
     "extensions": {"--module-file": "module_file"},
+    "security": {"--allow-op": "security.allow_ops"},
     "runner": {"--beam-arg": "beam_args"},
 }
 # compile: where the data_root runtime parameter's default lives.
@@ -527,7 +529,11 @@ def run_local(args: argparse.Namespace) -> int:
     except Exception as err:
         if args.verbose:
             traceback.print_exc()
-        print(paint(failure_line(metadata_path, run_id, err), "red", sys.stderr), file=sys.stderr)
+        line = failure_line(metadata_path, run_id, err)
+        print(paint(line, "red", sys.stderr), file=sys.stderr)
+        if refused_model(err, line):
+            print(f"NOT pushed: run {run_id} refused a model its graph scan found unsafe", file=sys.stderr)
+            return EXIT_REFUSED
         print(f"NOT pushed: run {run_id} failed{'' if args.verbose else ' (-v prints the traceback)'}", file=sys.stderr)
         return EXIT_FAILED
     return _print_run_result(metadata_path, run_id, quiet=args.quiet)
@@ -536,6 +542,16 @@ def run_local(args: argparse.Namespace) -> int:
 def local_output_dir(args: argparse.Namespace, config) -> str:
     """--output-dir, else runs/<pipeline name>: each pipeline its own metadata, root and serving versions."""
     return os.path.abspath(args.output_dir or os.path.join("runs", config.name))
+
+
+def refused_model(err: BaseException, line: str) -> bool:
+    """Whether a run failed because a component refused a model as unsafe (the exception itself, or
+    the reason the component recorded: the gate records its failure rather than raising it)."""
+    from tfx_model_pruning.engine.load_errors import UnsafeModelError
+
+    return isinstance(err, UnsafeModelError) or any(
+        f"{name}:" in line for name in ("UnsafeGraphError", "UnsafeModelError")
+    )
 
 
 def _one_line(err: BaseException) -> str:

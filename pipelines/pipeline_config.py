@@ -22,9 +22,10 @@ import typing
 from typing import Any, Literal, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
+from tfx_model_pruning.engine.graph_scan import unknown_op_names
 from tfx_model_pruning.engine.keras_names import closest_name, metric_class
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings
@@ -135,6 +136,31 @@ class GateSection(GateConfig):
         return problems
 
 
+class SecuritySection(_Section):
+    """Every model is scanned before it is loaded ("Security: a model is a program" in the README)."""
+
+    allow_ops: list[str] = Field(
+        default_factory=list,
+        description="Op types the graph scan lets through (it refuses file I/O, Python callbacks, network "
+        "and unknown ops: engine/graph_scan.py's REFUSED_OPS), e.g. [PrintV2]; only for models you trust.",
+    )
+    allow_unsafe_layers: bool = Field(
+        default=False,
+        description="Load models with Lambda or custom Keras layers, whose loading runs code shipped with the model.",
+    )
+
+    @field_validator("allow_ops")
+    @classmethod
+    def _registered_ops(cls, names: list[str]) -> list[str]:
+        unknown = unknown_op_names(names)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))}: not an op type TensorFlow registers (CamelCase, as a refusal "
+                "names it: PrintV2, ReadFile; a custom op's library is loaded by module_file)"
+            )
+        return list(dict.fromkeys(names))
+
+
 class PushSection(_Section):
     destination: Optional[str] = Field(
         default=None, description="Where versions are pushed (default for local runs: <output dir>/serving)."
@@ -202,6 +228,9 @@ class PipelineConfig(_Section):
     retrain: RetrainSection = Field(description="How the pruned model is fine-tuned (RetrainComponent).")
     gate: GateSection = Field(description="The release checks the fine-tuned model must pass to be pushed.")
     push: PushSection = Field(default_factory=PushSection, description="Where blessed models are pushed.")
+    security: SecuritySection = Field(
+        default_factory=SecuritySection, description="What a model may hold: the graph scan's opt-ins."
+    )
     beam_args: Optional[list[str]] = Field(
         default=None, description="Beam pipeline args (default: DirectRunner in memory, one worker)."
     )

@@ -27,6 +27,7 @@ from tfx.types import standard_artifacts
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.atomic_pusher.component import AtomicPusher
+from tfx_model_pruning.engine.graph_scan import scan_model_dir
 from tfx_model_pruning.engine.restored import (
     NeedsKerasModelError,
     needs_keras_graph,
@@ -102,6 +103,8 @@ def create_pipeline(
         require_keras_saving_module(source.trainer_module, what)
     if source.baseline_model is not None:
         model_dir = resolve_saved_model_dir(source.baseline_model)  # a missing or non-SavedModel path fails now
+        # Refused now, before any component runs, rather than by the first to load it.
+        scan_model_dir(model_dir, config.security.allow_ops).require_safe()
         if what is not None and not holds_keras_graph(model_dir):
             raise NeedsKerasModelError(needs_keras_graph_message(what, f"the baseline model in {model_dir!r}"))
 
@@ -135,7 +138,12 @@ def create_pipeline(
         )
         baseline = baseline_source.outputs["result"]
 
-    extensions = {"module_file": config.module_file, "module_path": config.module_path}
+    extensions = {
+        "module_file": config.module_file,
+        "module_path": config.module_path,
+        "allow_ops": config.security.allow_ops,
+        "allow_unsafe_layers": config.security.allow_unsafe_layers,
+    }
     prune = PruneComponent(model=baseline, examples=examples, config=config.prune, **extensions)
     retrain = RetrainComponent(
         model=prune.outputs["model"],

@@ -66,7 +66,9 @@ def run_retrain(
     return model
 
 
-def run_gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfig, beam_pipeline_args=()):
+def run_gate(
+    tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateConfig, beam_pipeline_args=(), allow_ops=()
+):
     blessing = artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
     evaluation = artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
     inputs = {
@@ -81,7 +83,9 @@ def run_gate(tmp_path, candidate_uri, baseline_uri, examples_uri, config: GateCo
     error = None
     try:
         gate_executor.Executor(context).Do(
-            inputs, {"blessing": [blessing], "evaluation": [evaluation]}, {"gate_config": config.model_dump_json()}
+            inputs,
+            {"blessing": [blessing], "evaluation": [evaluation]},
+            {"gate_config": config.model_dump_json(), "allow_ops": ",".join(allow_ops)},
         )
     except Exception as err:  # the caller asserts on it
         error = err

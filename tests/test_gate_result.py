@@ -99,6 +99,10 @@ def _decision(flops=9000):
         judged_serving_version="/serving/2",
         run=RunHeader(pipeline="penguin", run="r1", time="2026-01-01 00:00:00 UTC", push_destination="/serving"),
         evaluated_by="one pass over whole batches",
+        graph_scans={
+            role: {"passed": True, "ops": {"MatMul": 2, **extra}, "functions": 7, "allowed": [], "refused": []}
+            for role, extra in (("candidate", {"Erf": 1}), ("baseline", {}), ("serving", {}))
+        },
     )
 
 
@@ -121,7 +125,7 @@ def test_the_file_keeps_every_key_its_readers_read():
     written = json.loads(json.dumps(_decision(flops=None).to_json()))
     assert set(written) == {
         "blessed", "config", "models", "metrics", "slices", "unchecked_slices", "weights", "layers",
-        "judged_serving_version", "run", "evaluated_by", "fine_tuning", "checks", "failed_checks",
+        "judged_serving_version", "run", "evaluated_by", "fine_tuning", "graph_scans", "checks", "failed_checks",
     }  # fmt: skip
     assert written["config"] == CONFIG.model_dump()
     assert written["metrics"]["candidate"][ACC] == 0.85
@@ -239,3 +243,13 @@ def test_a_dict_without_the_newer_fields_still_reads():
     del data["run"], data["evaluated_by"], data["judged_serving_version"]
     result = gate_result_from_json(data)
     assert isinstance(result, GateDecision) and result.run == RunHeader() and not result.blessed
+
+
+def test_the_report_names_the_op_types_only_the_candidate_holds():
+    decision = _decision()
+    markdown = summary_markdown(decision)
+    assert "## Model graphs (scanned before loading)" in markdown
+    (candidate_row,) = [line for line in markdown.splitlines() if line.startswith("| candidate ")]
+    assert "| passed " in candidate_row and "| Erf " in candidate_row
+    html = release_report_html(decision)
+    assert "Model graphs (scanned before loading)" in html and "<td>Erf</td>" in html

@@ -271,3 +271,12 @@ def test_bad_recovery_settings_are_reported_together_with_their_paths():
     assert "retrain.recovery.max_steps: Input should be greater than or equal to 1" in message
     assert "retrain.recovery.metric: fine-tuning cannot compute 'MeanIoU'" in message
     assert "SparseCategoricalAccuracy" in message  # the metrics it can compute are listed
+
+
+def test_security_allow_ops_from_the_file_and_the_flag_are_checked_op_names(tmp_path):
+    config = _description(["--allow-op", "PrintV2", "--allow-op", "WriteFile"])
+    assert config.security.allow_ops == ["PrintV2", "WriteFile"] and not config.security.allow_unsafe_layers
+    assert _description([]).security.allow_ops == []
+    settings = {**yaml.safe_load(open(PENGUIN_PRESET)), "security": {"allow_ops": ["writefile", "PrintV2"]}}
+    with pytest.raises(PipelineConfigError, match=r"security.allow_ops.*'writefile': not an op type TensorFlow"):
+        load_pipeline_config(_write(tmp_path / "p.yaml", settings))

@@ -82,7 +82,7 @@ def test_concurrent_runs_into_one_directory_each_report_their_own_verdict(tmp_pa
 
     assert refused.returncode == cli.EXIT_NOT_PUSHED, refused_out[-2000:] + refused_err[-2000:]
     assert blessed.returncode == 0, blessed_out[-2000:] + blessed_err[-2000:]
-    assert "Run refused: NOT pushed: 1 of 13 release checks failed" in refused_out
+    assert "Run refused: NOT pushed: 1 of 14 release checks failed" in refused_out
     assert "  FAIL  sparsity is 0.5, below the lower bound 0.99" in refused_out  # the reason, with its figures
     assert "BLESSED" not in refused_out.replace("NOT BLESSED", "")
     # The terminal shows one line per component and the verdict; the libraries' logs go to the run's log.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -112,10 +112,13 @@ def prune_saved_model(
     latency_repeats: int = 30,
     holdout_examples: Optional[tf.Tensor] = None,
     allow_unsafe_layers: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> PruningResult:
     """Prunes the Keras SavedModel at ``input_path`` into ``output_dir``; returns what it did.
 
-    ``latency_repeats`` times the model before and after for the report (0: not timed).
+    ``latency_repeats`` times the model before and after for the report (0: not timed). The model
+    is scanned before it is loaded (``load_model``): ``allow_ops`` names the refused op types to let
+    through. The pruned model's scan is ``result.graph_scan``.
 
     ``sample_examples`` (a batch of serialized tf.Examples) is required by structured pruning,
     which has to rebuild the serving signatures and proves them on those examples, and by the
@@ -126,7 +129,7 @@ def prune_saved_model(
         report = prune_saved_model("trainer/model/7", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
         report.after.masked_sparsity  # 0.8
     """
-    loaded = load_model(input_path, allow_unsafe_layers)
+    loaded = load_model(input_path, allow_unsafe_layers, allow_ops)
     require_finite_weights(loaded.model, f"the model to prune ({loaded.path})")
     _require_layer_graph_if_needed(loaded, config)
     examples = _Examples(sample_examples, holdout_examples)

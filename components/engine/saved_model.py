@@ -21,7 +21,7 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import keras as keras3
 import numpy as np
@@ -30,6 +30,7 @@ import tf_keras as keras
 from tensorflow.python.saved_model import loader_impl
 
 from tfx_model_pruning.engine.graph import KERAS_3, generation_of
+from tfx_model_pruning.engine.graph_scan import GraphScan, scan_model_dir
 from tfx_model_pruning.engine.keras_file import (
     KERAS_FILE_SUFFIX,
     find_keras_file,
@@ -72,6 +73,7 @@ class LoadedModel:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     keras_file: Optional[str] = None
     serving: Any = None
+    scan: Optional[GraphScan] = None  # what the graph scan found before the model was loaded
 
     def save(self, model: Any, model_dir: str, masks: Optional[Mapping[str, np.ndarray]] = None, signatures=None):
         """Saves ``model`` (this one, changed, or one rebuilt from it) into ``model_dir`` in this model's
@@ -241,21 +243,37 @@ def unsafe_layers(model_dir: str) -> list[str]:
     return found
 
 
-def load_model(path: str, allow_unsafe_layers: bool = False) -> LoadedModel:
-    """Loads a SavedModel (artifact URI or SavedModel dir) with its signatures and masks.
+def load_model(path: str, allow_unsafe_layers: bool = False, allow_ops: Iterable[str] = ()) -> LoadedModel:
+    """Loads a SavedModel (artifact URI or SavedModel dir) with its signatures and masks, once its
+    graphs and files have been scanned (``graph_scan``): nothing of the model runs before that.
 
-    A tf-keras SavedModel is loaded as a Keras model. A model containing ``Lambda`` layers or
-    custom classes is refused unless ``allow_unsafe_layers``: reviving them runs code that came
-    with the model (classes registered by ``TRUSTED_LAYER_PACKAGES`` are installed code, not the
-    model's). A SavedModel without Keras metadata (``tf.saved_model.save``) is restored with
+    A model whose graphs hold ops that act on the machine (file I/O, Python callbacks, network,
+    ...; ``graph_scan.REFUSED_OPS``) is refused unless each such op is named in ``allow_ops``; a
+    link or an asset name leading out of the model directory is always refused. A tf-keras
+    SavedModel is loaded as a Keras model. A model containing ``Lambda`` layers or custom classes
+    is refused unless ``allow_unsafe_layers``: reviving them runs code that came with the model
+    (classes registered by ``TRUSTED_LAYER_PACKAGES`` are installed code, not the model's). A
+    SavedModel without Keras metadata (``tf.saved_model.save``) is restored with
     ``tf.saved_model.load``, which runs no Python from the model.
+
+    Example::
+
+        loaded = load_model("gs://bucket/model", allow_ops=["PrintV2"])
+        loaded.scan.ops  # the op census the scan took
 
     Raises:
       ModelLoadError: the directory is missing or corrupt, or has neither Keras metadata nor
         trainable variables.
+      UnsafeGraphError: the graphs hold refused ops, or files reach outside the directory.
       UnsafeModelError: the model holds Lambda or custom layers and they are not allowed.
     """
     model_dir = resolve_saved_model_dir(path)
+    scan = scan_model_dir(model_dir, allow_ops)
+    scan.require_safe()
+    return dataclasses.replace(_load_scanned(model_dir, allow_unsafe_layers), scan=scan)
+
+
+def _load_scanned(model_dir: str, allow_unsafe_layers: bool) -> LoadedModel:
     keras_file = find_keras_file(model_dir)
     if keras_file is not None:
         return _load_keras_file(model_dir, keras_file, allow_unsafe_layers)

@@ -37,6 +37,7 @@ from tensorflow_model_analysis.proto import config_pb2
 from tensorflow_model_analysis.writers import metrics_plots_and_validations_writer
 
 from tfx_model_pruning.engine.data import tfrecord_compression
+from tfx_model_pruning.engine.graph_scan import scan_model_dir
 from tfx_model_pruning.evaluator_gate import skill
 from tfx_model_pruning.evaluator_gate.metrics import NON_FINITE_PREDICTIONS, metric_output_name
 from tfx_model_pruning.user_module import load_user_module
@@ -70,6 +71,8 @@ class EvaluationPlan:
     user_module: tuple[Optional[str], Optional[str]] = (None, None)
     # Shards each file is cut into (WorkUnit), so workers of a distributed runner share one file.
     shards_per_file: int = 1
+    # Op types the graph scan lets through: a worker scans each model again before it loads it.
+    allow_ops: Sequence[str] = ()
 
 
 def serialized_input_name(signature) -> Optional[str]:
@@ -127,6 +130,7 @@ class _Models:
             if loaded_signatures is not None:  # the models the driver loaded, in its own process
                 self.signatures[name] = {function: loaded_signatures[name][function] for function in functions}
                 continue
+            scan_model_dir(path, plan.allow_ops).require_safe()
             loaded = tf.saved_model.load(path)
             self.signatures[name] = {function: loaded.signatures[function] for function in functions}
             self.signatures[name]["_loaded"] = loaded  # keeps the variables alive

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from pydantic import TypeAdapter
 from tfx import types
@@ -13,9 +13,11 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.component_options import (
+    ALLOW_OPS,
     ALLOW_UNSAFE_LAYERS,
     MODULE_FILE,
     MODULE_PATH,
+    allow_ops_parameter,
     build_config,
     component_signature,
     document,
@@ -30,6 +32,7 @@ class EvaluatorGateSpec(ComponentSpec):
     PARAMETERS = {
         specs.GATE_CONFIG_KEY: ExecutionParameter(type=str),
         specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.ALLOW_OPS_KEY: ExecutionParameter(type=str, optional=True),
         specs.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
         specs.MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
     }
@@ -103,6 +106,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
         config: Union[GateConfig, Mapping[str, Any], None] = None,
         *,
         allow_unsafe_layers: bool = False,
+        allow_ops: Sequence[str] = (),
         module_file: Optional[str] = None,
         module_path: Optional[str] = None,
         **options: Any,
@@ -123,6 +127,7 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
                 examples=examples,
                 gate_config=gate.model_dump_json(),
                 allow_unsafe_layers=int(allow_unsafe_layers),
+                allow_ops=allow_ops_parameter(allow_ops, "EvaluatorGate"),
                 module_file=module_file,
                 module_path=module_path,
                 blessing=types.Channel(type=standard_artifacts.ModelBlessing),
@@ -133,7 +138,12 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
 
 
 MODELS = (GateConfig,)
-SHARED = {"allow_unsafe_layers": ALLOW_UNSAFE_LAYERS, "module_file": MODULE_FILE, "module_path": MODULE_PATH}
+SHARED = {
+    "allow_unsafe_layers": ALLOW_UNSAFE_LAYERS,
+    "allow_ops": ALLOW_OPS,
+    "module_file": MODULE_FILE,
+    "module_path": MODULE_PATH,
+}
 _channel = inspect.Parameter.POSITIONAL_OR_KEYWORD
 EvaluatorGate.__init__.__signature__ = component_signature(
     [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import tensorflow as tf
@@ -38,9 +38,11 @@ from tfx_model_pruning._io import (
     write_json,
     write_text,
 )
+from tfx_model_pruning.component_options import allowed_ops
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
 from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
+from tfx_model_pruning.engine.graph_scan import introduced_ops
 from tfx_model_pruning.engine.prune import weight_and_size_stats
 from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.report import layer_table
@@ -60,7 +62,15 @@ from tfx_model_pruning.evaluator_gate.report import (
     summary_markdown,
     verdict_line,
 )
-from tfx_model_pruning.evaluator_gate.result import GateDecision, GateFailure, LayerRow, ModelFigures, RunHeader
+from tfx_model_pruning.evaluator_gate.result import (
+    GRAPH,
+    CheckResult,
+    GateDecision,
+    GateFailure,
+    LayerRow,
+    ModelFigures,
+    RunHeader,
+)
 from tfx_model_pruning.serving_versions import (
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
@@ -75,6 +85,7 @@ FAILED_CHECKS_PROPERTY = "failed_checks"
 
 class Executor(base_beam_executor.BaseBeamExecutor):
     _user_module: tuple[Optional[str], Optional[str]] = (None, None)
+    _allow_ops: Sequence[str] = ()  # op types the graph scan lets through (allow_ops)
 
     def Do(
         self,
@@ -94,6 +105,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             load_user_module(*self._user_module)  # before the config: it may name what the module registers
             config = GateConfig.model_validate_json(exec_properties[specs.GATE_CONFIG_KEY])
             allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
+            self._allow_ops = allowed_ops(exec_properties)
             decision = self._evaluate(
                 config, candidate, baseline, input_dict[specs.EXAMPLES_KEY], evaluation.uri, allow_unsafe
             )
@@ -150,12 +162,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         evaluation_uri: str,
         allow_unsafe_layers: bool = False,
     ) -> GateDecision:
-        models = {CANDIDATE: load_model(candidate.uri, allow_unsafe_layers)}
+        allow_ops = self._allow_ops
+        models = {CANDIDATE: load_model(candidate.uri, allow_unsafe_layers, allow_ops)}
         if baseline is not None:
-            models[BASELINE] = load_model(baseline.uri, allow_unsafe_layers)
+            models[BASELINE] = load_model(baseline.uri, allow_unsafe_layers, allow_ops)
         serving_dir = latest_version_dir(config.serving_model_dir) if config.serving_model_dir else None
         if serving_dir is not None:
-            models[SERVING] = load_model(serving_dir, allow_unsafe_layers)
+            models[SERVING] = load_model(serving_dir, allow_unsafe_layers, allow_ops)
+        graph_scans = {name: loaded.scan.summary() for name, loaded in models.items()}
         # A Keras 3 .keras file alone has no signatures to evaluate: its own export, made here, has.
         models = {
             name: with_serving_export(loaded, os.path.join(evaluation_uri, "exported", name))
@@ -251,6 +265,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             skill=tallies,
             skill_unmeasured=f"the candidate's answers cannot be read in one pass: {skill_unmeasured}",
         )
+        checks.extend(_graph_checks(models, allow_ops))
         return GateDecision(
             checks=checks,
             config=config,
@@ -262,6 +277,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             layers={name: [LayerRow.from_json(row) for row in rows] for name, rows in layers.items()},
             judged_serving_version=os.path.realpath(serving_dir) if serving_dir is not None else "",
             evaluated_by=evaluated_by,
+            graph_scans=graph_scans,
         )
 
     def _one_pass_plan(
@@ -294,6 +310,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             metric_classes=[] if answers_only else list(dict.fromkeys(t.metric for t in config.all_thresholds)),
             raw_features=raw_features,
             user_module=self._user_module,
+            allow_ops=self._allow_ops,
             batch_size=config.eval_batch_size
             or batched_evaluation.batch_size_for(
                 sample.ByteSize(), None if None in flops.values() else max(flops.values())
@@ -332,6 +349,39 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 output_path=tfma_dir,
             )
         )
+
+
+def _graph_checks(models: Mapping[str, Any], allow_ops: Sequence[str]) -> list[CheckResult]:
+    """The candidate's graphs hold no op type the model it replaces lacks (the parent, else the
+    serving model), unless allowed: pruning and fine-tuning change weights and shapes, never what
+    the graph does. None without a SavedModel graph to compare with (a ``.keras`` file alone has
+    none: its graph is Keras's code, made from the config that was scanned); each model was scanned
+    as it loaded."""
+    with_graphs = [name for name in (BASELINE, SERVING) if name in models and models[name].scan.meta_graphs]
+    reference = with_graphs[0] if with_graphs else None
+    if reference is None or not models[CANDIDATE].scan.meta_graphs:
+        return []
+    new = introduced_ops(models[CANDIDATE].scan, models[reference].scan, allow_ops)
+    detail = (
+        f"the candidate holds op types the {reference} does not: {', '.join(new)} (security.allow_ops lets "
+        "named ones through)"
+        if new
+        else f"every op type in the candidate's graphs is in the {reference}'s "
+        f"({len(models[CANDIDATE].scan.ops)} op types)"
+    )
+    return [
+        CheckResult(
+            name="graph adds no op",
+            passed=not new,
+            measured=float(len(new)),
+            bound=0.0,
+            detail=detail,
+            metric="op types not in the reference model",
+            reference=reference,
+            comparator="<=",
+            kind=GRAPH,
+        )
+    ]
 
 
 def _eval_config(config: GateConfig, model_names: list[str]) -> config_pb2.EvalConfig:

@@ -128,7 +128,31 @@ def summary_markdown(result: Union[GateDecision, Mapping[str, Any]]) -> str:
         head, *evaluations = fine_tuning_rows(result.fine_tuning)
         lines += ["## Fine-tuning", "", f"{result.fine_tuning.summary()}.", ""]
         lines += [tabulate(evaluations, headers=head, tablefmt="github", disable_numparse=True), ""]
+    if result.graph_scans:
+        head, *scans = graph_scan_rows(result)
+        lines += ["## Model graphs (scanned before loading)", ""]
+        lines += [tabulate(scans, headers=head, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
+
+
+def graph_scan_rows(result: GateDecision) -> list[list[str]]:
+    """A header and a row per model: what its graphs hold, and what the scan let through."""
+    rows = [["model", "scan", "op types", "functions", "allowed by security.allow_ops", "op types only it holds"]]
+    ops = {name: set(scan.get("ops") or {}) for name, scan in result.graph_scans.items()}
+    for name in [name for name in MODEL_ORDER if name in result.graph_scans]:
+        scan = result.graph_scans[name]
+        others = set().union(*(found for other, found in ops.items() if other != name))
+        rows.append(
+            [
+                MODEL_LABELS.get(name, name),
+                "passed" if scan.get("passed") else "refused",
+                str(len(ops[name])),
+                str(scan.get("functions", "")),
+                "; ".join(scan.get("allowed") or []) or "-",
+                ", ".join(sorted(ops[name] - others)) or "-" if len(ops) > 1 else "-",
+            ]
+        )
+    return rows
 
 
 def fine_tuning_rows(record: RecoveryRecord) -> list[list[str]]:
@@ -269,7 +293,7 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         return _HTML.render(
             verdict="NOT BLESSED", blessed=False, header=[], failed=[], error=result.error, checks=[],
             png="", comparison=[[""]], slices=[], unchecked=[], min_slice_examples=0, layers=[], models=[],
-            labels=MODEL_LABELS, paths=[], fine_tuning="", fine_tuning_rows=[],
+            labels=MODEL_LABELS, paths=[], fine_tuning="", fine_tuning_rows=[], graph_rows=[],
         )  # fmt: skip
     models = _models(result)
     metrics = _threshold_metrics(result) + ["example_count"]
@@ -313,4 +337,5 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         paths=[(name, result.models[name]) for name in models if name in result.models],
         fine_tuning=result.fine_tuning.summary() if result.fine_tuning is not None else "",
         fine_tuning_rows=fine_tuning_rows(result.fine_tuning) if result.fine_tuning is not None else [],
+        graph_rows=graph_scan_rows(result) if result.graph_scans else [],
     )

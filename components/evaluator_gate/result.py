@@ -19,12 +19,13 @@ from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 
 # What a check compares, which decides how it is put in words.
-CheckKind = Literal["bound", "drop", "relative_drop", "skill", "requirement"]
+CheckKind = Literal["bound", "drop", "relative_drop", "skill", "requirement", "graph"]
 BOUND: CheckKind = "bound"  # the measured value against a fixed bound; ``comparator`` says which side passes
 DROP: CheckKind = "drop"  # the candidate's fall from the reference model's value (``reference_value``)
 RELATIVE_DROP: CheckKind = "relative_drop"  # that fall as a fraction of the reference model's value
 SKILL: CheckKind = "skill"  # against what a model that learned nothing scores; ``detail`` says how
 REQUIREMENT: CheckKind = "requirement"  # what other checks need is there: a value, a model to compare with, slices
+GRAPH: CheckKind = "graph"  # op types the candidate's graphs hold that the reference model's do not
 OVERALL = "Overall"  # the whole eval split, as slices are labelled
 
 
@@ -61,6 +62,8 @@ class CheckResult:
         Built from the check's fields alone. A check that compared no measured value with a bound
         (a missing value or model, a no-skill check) is its name and its detail.
         """
+        if self.kind == GRAPH:
+            return f"{self.name}: {self.detail}"
         subject = (self.metric or self.name) + (f" on {self.slice}" if self.slice else "")
         compared = self.measured is not None and self.bound is not None
         if self.kind in (DROP, RELATIVE_DROP) and compared:
@@ -198,6 +201,8 @@ class GateDecision:
     evaluated_by: str = ""  # which evaluator computed the metrics, and why TFMA's when it was
     # How the candidate was fine-tuned: its recovery record (fine_tuning.json), where it has one.
     fine_tuning: Optional[RecoveryRecord] = None
+    # role -> what the graph scan found before the model was loaded (GraphScan.summary()).
+    graph_scans: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def blessed(self) -> bool:
@@ -233,6 +238,7 @@ class GateDecision:
             "run": self.run.to_json(),
             "evaluated_by": self.evaluated_by,
             "fine_tuning": self.fine_tuning.to_json() if self.fine_tuning is not None else None,
+            "graph_scans": self.graph_scans,
             "checks": [check.as_dict() for check in self.checks],
             "failed_checks": self.failed_checks,
         }
@@ -255,6 +261,7 @@ class GateDecision:
             run=RunHeader.from_json(data.get("run") or {}),
             evaluated_by=data.get("evaluated_by") or "",
             fine_tuning=RecoveryRecord.from_json(data["fine_tuning"]) if data.get("fine_tuning") else None,
+            graph_scans=dict(data.get("graph_scans") or {}),
         )
 
 

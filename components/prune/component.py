@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from pydantic import TypeAdapter
 from tfx import types
@@ -14,10 +14,12 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.artifacts import PruningReport
 from tfx_model_pruning.component_options import (
+    ALLOW_OPS,
     ALLOW_UNSAFE_LAYERS,
     MODULE_FILE,
     MODULE_PATH,
     SharedArgument,
+    allow_ops_parameter,
     build_config,
     component_signature,
     document,
@@ -37,6 +39,7 @@ class PruneComponentSpec(ComponentSpec):
     PARAMETERS = {
         specs.PRUNING_CONFIG_KEY: ExecutionParameter(type=str),
         specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.ALLOW_OPS_KEY: ExecutionParameter(type=str, optional=True),
         specs.LATENCY_REPEATS_KEY: ExecutionParameter(type=int, optional=True),
         specs.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
         specs.MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
@@ -118,8 +121,9 @@ class PruneComponent(base_component.BaseComponent):
       TypeError: an option no pruning config has (the closest one named).
       ValueError: a method or criterion that reads examples without ``examples``.
 
-    At run time the input model is refused, before any work, when it is unreadable, holds code
-    (``allow_unsafe_layers``) or has NaN or infinite weights (``NonFiniteWeightsError``).
+    At run time the input model is refused, before any work, when it is unreadable, when its graphs
+    act on the machine (file I/O, Python callbacks, network: ``UnsafeGraphError``, ``allow_ops``),
+    holds code (``allow_unsafe_layers``) or has NaN or infinite weights (``NonFiniteWeightsError``).
     """
 
     SPEC_CLASS = PruneComponentSpec
@@ -133,6 +137,7 @@ class PruneComponent(base_component.BaseComponent):
         *,
         latency_repeats: int = 0,
         allow_unsafe_layers: bool = False,
+        allow_ops: Sequence[str] = (),
         module_file: Optional[str] = None,
         module_path: Optional[str] = None,
         **options: Any,
@@ -150,6 +155,7 @@ class PruneComponent(base_component.BaseComponent):
             examples=examples,
             pruning_config=pruning.model_dump_json(),
             allow_unsafe_layers=int(allow_unsafe_layers),
+            allow_ops=allow_ops_parameter(allow_ops, "PruneComponent"),
             latency_repeats=latency_repeats,
             module_file=module_file,
             module_path=module_path,
@@ -170,6 +176,7 @@ SHARED = {
         "EvaluatorGate times the candidate when ``max_latency_ms`` makes latency part of the release.",
     ),
     "allow_unsafe_layers": ALLOW_UNSAFE_LAYERS,
+    "allow_ops": ALLOW_OPS,
     "module_file": MODULE_FILE,
     "module_path": MODULE_PATH,
 }

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
+from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from tfx_model_pruning import artifact_files as files
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning._io import split_files, write_json, write_text
+from tfx_model_pruning.component_options import allowed_ops
 from tfx_model_pruning.engine import progress, prune_saved_model, summary_markdown
 from tfx_model_pruning.engine.config import pruning_config_from_json
 from tfx_model_pruning.engine.data import read_serialized
+from tfx_model_pruning.engine.load_errors import UnsafeModelError
 from tfx_model_pruning.engine.prune import SIZE_FIGURES
 from tfx_model_pruning.engine.sensitivity import plot_curves
+from tfx_model_pruning.graph_records import record_scan, recorded_refusal
 from tfx_model_pruning.user_module import load_from
 
 # Structured pruning proves its rebuilt serving signatures on at least this many real
@@ -30,6 +34,20 @@ HOLDOUT_SPLIT = "eval"  # sensitivity curves are measured on held-out examples
 
 class Executor(base_executor.BaseExecutor):
     def Do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> Optional[execution_result_pb2.ExecutorOutput]:
+        try:
+            return self._do(input_dict, output_dict, exec_properties)
+        except UnsafeModelError as err:
+            recorded = recorded_refusal(self._context, "PruneComponent", err)
+            if recorded is None:
+                raise
+            return recorded
+
+    def _do(
         self,
         input_dict: dict[str, list[types.Artifact]],
         output_dict: dict[str, list[types.Artifact]],
@@ -56,6 +74,7 @@ class Executor(base_executor.BaseExecutor):
             sample_examples=samples,
             holdout_examples=holdout,
             allow_unsafe_layers=bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY)),
+            allow_ops=allowed_ops(exec_properties),
             latency_repeats=int(exec_properties.get(specs.LATENCY_REPEATS_KEY) or 0),
         )
         if result.sensitivity is not None:
@@ -73,6 +92,7 @@ class Executor(base_executor.BaseExecutor):
         write_json(report_artifact.uri, files.PRUNING_REPORT_JSON, result.to_json())
         write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: getattr(after, key) for key in SIZE_FIGURES})
         write_text(report_artifact.uri, files.PRUNING_SUMMARY_MARKDOWN, summary_markdown(result))
+        record_scan(output_model, path_utils.serving_model_dir(output_model.uri), allowed_ops(exec_properties))
         for artifact in (output_model, report_artifact):
             artifact.set_float_custom_property("sparsity", after.masked_sparsity)
         report_artifact.set_int_custom_property("params", after.params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from pydantic import TypeAdapter
 from tfx import types
@@ -13,10 +13,12 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.component_options import (
+    ALLOW_OPS,
     ALLOW_UNSAFE_LAYERS,
     MODULE_FILE,
     MODULE_PATH,
     SharedArgument,
+    allow_ops_parameter,
     build_config,
     component_signature,
     document,
@@ -33,6 +35,7 @@ class RetrainComponentSpec(ComponentSpec):
         specs.MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
         specs.MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
         specs.ALLOW_UNSAFE_LAYERS_KEY: ExecutionParameter(type=int, optional=True),
+        specs.ALLOW_OPS_KEY: ExecutionParameter(type=str, optional=True),
     }
     # TFX forbids one key in both INPUTS and OUTPUTS; the constructor still calls it `model`.
     INPUTS = {
@@ -137,6 +140,7 @@ class RetrainComponent(base_component.BaseComponent):
         parent_model: Optional[types.BaseChannel] = None,
         transform_graph: Optional[types.BaseChannel] = None,
         allow_unsafe_layers: bool = False,
+        allow_ops: Sequence[str] = (),
         module_file: Optional[str] = None,
         module_path: Optional[str] = None,
         **options: Any,
@@ -160,6 +164,7 @@ class RetrainComponent(base_component.BaseComponent):
                 module_file=module_file,
                 module_path=module_path,
                 allow_unsafe_layers=int(allow_unsafe_layers),
+                allow_ops=allow_ops_parameter(allow_ops, "RetrainComponent"),
                 model=types.Channel(type=standard_artifacts.Model),
             )
         )
@@ -169,6 +174,7 @@ class RetrainComponent(base_component.BaseComponent):
 MODELS = (FineTuneConfig,)
 SHARED = {
     "allow_unsafe_layers": ALLOW_UNSAFE_LAYERS,
+    "allow_ops": ALLOW_OPS,
     "module_file": MODULE_FILE._replace(
         doc=MODULE_FILE.doc + f" An ``{INPUT_FN_NAME}`` it defines replaces the default input (above)."
     ),

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
+from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from tfx_model_pruning import artifact_files as files
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning._io import split_files, write_json
+from tfx_model_pruning.component_options import allowed_ops
 from tfx_model_pruning.engine import (
     FineTuneConfig,
     examples_dataset,
@@ -23,9 +25,11 @@ from tfx_model_pruning.engine import (
     verify_signatures_preserved,
 )
 from tfx_model_pruning.engine.finetune import EpochProgress, FineTuneResult, distribution_strategy, require_learned
+from tfx_model_pruning.engine.load_errors import UnsafeModelError
 from tfx_model_pruning.engine.prune import SIZE_FIGURES, weight_and_size_stats
 from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.transform import transform_preprocessing
+from tfx_model_pruning.graph_records import record_scan, recorded_refusal
 from tfx_model_pruning.user_module import load_from
 
 INPUT_FN_NAME = "input_fn"
@@ -39,6 +43,20 @@ class Executor(base_executor.BaseExecutor):
         input_dict: dict[str, list[types.Artifact]],
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
+    ) -> Optional[execution_result_pb2.ExecutorOutput]:
+        try:
+            return self._do(input_dict, output_dict, exec_properties)
+        except UnsafeModelError as err:
+            recorded = recorded_refusal(self._context, "RetrainComponent", err)
+            if recorded is None:
+                raise
+            return recorded
+
+    def _do(
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
     ) -> None:
         module = load_from(exec_properties)  # before loading the model: it may register its classes
         config = FineTuneConfig.model_validate_json(exec_properties[specs.FINE_TUNE_CONFIG_KEY])
@@ -48,9 +66,11 @@ class Executor(base_executor.BaseExecutor):
         output_model = artifact_utils.get_single_instance(output_dict[specs.OUTPUT_MODEL_KEY])
 
         allow_unsafe = bool(exec_properties.get(specs.ALLOW_UNSAFE_LAYERS_KEY))
+        allow_ops = allowed_ops(exec_properties)
         strategy = distribution_strategy(config.strategy)
         with strategy.scope():  # the weights (and later the optimizer's) made on every replica
-            loaded = load_model(artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY]), allow_unsafe)
+            input_uri = artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY])
+            loaded = load_model(input_uri, allow_unsafe, allow_ops)
         require_finite_weights(loaded.model, f"the model to fine-tune ({loaded.path})")
         user_input_fn = getattr(module, INPUT_FN_NAME, None)
         make_dataset = user_input_fn or examples_dataset
@@ -59,7 +79,7 @@ class Executor(base_executor.BaseExecutor):
             transform_uri = artifact_utils.get_single_uri(input_dict[specs.TRANSFORM_GRAPH_KEY])
             if user_input_fn is not None:
                 raise ValueError(f"give either transform_graph or a module with {INPUT_FN_NAME}, not both")
-            options["preprocessing"] = transform_preprocessing(transform_uri)
+            options["preprocessing"] = transform_preprocessing(transform_uri, allow_ops)
         train = make_dataset(
             file_paths=train_files,
             model=loaded.model,
@@ -84,13 +104,15 @@ class Executor(base_executor.BaseExecutor):
             if config.distillation is not None:
                 if not input_dict.get(specs.TEACHER_MODEL_KEY):
                     raise ValueError("distillation is configured but no teacher_model is connected")
-                teacher = load_model(artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY]), allow_unsafe)
+                teacher = load_model(
+                    artifact_utils.get_single_uri(input_dict[specs.TEACHER_MODEL_KEY]), allow_unsafe, allow_ops
+                )
             if input_dict.get(specs.PARENT_MODEL_KEY):
                 parent_uri = artifact_utils.get_single_uri(input_dict[specs.PARENT_MODEL_KEY])
                 same = teacher is not None and parent_uri == artifact_utils.get_single_uri(
                     input_dict[specs.TEACHER_MODEL_KEY]
                 )
-                parent = teacher if same else load_model(parent_uri, allow_unsafe)
+                parent = teacher if same else load_model(parent_uri, allow_unsafe, allow_ops)
         with strategy.scope():
             result = fine_tune(
                 loaded.model,
@@ -127,6 +149,7 @@ class Executor(base_executor.BaseExecutor):
         write_json(output_model.uri, files.FINE_TUNING_JSON, record)
         write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
+        record_scan(output_model, model_dir, allow_ops)
         if result.recovery is not None:
             record_recovery(output_model, result.recovery)
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
