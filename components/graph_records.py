@@ -8,14 +8,39 @@ refusal (which model, which function and op, the opt-in) is the execution's reco
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from tfx import types
 from tfx.proto.orchestration import execution_result_pb2
 
 from tfx_model_pruning.engine.graph_scan import scan_model_dir
 from tfx_model_pruning.engine.load_errors import UnsafeModelError
+
+
+def records_refusals(component: str) -> Callable:
+    """Decorates an executor's ``Do``: a model it refuses as unsafe ends the execution with the
+    refusal as its recorded result (raised as before where no launcher reads the output).
+
+        @records_refusals("PruneComponent")
+        def Do(self, input_dict, output_dict, exec_properties): ...
+    """
+
+    def decorate(do: Callable) -> Callable:
+        @functools.wraps(do)
+        def do_recording_refusals(self, input_dict, output_dict, exec_properties):
+            try:
+                return do(self, input_dict, output_dict, exec_properties)
+            except UnsafeModelError as err:
+                recorded = recorded_refusal(self._context, component, err)
+                if recorded is None:
+                    raise
+                return recorded
+
+        return do_recording_refusals
+
+    return decorate
 
 
 def recorded_refusal(

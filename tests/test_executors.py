@@ -45,6 +45,11 @@ def test_prune_executor_writes_model_report_and_properties(pruned):
     assert "| hidden_1 " in summary and "output layer" in summary
     loaded = load_model(model.uri)  # TFX layout: <uri>/Format-Serving
     assert loaded.path.endswith("Format-Serving") and "serving_default" in loaded.signatures
+    # The pruned model's graph census, as ML Metadata holds it.
+    assert model.get_string_custom_property("graph_scan") == "passed"
+    assert model.get_int_custom_property("graph_op_types") == len(loaded.scan.ops) > 10
+    assert model.get_int_custom_property("graph_functions") == loaded.scan.functions
+    assert model.get_string_custom_property("graph_allowed_ops") == "[]"
 
 
 def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_data):
@@ -59,6 +64,8 @@ def test_retrain_executor_keeps_zeros_and_signatures(tmp_path, pruned, penguin_d
     assert len(history["history"]["loss"]) == 2 and "val_loss" in history["history"]
     assert history["loss"]["evidence"] == "compiled loss"  # no loss configured: the one the model was saved with
     assert model.get_float_custom_property("sparsity") == pytest.approx(0.8, abs=0.005)
+    assert model.get_string_custom_property("graph_scan") == "passed"
+    assert model.get_int_custom_property("graph_op_types") == len(loaded.scan.ops)
 
 
 def test_retrain_executor_fine_tunes_until_recovered_and_records_why_it_stopped(

@@ -35,6 +35,19 @@ def _dense_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs))
 
 
+def _vocabulary_lookup(vocabulary: str) -> tf.Module:
+    """A lookup table filled from a vocabulary file, as tf.lookup makes one: saved, the file is an asset."""
+    module = tf.Module()
+    initializer = tf.lookup.TextFileInitializer(
+        vocabulary, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER
+    )
+    module.table = tf.lookup.StaticHashTable(initializer, default_value=-1)
+    module.lookup = tf.function(
+        lambda words: module.table.lookup(words), input_signature=[tf.TensorSpec((None,), tf.string)]
+    )
+    return module
+
+
 def _tf_module_writing(marker: str, when: str) -> tf.Module:
     """A model saved with tf.saved_model.save whose serving signature, or whose table initializer
     (run by tf.saved_model.load itself), writes ``marker``."""
@@ -149,20 +162,7 @@ def test_checkpoint_ops_pass_only_in_the_saver(tmp_path):
 def test_a_table_filled_from_an_asset_passes_and_from_a_host_file_is_refused(tmp_path):
     vocabulary = tmp_path / "vocab.txt"
     vocabulary.write_text("a\nb\nc\n")
-    module = tf.Module()
-    module.table = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(
-            str(vocabulary),
-            tf.string,
-            tf.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64,
-            tf.lookup.TextFileIndex.LINE_NUMBER,
-        ),
-        default_value=-1,
-    )
-    module.lookup = tf.function(
-        lambda words: module.table.lookup(words), input_signature=[tf.TensorSpec((None,), tf.string)]
-    )
+    module = _vocabulary_lookup(str(vocabulary))
     tf.saved_model.save(module, str(tmp_path / "from_asset"))
     assert scan_model_dir(str(tmp_path / "from_asset")).passed
     assert os.path.exists(tmp_path / "from_asset" / "assets" / "vocab.txt")
@@ -212,20 +212,7 @@ def test_an_op_tensorflow_does_not_register_is_refused(tmp_path):
 def test_links_and_climbing_asset_names_are_refused_whatever_allow_ops_says(tmp_path):
     vocabulary = tmp_path / "vocab.txt"
     vocabulary.write_text("a\nb\n")
-    module = tf.Module()
-    module.table = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(
-            str(vocabulary),
-            tf.string,
-            tf.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64,
-            tf.lookup.TextFileIndex.LINE_NUMBER,
-        ),
-        default_value=-1,
-    )
-    module.lookup = tf.function(
-        lambda words: module.table.lookup(words), input_signature=[tf.TensorSpec((None,), tf.string)]
-    )
+    module = _vocabulary_lookup(str(vocabulary))
     model_dir = str(tmp_path / "model")
     tf.saved_model.save(module, model_dir)
     pristine = str(tmp_path / "pristine")

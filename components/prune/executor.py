@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
-from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
@@ -19,10 +18,9 @@ from tfx_model_pruning.component_options import allowed_ops
 from tfx_model_pruning.engine import progress, prune_saved_model, summary_markdown
 from tfx_model_pruning.engine.config import pruning_config_from_json
 from tfx_model_pruning.engine.data import read_serialized
-from tfx_model_pruning.engine.load_errors import UnsafeModelError
 from tfx_model_pruning.engine.prune import SIZE_FIGURES
 from tfx_model_pruning.engine.sensitivity import plot_curves
-from tfx_model_pruning.graph_records import record_scan, recorded_refusal
+from tfx_model_pruning.graph_records import record_scan, records_refusals
 from tfx_model_pruning.user_module import load_from
 
 # Structured pruning proves its rebuilt serving signatures on at least this many real
@@ -33,21 +31,8 @@ HOLDOUT_SPLIT = "eval"  # sensitivity curves are measured on held-out examples
 
 
 class Executor(base_executor.BaseExecutor):
+    @records_refusals("PruneComponent")
     def Do(
-        self,
-        input_dict: dict[str, list[types.Artifact]],
-        output_dict: dict[str, list[types.Artifact]],
-        exec_properties: dict[str, Any],
-    ) -> Optional[execution_result_pb2.ExecutorOutput]:
-        try:
-            return self._do(input_dict, output_dict, exec_properties)
-        except UnsafeModelError as err:
-            recorded = recorded_refusal(self._context, "PruneComponent", err)
-            if recorded is None:
-                raise
-            return recorded
-
-    def _do(
         self,
         input_dict: dict[str, list[types.Artifact]],
         output_dict: dict[str, list[types.Artifact]],

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
-from tfx.proto.orchestration import execution_result_pb2
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
@@ -25,11 +24,10 @@ from tfx_model_pruning.engine import (
     verify_signatures_preserved,
 )
 from tfx_model_pruning.engine.finetune import EpochProgress, FineTuneResult, distribution_strategy, require_learned
-from tfx_model_pruning.engine.load_errors import UnsafeModelError
 from tfx_model_pruning.engine.prune import SIZE_FIGURES, weight_and_size_stats
 from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.transform import transform_preprocessing
-from tfx_model_pruning.graph_records import record_scan, recorded_refusal
+from tfx_model_pruning.graph_records import record_scan, records_refusals
 from tfx_model_pruning.user_module import load_from
 
 INPUT_FN_NAME = "input_fn"
@@ -38,21 +36,8 @@ EVAL_BATCH_SIZE = 256
 
 
 class Executor(base_executor.BaseExecutor):
+    @records_refusals("RetrainComponent")
     def Do(
-        self,
-        input_dict: dict[str, list[types.Artifact]],
-        output_dict: dict[str, list[types.Artifact]],
-        exec_properties: dict[str, Any],
-    ) -> Optional[execution_result_pb2.ExecutorOutput]:
-        try:
-            return self._do(input_dict, output_dict, exec_properties)
-        except UnsafeModelError as err:
-            recorded = recorded_refusal(self._context, "RetrainComponent", err)
-            if recorded is None:
-                raise
-            return recorded
-
-    def _do(
         self,
         input_dict: dict[str, list[types.Artifact]],
         output_dict: dict[str, list[types.Artifact]],
