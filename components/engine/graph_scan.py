@@ -334,14 +334,15 @@ def _all_nodes(graph: meta_graph_pb2.MetaGraphDef) -> Iterator[tuple[str, tf.com
             yield function.signature.name, node
 
 
-def _called_functions(node, library: Mapping[str, object]) -> Iterator[str]:
-    if node.op in library:
-        yield node.op
+def _called_functions(node, library: Mapping[str, object]) -> list[str]:
+    called = [node.op] if node.op in library else []
     for value in node.attr.values():
-        if value.HasField("func"):
-            yield value.func.name
-        elif value.HasField("list"):
-            yield from (function.name for function in value.list.func)
+        kind = value.WhichOneof("value")
+        if kind == "func":
+            called.append(value.func.name)
+        elif kind == "list" and value.list.func:
+            called.extend(function.name for function in value.list.func)
+    return called
 
 
 def _string_attr(node, name: str) -> str:
@@ -371,9 +372,17 @@ class _MetaGraphScan:
         self.library = {function.signature.name: function for function in graph.graph_def.library.function}
         self.nodes = {node.name: node for node in graph.graph_def.node}
         self.callers: dict[str, list[tuple[str, object]]] = {}
+        # What each graph node and each function calls, read once (the walks below reuse it).
+        self.node_calls: dict[str, list[str]] = {}
+        self.function_calls: dict[str, set[str]] = {name: set() for name in self.library}
         for function_name, node in _all_nodes(graph):
-            for called in _called_functions(node, self.library):
-                self.callers.setdefault(called, []).append((function_name, node))
+            called = _called_functions(node, self.library)
+            if function_name == GRAPH:
+                self.node_calls[node.name] = called
+            else:
+                self.function_calls[function_name].update(called)
+            for name in called:
+                self.callers.setdefault(name, []).append((function_name, node))
         self.asset_tensors = self._asset_tensors()
         self.saver_only = self._saver_only()
         # What can run: functions the graph's nodes call, those the object graph restores as
@@ -381,7 +390,7 @@ class _MetaGraphScan:
         # what they call. The rest of the library (a loaded SavedModel's functions copied into a
         # TF1 graph) is never invoked.
         self.reachable = self._function_closure(
-            [called for node in graph.graph_def.node for called in _called_functions(node, self.library)]
+            [called for calls in self.node_calls.values() for called in calls]
             + list(graph.object_graph_def.concrete_functions)
             + [gradient.gradient_func for gradient in graph.graph_def.library.gradient]
             + [gradient.gradient_func for gradient in graph.graph_def.library.registered_gradients]
@@ -429,10 +438,8 @@ class _MetaGraphScan:
         roots = [_node_name(name) for name in (saver.save_tensor_name, saver.restore_op_name) if name]
         saver_nodes = self._ancestry(roots)
         other_nodes = self._ancestry([name for name in self.nodes if name not in saver_nodes])
-        saver_functions = self._function_closure(
-            called for name in saver_nodes for called in _called_functions(self.nodes[name], self.library)
-        )
-        other_roots = [called for name in other_nodes for called in _called_functions(self.nodes[name], self.library)]
+        saver_functions = self._function_closure(called for name in saver_nodes for called in self.node_calls[name])
+        other_roots = [called for name in other_nodes for called in self.node_calls[name]]
         other_roots += list(self.graph.object_graph_def.concrete_functions)
         other_roots += [gradient.gradient_func for gradient in self.graph.graph_def.library.gradient]
         other_roots += [gradient.gradient_func for gradient in self.graph.graph_def.library.registered_gradients]
@@ -459,8 +466,7 @@ class _MetaGraphScan:
             if name in seen:
                 continue
             seen.add(name)
-            for node in self.library[name].node_def:
-                stack.extend(called for called in _called_functions(node, self.library) if called in self.library)
+            stack.extend(called for called in self.function_calls[name] if called in self.library)
         return seen
 
     # --- where a table's file name comes from ----------------------------------------------
