@@ -73,3 +73,16 @@ def test_the_prune_and_fine_tuning_benchmarks_run_on_a_small_model(tmp_path, cap
     finetune_cost.main(["--models", "penguin", "--steps", "80"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| penguin")]
     assert len(rows) == len(finetune_cost.MODES) and float(rows[0].split("|")[4]) == 1.0
+
+
+def test_the_graph_scan_benchmark_names_real_applications_and_scans_a_saved_one(tmp_path, capsys):
+    import graph_scan
+    import tf_keras
+
+    assert all(callable(getattr(tf_keras.applications, name, None)) for name in graph_scan.APPLICATIONS)
+    model_dir = str(tmp_path / "MobileNet")
+    tf_keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3), alpha=0.25, classes=3).save(
+        model_dir, save_format="tf"
+    )
+    row = graph_scan.measure(model_dir, repeats=2)
+    assert row["findings"] == [] and row["op_types"] > 10 and row["min_s"] <= row["median_s"] <= row["max_s"]
