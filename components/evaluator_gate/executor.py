@@ -48,7 +48,7 @@ from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.report import layer_table
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights, with_serving_export
 from tfx_model_pruning.evaluator_gate import batched_evaluation, skill
-from tfx_model_pruning.evaluator_gate.checks import run_checks, unchecked_slices
+from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.metrics import (
     NON_FINITE_PREDICTIONS,
@@ -362,12 +362,12 @@ def _graph_checks(models: Mapping[str, Any], allow_ops: Sequence[str]) -> list[C
     if reference is None or not models[CANDIDATE].scan.meta_graphs:
         return []
     new = introduced_ops(models[CANDIDATE].scan, models[reference].scan, allow_ops)
+    label = {BASELINE: PARENT_LABEL, SERVING: SERVING_LABEL}[reference]
     detail = (
-        f"the candidate holds op types the {reference} does not: {', '.join(new)} (security.allow_ops lets "
+        f"the candidate holds op types the {label} does not: {', '.join(new)} (security.allow_ops lets "
         "named ones through)"
         if new
-        else f"every op type in the candidate's graphs is in the {reference}'s "
-        f"({len(models[CANDIDATE].scan.ops)} op types)"
+        else f"every op type in the candidate's graphs is in the {label}'s ({len(models[CANDIDATE].scan.ops)} op types)"
     )
     return [
         CheckResult(
@@ -377,7 +377,7 @@ def _graph_checks(models: Mapping[str, Any], allow_ops: Sequence[str]) -> list[C
             bound=0.0,
             detail=detail,
             metric="op types not in the reference model",
-            reference=reference,
+            reference=label,
             comparator="<=",
             kind=GRAPH,
         )
