@@ -53,17 +53,13 @@ ALLOW_OPS = SharedArgument(
 
 def allow_ops_parameter(allow_ops: Sequence[str], component: str) -> Optional[str]:
     """``allow_ops`` as the execution property, checked when the pipeline is built."""
-    from tfx_model_pruning.engine.graph_scan import unknown_op_names
+    from tfx_model_pruning.engine.graph_scan import allow_ops_problem
 
     if isinstance(allow_ops, str):
         raise TypeError(f"{component}: allow_ops is a list of op names, not the string {allow_ops!r}")
-    unknown = unknown_op_names(allow_ops)
-    if unknown:
-        raise ValueError(
-            f"{component}: allow_ops names {', '.join(map(repr, unknown))}, which TensorFlow does not register "
-            "(op types are CamelCase, as in the refusal: 'PrintV2', 'ReadFile'; a custom op's library must be "
-            "loaded by module_file)"
-        )
+    problem = allow_ops_problem(allow_ops)
+    if problem:
+        raise ValueError(f"{component}: allow_ops {problem}")
     return ",".join(dict.fromkeys(allow_ops)) or None
 
 

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
-from tfx_model_pruning.engine.graph_scan import unknown_op_names
+from tfx_model_pruning.engine.graph_scan import allow_ops_problem
 from tfx_model_pruning.engine.keras_names import closest_name, metric_class
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings
@@ -152,12 +152,9 @@ class SecuritySection(_Section):
     @field_validator("allow_ops")
     @classmethod
     def _registered_ops(cls, names: list[str]) -> list[str]:
-        unknown = unknown_op_names(names)
-        if unknown:
-            raise ValueError(
-                f"{', '.join(map(repr, unknown))}: not an op type TensorFlow registers (CamelCase, as a refusal "
-                "names it: PrintV2, ReadFile; a custom op's library is loaded by module_file)"
-            )
+        problem = allow_ops_problem(names)
+        if problem:
+            raise ValueError(problem)
         return list(dict.fromkeys(names))
 
 

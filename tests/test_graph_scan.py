@@ -288,7 +288,7 @@ def test_the_table_covers_saved_model_cli_scans_deny_list():
 def test_allow_ops_is_checked_when_the_pipeline_is_built():
     assert allow_ops_parameter(["PrintV2", "WriteFile", "PrintV2"], "PruneComponent") == "PrintV2,WriteFile"
     assert allow_ops_parameter([], "PruneComponent") is None
-    with pytest.raises(ValueError, match="'write_file'.*CamelCase"):
+    with pytest.raises(ValueError, match="PruneComponent: allow_ops 'write_file': not an op type .*CamelCase"):
         allow_ops_parameter(["write_file"], "PruneComponent")
     with pytest.raises(TypeError, match="list of op names"):
         allow_ops_parameter("WriteFile", "PruneComponent")

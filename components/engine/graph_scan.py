@@ -283,10 +283,16 @@ def introduced_ops(candidate: GraphScan, parent: GraphScan, allow_ops: Iterable[
     return sorted(set(candidate.ops) - set(parent.ops) - set(allow_ops))
 
 
-def unknown_op_names(names: Iterable[str]) -> list[str]:
-    """The names in ``names`` that are neither ops TensorFlow (or a loaded kernel library) registers
-    nor in ``REFUSED_OPS``: what ``allow_ops`` cannot mean."""
-    return [name for name in names if name not in REFUSED_OPS and op_def_registry.get(name) is None]
+def allow_ops_problem(names: Iterable[str]) -> Optional[str]:
+    """Why ``names`` cannot be ``allow_ops``: the names that are neither ops TensorFlow (or a loaded
+    kernel library) registers nor in ``REFUSED_OPS``; None when every name is an op type."""
+    unknown = [name for name in names if name not in REFUSED_OPS and op_def_registry.get(name) is None]
+    if not unknown:
+        return None
+    return (
+        f"{', '.join(map(repr, unknown))}: not an op type TensorFlow registers (CamelCase, as a refusal "
+        "names it: PrintV2, ReadFile; a custom op's library is loaded by module_file)"
+    )
 
 
 def _read_saved_model(model_dir: str) -> Optional[saved_model_pb2.SavedModel]:
