@@ -191,6 +191,35 @@ def test_gate_efficiency_bounds_are_validated_at_construction():
             )
 
 
+def test_ratio_bounds_need_a_baseline_and_every_problem_is_named_at_once():
+    accuracy = [{"metric": ACCURACY, "lower_bound": 0.5, "max_absolute_drop": 0.01}]
+    with pytest.raises(ValueError) as raised:
+        EvaluatorGate(
+            model=MODEL,
+            examples=EXAMPLES,
+            label_key="y",
+            thresholds=accuracy,
+            max_latency_ratio=0.7,
+            max_size_ratio=0.5,
+        )
+    lines = str(raised.value).splitlines()
+    assert lines == [
+        f"{ACCURACY}: a drop bound needs a baseline_model or a serving_model_dir",
+        "max_latency_ratio compares with a baseline: connect a baseline_model or set serving_model_dir",
+        "max_size_ratio compares with a baseline: connect a baseline_model or set serving_model_dir",
+    ]
+    for baseline in ({"baseline_model": MODEL}, {"serving_model_dir": "/serving/x"}):
+        gate = EvaluatorGate(
+            model=MODEL, examples=EXAMPLES, label_key="y", thresholds=accuracy, max_latency_ratio=0.7, **baseline
+        )
+        assert '"max_latency_ratio":0.7' in gate.exec_properties["gate_config"]
+    for bad in ({"max_latency_ratio": 0.0}, {"max_size_ratio": -1.0}, {"latency_repeats": 1}):
+        with pytest.raises(ValidationError):
+            EvaluatorGate(
+                model=MODEL, baseline_model=MODEL, examples=EXAMPLES, label_key="y", thresholds=accuracy, **bad
+            )
+
+
 def test_push_destination_must_stay_inside_the_push_root(tmp_path, penguin_data):
     root = tmp_path / "serving_root"
     root.mkdir()

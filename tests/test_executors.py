@@ -247,16 +247,37 @@ def test_prune_executor_structured_reads_sample_examples(tmp_path, penguin_basel
 
 
 def test_gate_refuses_on_efficiency_and_reports_the_measurements(tmp_path, pruned, penguin_baseline, penguin_data):
-    efficiency = {"max_params": 1000, "max_latency_ms": 10_000.0, "min_size_reduction": 0.5}
+    efficiency = {
+        "max_params": 1000,
+        "max_latency_ms": 10_000.0,
+        "min_size_reduction": 0.5,
+        "max_latency_ratio": 0.01,  # a hundred times faster than the parent: no pruning of penguin does that
+        "max_size_ratio": 10.0,
+    }
     config = _accuracy_gate(lower_bound=0.5, efficiency=efficiency)
     blessing, result, error = run_gate(tmp_path, pruned[0].uri, penguin_baseline, penguin_data, config)
     assert error is None
-    assert result["failed_checks"] == ["params <= max_params"]
+    assert result["failed_checks"] == [
+        "params <= max_params",
+        "serving latency (batch 32) vs parent <= max_latency_ratio",
+    ]
     assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
-    candidate = result["weights"]["candidate"]
+    candidate, parent = result["weights"]["candidate"], result["weights"]["baseline"]
     assert candidate["params"] == 4675 and candidate["latency_ms"] > 0 and candidate["flops"] > 0
+    for figures in (candidate, parent):  # both batch sizes, the same number of timed calls, quartiles in order
+        assert sorted(figures["latency"]) == ["1", "32"]
+        for timing in figures["latency"].values():
+            assert timing["calls"] == 30 and 0 < timing["p25_ms"] <= timing["median_ms"] <= timing["p75_ms"]
+        assert figures["latency_ms"] == figures["latency"]["32"]["median_ms"]
+    (ratio,) = [c for c in result["checks"] if c["bound_name"] == "max_latency_ratio"]
+    assert ratio["measured"] == pytest.approx(candidate["latency_ms"] / parent["latency_ms"])
+    (size,) = [c for c in result["checks"] if c["bound_name"] == "max_size_ratio"]
+    assert size["passed"] and size["measured"] == pytest.approx(
+        candidate["saved_model_bytes"] / parent["saved_model_bytes"]
+    )
     summary = open(tmp_path / "evaluation" / "summary.md").read()
-    assert "FAIL      | params <= max_params" in summary and "CPU latency (ms)" in summary
+    assert "FAIL      | params <= max_params" in summary and "serving latency, batch 32 (ms: median, IQR)" in summary
+    assert "serving latency, batch 1 (ms: median, IQR)" in summary
     html = open(tmp_path / "evaluation" / "report.html").read()
     assert "<li>params is 4675, above the upper bound 1000</li>" in html
     assert '<td class="FAIL">FAIL</td><td>params &lt;= max_params</td>' in html

@@ -41,7 +41,7 @@ def test_within_every_bound_is_blessed_with_measured_values():
     by_name = {r.name: r for r in results}
     assert by_name["size reduction vs parent >= min_size_reduction"].measured == pytest.approx(0.7)
     assert by_name["sparse_categorical_accuracy drop vs parent <= max_absolute_drop"].measured == pytest.approx(0.01)
-    assert by_name["CPU latency (ms, batch 1) <= max_latency_ms"].bound == 0.5
+    assert by_name["serving latency (ms, batch 32) <= max_latency_ms"].bound == 0.5
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_within_every_bound_is_blessed_with_measured_values():
         ({"min_size_reduction": 0.75}, "size reduction vs parent >= min_size_reduction"),
         ({"max_params": 4999}, "params <= max_params"),
         ({"max_flops": 8000}, "FLOPs <= max_flops"),
-        ({"max_latency_ms": 0.3}, "CPU latency (ms, batch 1) <= max_latency_ms"),
+        ({"max_latency_ms": 0.3}, "serving latency (ms, batch 32) <= max_latency_ms"),
         ({"min_sparsity": 0.81}, "sparsity >= min_sparsity"),
     ],
 )
@@ -98,9 +98,62 @@ def test_non_finite_weights_or_predictions_refuse():
 def test_missing_measurements_fail_closed():
     results = _run(_config(max_latency_ms=1.0, min_size_reduction=0.1), efficiency={"candidate": {}})
     assert {r.name for r in results if not r.passed} == {
-        "CPU latency (ms, batch 1) <= max_latency_ms",
+        "serving latency (ms, batch 32) <= max_latency_ms",
         "size reduction vs parent",
     }
+
+
+def _timed(candidate_ms, parent_ms, serving_ms=None, candidate_bytes=60_000):
+    efficiency = {
+        "candidate": {**EFFICIENCY["candidate"], "latency_ms": candidate_ms, "saved_model_bytes": candidate_bytes},
+        "baseline": {**EFFICIENCY["baseline"], "latency_ms": parent_ms},
+    }
+    if serving_ms is not None:
+        efficiency["serving"] = {**EFFICIENCY["baseline"], "latency_ms": serving_ms}
+    return efficiency
+
+
+def test_latency_and_size_ratios_are_checked_against_every_baseline():
+    config = _config(max_latency_ratio=0.7, max_size_ratio=0.5, serving_model_dir="/serving")
+    results = _run(config, efficiency=_timed(6.0, 10.0, serving_ms=8.0))
+    ratios = {r.name: r for r in results if r.kind == "ratio"}
+    assert sorted(ratios) == [
+        "SavedModel bytes vs parent <= max_size_ratio",
+        "SavedModel bytes vs serving <= max_size_ratio",
+        "serving latency (batch 32) vs parent <= max_latency_ratio",
+        "serving latency (batch 32) vs serving <= max_latency_ratio",
+    ]
+    latency = ratios["serving latency (batch 32) vs parent <= max_latency_ratio"]
+    assert latency.passed and latency.measured == pytest.approx(0.6) and latency.reference_value == 10.0
+    slower = ratios["serving latency (batch 32) vs serving <= max_latency_ratio"]
+    assert not slower.passed and slower.measured == pytest.approx(0.75)
+    assert slower.explain() == (
+        "serving latency vs serving: 0.75x, above the allowed 0.7x (batch 32, medians of calls in alternation "
+        "on eval examples: candidate 6 ms, serving 8 ms)"
+    )
+    assert ratios["SavedModel bytes vs parent <= max_size_ratio"].measured == pytest.approx(0.4)
+
+
+def test_a_ratio_with_nothing_measured_or_nothing_to_compare_refuses():
+    unmeasured = _timed(6.0, 10.0)
+    del unmeasured["candidate"]["latency_ms"]
+    unmeasured["candidate"]["latency_ms_unmeasured"] = "serving latency not measured: no examples"
+    (check,) = [
+        r for r in _run(_config(max_latency_ratio=0.7), efficiency=unmeasured) if r.bound_name == "max_latency_ratio"
+    ]
+    assert not check.passed and "no examples" in check.detail
+    alone = {"candidate": _timed(6.0, 10.0)["candidate"]}
+    (check,) = [
+        r for r in _run(_config(max_latency_ratio=0.7), efficiency=alone) if r.bound_name == "max_latency_ratio"
+    ]
+    assert not check.passed and "needs the parent model" in check.detail
+
+
+@pytest.mark.parametrize("setting", ["max_latency_ratio", "max_size_ratio"])
+def test_a_ratio_must_be_positive(setting):
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError, match=setting):
+            _config(**{setting: bad})
 
 
 SLICE_THRESHOLD = MetricThreshold(metric="SparseCategoricalAccuracy", lower_bound=0.5, max_absolute_drop=0.1)

@@ -41,7 +41,8 @@ def first_example(file_paths: Sequence[str]) -> tf.train.Example:
     raise ExamplesMismatchError(f"no examples in {list(file_paths)}")
 
 
-_KIND_TO_DTYPE = {"float_list": tf.float32, "int64_list": tf.int64, "bytes_list": tf.string}
+# The dtype tf.io.parse_example gives each kind of tf.train.Feature.
+FEATURE_KIND_DTYPES = {"float_list": tf.float32, "int64_list": tf.int64, "bytes_list": tf.string}
 
 
 def model_input_specs(model: Any) -> dict[str, tf.TensorSpec]:
@@ -83,7 +84,7 @@ def input_feature_spec(model: Any, sample: tf.train.Example) -> dict[str, tf.io.
             )
         kind = available[name].WhichOneof("kind")
         shape = [dim if dim is not None else 1 for dim in tensor_spec.shape[1:]]
-        spec[name] = tf.io.FixedLenFeature(shape, _KIND_TO_DTYPE[kind])
+        spec[name] = tf.io.FixedLenFeature(shape, FEATURE_KIND_DTYPES[kind])
     return spec
 
 
@@ -109,7 +110,7 @@ def feature_spec_for_label(label_key: str, sample: tf.train.Example) -> tf.io.Fi
         raise ExamplesMismatchError(
             f"label_key {label_key!r} is not a feature of the examples; they have: {sorted(available)}"
         )
-    return tf.io.FixedLenFeature([], _KIND_TO_DTYPE[available[label_key].WhichOneof("kind")])
+    return tf.io.FixedLenFeature([], FEATURE_KIND_DTYPES[available[label_key].WhichOneof("kind")])
 
 
 def model_features(model: Any, features: Mapping[str, tf.Tensor]):

@@ -58,6 +58,16 @@ def _signature_form(name: str, function) -> tuple[str, list[str]]:
 _PARSEABLE = (tf.float32, tf.int64, tf.string)
 
 
+def serialized_input_name(signature) -> Optional[str]:
+    """The name of a signature's one input when it takes a batch of serialized tf.Examples."""
+    inputs = signature.structured_input_signature[1]
+    if len(inputs) == 1:
+        ((name, spec),) = inputs.items()
+        if spec.dtype == tf.string and spec.shape.rank == 1:
+            return name
+    return None
+
+
 def _raw_feature(spec) -> Any:
     """The parsing spec that yields what ``spec`` describes from serialized tf.Examples, or None.
 

@@ -36,8 +36,9 @@ from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.proto import config_pb2
 from tensorflow_model_analysis.writers import metrics_plots_and_validations_writer
 
-from tfx_model_pruning.engine.data import tfrecord_compression
+from tfx_model_pruning.engine.data import FEATURE_KIND_DTYPES, tfrecord_compression
 from tfx_model_pruning.engine.graph_scan import scan_model_dir
+from tfx_model_pruning.engine.signatures import serialized_input_name
 from tfx_model_pruning.evaluator_gate import skill
 from tfx_model_pruning.evaluator_gate.metrics import NON_FINITE_PREDICTIONS, metric_output_name
 from tfx_model_pruning.user_module import load_user_module
@@ -51,7 +52,6 @@ BATCH_BYTES = 16 << 20
 BATCH_FLOPS = 10**11
 MAX_BATCH_SIZE = 32768
 UNKNOWN_COST_BATCH_SIZE = 1000
-_KIND_TO_DTYPE = {"float_list": tf.float32, "int64_list": tf.int64, "bytes_list": tf.string}
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,6 @@ class EvaluationPlan:
     shards_per_file: int = 1
     # Op types the graph scan lets through: a worker scans each model again before it loads it.
     allow_ops: Sequence[str] = ()
-
-
-def serialized_input_name(signature) -> Optional[str]:
-    """The name of a signature's one input when it takes a batch of serialized tf.Examples."""
-    inputs = signature.structured_input_signature[1]
-    if len(inputs) == 1:
-        ((name, spec),) = inputs.items()
-        if spec.dtype == tf.string and spec.shape.rank == 1:
-            return name
-    return None
 
 
 def unsupported_reason(plan: EvaluationPlan, signatures_by_model: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
@@ -143,13 +133,15 @@ class _Models:
             if serialized_input_name(serving) is None:
                 for name, input_spec in serving.structured_input_signature[1].items():
                     shape = [dim if dim is not None else 1 for dim in input_spec.shape[1:]]
-                    spec[name] = tf.io.FixedLenFeature(shape, _KIND_TO_DTYPE[plan.raw_features[name][0]])
+                    spec[name] = tf.io.FixedLenFeature(shape, FEATURE_KIND_DTYPES[plan.raw_features[name][0]])
         if plan.label_key in plan.raw_features and plan.label_key not in spec:
             kind, length = plan.raw_features[plan.label_key]
-            spec[plan.label_key] = tf.io.FixedLenFeature([length], _KIND_TO_DTYPE[kind])
+            spec[plan.label_key] = tf.io.FixedLenFeature([length], FEATURE_KIND_DTYPES[kind])
         if plan.slice_feature in plan.raw_features and plan.slice_feature not in spec:
             # Any number of values per example, none included (see _slice_rows).
-            spec[plan.slice_feature] = tf.io.VarLenFeature(_KIND_TO_DTYPE[plan.raw_features[plan.slice_feature][0]])
+            spec[plan.slice_feature] = tf.io.VarLenFeature(
+                FEATURE_KIND_DTYPES[plan.raw_features[plan.slice_feature][0]]
+            )
         return spec
 
     def evaluate(self, serialized: tf.Tensor) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any]:

@@ -10,6 +10,7 @@ from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
 from tfx_model_pruning.evaluator_gate.result import (
     BOUND,
     DROP,
+    RATIO,
     RELATIVE_DROP,
     REQUIREMENT,
     SKILL,
@@ -147,6 +148,7 @@ def run_checks(
             )
         )
     results += _efficiency_checks(config, efficiency or {})
+    results += _ratio_checks(config, efficiency or {}, no_reference_is_expected)
     return results
 
 
@@ -467,6 +469,86 @@ def _drop_checks(
     return results
 
 
+# Ratio bounds: (setting, the figure of each model compared, how it reads in a check's name).
+_RATIO_BOUNDS = (
+    ("max_latency_ratio", "latency_ms", "serving latency"),
+    ("max_size_ratio", "saved_model_bytes", "SavedModel bytes"),
+)
+# Each baseline's figures in the efficiency mapping, by its label in the checks.
+_EFFICIENCY_REFERENCES = ((PARENT_LABEL, "baseline"), (SERVING_LABEL, "serving"))
+
+
+def _ratio_checks(
+    config: GateConfig, efficiency: Mapping[str, Mapping[str, float]], no_reference_is_expected: bool
+) -> list[CheckResult]:
+    """The candidate's latency and size over each baseline's: one check per bound and baseline."""
+    candidate = efficiency.get("candidate", {})
+    results = []
+    for bound_name, key, label in _RATIO_BOUNDS:
+        bound = getattr(config, bound_name)
+        if bound is None:
+            continue
+        if key == "latency_ms":
+            label = f"{label} (batch {config.latency_batch_size})"
+        references = [(ref, efficiency[name]) for ref, name in _EFFICIENCY_REFERENCES if name in efficiency]
+        if not references:
+            results.append(
+                CheckResult(
+                    f"{label} ratio: a baseline to compare with",
+                    no_reference_is_expected,
+                    None,
+                    None,
+                    "no model serving yet (first release) and no parent: nothing to compare with"
+                    if no_reference_is_expected
+                    else "needs the parent model (baseline_model) or a serving model",
+                    metric=f"{key}_ratio",
+                    kind=REQUIREMENT,
+                    bound_name=bound_name,
+                )
+            )
+            continue
+        for reference, figures in references:
+            value, base = candidate.get(key), figures.get(key)
+            name = f"{label} vs {reference} <= {bound_name}"
+            if value is None or not base:
+                why = candidate.get(f"{key}_unmeasured") or figures.get(f"{key}_unmeasured") or "not measured"
+                results.append(
+                    CheckResult(
+                        name,
+                        False,
+                        None,
+                        bound,
+                        f"{why}: refused",
+                        metric=f"{key}_ratio",
+                        reference=reference,
+                        kind=REQUIREMENT,
+                        bound_name=bound_name,
+                    )
+                )
+                continue
+            if key == "latency_ms":
+                detail = f"batch {config.latency_batch_size}, medians of calls in alternation on eval examples: "
+                detail += f"candidate {value:.3g} ms, {reference} {base:.3g} ms"
+            else:
+                detail = f"candidate {value:,.0f} bytes, {reference} {base:,.0f} bytes"
+            results.append(
+                CheckResult(
+                    name,
+                    value / base <= bound,
+                    value / base,
+                    bound,
+                    detail,
+                    metric=f"{key}_ratio",
+                    reference=reference,
+                    comparator="<=",
+                    kind=RATIO,
+                    bound_name=bound_name,
+                    reference_value=base,
+                )
+            )
+    return results
+
+
 def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str, float]]) -> list[CheckResult]:
     candidate = efficiency.get("candidate", {})
     baseline = efficiency.get("baseline")
@@ -475,7 +557,7 @@ def _efficiency_checks(config: GateConfig, efficiency: Mapping[str, Mapping[str,
         ("saved model bytes <= max_saved_model_bytes", "saved_model_bytes", "max_saved_model_bytes"),
         ("params <= max_params", "params", "max_params"),
         ("FLOPs <= max_flops", "flops", "max_flops"),
-        (f"CPU latency (ms, batch {config.latency_batch_size}) <= max_latency_ms", "latency_ms", "max_latency_ms"),
+        (f"serving latency (ms, batch {config.latency_batch_size}) <= max_latency_ms", "latency_ms", "max_latency_ms"),
     ):
         bound = getattr(config, bound_name)
         if bound is not None:

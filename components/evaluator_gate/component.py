@@ -54,7 +54,10 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
     interval beside them); the largest allowed drop versus ``baseline_model`` and/or the model
     now serving (absolute and/or relative); at least ``min_eval_examples`` eval examples; finite
     weights and predictions; a minimum sparsity measured from the candidate's weights; and
-    efficiency bounds (size on disk, size reduction, parameters, FLOPs, CPU latency). ``blessing`` is a
+    efficiency bounds (size on disk, size reduction, parameters, FLOPs, serving latency), absolute or as a
+    ratio to each baseline (``max_latency_ratio``, ``max_size_ratio``). The serving signature is
+    always timed on eval examples, at batch 1 and ``latency_batch_size``, every model in
+    alternation, and reported. ``blessing`` is a
     standard ``ModelBlessing`` (``BLESSED`` / ``NOT_BLESSED`` file and the ``blessed``
     property), so the stock Pusher obeys it. It fails
     closed: any error leaves ``NOT_BLESSED`` and fails the run, with the reason in the log and, on
@@ -76,7 +79,8 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
             slice_feature="species",
             slice_thresholds=[{"metric": "SparseCategoricalAccuracy", "lower_bound": 0.85, "max_absolute_drop": 0.05}],
             serving_model_dir="/serving/penguin",
-            max_latency_ms=5.0,
+            max_latency_ratio=0.7,  # at least 30% faster than each baseline at latency_batch_size
+            latency_batch_size=32,
         )
         pusher = tfx.components.Pusher(model=retrain.outputs["model"], model_blessing=gate.outputs["blessing"], ...)
 
@@ -113,13 +117,20 @@ class EvaluatorGate(base_beam_component.BaseBeamComponent):
     ):
         load_user_module(module_file, module_path)
         gate = build_config(TypeAdapter(GateConfig), MODELS, config, options, "EvaluatorGate")
+        problems = []  # every one at once, a line each
+        no_baseline = baseline_model is None and gate.serving_model_dir is None
         for threshold in gate.all_thresholds:
             metric_output_name(threshold.metric)
             has_drop_bound = threshold.max_absolute_drop is not None or threshold.max_relative_drop is not None
-            if has_drop_bound and baseline_model is None and gate.serving_model_dir is None:
-                raise ValueError(f"{threshold.metric}: a drop bound needs a baseline_model or a serving_model_dir")
+            if has_drop_bound and no_baseline:
+                problems.append(f"{threshold.metric}: a drop bound needs a baseline_model or a serving_model_dir")
         if gate.min_size_reduction is not None and baseline_model is None:
-            raise ValueError("min_size_reduction is measured against a baseline_model; connect one")
+            problems.append("min_size_reduction is measured against a baseline_model; connect one")
+        for ratio in ("max_latency_ratio", "max_size_ratio"):
+            if getattr(gate, ratio) is not None and no_baseline:
+                problems.append(f"{ratio} compares with a baseline: connect a baseline_model or set serving_model_dir")
+        if problems:
+            raise ValueError("\n".join(problems))
         super().__init__(
             spec=EvaluatorGateSpec(
                 model=model,

@@ -89,9 +89,34 @@ class GateConfig(_StrictModel):
         default=None, gt=0.0, lt=1.0, description="Least reduction of gzip-compressed weights versus the baseline."
     )
     max_latency_ms: Optional[float] = Field(
-        default=None, gt=0.0, description="Largest allowed median CPU latency at latency_batch_size."
+        default=None,
+        gt=0.0,
+        description="Largest allowed median CPU latency (ms) of the serving signature at latency_batch_size.",
     )
-    latency_batch_size: int = Field(default=1, ge=1, description="Examples per call when latency is measured.")
+    max_latency_ratio: Optional[float] = Field(
+        default=None,
+        gt=0.0,
+        description="Largest allowed median serving latency at latency_batch_size over each baseline's (the "
+        "parent, the model now serving), the models timed in alternation: 0.7 means at least 30% faster.",
+    )
+    max_size_ratio: Optional[float] = Field(
+        default=None,
+        gt=0.0,
+        description="Largest allowed SavedModel size on disk over each baseline's (gzip-compressed weights: "
+        "min_size_reduction).",
+    )
+    latency_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Examples per serving call that latency is gated at: the batch size you serve. Latency is "
+        "always measured, at batch 1 and at this size, on eval examples through signature_name.",
+    )
+    latency_repeats: int = Field(
+        default=30,
+        ge=5,
+        description="Timed calls of each model at each batch size (after the same warm-up); the report gives "
+        "the median and the interquartile range.",
+    )
     max_params: Optional[int] = Field(
         default=None,
         ge=1,

@@ -40,13 +40,14 @@ from tfx_model_pruning._io import (
 )
 from tfx_model_pruning.component_options import allowed_ops
 from tfx_model_pruning.engine import progress
-from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example
-from tfx_model_pruning.engine.efficiency import count_flops, cpu_latency_ms
+from tfx_model_pruning.engine.data import ExamplesMismatchError, first_example, read_serialized
+from tfx_model_pruning.engine.efficiency import count_flops
 from tfx_model_pruning.engine.graph_scan import introduced_ops
 from tfx_model_pruning.engine.prune import weight_and_size_stats
 from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.report import layer_table
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights, with_serving_export
+from tfx_model_pruning.engine.serving_latency import time_signatures
 from tfx_model_pruning.evaluator_gate import batched_evaluation, skill
 from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
@@ -246,10 +247,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         predictions = metrics.get(CANDIDATE, {}).get(NON_FINITE_PREDICTIONS)
         if predictions is not None:
             non_finite["predictions"] = int(predictions)
-        for name, loaded in models.items():
+        for name, latency in _serving_latency(config, models, examples).items():
+            stats[name].update(latency)
             stats[name]["flops"] = flops[name]
-            if config.max_latency_ms is not None:
-                stats[name]["latency_ms"] = cpu_latency_ms(loaded.model, config.latency_batch_size)
         checks = run_checks(
             config,
             metric_names,
@@ -522,6 +522,36 @@ def _write_blessing(blessing: types.Artifact, blessed: bool) -> None:
         constants.ARTIFACT_PROPERTY_BLESSED_KEY,
         constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE,
     )
+
+
+def _serving_latency(config: GateConfig, models: Mapping[str, Any], examples: list[types.Artifact]) -> dict:
+    """Each model's serving latency figures (``ModelFigures.latency``, ``latency_ms``), timed together.
+
+    A model whose signature cannot be timed on the eval examples gets ``latency_ms_unmeasured``
+    instead: the report says why, and a latency bound refuses.
+    """
+    batch_sizes = sorted({1, config.latency_batch_size})
+    try:
+        serialized = list(read_serialized(split_files(examples, config.eval_split), max(batch_sizes)).numpy())
+        timings = time_signatures(
+            {name: loaded.signatures[config.signature_name] for name, loaded in models.items()},
+            serialized,
+            batch_sizes,
+            config.latency_repeats,
+        )
+    except Exception as err:  # an empty split, a signature the examples cannot feed: refused by the checks
+        logging.warning("EvaluatorGate: serving latency not measured: %s", err)
+        return {name: {"latency_ms_unmeasured": f"serving latency not measured: {_one_line(err)}"} for name in models}
+    for batch in batch_sizes:
+        medians = ", ".join(f"{name} {timings[name][batch].median_ms:.3g} ms" for name in models)
+        logging.info("EvaluatorGate: serving latency at batch %d: %s", batch, medians)
+    return {
+        name: {
+            "latency": {str(batch): latency.to_json() for batch, latency in by_batch.items()},
+            "latency_ms": by_batch[config.latency_batch_size].median_ms,
+        }
+        for name, by_batch in timings.items()
+    }
 
 
 def _first_example(examples: list[types.Artifact], split: str) -> Optional[tf.train.Example]:

@@ -24,6 +24,7 @@ from tfx_model_pruning.evaluator_gate.result import (
     GateDecision,
     GateFailure,
     GateResult,
+    ModelFigures,
     gate_result_from_json,
 )
 
@@ -58,8 +59,31 @@ _FIGURE_ROWS = (
     ("gzip bytes (SavedModel dir)", "gzip_bytes"),
     ("SavedModel bytes", "saved_model_bytes"),
     ("FLOPs per example", "flops"),
-    ("CPU latency (ms)", "latency_ms"),
 )
+
+
+def _latency_cell(figures: ModelFigures, batch: str) -> str:
+    timing = (figures.latency or {}).get(batch)
+    if timing is None:
+        return "-"
+    return f"{timing['median_ms']:.3g} ({timing['p25_ms']:.3g}-{timing['p75_ms']:.3g})"
+
+
+def _latency_rows(result: GateResult, names: list[str]) -> list[list[str]]:
+    """Serving latency per batch size measured: median and interquartile range, in ms."""
+    batches = sorted({batch for name in names for batch in (result.weights[name].latency or {})}, key=int)
+    rows = [
+        [f"serving latency, batch {batch} (ms: median, IQR)"]
+        + [_latency_cell(result.weights[name], batch) for name in names]
+        for batch in batches
+    ]
+    unmeasured = next(
+        (result.weights[name].latency_ms_unmeasured for name in names if result.weights[name].latency_ms_unmeasured),
+        None,
+    )
+    if not rows and unmeasured:
+        rows.append(["serving latency", *([unmeasured] * len(names))])
+    return rows
 
 
 def comparison_rows(result: Union[GateDecision, Mapping[str, Any]]) -> list[list[str]]:
@@ -71,6 +95,7 @@ def comparison_rows(result: Union[GateDecision, Mapping[str, Any]]) -> list[list
     for label, figure in _FIGURE_ROWS:
         if all(result.weights[name].measured(figure) for name in names):
             rows.append([label] + [_fmt(getattr(result.weights[name], figure)) for name in names])
+    rows += _latency_rows(result, names)
     return [["", *(MODEL_LABELS[name] for name in names)], *rows]
 
 
@@ -224,7 +249,7 @@ def release_report_png(result: Union[GateDecision, Mapping[str, Any]]) -> bytes:
         ("gzip weights", "weights_gzip_bytes"),
         ("SavedModel bytes", "saved_model_bytes"),
         ("FLOPs", "flops"),
-        ("CPU latency", "latency_ms"),
+        (f"serving latency, batch {result.config.latency_batch_size}", "latency_ms"),
     ]
     weights = result.weights
     if reference is None:

@@ -19,14 +19,17 @@ from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 
 # What a check compares, which decides how it is put in words.
-CheckKind = Literal["bound", "drop", "relative_drop", "skill", "requirement", "graph"]
+CheckKind = Literal["bound", "drop", "relative_drop", "ratio", "skill", "requirement", "graph"]
 BOUND: CheckKind = "bound"  # the measured value against a fixed bound; ``comparator`` says which side passes
 DROP: CheckKind = "drop"  # the candidate's fall from the reference model's value (``reference_value``)
 RELATIVE_DROP: CheckKind = "relative_drop"  # that fall as a fraction of the reference model's value
+RATIO: CheckKind = "ratio"  # the candidate's figure (latency, size) over the reference model's
 SKILL: CheckKind = "skill"  # against what a model that learned nothing scores; ``detail`` says how
 REQUIREMENT: CheckKind = "requirement"  # what other checks need is there: a value, a model to compare with, slices
 GRAPH: CheckKind = "graph"  # op types the candidate's graphs hold that the reference model's do not
 OVERALL = "Overall"  # the whole eval split, as slices are labelled
+# What a ratio check's metric is, in words.
+_RATIO_SUBJECTS = {"latency_ms_ratio": "serving latency", "saved_model_bytes_ratio": "SavedModel size on disk"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,13 @@ class CheckResult:
             what = "relative drop" if self.kind == RELATIVE_DROP else "drop"
             side = "within" if self.passed else "more than"
             return f"{subject}: {what} vs {self.reference} of {self.measured:.4g}, {side} the allowed {self.bound:.4g}"
+        if self.kind == RATIO and compared:
+            side = "within" if self.passed else "above"
+            subject = _RATIO_SUBJECTS.get(self.metric or "", subject)
+            return (
+                f"{subject} vs {self.reference}: {self.measured:.3g}x, {side} the allowed {self.bound:.3g}x "
+                f"({self.detail})"
+            )
         if not compared or self.comparator is None:
             return f"{self.name}: {self.detail}" if self.detail else self.name
         if self.comparator == ">=":
@@ -122,7 +132,10 @@ class ModelFigures:
     gzip_bytes: Optional[int] = None  # the SavedModel directory, gzip-compressed
     # Counted with the weights; None there is a finding: a model saved without its Keras layers.
     flops: Optional[int] = None
-    latency_ms: Optional[float] = None  # median CPU latency, timed only when max_latency_ms is set
+    latency_ms: Optional[float] = None  # median serving latency (ms) at the gate's latency_batch_size
+    # Serving latency by batch size ("1", "32"): ServingLatency.to_json(), median and quartiles in ms.
+    latency: Optional[Mapping[str, Mapping[str, float]]] = None
+    latency_ms_unmeasured: Optional[str] = None  # why the serving signature could not be timed
     other: Mapping[str, Any] = field(default_factory=dict)  # figures not named above, kept as written
 
     def measured(self, figure: str) -> bool:
