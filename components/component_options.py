@@ -199,5 +199,6 @@ def build_config(
     given = {name: value for name, value in options.items() if value is not None}
     merged = {**base, **given}
     if "method" in known and "method" not in merged:
-        merged["method"] = models[0].model_fields["method"].default
+        # A goal names no method: the goal's own config chooses one (GoalPruningConfig).
+        merged["method"] = "goal" if "goal" in merged else models[0].model_fields["method"].default
     return adapter.validate_python(merged)

@@ -15,6 +15,9 @@ import tensorflow as tf
 # then must be the one the verdict compared against (a cached or slow verdict must not outlive it).
 SERVING_MODEL_DIR_PROPERTY = "serving_model_dir"
 JUDGED_SERVING_VERSION_PROPERTY = "judged_serving_version"
+# The int8 TFLite file that passed its own checks (int8_tflite): the Pusher copies it beside the SavedModel.
+INT8_TFLITE_PROPERTY = "int8_tflite_uri"
+INT8_TFLITE_FILE = "model_int8.tflite"  # its name in the pushed version directory
 
 
 def numeric_versions(base_directory: str) -> list[int]:

@@ -41,6 +41,8 @@ FILE_FLAGS: dict[str, dict[str, str]] = {
         "--scope": "prune.scope",
         "--criterion": "prune.criterion",
         "--protected-layer": "prune.protected_layers",
+        "--goal": "prune.goal",
+        "--target-ratio": "prune.target_ratio",
     },
     "fine-tuning": {"--epochs": "retrain.epochs", "--learning-rate": "retrain.learning_rate", "--loss": "retrain.loss"},
     "release gate (flags change the first threshold and slice threshold)": {
@@ -445,6 +447,11 @@ def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict
         kept = {key: value for key, value in file_prune.items() if key in ("protected_layers", "label_key")}
         defaults = PruningMethod.defaults[given["method"]]
         raw["prune"] = Replace({**kept, **defaults, "method": given["method"], **raw.get("prune", {})})
+    if "goal" in given and (file_prune.get("method") != "goal" or given["goal"] != file_prune.get("goal")):
+        # A goal instead of the file's method: its own config, the amount from --target-ratio or the start.
+        kept = {key: value for key, value in file_prune.items() if key == "protected_layers"}
+        start = {"target_ratio": file_prune.get("target_ratio", PruningMethod.goal_start)}
+        raw["prune"] = Replace({**kept, **start, "method": "goal", **raw.get("prune", {})})
     if given.get("distill"):
         raw.setdefault("retrain", {})["distillation"] = {}  # DistillationConfig's defaults
     if "compare_with" in given:

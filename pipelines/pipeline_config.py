@@ -201,10 +201,13 @@ class PruningMethod:
             key: value for key, value in _STARTING_AMOUNTS.items() if key in model.model_fields
         }
         for model in _PRUNING_MODELS
+        if model.model_fields["method"].default != "goal"  # a goal is asked for by --goal, not as a method
     }
+    goal_start = 0.5  # target_ratio of a goal the CLI's --goal asks for without --target-ratio
 
 
-_METHODS = tuple(PruningMethod.defaults)
+# Every pruning config's method tag, the goal's too: the names a validation error's path may carry.
+_METHODS = tuple(model.model_fields["method"].default for model in _PRUNING_MODELS)
 
 
 class PipelineConfig(_Section):
@@ -220,7 +223,8 @@ class PipelineConfig(_Section):
     model: ModelSection = Field(description="The model to prune: trained by a Trainer, or an existing SavedModel.")
     prune: AnyPruningConfig = Field(
         default_factory=lambda: PruningConfig(**PruningMethod.defaults["magnitude"]),
-        description="How to prune; method picks magnitude (default, 80% sparsity), structured or layer_removal.",
+        description="How to prune; method picks magnitude (default, 80% sparsity), structured or layer_removal; "
+        "or goal (latency: structured; size: magnitude) with target_ratio.",
     )
     retrain: RetrainSection = Field(description="How the pruned model is fine-tuned (RetrainComponent).")
     gate: GateSection = Field(description="The release checks the fine-tuned model must pass to be pushed.")
@@ -270,8 +274,8 @@ class PipelineConfig(_Section):
             values[section] = body
         if isinstance(values.get("prune"), dict) and "method" not in prune:
             # The default method, stated: without it the union cannot pick a model, and the
-            # section's own mistakes would hide behind "cannot tell the method".
-            values["prune"] = prune = {**prune, "method": "magnitude"}
+            # section's own mistakes would hide behind "cannot tell the method". A goal picks its own.
+            values["prune"] = prune = {**prune, "method": "goal" if "goal" in prune else "magnitude"}
         gate = values["gate"]
         retrain = values["retrain"]
         if isinstance(retrain, dict) and isinstance(gate, dict) and retrain.get("epochs") is None:
@@ -284,8 +288,9 @@ class PipelineConfig(_Section):
                     for key, value in followed.items():
                         recovery.setdefault(key, value)
                 values["retrain"] = {**retrain, "recovery": recovery}
-        if isinstance(gate, dict) and "min_sparsity" not in gate and prune.get("method", "magnitude") == "magnitude":
-            target = prune.get("target_sparsity")
+        size_goal = prune.get("method") == "goal" and prune.get("goal") == "size"
+        if isinstance(gate, dict) and "min_sparsity" not in gate and (prune.get("method") == "magnitude" or size_goal):
+            target = prune.get("target_ratio" if size_goal else "target_sparsity")
             # Only a valid value: a bad one is reported once, where the user wrote it.
             if isinstance(target, (int, float)) and not isinstance(target, bool) and 0.0 < target < 1.0:
                 gate["min_sparsity"] = target
@@ -379,7 +384,10 @@ def _located(err: ValidationError, source: str) -> PipelineConfigError:
     lines = []
     for problem in err.errors():
         # The discriminated union adds the chosen method to the path (prune.magnitude.x): drop it.
-        path = [str(part) for part in problem["loc"] if part not in _METHODS]
+        loc = list(problem["loc"])
+        if loc[:1] == ["prune"] and len(loc) > 1 and loc[1] in _METHODS:
+            del loc[1]  # only the tag: "goal" is also a key of the goal's section
+        path = [str(part) for part in loc]
         if problem["type"] == "union_tag_invalid":
             path.append(problem["ctx"]["discriminator"].strip("'"))
         where = ".".join(path) or "(top level)"

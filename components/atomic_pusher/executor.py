@@ -29,7 +29,7 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from absl import logging
 from tfx import types
@@ -41,6 +41,8 @@ from tfx.utils import io_utils, proto_utils
 from tfx_model_pruning import standard_component_specs as specs
 from tfx_model_pruning.engine import progress
 from tfx_model_pruning.serving_versions import (
+    INT8_TFLITE_FILE,
+    INT8_TFLITE_PROPERTY,
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
     check_push_destination,
@@ -62,8 +64,12 @@ def publish_version(
     base_directory: str,
     push_root: Optional[str] = None,
     judged_serving_version: Optional[str] = None,
+    extra_files: Optional[Mapping[str, str]] = None,
 ) -> tuple[str, str]:
     """Copies ``model_dir`` to a new numeric version under ``base_directory`` atomically.
+
+    ``extra_files`` (name in the version -> file) go in beside it, in the same rename: the int8
+    TFLite model the gate checked is in the version from its first moment, or not at all.
 
     Returns ``(version, path)``. The version is the current unix time in seconds, or the next
     free number after it; if the newest version already holds this model, that version.
@@ -83,7 +89,7 @@ def publish_version(
     with _exclusive_lock(base):
         _remove_stale_staging(base)
         existing = numeric_versions(base)
-        if existing and _same_files(model_dir, os.path.join(base, str(existing[-1]))):
+        if existing and _same_files(model_dir, os.path.join(base, str(existing[-1])), extra_files or {}):
             logging.info("Version %s already holds this model; recording it as the push", existing[-1])
             return str(existing[-1]), os.path.join(base, str(existing[-1]))
         if judged_serving_version is not None:
@@ -98,6 +104,8 @@ def publish_version(
         staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=base)
         try:
             shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+            for name, source in (extra_files or {}).items():
+                shutil.copyfile(source, os.path.join(staging, name))
             version = max([int(time.time()), *(v + 1 for v in existing)])
             while True:
                 target = os.path.join(base, str(version))
@@ -153,20 +161,23 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _same_files(first: str, second: str) -> bool:
-    """True when both directories hold the same relative paths with the same bytes."""
+def _same_files(first: str, second: str, extra_files: Mapping[str, str]) -> bool:
+    """True when ``second`` holds ``first``'s relative paths and ``extra_files``, with the same bytes."""
 
-    def listing(root: str) -> dict[str, int]:
+    def listing(root: str) -> dict[str, str]:
         return {
-            os.path.relpath(os.path.join(folder, name), root): os.path.getsize(os.path.join(folder, name))
+            os.path.relpath(os.path.join(folder, name), root): os.path.join(folder, name)
             for folder, _, names in os.walk(root)
             for name in names
         }
 
-    files = listing(first)
-    if not files or files != listing(second):
+    files, held = {**listing(first), **extra_files}, listing(second)
+    if not listing(first) or set(files) != set(held):
         return False
-    return all(filecmp.cmp(os.path.join(first, f), os.path.join(second, f), shallow=False) for f in files)
+    return all(
+        os.path.getsize(path) == os.path.getsize(held[name]) and filecmp.cmp(path, held[name], shallow=False)
+        for name, path in files.items()
+    )
 
 
 class Executor(pusher_executor.Executor):
@@ -193,11 +204,20 @@ class Executor(pusher_executor.Executor):
             base,
             push_root=custom_config.get(specs.PUSH_ROOT_KEY),
             judged_serving_version=_judged_serving_version(input_dict, base),
+            extra_files=_int8_model(input_dict),
         )
         logging.info("Model published atomically as version %s at %s", version, serving_path)
         progress.figure(f"version {version}")
         io_utils.copy_dir(self.GetModelPath(input_dict), model_push.uri)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+
+
+def _int8_model(input_dict: dict[str, list[types.Artifact]]) -> dict[str, str]:
+    """The int8 TFLite model that passed the gate's checks for it, by its name in the version; or nothing."""
+    blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or []
+    if not blessings or INT8_TFLITE_PROPERTY not in blessings[0].mlmd_artifact.custom_properties:
+        return {}
+    return {INT8_TFLITE_FILE: blessings[0].get_string_custom_property(INT8_TFLITE_PROPERTY)}
 
 
 def _judged_serving_version(input_dict: dict[str, list[types.Artifact]], base: str) -> Optional[str]:

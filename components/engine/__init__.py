@@ -10,6 +10,7 @@ report = prune_saved_model("path/to/saved_model", "/tmp/pruned", PruningConfig(t
 from tfx_model_pruning.engine.config import (
     DistillationConfig,
     FineTuneConfig,
+    GoalPruningConfig,
     GradualPruningSchedule,
     LayerRemovalConfig,
     PruningConfig,
@@ -21,7 +22,7 @@ from tfx_model_pruning.engine.importance import Criterion, register_criterion
 from tfx_model_pruning.engine.layer_handlers import LayerHandler, Producer, register_layer_handler
 from tfx_model_pruning.engine.layer_removal import remove_layers
 from tfx_model_pruning.engine.magnitude import PruningConfigError, find_prunable_weights, prune_model
-from tfx_model_pruning.engine.prune import UnclonableLayerError, prune_saved_model
+from tfx_model_pruning.engine.prune import PruningGoalError, UnclonableLayerError, prune_saved_model
 from tfx_model_pruning.engine.report import summary_markdown, weight_stats
 from tfx_model_pruning.engine.restored import NeedsKerasModelError
 from tfx_model_pruning.engine.saved_model import (
@@ -45,6 +46,7 @@ __all__ = [
     "ExamplesMismatchError",
     "FineTuneConfig",
     "FineTuneResult",
+    "GoalPruningConfig",
     "GradualPruningSchedule",
     "KeepPrunedWeightsZero",
     "LayerRemovalConfig",
@@ -55,6 +57,7 @@ __all__ = [
     "Preprocessing",
     "PruningConfig",
     "PruningConfigError",
+    "PruningGoalError",
     "StructuredPruningConfig",
     "StructuredPruningError",
     "UnclonableLayerError",

@@ -255,13 +255,66 @@ class LayerRemovalConfig(_StrictModel):
     sample_size: int = Field(default=100000, ge=1, description="Most train examples read for fine-tuning.")
 
 
+class GoalPruningConfig(_StrictModel):
+    """Pruning by what the model should become; the method follows from the goal.
+
+    - ``latency``: structured pruning, ``target_ratio`` of the units, filters and heads removed.
+      Zeros leave every kernel its shape, and on CPUs TensorFlow and TFLite run a dense kernel
+      full of zeros no faster: a model pruned by magnitude to 80% served exactly as fast as its
+      parent (README, "Speed where the model is served"). The model must have Dense, convolution
+      or attention layers whose units can be removed; otherwise the pruning fails, saying so.
+    - ``size``: magnitude pruning to ``target_ratio`` sparsity: the architecture is kept and the
+      zeros compress (gzip), which is what a push stores and transfers.
+
+    The choice and why are in the pruning report (``PruningResult.method_reason``).
+
+    Example::
+
+        GoalPruningConfig(goal="latency", target_ratio=0.5)  # structured: half the units removed
+    """
+
+    method: Literal["goal"] = Field(default="goal", description="goal: the method follows from ``goal``.")
+    goal: Literal["latency", "size"] = Field(
+        description="latency: a smaller, faster model (structured); size: a smaller download (magnitude)."
+    )
+    target_ratio: float = Field(
+        gt=0.0, lt=1.0, description="latency: fraction of units removed; size: fraction of weights set to zero."
+    )
+    protected_layers: list[str] = Field(
+        default_factory=list,
+        description="Layer names or regular expressions (full match) never pruned.",
+    )
+
+    _patterns_compile = field_validator("protected_layers")(_check_patterns)
+
+    def chosen(self) -> tuple[Union[PruningConfig, StructuredPruningConfig], str]:
+        """The method's own config for this goal, and why it was chosen."""
+        if self.goal == "latency":
+            return (
+                StructuredPruningConfig(prune_fraction=self.target_ratio, protected_layers=self.protected_layers),
+                f"goal latency: structured pruning removes {self.target_ratio:.0%} of the units, filters and "
+                "heads, so every kernel is smaller; zeros (magnitude) would leave each kernel its shape, which "
+                "CPUs run no faster",
+            )
+        return (
+            PruningConfig(target_sparsity=self.target_ratio, protected_layers=self.protected_layers),
+            f"goal size: magnitude pruning to {self.target_ratio:.0%} sparsity keeps the architecture and its "
+            "zeros compress; it makes no kernel faster (for that, goal latency)",
+        )
+
+
 AnyPruningConfig = Annotated[
-    Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig], Field(discriminator="method")
+    Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig],
+    Field(discriminator="method"),
 ]
 
 
-def reads_examples(config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig]) -> Optional[str]:
+def reads_examples(
+    config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig],
+) -> Optional[str]:
     """Why pruning by ``config`` reads examples, or None when it does not."""
+    if config.method == "goal":
+        return reads_examples(config.chosen()[0])
     if config.method == "structured":
         return "structured pruning proves the rebuilt serving signatures on examples"
     if config.method == "layer_removal":
@@ -273,7 +326,9 @@ def reads_examples(config: Union[PruningConfig, StructuredPruningConfig, LayerRe
     return None
 
 
-def pruning_config_from_json(text: str) -> Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig]:
+def pruning_config_from_json(
+    text: str,
+) -> Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig]:
     """Parses a pruning config of either method from its JSON form (``method`` picks the model)."""
     return TypeAdapter(AnyPruningConfig).validate_json(text)
 

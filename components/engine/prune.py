@@ -11,7 +11,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfx_model_pruning.engine.config import LayerRemovalConfig, PruningConfig, StructuredPruningConfig
+from tfx_model_pruning.engine.config import (
+    GoalPruningConfig,
+    LayerRemovalConfig,
+    PruningConfig,
+    StructuredPruningConfig,
+)
 from tfx_model_pruning.engine.data import parse_sample
 from tfx_model_pruning.engine.efficiency import LATENCY_BATCH_SIZES, alternating_latency, efficiency_stats
 from tfx_model_pruning.engine.graph import in_layer_graph
@@ -32,7 +37,7 @@ from tfx_model_pruning.engine.saved_model import (
 )
 from tfx_model_pruning.engine.sensitivity import allocate, sensitivity_curves, sensitivity_report
 from tfx_model_pruning.engine.signatures import rebuild_example_signatures
-from tfx_model_pruning.engine.structured import prune_structured
+from tfx_model_pruning.engine.structured import StructuredPruningError, prune_structured
 
 
 class MissingExamplesError(ValueError):
@@ -107,7 +112,7 @@ def model_stats(
 def prune_saved_model(
     input_path: str,
     output_dir: str,
-    config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig],
+    config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig],
     sample_examples: Optional[tf.Tensor] = None,
     latency_repeats: int = 30,
     holdout_examples: Optional[tf.Tensor] = None,
@@ -129,11 +134,28 @@ def prune_saved_model(
         report = prune_saved_model("trainer/model/7", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
         report.after.masked_sparsity  # 0.8
     """
+    goal, method_reason = (config if config.method == "goal" else None), ""
+    if goal is not None:
+        config, method_reason = goal.chosen()
     loaded = load_model(input_path, allow_unsafe_layers, allow_ops)
     require_finite_weights(loaded.model, f"the model to prune ({loaded.path})")
     _require_layer_graph_if_needed(loaded, config)
     examples = _Examples(sample_examples, holdout_examples)
-    return PRUNING_METHODS[config.method](loaded, output_dir, config, examples, latency_repeats)
+    try:
+        result = PRUNING_METHODS[config.method](loaded, output_dir, config, examples, latency_repeats)
+    except StructuredPruningError as err:
+        if goal is None:
+            raise
+        raise PruningGoalError(
+            f"goal latency needs structured pruning, which cannot prune this model: {err}. Zeros would make it "
+            "no faster; for a smaller download choose goal: size"
+        ) from err
+    result.method_reason = method_reason
+    return result
+
+
+class PruningGoalError(ValueError):
+    """The goal a pruning config names cannot be reached for this model; the message says why."""
 
 
 @dataclass(frozen=True)

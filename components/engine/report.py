@@ -199,6 +199,7 @@ def summary_markdown(result: PruningResult) -> str:
     lines = [
         "# Pruning report",
         "",
+        *([f"Method chosen by the goal: {result.method_reason}.", ""] if result.method_reason else []),
         f"Criterion: {_criterion(result.config)}.",
         "",
         tabulate(rows, headers=["", "before", "after"], tablefmt="github", disable_numparse=True),

@@ -166,6 +166,7 @@ class PruningResult:
     dropped_masks: list[str] = field(default_factory=list)  # earlier masks a rebuilt model no longer has
     layer_removal: Optional[LayerRemovalResult] = None
     sensitivity: Optional[SensitivityResult] = None
+    method_reason: str = ""  # why this method, when the config named a goal (GoalPruningConfig)
 
     @property
     def method(self) -> str:
@@ -184,6 +185,7 @@ class PruningResult:
             "dropped_masks": self.dropped_masks,
             "layer_removal": self.layer_removal.to_json() if self.layer_removal else None,
             "sensitivity": self.sensitivity.to_json() if self.sensitivity else None,
+            "method_reason": self.method_reason,
         }
         if self.structure is not None:
             data["structure"] = {k: v for k, v in asdict(self.structure).items() if k != "sensitivity"}  # top level
@@ -211,6 +213,7 @@ class PruningResult:
             dropped_masks=data.get("dropped_masks", []),
             layer_removal=LayerRemovalResult.from_json(data["layer_removal"]) if data.get("layer_removal") else None,
             sensitivity=sensitivity,
+            method_reason=data.get("method_reason") or "",
         )
 
 

@@ -60,6 +60,43 @@ class MetricThreshold(_StrictModel):
         return self
 
 
+class Int8Export(_StrictModel):
+    """An int8 TFLite model of the candidate, pushed beside its SavedModel when it passes its own checks.
+
+    Post-training quantization calibrated on eval examples; the TFLite model is then evaluated
+    with the interpreter on up to ``max_eval_examples`` eval examples and timed. Its checks do not
+    decide the SavedModel's blessing: a conversion that fails, or an int8 model that is too
+    inaccurate, is reported and left out of the push, and the SavedModel is pushed as before.
+
+    Example::
+
+        Int8Export(max_drop=0.01, max_latency_ratio=1.0)  # no less accurate than 0.01, no slower
+    """
+
+    representative_examples: int = Field(
+        default=200, ge=1, description="Eval examples the int8 ranges are calibrated on."
+    )
+    max_eval_examples: int = Field(
+        default=10_000, ge=1, description="Most eval examples the int8 model (and the float one) is scored on."
+    )
+    max_drop: float = Field(
+        default=0.01,
+        ge=0.0,
+        description="Largest allowed worsening of each threshold's metric versus the float candidate, on the "
+        "same examples; the thresholds' own lower and upper bounds apply too.",
+    )
+    max_latency_ratio: Optional[float] = Field(
+        default=None,
+        gt=0.0,
+        description="Largest allowed interpreter latency at latency_batch_size over the float SavedModel's.",
+    )
+    keep_sparsity: bool = Field(
+        default=False,
+        description="Store sparse weights in TFLite's sparse format (XNNPACK's sparse kernels, where zeros "
+        "form blocks): measure before relying on it.",
+    )
+
+
 class GateConfig(_StrictModel):
     """Everything EvaluatorGate checks before it blesses a model.
 
@@ -127,6 +164,11 @@ class GateConfig(_StrictModel):
         default=None,
         ge=1,
         description="Largest allowed FLOPs of one example's forward pass (matrix layers; 2 per multiply-add).",
+    )
+    int8_tflite: Optional[Int8Export] = Field(
+        default=None,
+        description="Also convert the candidate to an int8 TFLite model, check it on its own, and push it as "
+        "model_int8.tflite in the version directory when it passes.",
     )
     eval_split: str = Field(default="eval", description="Split of the examples the gate evaluates on.")
     signature_name: str = Field(

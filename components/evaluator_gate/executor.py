@@ -48,7 +48,7 @@ from tfx_model_pruning.engine.recovery import RecoveryRecord
 from tfx_model_pruning.engine.report import layer_table
 from tfx_model_pruning.engine.saved_model import load_model, non_finite_weights, with_serving_export
 from tfx_model_pruning.engine.serving_latency import time_signatures
-from tfx_model_pruning.evaluator_gate import batched_evaluation, skill
+from tfx_model_pruning.evaluator_gate import batched_evaluation, int8, skill
 from tfx_model_pruning.evaluator_gate.checks import PARENT_LABEL, SERVING_LABEL, run_checks, unchecked_slices
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.metrics import (
@@ -68,11 +68,13 @@ from tfx_model_pruning.evaluator_gate.result import (
     CheckResult,
     GateDecision,
     GateFailure,
+    Int8Result,
     LayerRow,
     ModelFigures,
     RunHeader,
 )
 from tfx_model_pruning.serving_versions import (
+    INT8_TFLITE_PROPERTY,
     JUDGED_SERVING_VERSION_PROPERTY,
     SERVING_MODEL_DIR_PROPERTY,
     latest_version_dir,
@@ -135,6 +137,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             blessing.set_string_custom_property(SERVING_MODEL_DIR_PROPERTY, config.serving_model_dir)
             blessing.set_string_custom_property(JUDGED_SERVING_VERSION_PROPERTY, decision.judged_serving_version)
         blessing.set_string_custom_property(FAILED_CHECKS_PROPERTY, "; ".join(decision.failed_checks))
+        if decision.blessed and decision.int8 is not None and decision.int8.passed:
+            blessing.set_string_custom_property(INT8_TFLITE_PROPERTY, decision.int8.path)
         _write_blessing(blessing, blessed=decision.blessed)
         progress.figure(verdict_line(decision))
         if decision.blessed:
@@ -266,7 +270,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             skill_unmeasured=f"the candidate's answers cannot be read in one pass: {skill_unmeasured}",
         )
         checks.extend(_graph_checks(models, allow_ops))
+        int8_result = None
+        if config.int8_tflite is not None:
+            int8_result = _int8_result(
+                config, models[CANDIDATE].model, examples, stats[CANDIDATE].get("latency"), evaluation_uri
+            )
         return GateDecision(
+            int8=int8_result,
             checks=checks,
             config=config,
             models={name: loaded.path for name, loaded in models.items()},
@@ -552,6 +562,21 @@ def _serving_latency(config: GateConfig, models: Mapping[str, Any], examples: li
         }
         for name, by_batch in timings.items()
     }
+
+
+def _int8_result(
+    config: GateConfig, model: Any, examples: list[types.Artifact], float_latency: Any, evaluation_uri: str
+) -> Int8Result:
+    """The int8 TFLite model's own result; whatever goes wrong is its result, never the gate's failure."""
+    try:
+        serialized = read_serialized(split_files(examples, config.eval_split), config.int8_tflite.max_eval_examples)
+        result = int8.check_int8(config, model, serialized, float_latency, os.path.join(evaluation_uri, "int8"))
+    except Exception as err:
+        error = f"int8 TFLite model not made: {type(err).__name__}: {_one_line(err)}"
+        result = Int8Result(path="", error=error, checks=[CheckResult("int8 TFLite model", False, None, None, error)])
+    verdict = "passed its checks" if result.passed else f"left out of the push: {result.error or 'a check failed'}"
+    logging.info("EvaluatorGate: int8 TFLite model %s", verdict)
+    return result
 
 
 def _first_example(examples: list[types.Artifact], split: str) -> Optional[tf.train.Example]:

@@ -27,6 +27,7 @@ from tfx_model_pruning.evaluator_gate.result import (
     ModelFigures,
     gate_result_from_json,
 )
+from tfx_model_pruning.serving_versions import INT8_TFLITE_FILE
 
 MODEL_ORDER = ("baseline", "serving", "candidate")
 # One name per model, as check names and the pipeline file's compare_with call them.
@@ -157,7 +158,43 @@ def summary_markdown(result: Union[GateDecision, Mapping[str, Any]]) -> str:
         head, *scans = graph_scan_rows(result)
         lines += ["## Model graphs (scanned before loading)", ""]
         lines += [tabulate(scans, headers=head, tablefmt="github", disable_numparse=True), ""]
+    if result.int8 is not None:
+        lines += ["## int8 TFLite model (its own checks; not the SavedModel's blessing)", "", int8_verdict(result), ""]
+        head, *figures = int8_rows(result)
+        if figures:
+            lines += [tabulate(figures, headers=head, tablefmt="github", disable_numparse=True), ""]
+        int8_checks = [[c.verdict, c.name, _fmt(c.measured), _fmt(c.bound), c.detail] for c in result.int8.checks]
+        headers = ["verdict", "check", "measured", "bound", "detail"]
+        lines += [tabulate(int8_checks, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
+
+
+def int8_verdict(result: GateDecision) -> str:
+    """Whether the int8 TFLite model goes out with the SavedModel, and if not, why."""
+    int8 = result.int8
+    if int8.passed and result.blessed:
+        return f"Passed its checks: pushed beside the SavedModel as `{INT8_TFLITE_FILE}`."
+    if int8.passed:
+        return "Passed its checks, but the SavedModel is not blessed: nothing is pushed."
+    failed = [check.explain() for check in int8.checks if not check.passed]
+    return "Left out of the push (the SavedModel's verdict stands alone): " + "; ".join(failed)
+
+
+def int8_rows(result: GateDecision) -> list[list[str]]:
+    """The float candidate (SavedModel, TF runtime) beside its int8 TFLite model (interpreter)."""
+    int8, candidate = result.int8, result.weights.get("candidate")
+    if not int8.path:
+        return [["", ""]]
+    rows = [["", "float candidate (SavedModel)", "int8 (TFLite interpreter)"]]
+    rows += [[metric, _fmt(int8.float_metrics.get(metric)), _fmt(value)] for metric, value in int8.metrics.items()]
+    rows.append(["bytes", _fmt(candidate.saved_model_bytes if candidate else None), _fmt(int8.size_bytes)])
+    rows.append(["gzip bytes", _fmt(candidate.gzip_bytes if candidate else None), _fmt(int8.gzip_bytes)])
+    for batch in sorted(int8.latency, key=int):
+        float_cell = _latency_cell(candidate, batch) if candidate else "-"
+        timing = int8.latency[batch]
+        int8_cell = f"{timing['median_ms']:.3g} ({timing['p25_ms']:.3g}-{timing['p75_ms']:.3g})"
+        rows.append([f"latency, batch {batch} (ms: median, IQR)", float_cell, int8_cell])
+    return rows
 
 
 def graph_scan_rows(result: GateDecision) -> list[list[str]]:
@@ -318,7 +355,7 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         return _HTML.render(
             verdict="NOT BLESSED", blessed=False, header=[], failed=[], error=result.error, checks=[],
             png="", comparison=[[""]], slices=[], unchecked=[], min_slice_examples=0, layers=[], models=[],
-            labels=MODEL_LABELS, paths=[], fine_tuning="", fine_tuning_rows=[], graph_rows=[],
+            labels=MODEL_LABELS, paths=[], fine_tuning="", fine_tuning_rows=[], graph_rows=[], int8=None,
         )  # fmt: skip
     models = _models(result)
     metrics = _threshold_metrics(result) + ["example_count"]
@@ -363,4 +400,20 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         fine_tuning=result.fine_tuning.summary() if result.fine_tuning is not None else "",
         fine_tuning_rows=fine_tuning_rows(result.fine_tuning) if result.fine_tuning is not None else [],
         graph_rows=graph_scan_rows(result) if result.graph_scans else [],
+        int8=None
+        if result.int8 is None
+        else {
+            "verdict": int8_verdict(result),
+            "rows": int8_rows(result),
+            "checks": [
+                {
+                    "verdict": c.verdict,
+                    "name": c.name,
+                    "measured": _fmt(c.measured),
+                    "bound": _fmt(c.bound),
+                    "detail": c.detail,
+                }
+                for c in result.int8.checks
+            ],
+        },
     )

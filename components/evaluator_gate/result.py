@@ -29,7 +29,11 @@ REQUIREMENT: CheckKind = "requirement"  # what other checks need is there: a val
 GRAPH: CheckKind = "graph"  # op types the candidate's graphs hold that the reference model's do not
 OVERALL = "Overall"  # the whole eval split, as slices are labelled
 # What a ratio check's metric is, in words.
-_RATIO_SUBJECTS = {"latency_ms_ratio": "serving latency", "saved_model_bytes_ratio": "SavedModel size on disk"}
+_RATIO_SUBJECTS = {
+    "latency_ms_ratio": "serving latency",
+    "saved_model_bytes_ratio": "SavedModel size on disk",
+    "int8_latency_ms_ratio": "int8 interpreter latency",
+}
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,40 @@ class RunHeader:
         return cls(**{f.name: data[f.name] for f in fields(cls) if data.get(f.name) is not None})
 
 
+@dataclass(frozen=True)
+class Int8Result:
+    """The int8 TFLite model's conversion, figures and own checks (``int8_tflite``); not the blessing's.
+
+    ``path`` is empty when the conversion failed (``error`` says why, ``ops`` names the ops without
+    an int8 kernel). The file is pushed beside the SavedModel only when every check passed.
+    """
+
+    path: str
+    checks: list[CheckResult]
+    error: str = ""
+    ops: list[str] = field(default_factory=list)
+    size_bytes: Optional[int] = None
+    gzip_bytes: Optional[int] = None
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # batch -> ServingLatency.to_json()
+    metrics: dict[str, float] = field(default_factory=dict)  # threshold metric -> the int8 model's value
+    float_metrics: dict[str, float] = field(default_factory=dict)  # the float candidate's, same examples
+    examples: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return is_blessed(self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "checks": [check.as_dict() for check in self.checks], "passed": self.passed}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Int8Result:
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["checks"] = [CheckResult.from_dict(check) for check in data.get("checks", [])]
+        return cls(**values)
+
+
 @dataclass
 class GateDecision:
     """The gate's verdict with everything it was decided on; ``to_json()`` is ``gate_result.json``."""
@@ -216,6 +254,7 @@ class GateDecision:
     fine_tuning: Optional[RecoveryRecord] = None
     # role -> what the graph scan found before the model was loaded (GraphScan.summary()).
     graph_scans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    int8: Optional[Int8Result] = None  # the int8 TFLite model's own result, when int8_tflite asked for one
 
     @property
     def blessed(self) -> bool:
@@ -252,6 +291,7 @@ class GateDecision:
             "evaluated_by": self.evaluated_by,
             "fine_tuning": self.fine_tuning.to_json() if self.fine_tuning is not None else None,
             "graph_scans": self.graph_scans,
+            "int8": self.int8.to_json() if self.int8 is not None else None,
             "checks": [check.as_dict() for check in self.checks],
             "failed_checks": self.failed_checks,
         }
@@ -275,6 +315,7 @@ class GateDecision:
             evaluated_by=data.get("evaluated_by") or "",
             fine_tuning=RecoveryRecord.from_json(data["fine_tuning"]) if data.get("fine_tuning") else None,
             graph_scans=dict(data.get("graph_scans") or {}),
+            int8=Int8Result.from_json(data["int8"]) if data.get("int8") else None,
         )
 
 

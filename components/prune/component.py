@@ -26,6 +26,7 @@ from tfx_model_pruning.component_options import (
 )
 from tfx_model_pruning.engine.config import (
     AnyPruningConfig,
+    GoalPruningConfig,
     LayerRemovalConfig,
     PruningConfig,
     StructuredPruningConfig,
@@ -74,7 +75,18 @@ class PruneComponent(base_component.BaseComponent):
     ``method="layer_removal"`` removes whole layers and residual blocks, one at a time, each
     kept only while a short fine-tune holds the validation metric within ``tolerance``.
 
+    ``goal="latency"`` (or ``"size"``) with ``target_ratio`` names what the model should become
+    instead of a method: latency is structured pruning, size is magnitude pruning; the report says
+    which and why (``GoalPruningConfig``).
+
     Usage::
+
+        faster = PruneComponent(
+            model=trainer.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            goal="latency",                   # structured: units/filters/heads physically removed
+            target_ratio=0.5,
+        )
 
         prune = PruneComponent(
             model=trainer.outputs["model"],
@@ -110,9 +122,9 @@ class PruneComponent(base_component.BaseComponent):
       examples: ``Examples`` channel; structured pruning proves the rebuilt signatures on the first
         examples of its ``train`` split; data-driven criteria, sensitivity and layer removal read
         it. Magnitude pruning by |w| does not.
-      config: A ``PruningConfig``, ``StructuredPruningConfig`` or ``LayerRemovalConfig`` (or a
-        mapping of one, ``method`` picking the model); the keyword options below are its fields,
-        and override it.
+      config: A ``PruningConfig``, ``StructuredPruningConfig``, ``LayerRemovalConfig`` or
+        ``GoalPruningConfig`` (or a mapping of one, ``method`` picking the model, ``goal`` implying
+        the last); the keyword options below are its fields, and override it.
 
     Raises:
       pydantic.ValidationError: at construction, for a sparsity or fraction outside (0, 1),
@@ -133,7 +145,9 @@ class PruneComponent(base_component.BaseComponent):
         self,
         model: types.BaseChannel,
         examples: Optional[types.BaseChannel] = None,
-        config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, Mapping[str, Any], None] = None,
+        config: Union[
+            PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig, Mapping[str, Any], None
+        ] = None,
         *,
         latency_repeats: int = 0,
         allow_unsafe_layers: bool = False,
@@ -166,7 +180,7 @@ class PruneComponent(base_component.BaseComponent):
         attach(self, module_file, module_path)
 
 
-MODELS = (PruningConfig, StructuredPruningConfig, LayerRemovalConfig)
+MODELS = (PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig)
 SHARED = {
     "latency_repeats": SharedArgument(
         int,
@@ -188,7 +202,7 @@ PruneComponent.__init__.__signature__ = component_signature(
         ),
     ],
     MODELS,
-    Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, Mapping[str, Any]],
+    Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig, Mapping[str, Any]],
     SHARED,
 )
 document(PruneComponent, MODELS, SHARED)
