@@ -5,7 +5,8 @@
 
 Each ``tf_keras.applications`` model (weights=None: nothing is downloaded; 32x32x3 inputs, the
 digits' scale in ``bench/serving_speed.py``) is saved with a Trainer's ``serving_default`` and
-pruned by ``prune_saved_model``: magnitude at 80% sparsity, structured at 50% of the channels
+pruned by ``prune_saved_model``: magnitude at 80% sparsity, magnitude 2:4 (two of every four
+weights zero), structured at 50% of the channels
 (what ``goal: latency`` chooses). Latency and size do not depend on what the weights learned, so
 the models are not trained. Per model and method:
 
@@ -14,7 +15,7 @@ the models are not trained. Per model and method:
   table timed in alternation (``engine.serving_latency``), over the parent's; ``--rounds``
   rounds, each in a fresh process, give the median ratio and its range;
 - the int8 TFLite model (``engine.tflite_int8``, calibrated on 64 examples) in the TFLite
-  interpreter: bytes and latency over the float parent's SavedModel. For the magnitude model
+  interpreter: bytes and latency over the float parent's SavedModel. For the magnitude models
   also with ``keep_sparsity`` (TFLite's sparse weight format).
 """
 
@@ -34,7 +35,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODELS = ("MobileNetV2", "ResNet50")
-METHODS = ("parent", "magnitude 0.8", "structured 0.5")
+METHODS = ("parent", "magnitude 0.8", "magnitude 2:4", "structured 0.5")
 INPUT = "image"
 
 
@@ -63,7 +64,7 @@ def prepare(work: str, name: str, size: int) -> dict[str, str]:
 
     from tfx_model_pruning.engine import PruningConfig, StructuredPruningConfig, prune_saved_model, save_model
 
-    paths = {method: os.path.join(work, name, method.split()[0]) for method in METHODS}
+    paths = {method: os.path.join(work, name, method.replace(" ", "-").replace(":", "of")) for method in METHODS}
     if all(os.path.isdir(path) for path in paths.values()):
         return paths
     keras.utils.set_random_seed(0)
@@ -78,6 +79,7 @@ def prepare(work: str, name: str, size: int) -> dict[str, str]:
     save_model(model, paths["parent"], {"serving_default": serve})
     sample = tf.constant(_examples(16, size))
     prune_saved_model(paths["parent"], paths["magnitude 0.8"], PruningConfig(target_sparsity=0.8), sample, 0)
+    prune_saved_model(paths["parent"], paths["magnitude 2:4"], PruningConfig(n_m="2:4"), sample, 0)
     structured = StructuredPruningConfig(prune_fraction=0.5)
     prune_saved_model(paths["parent"], paths["structured 0.5"], structured, sample, 0)
     return paths

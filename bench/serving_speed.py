@@ -7,7 +7,7 @@
 scikit-learn's digits, each 8x8 image upscaled to 32x32 (nearest) over three channels, saved as a
 TFX Trainer saves it: a SavedModel whose ``serving_default`` parses serialized tf.Examples. Each
 run is ``prune-pipeline run-local``: structured pruning at 0.5, fine-tuning until recovered, and
-the gate with ``max_latency_ratio: 0.7`` at batch 32 against the parent (accuracy within 0.05, and an
+the gate with ``max_latency_ratio`` (default 0.7) at batch 32 against the parent (accuracy within 0.05, and an
 int8 TFLite model checked on its own). Then, in a fresh process,
 the pushed SavedModel and the parent are timed again, independently of the gate: 32 serialized
 eval examples through ``serving_default``, the two models in alternation. The table gives the
@@ -113,16 +113,17 @@ gate:
   thresholds:
     - {{metric: SparseCategoricalAccuracy, lower_bound: 0.8, max_absolute_drop: 0.05}}
   compare_with: [parent]
-  max_latency_ratio: 0.7
+  max_latency_ratio: {max_latency_ratio}
   latency_batch_size: 32
   int8_tflite: {{}}
 """
 
 
-def run_pipeline(work: str, output_dir: str) -> int:
+def run_pipeline(work: str, output_dir: str, max_latency_ratio: float) -> int:
     config = os.path.join(work, "pipeline.yaml")
+    data, parent = os.path.join(work, "data"), os.path.join(work, "parent")
     with open(config, "w") as f:
-        f.write(PIPELINE.format(data=os.path.join(work, "data"), parent=os.path.join(work, "parent")))
+        f.write(PIPELINE.format(data=data, parent=parent, max_latency_ratio=max_latency_ratio))
     command = [sys.executable, "-m", "tfx_model_pruning.pipelines.cli", "run-local", "--config", config]
     return subprocess.run([*command, "--output-dir", output_dir], check=False).returncode
 
@@ -157,9 +158,9 @@ def independent_timing(pushed: str, parent: str, eval_file: str, batch: int, rep
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def one_run(work: str, index: int, repeats: int) -> dict:
+def one_run(work: str, index: int, repeats: int, max_latency_ratio: float) -> dict:
     output_dir = os.path.join(work, f"run-{index}")
-    code = run_pipeline(work, output_dir)
+    code = run_pipeline(work, output_dir, max_latency_ratio)
     (result_path,) = glob.glob(os.path.join(output_dir, "**", "gate_result.json"), recursive=True)
     with open(result_path) as f:
         result = json.load(f)
@@ -198,8 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="pipeline runs, each from scratch")
     parser.add_argument("--train-epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per model in the independent timing")
+    parser.add_argument("--max-latency-ratio", type=float, default=0.7, help="the gate's bound vs the parent")
+    parser.add_argument("--rows-from", help="print the tables from a log of an earlier run's JSON rows")
     args = parser.parse_args(argv)
-    from tabulate import tabulate
 
     os.makedirs(args.work, exist_ok=True)
     if not os.path.isdir(os.path.join(args.work, "data")):
@@ -211,15 +213,27 @@ def main(argv=None) -> int:
              f"{args.train_epochs})"],
             check=True,
         )  # fmt: skip
-    rows = []
-    for index in range(args.runs):
-        rows.append(one_run(args.work, index, args.repeats))
-        print(json.dumps(rows[-1]), flush=True)
-    table = []
+    if args.rows_from:  # the table again, from the JSON rows a run printed
+        with open(args.rows_from) as f:
+            rows = [json.loads(line) for line in f if line.startswith('{"exit"')]
+    else:
+        rows = []
+        for index in range(args.runs):
+            rows.append(one_run(args.work, index, args.repeats, args.max_latency_ratio))
+            print(json.dumps(rows[-1]), flush=True)
+    print(tables(rows))
+    return 0 if all(row["blessed"] and row["pushed"] for row in rows) else 1
+
+
+def tables(rows: list[dict]) -> str:
+    """The float table (gate against an independent timing) and the int8 table, then the spread."""
+    from tabulate import tabulate
+
+    speed, int8 = [], []
     for index, row in enumerate(rows):
         gate_ratio = row["gate_candidate_ms"] / row["gate_parent_ms"]
         independent = row.get("independent_pushed_ms")
-        table.append(
+        speed.append(
             [
                 index,
                 "BLESSED, pushed" if row["blessed"] and row["pushed"] else f"exit {row['exit']}, not pushed",
@@ -234,13 +248,33 @@ def main(argv=None) -> int:
                 "-" if independent is None else f"{abs(independent / row['gate_candidate_ms'] - 1):.0%}",
             ]
         )
+        if "int8_ms" in row:
+            size_ratio, speed_ratio = (
+                row["int8_bytes"] / row["candidate_bytes"],
+                row["int8_ms"] / row["gate_candidate_ms"],
+            )
+            int8.append(
+                [
+                    index,
+                    "pushed beside it" if row["int8_pushed"] else "not pushed",
+                    f"{row['candidate_accuracy']:.4f} -> {row['int8_accuracy']:.4f}",
+                    f"{row['candidate_bytes']:,} -> {row['int8_bytes']:,} ({size_ratio:.2f}x)",
+                    f"{row['gate_candidate_ms']:.2f} -> {row['int8_ms']:.2f} ({speed_ratio:.2f}x)",
+                ]
+            )
     headers = ["run", "verdict", "accuracy", "params", "gate ms, batch 1", "gate ms, batch 32",
                "independent ms, batch 32", "pushed: independent vs gate"]  # fmt: skip
-    print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+    text = [tabulate(speed, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    if int8:
+        headers = ["run", "int8 TFLite", "accuracy, float -> int8", "bytes, SavedModel -> .tflite",
+                   "ms batch 32, SavedModel -> interpreter"]  # fmt: skip
+        text += [tabulate(int8, headers=headers, tablefmt="github", disable_numparse=True), ""]
     ratios = [row["gate_candidate_ms"] / row["gate_parent_ms"] for row in rows]
-    spread = f"median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}"
-    print(f"gate latency ratio at batch 32: {spread}")
-    return 0 if all(row["blessed"] and row["pushed"] for row in rows) else 1
+    text.append(
+        f"gate latency ratio at batch 32: median {statistics.median(ratios):.2f}, "
+        f"range {min(ratios):.2f}-{max(ratios):.2f}"
+    )
+    return "\n".join(text)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,33 @@ def test_the_graph_scan_benchmark_names_real_applications_and_scans_a_saved_one(
     )
     row = graph_scan.measure(model_dir, repeats=2)
     assert row["findings"] == [] and row["op_types"] > 10 and row["min_s"] <= row["median_s"] <= row["max_s"]
+
+
+def test_the_serving_methods_benchmark_times_every_method_float_and_int8(tmp_path):
+    import serving_methods
+
+    paths = serving_methods.prepare(str(tmp_path), "MobileNetV2", 32)
+    row = serving_methods.measure(paths, 32, repeats=2)
+    assert sorted(row) == sorted(serving_methods.METHODS)
+    parent, magnitude, two_of_four, structured = (row[method] for method in serving_methods.METHODS)
+    assert structured["bytes"] < 0.5 * parent["bytes"]  # channels removed: a smaller SavedModel
+    assert magnitude["gzip"] < 0.5 * parent["gzip"] and magnitude["bytes"] > 0.9 * parent["bytes"]  # zeros compress
+    assert two_of_four["gzip"] < parent["gzip"]
+    assert "int8 sparse" in magnitude and "int8 sparse" in two_of_four and "int8 sparse" not in structured
+    assert all(row[m]["int8"]["bytes"] < row[m]["bytes"] for m in row) and all(parent[f"ms_{b}"] > 0 for b in (1, 32))
+
+
+def test_the_serving_speed_tables_put_gate_and_independent_timings_side_by_side():
+    import serving_speed
+
+    row = {
+        "exit": 0, "blessed": True, "pushed": True, "int8_pushed": True, "parent_params": 2_270_794,
+        "candidate_params": 605_322, "gate_parent_ms": 14.0, "gate_candidate_ms": 9.8, "gate_parent_ms_1": 7.2,
+        "gate_candidate_ms_1": 7.0, "parent_accuracy": 0.9447, "candidate_accuracy": 0.9012,
+        "independent_parent_ms": 13.5, "independent_pushed_ms": 9.31, "int8_accuracy": 0.8995, "int8_ms": 2.45,
+        "int8_bytes": 700_000, "candidate_bytes": 3_746_586,
+    }  # fmt: skip
+    text = serving_speed.tables([row, {**row, "gate_candidate_ms": 11.2}])
+    assert "| 14.00 -> 9.80 (0.70x)" in text and "| 13.50 -> 9.31 (0.69x)" in text and "| 5%" in text
+    assert "3,746,586 -> 700,000 (0.19x)" in text and "9.80 -> 2.45 (0.25x)" in text
+    assert text.endswith("gate latency ratio at batch 32: median 0.75, range 0.70-0.80")

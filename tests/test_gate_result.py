@@ -179,8 +179,30 @@ def test_flops_not_countable_is_a_row_of_dashes_and_unmeasured_latency_no_row():
     decision = _decision(flops=None)
     rows = {row[0]: row[1:] for row in comparison_rows(decision)[1:]}
     assert rows["FLOPs per example"] == ["-", "-", "-"]
-    decision.weights = {role: dataclasses.replace(each, latency_ms=None) for role, each in decision.weights.items()}
-    assert "CPU latency (ms)" not in {row[0] for row in comparison_rows(decision)}
+    decision.weights = {role: dataclasses.replace(each, latency=None) for role, each in decision.weights.items()}
+    assert not [row for row in comparison_rows(decision) if row[0].startswith("serving latency")]
+
+
+def test_latency_rows_give_median_and_quartiles_per_batch_or_why_nothing_was_timed():
+    decision = _decision()
+    timing = {
+        "32": {"median_ms": 4.2, "p25_ms": 4.0, "p75_ms": 4.5, "calls": 30},
+        "1": {"median_ms": 1.5, "p25_ms": 1.25, "p75_ms": 1.9, "calls": 30},
+    }
+    decision.weights = {role: dataclasses.replace(each, latency=timing) for role, each in decision.weights.items()}
+    rows = [row for row in comparison_rows(decision) if row[0].startswith("serving latency")]
+    assert rows == [
+        ["serving latency, batch 1 (ms: median, IQR)", *["1.5 (1.25-1.9)"] * 3],
+        ["serving latency, batch 32 (ms: median, IQR)", *["4.2 (4-4.5)"] * 3],
+    ]
+    why = "serving latency not measured: no examples"
+    decision.weights = {
+        role: dataclasses.replace(each, latency=None, latency_ms_unmeasured=why)
+        for role, each in decision.weights.items()
+    }
+    assert [row for row in comparison_rows(decision) if row[0] == "serving latency"] == [
+        ["serving latency", *[why] * 3]
+    ]
 
 
 def test_every_check_records_its_kind_and_drops_their_reference_value():

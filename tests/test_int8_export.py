@@ -12,6 +12,7 @@ from tfx_model_pruning.atomic_pusher.executor import publish_version
 from tfx_model_pruning.engine.tflite_int8 import (
     Int8ConversionError,
     convert_int8,
+    convert_int8_isolated,
     interpreter_latency,
     op_names,
     predict,
@@ -41,6 +42,32 @@ def test_int8_model_answers_as_the_float_model_does_with_int8_kernels_only():
     assert np.abs(int8 - reference).max() < 0.02  # quantized, not another model
     timings = interpreter_latency(tflite, {"image": images}, [1, 32], repeats=5)
     assert sorted(timings) == [1, 32] and all(t.calls == 5 and t.p25_ms <= t.median_ms for t in timings.values())
+
+
+def test_a_keras_3_model_converts_or_is_refused_without_taking_the_process_down(tmp_path):
+    import keras as keras3
+
+    keras3.utils.set_random_seed(0)
+    inputs = keras3.Input((8, 8, 1), name="image")
+    x = keras3.layers.Conv2D(8, 3, activation="relu")(inputs)
+    model = keras3.Model(inputs, keras3.layers.Dense(10, activation="softmax")(keras3.layers.Flatten()(x)))
+    model.save(str(tmp_path / "model.keras"))
+    images = np.random.default_rng(0).random((50, 8, 8, 1), dtype=np.float32)
+    try:  # TF 2.16's converter aborts its process on this graph (LLVM ERROR); TF 2.21's converts it
+        tflite = convert_int8_isolated(str(tmp_path), {"image": images})
+    except Int8ConversionError as err:
+        assert "the TFLite converter failed" in str(err)
+    else:
+        assert np.abs(predict(tflite, {"image": images}) - np.asarray(model(images))).max() < 0.02
+
+
+def test_a_converter_that_aborts_is_a_refusal_that_says_why(monkeypatch, tmp_path):
+    import subprocess
+
+    crashed = subprocess.CompletedProcess([], -6, "", "noise\nLLVM ERROR: Failed to infer result type(s).\n")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: crashed)
+    with pytest.raises(Int8ConversionError, match=r"converter failed \(exit -6\): LLVM ERROR: Failed to infer"):
+        convert_int8_isolated(str(tmp_path), {"image": np.ones((2, 8, 8, 1), np.float32)})
 
 
 def test_an_op_without_an_int8_kernel_is_named():

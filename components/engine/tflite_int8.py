@@ -19,8 +19,13 @@ Example::
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -91,6 +96,74 @@ def convert_int8(model: Any, representative: Iterable[Mapping[str, np.ndarray]],
         raise Int8ConversionError(f"int8 TFLite conversion failed: {what}", ops) from err
 
 
+# Exit status of the conversion child when the converter refused the model (the reason in its JSON file).
+_REFUSED = 3
+
+
+def convert_int8_isolated(
+    model_dir: str,
+    representative: Mapping[str, np.ndarray],
+    keep_sparsity: bool = False,
+    allow_unsafe_layers: bool = False,
+    allow_ops: Sequence[str] = (),
+    timeout_s: float = 1800.0,
+) -> bytes:
+    """``convert_int8`` of the model at ``model_dir``, in a child process.
+
+    The TFLite converter can abort its process on a graph it does not expect (an MLIR
+    "LLVM ERROR" on a Keras 3 model under TensorFlow 2.16 does): in a child, that is a failed
+    conversion, reported, and the caller (the gate) goes on. The child loads the model as the
+    caller would, graph scan included.
+    """
+    with tempfile.TemporaryDirectory(prefix="int8-") as work:
+        names = ("calibration.npz", "model.tflite", "error.json")
+        calibration, output, error = (os.path.join(work, name) for name in names)
+        np.savez(calibration, **{name: np.asarray(value) for name, value in representative.items()})
+        command = [sys.executable, "-m", "tfx_model_pruning.engine.tflite_int8", model_dir, calibration, output, error]
+        command += ["--keep-sparsity"] * keep_sparsity + ["--allow-unsafe-layers"] * allow_unsafe_layers
+        command += [f"--allow-op={op}" for op in allow_ops]
+        try:
+            child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as err:
+            raise Int8ConversionError(f"int8 TFLite conversion took more than {timeout_s:.0f} s; stopped") from err
+        if child.returncode == _REFUSED:
+            with open(error) as f:
+                refusal = json.load(f)
+            raise Int8ConversionError(refusal["message"], refusal["ops"])
+        if child.returncode != 0:
+            lines = [line for line in child.stderr.splitlines() if "ERROR" in line or "Error" in line]
+            why = (lines or child.stderr.splitlines() or ["no output"])[-1].strip()[:300]
+            raise Int8ConversionError(f"the TFLite converter failed (exit {child.returncode}): {why}")
+        with open(output, "rb") as f:
+            return f.read()
+
+
+def _convert_in_child(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="convert_int8_isolated's child")
+    parser.add_argument("model_dir")
+    parser.add_argument("calibration")
+    parser.add_argument("output")
+    parser.add_argument("error")
+    parser.add_argument("--keep-sparsity", action="store_true")
+    parser.add_argument("--allow-unsafe-layers", action="store_true")
+    parser.add_argument("--allow-op", action="append", default=[])
+    args = parser.parse_args(argv)
+    from tfx_model_pruning.engine.saved_model import load_model
+
+    model = load_model(args.model_dir, args.allow_unsafe_layers, args.allow_op).model
+    with np.load(args.calibration) as calibration:
+        representative = {name: calibration[name] for name in calibration.files}
+    try:
+        tflite = convert_int8(model, [representative], keep_sparsity=args.keep_sparsity)
+    except Int8ConversionError as err:
+        with open(args.error, "w") as f:
+            json.dump({"message": str(err), "ops": err.ops}, f)
+        return _REFUSED
+    with open(args.output, "wb") as f:
+        f.write(tflite)
+    return 0
+
+
 def _interpreter(tflite: bytes, batch_size: int, threads: Optional[int]):
     interpreter = tf.lite.Interpreter(model_content=tflite, num_threads=threads or os.cpu_count())
     for detail in interpreter.get_input_details():
@@ -155,3 +228,7 @@ def op_names(tflite: bytes) -> list[str]:
     """The builtin op types of the TFLite model (what a serving runtime must have kernels for)."""
     interpreter = tf.lite.Interpreter(model_content=tflite)
     return sorted({detail["op_name"] for detail in interpreter._get_ops_details()})
+
+
+if __name__ == "__main__":
+    sys.exit(_convert_in_child())

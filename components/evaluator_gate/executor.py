@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import time
 from typing import Any, Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -272,8 +273,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         checks.extend(_graph_checks(models, allow_ops))
         int8_result = None
         if config.int8_tflite is not None:
+            float_latency = stats[CANDIDATE].get("latency")
             int8_result = _int8_result(
-                config, models[CANDIDATE].model, examples, stats[CANDIDATE].get("latency"), evaluation_uri
+                config, models[CANDIDATE], examples, float_latency, evaluation_uri, allow_unsafe_layers, allow_ops
             )
         return GateDecision(
             int8=int8_result,
@@ -541,6 +543,7 @@ def _serving_latency(config: GateConfig, models: Mapping[str, Any], examples: li
     instead: the report says why, and a latency bound refuses.
     """
     batch_sizes = sorted({1, config.latency_batch_size})
+    started = time.perf_counter()
     try:
         serialized = list(read_serialized(split_files(examples, config.eval_split), max(batch_sizes)).numpy())
         timings = time_signatures(
@@ -555,6 +558,7 @@ def _serving_latency(config: GateConfig, models: Mapping[str, Any], examples: li
     for batch in batch_sizes:
         medians = ", ".join(f"{name} {timings[name][batch].median_ms:.3g} ms" for name in models)
         logging.info("EvaluatorGate: serving latency at batch %d: %s", batch, medians)
+    logging.info("EvaluatorGate: serving latency timed in %.2f s", time.perf_counter() - started)
     return {
         name: {
             "latency": {str(batch): latency.to_json() for batch, latency in by_batch.items()},
@@ -565,12 +569,21 @@ def _serving_latency(config: GateConfig, models: Mapping[str, Any], examples: li
 
 
 def _int8_result(
-    config: GateConfig, model: Any, examples: list[types.Artifact], float_latency: Any, evaluation_uri: str
+    config: GateConfig,
+    candidate: Any,
+    examples: list[types.Artifact],
+    float_latency: Any,
+    evaluation_uri: str,
+    allow_unsafe_layers: bool,
+    allow_ops: Sequence[str],
 ) -> Int8Result:
     """The int8 TFLite model's own result; whatever goes wrong is its result, never the gate's failure."""
     try:
         serialized = read_serialized(split_files(examples, config.eval_split), config.int8_tflite.max_eval_examples)
-        result = int8.check_int8(config, model, serialized, float_latency, os.path.join(evaluation_uri, "int8"))
+        output_dir = os.path.join(evaluation_uri, "int8")
+        result = int8.check_int8(
+            config, candidate, serialized, float_latency, output_dir, allow_unsafe_layers, allow_ops
+        )
     except Exception as err:
         error = f"int8 TFLite model not made: {type(err).__name__}: {_one_line(err)}"
         result = Int8Result(path="", error=error, checks=[CheckResult("int8 TFLite model", False, None, None, error)])

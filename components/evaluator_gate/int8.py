@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -16,7 +16,13 @@ import tensorflow as tf
 from tfx_model_pruning.engine.data import model_input_specs, parse_sample
 from tfx_model_pruning.engine.keras_names import metric_class
 from tfx_model_pruning.engine.restored import call
-from tfx_model_pruning.engine.tflite_int8 import Int8ConversionError, convert_int8, interpreter_latency, predict
+from tfx_model_pruning.engine.saved_model import LoadedModel
+from tfx_model_pruning.engine.tflite_int8 import (
+    Int8ConversionError,
+    convert_int8_isolated,
+    interpreter_latency,
+    predict,
+)
 from tfx_model_pruning.evaluator_gate.checks import FLOAT32_SLACK
 from tfx_model_pruning.evaluator_gate.config import GateConfig
 from tfx_model_pruning.evaluator_gate.result import BOUND, DROP, RATIO, REQUIREMENT, CheckResult, Int8Result
@@ -36,15 +42,25 @@ def _numpy_features(features: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def check_int8(
-    config: GateConfig, model: Any, serialized: tf.Tensor, float_latency: Optional[Mapping[str, Any]], output_dir: str
+    config: GateConfig,
+    loaded: LoadedModel,
+    serialized: tf.Tensor,
+    float_latency: Optional[Mapping[str, Any]],
+    output_dir: str,
+    allow_unsafe_layers: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> Int8Result:
-    """Converts ``model`` to int8 into ``output_dir``, then checks it; a failed conversion is a result too.
+    """Converts the model to int8 into ``output_dir``, then checks it; a failed conversion is a result too.
+
+    The conversion runs in a child process (``convert_int8_isolated``): a converter that aborts
+    fails the int8 model, not the gate.
 
     Args:
+      loaded: the float candidate, as the gate loaded it.
       serialized: eval examples (at most ``int8_tflite.max_eval_examples``).
       float_latency: the float candidate's serving latency by batch size ("1", "32"), as the gate timed it.
     """
-    export = config.int8_tflite
+    export, model = config.int8_tflite, loaded.model
     model_inputs, labels = parse_sample(model, serialized, config.label_key)
     labels = np.asarray(labels)
     if not isinstance(model_inputs, Mapping):  # a model of one input takes it as a tensor
@@ -54,7 +70,9 @@ def check_int8(
         features = _numpy_features(model_inputs)
     calibration = {name: value[: export.representative_examples] for name, value in features.items()}
     try:
-        tflite = convert_int8(model, [calibration], keep_sparsity=export.keep_sparsity)
+        tflite = convert_int8_isolated(
+            loaded.path, calibration, export.keep_sparsity, allow_unsafe_layers=allow_unsafe_layers, allow_ops=allow_ops
+        )
     except Int8ConversionError as err:
         check = CheckResult(
             "int8 TFLite conversion", False, None, None, str(err), kind=REQUIREMENT, metric="int8_conversion"
