@@ -53,10 +53,10 @@ def test_a_keras_3_model_converts_or_is_refused_without_taking_the_process_down(
     model = keras3.Model(inputs, keras3.layers.Dense(10, activation="softmax")(keras3.layers.Flatten()(x)))
     model.save(str(tmp_path / "model.keras"))
     images = np.random.default_rng(0).random((50, 8, 8, 1), dtype=np.float32)
-    try:  # TF 2.16's converter aborts its process on this graph (LLVM ERROR); TF 2.21's converts it
+    try:  # TF 2.16's converter aborts its process on this graph (LLVM ERROR); TF 2.21's refuses its variables
         tflite = convert_int8_isolated(str(tmp_path), {"image": images})
     except Int8ConversionError as err:
-        assert "the TFLite converter failed" in str(err)
+        assert "the TFLite converter failed" in str(err) or "READ_VARIABLE" in str(err)
     else:
         assert np.abs(predict(tflite, {"image": images}) - np.asarray(model(images))).max() < 0.02
 
