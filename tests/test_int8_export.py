@@ -44,7 +44,7 @@ def test_int8_model_answers_as_the_float_model_does_with_int8_kernels_only():
     assert sorted(timings) == [1, 32] and all(t.calls == 5 and t.p25_ms <= t.median_ms for t in timings.values())
 
 
-def test_a_keras_3_model_converts_or_is_refused_without_taking_the_process_down(tmp_path):
+def test_a_keras_3_model_converts_like_a_tf_keras_one(tmp_path):
     import keras as keras3
 
     keras3.utils.set_random_seed(0)
@@ -53,12 +53,8 @@ def test_a_keras_3_model_converts_or_is_refused_without_taking_the_process_down(
     model = keras3.Model(inputs, keras3.layers.Dense(10, activation="softmax")(keras3.layers.Flatten()(x)))
     model.save(str(tmp_path / "model.keras"))
     images = np.random.default_rng(0).random((50, 8, 8, 1), dtype=np.float32)
-    try:  # TF 2.16's converter aborts its process on this graph (LLVM ERROR); TF 2.21's refuses its variables
-        tflite = convert_int8_isolated(str(tmp_path), {"image": images})
-    except Int8ConversionError as err:
-        assert "the TFLite converter failed" in str(err) or "READ_VARIABLE" in str(err)
-    else:
-        assert np.abs(predict(tflite, {"image": images}) - np.asarray(model(images))).max() < 0.02
+    tflite = convert_int8_isolated(str(tmp_path), {"image": images})  # from the saved .keras file, as the gate does
+    assert np.abs(predict(tflite, {"image": images}) - np.asarray(model(images))).max() < 0.02
 
 
 def test_a_converter_that_aborts_is_a_refusal_that_says_why(monkeypatch, tmp_path):

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from tfx_model_pruning.engine.data import model_features, model_input_specs
 from tfx_model_pruning.engine.restored import call
@@ -45,7 +46,8 @@ class Int8ConversionError(ValueError):
         self.ops = list(ops)
 
 
-def _forward(model: Any):
+def _forward(model: Any) -> tuple[Any, Any]:
+    """The model's forward pass by input name, its variables frozen; and a trackable holding it."""
     specs = model_input_specs(model)
     signature = {name: tf.TensorSpec([None, *spec.shape[1:]], spec.dtype, name=name) for name, spec in specs.items()}
 
@@ -53,7 +55,19 @@ def _forward(model: Any):
     def forward(**inputs):
         return call(model, model_features(model, inputs), training=False)
 
-    return forward.get_concrete_function(**signature)
+    # Frozen (variables become constants), then given named inputs again: left as resources, Keras 3's
+    # variables reach the TFLite model as READ_VARIABLE ops that fail when it runs (TF 2.21).
+    concrete = forward.get_concrete_function(**signature)
+    frozen = convert_variables_to_constants_v2(concrete)
+    ordered = list(concrete.structured_input_signature[1].values())
+
+    @tf.function(input_signature=ordered, autograph=False)
+    def frozen_forward(*inputs):
+        return frozen(*inputs)
+
+    holder = tf.Module()  # the converter reads the signature's input names from a trackable
+    holder.forward = frozen_forward
+    return frozen_forward.get_concrete_function(), holder
 
 
 def _unsupported_ops(err: Exception) -> list[str]:
@@ -73,13 +87,13 @@ def convert_int8(model: Any, representative: Iterable[Mapping[str, np.ndarray]],
     batches = list(representative)
     if not batches:
         raise Int8ConversionError("no representative examples to calibrate the int8 ranges on")
-    forward = _forward(model)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([forward], model)
+    forward, holder = _forward(model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([forward], holder)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if keep_sparsity:
         converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    input_names = [spec.name for spec in forward.structured_input_signature[1].values()]
+    input_names = [spec.name for spec in forward.structured_input_signature[0]]
 
     def samples():
         for batch in batches:
@@ -110,9 +124,9 @@ def convert_int8_isolated(
 ) -> bytes:
     """``convert_int8`` of the model at ``model_dir``, in a child process.
 
-    The TFLite converter can abort its process on a graph it does not expect (an MLIR
-    "LLVM ERROR" on a Keras 3 model under TensorFlow 2.16 does): in a child, that is a failed
-    conversion, reported, and the caller (the gate) goes on. The child loads the model as the
+    The TFLite converter can abort its process on a graph it does not expect (an MLIR "LLVM
+    ERROR" on a Keras 3 model's unfrozen variables under TensorFlow 2.16 did): in a child, that is
+    a failed conversion, reported, and the caller (the gate) goes on. The child loads the model as the
     caller would, graph scan included.
     """
     with tempfile.TemporaryDirectory(prefix="int8-") as work:
@@ -219,8 +233,7 @@ def interpreter_latency(
             interpreter.invoke()
             interpreter.get_tensor(output)
             calls.append((time.perf_counter() - start) * 1000.0)
-        median, p25, p75 = (float(q) for q in np.percentile(calls, [50, 25, 75]))
-        timings[batch_size] = ServingLatency(median, p25, p75, len(calls))
+        timings[batch_size] = ServingLatency.of(calls)
     return timings
 
 
