@@ -49,6 +49,12 @@ class ServingLatency:
         """The interquartile range over the median: 0.1 means the middle half of calls lay within 10 %."""
         return (self.p75_ms - self.p25_ms) / self.median_ms if self.median_ms else 0.0
 
+    @classmethod
+    def of(cls, calls: Sequence[float]) -> ServingLatency:
+        """The summary of one call's wall times (ms)."""
+        median, p25, p75 = (float(q) for q in np.percentile(calls, [50, 25, 75]))
+        return cls(median, p25, p75, len(calls))
+
     def to_json(self) -> dict[str, float]:
         return asdict(self)
 
@@ -117,6 +123,5 @@ def time_signatures(
                 _answer(signature, inputs)
                 calls.append((time.perf_counter() - start) * 1000.0)
         for name, _, _, calls in runs:
-            median, p25, p75 = (float(q) for q in np.percentile(calls, [50, 25, 75]))
-            timings[name][batch_size] = ServingLatency(median, p25, p75, len(calls))
+            timings[name][batch_size] = ServingLatency.of(calls)
     return timings
