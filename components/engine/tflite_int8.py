@@ -35,6 +35,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from tfx_model_pruning.engine.data import model_features, model_input_specs
 from tfx_model_pruning.engine.restored import call
+from tfx_model_pruning.engine.saved_model import load_model
 from tfx_model_pruning.engine.serving_latency import WARMUP_CALLS, ServingLatency
 
 
@@ -162,8 +163,6 @@ def _convert_in_child(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--allow-unsafe-layers", action="store_true")
     parser.add_argument("--allow-op", action="append", default=[])
     args = parser.parse_args(argv)
-    from tfx_model_pruning.engine.saved_model import load_model
-
     model = load_model(args.model_dir, args.allow_unsafe_layers, args.allow_op).model
     with np.load(args.calibration) as calibration:
         representative = {name: calibration[name] for name in calibration.files}
