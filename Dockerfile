@@ -28,8 +28,8 @@ WORKDIR /opt/pruning
 # Dependencies only: setup.py with empty packages resolves exactly the pinned set.
 COPY stacks/tfx-${STACK}.txt ./constraints.txt
 COPY setup.py README.md ./
-RUN mkdir -p components pipelines \
-    && touch components/__init__.py pipelines/__init__.py \
+RUN mkdir -p components/tfx_model_pruning pipelines/tfx_model_pruning_pipelines \
+    && touch components/tfx_model_pruning/__init__.py pipelines/tfx_model_pruning_pipelines/__init__.py \
     && pip install 'pip==26.3' wheel "$(grep -E '^setuptools==' constraints.txt || echo 'setuptools<70')" \
     && pip install -c constraints.txt . \
     && pip uninstall -y tfx-model-pruning \

@@ -66,7 +66,7 @@ lint: setup
 
 # The README's configuration reference, generated from the code (tests/test_readme_reference.py checks it).
 readme: setup
-	$(VENV)/bin/python -m tfx_model_pruning.pipelines.reference --write README.md
+	$(VENV)/bin/python -m tfx_model_pruning_pipelines.reference --write README.md
 endif
 
 # Needs a Docker engine (the development machines have none). Tag = the compiled pipeline's default image.

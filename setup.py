@@ -1,13 +1,14 @@
 """Installable package: TFX components that prune, fine-tune and gate Keras models.
 
-One import root, ``tfx_model_pruning``, so that the repository's generic folder names never
-shadow a user's own packages: ``components/`` is the package itself (``tfx_model_pruning``,
-``tfx_model_pruning.engine``, ...) and ``pipelines/`` is ``tfx_model_pruning.pipelines``.
+Two import packages, each a folder of the same name, so that an import path is a file path and
+the repository's generic folder names never shadow a user's own packages:
+``components/tfx_model_pruning/`` (the components and their engine, ``tfx_model_pruning.engine``)
+and ``pipelines/tfx_model_pruning_pipelines/`` (the pipeline, its CLI and its Kubeflow compiler).
 """
 
 from setuptools import find_packages, setup
 
-ROOT = "tfx_model_pruning"
+ROOT, PIPELINES = "tfx_model_pruning", "tfx_model_pruning_pipelines"
 
 TFX_1_16 = 'python_version < "3.11"'
 TFX_1_16_STACK = [
@@ -44,12 +45,9 @@ setup(
     # Two measured stacks, nothing between them: TFX 1.16 on Python 3.10 (what Debian 12 runs
     # natively) and TFX 1.21 on Python 3.13 (Debian 13's Python); stacks/ holds each one's pins.
     python_requires=">=3.10,!=3.11.*,!=3.12.*,<3.14",
-    packages=[ROOT]
-    + [f"{ROOT}.{name}" for name in find_packages("components")]
-    + [f"{ROOT}.pipelines"]
-    + [f"{ROOT}.pipelines.{name}" for name in find_packages("pipelines")],
-    package_dir={ROOT: "components", f"{ROOT}.pipelines": "pipelines"},
-    package_data={f"{ROOT}.evaluator_gate": ["templates/*.html.j2"], f"{ROOT}.pipelines": ["presets/*.yaml"]},
+    packages=find_packages("components") + find_packages("pipelines"),
+    package_dir={ROOT: f"components/{ROOT}", PIPELINES: f"pipelines/{PIPELINES}"},
+    package_data={f"{ROOT}.evaluator_gate": ["templates/*.html.j2"], PIPELINES: ["presets/*.yaml"]},
     install_requires=[
         *(f"{requirement}; {TFX_1_16}" for requirement in TFX_1_16_STACK),
         *(f"{requirement}; {TFX_1_21}" for requirement in TFX_1_21_STACK),
@@ -63,5 +61,5 @@ setup(
         "scipy",  # Wilson intervals next to the gate's accuracy bounds
     ],
     extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "scikit-learn"]},
-    entry_points={"console_scripts": [f"prune-pipeline={ROOT}.pipelines.cli:main"]},
+    entry_points={"console_scripts": [f"prune-pipeline={PIPELINES}.cli:main"]},
 )

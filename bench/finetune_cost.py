@@ -35,7 +35,7 @@ from tabulate import tabulate  # noqa: E402
 from tfx_model_pruning.engine import FineTuneConfig, PruningConfig, fine_tune, prune_model  # noqa: E402
 from tfx_model_pruning.engine.config import GradualPruningSchedule  # noqa: E402
 from tfx_model_pruning.engine.finetune import mask_variables  # noqa: E402
-from tfx_model_pruning.pipelines import penguin_trainer  # noqa: E402
+from tfx_model_pruning_pipelines import penguin_trainer  # noqa: E402
 
 BATCH = 32
 MODES = (

@@ -43,7 +43,7 @@ def prepare(work_dir: str, counts: list[int]) -> None:
     import tensorflow as tf
 
     from tfx_model_pruning.engine import PruningConfig, prune_saved_model
-    from tfx_model_pruning.pipelines import penguin_trainer
+    from tfx_model_pruning_pipelines import penguin_trainer
 
     root = penguin_trainer.penguin_data_root()
     parent = os.path.join(work_dir, "parent", "Format-Serving")

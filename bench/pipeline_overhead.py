@@ -46,7 +46,7 @@ def bare_engine_calls(baseline: str, out: str) -> None:
         prune_saved_model,
         save_model,
     )
-    from tfx_model_pruning.pipelines import penguin_trainer
+    from tfx_model_pruning_pipelines import penguin_trainer
 
     root = penguin_trainer.penguin_data_root()
     train, evaluation = (sorted(glob.glob(os.path.join(root, f"Split-{s}", "*"))) for s in ("train", "eval"))
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         return 0
     from tabulate import tabulate
 
-    from tfx_model_pruning.pipelines import penguin_trainer
+    from tfx_model_pruning_pipelines import penguin_trainer
 
     baseline = os.path.join(args.work_dir, "baseline")
     if not os.path.isdir(baseline):

@@ -124,7 +124,7 @@ def run_pipeline(work: str, output_dir: str, max_latency_ratio: float) -> int:
     data, parent = os.path.join(work, "data"), os.path.join(work, "parent")
     with open(config, "w") as f:
         f.write(PIPELINE.format(data=data, parent=parent, max_latency_ratio=max_latency_ratio))
-    command = [sys.executable, "-m", "tfx_model_pruning.pipelines.cli", "run-local", "--config", config]
+    command = [sys.executable, "-m", "tfx_model_pruning_pipelines.cli", "run-local", "--config", config]
     return subprocess.run([*command, "--output-dir", output_dir], check=False).returncode
 
 

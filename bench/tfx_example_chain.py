@@ -35,9 +35,9 @@ from tfx.proto import example_gen_pb2  # noqa: E402
 
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent  # noqa: E402
 from tfx_model_pruning.atomic_pusher.component import AtomicPusher  # noqa: E402
-from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root  # noqa: E402
-from tfx_model_pruning.pipelines.pruning_pipeline import DEFAULT_BEAM_ARGS, run_locally  # noqa: E402
-from tfx_model_pruning.pipelines.results import open_store, run_result  # noqa: E402
+from tfx_model_pruning_pipelines.penguin_trainer import penguin_data_root  # noqa: E402
+from tfx_model_pruning_pipelines.pruning_pipeline import DEFAULT_BEAM_ARGS, run_locally  # noqa: E402
+from tfx_model_pruning_pipelines.results import open_store, run_result  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfx_model_pruning.pipelines import penguin_trainer  # noqa: E402
-from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS as PENGUIN_FEATURE_KEYS  # noqa: E402
-from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root  # noqa: E402
+from tfx_model_pruning_pipelines import penguin_trainer  # noqa: E402
+from tfx_model_pruning_pipelines.penguin_trainer import FEATURE_KEYS as PENGUIN_FEATURE_KEYS  # noqa: E402
+from tfx_model_pruning_pipelines.penguin_trainer import penguin_data_root  # noqa: E402
 
 # The integration tier: pipelines (LocalDagRunner, Beam, TFMA), subprocesses, package builds and
 # trained-and-saved baselines. Everything else is the unit tier: `pytest -m "not integration"`.

@@ -9,9 +9,9 @@ from tfx_model_pruning.artifacts import PruningReport
 from tfx_model_pruning.engine import FineTuneConfig, PruningConfig
 from tfx_model_pruning.evaluator_gate import executor as gate_executor
 from tfx_model_pruning.evaluator_gate.config import GateConfig
-from tfx_model_pruning.pipelines.pruning_pipeline import DEFAULT_BEAM_ARGS
 from tfx_model_pruning.prune import executor as prune_executor
 from tfx_model_pruning.retrain import executor as retrain_executor
+from tfx_model_pruning_pipelines.pruning_pipeline import DEFAULT_BEAM_ARGS
 
 
 def artifact(artifact_type, uri):

@@ -5,8 +5,8 @@ import sqlite3
 import pytest
 
 from tfx_model_pruning.artifacts import PruningReport
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.results import run_result
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.results import run_result
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from executor_calls import run_gate, run_prune
 
 from tfx_model_pruning.evaluator_gate import batched_evaluation
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
-from tfx_model_pruning.pipelines import penguin_trainer
+from tfx_model_pruning_pipelines import penguin_trainer
 
 pytestmark = pytest.mark.integration
 

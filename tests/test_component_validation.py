@@ -9,8 +9,8 @@ from tfx.types import standard_artifacts
 
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
 from tfx_model_pruning.evaluator_gate.metrics import UnknownMetricError, metric_output_name
-from tfx_model_pruning.pipelines import pruning_pipeline
 from tfx_model_pruning.serving_versions import check_push_destination
+from tfx_model_pruning_pipelines import pruning_pipeline
 
 
 def _channel(artifact_type):

@@ -11,8 +11,8 @@ from tfx import v1 as tfx
 
 from tfx_model_pruning import PruneComponent
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
-from tfx_model_pruning.pipelines import cli, pruning_pipeline
-from tfx_model_pruning.pipelines.results import failed_steps
+from tfx_model_pruning_pipelines import cli, pruning_pipeline
+from tfx_model_pruning_pipelines.results import failed_steps
 
 pytestmark = pytest.mark.integration
 

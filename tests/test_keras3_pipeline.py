@@ -10,10 +10,10 @@ import tensorflow as tf
 
 from tfx_model_pruning.engine import PruningConfig, load_model, prune_saved_model
 from tfx_model_pruning.engine.data import read_serialized
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines import penguin_trainer_keras3 as keras3_trainer
-from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS, LABEL_KEY
-from tfx_model_pruning.pipelines.results import run_result
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines import penguin_trainer_keras3 as keras3_trainer
+from tfx_model_pruning_pipelines.penguin_trainer import FEATURE_KEYS, LABEL_KEY
+from tfx_model_pruning_pipelines.results import run_result
 
 pytestmark = pytest.mark.integration
 

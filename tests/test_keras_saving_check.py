@@ -7,8 +7,8 @@ from tfx_example_models import TAXI_MODULE, TAXI_SAVED_MODEL_SAVE, taxi_module_s
 
 from tfx_model_pruning.engine import NeedsKerasModelError
 from tfx_model_pruning.engine.restored import needs_keras_graph, saved_model_save_lines
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.pruning_pipeline import create_pipeline_from_args
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.pruning_pipeline import create_pipeline_from_args
 
 
 def _taxi_save_line() -> int:

@@ -6,7 +6,7 @@ import re
 import kfp_api_server
 import pytest
 
-from tfx_model_pruning.pipelines import cli, kfp_runs
+from tfx_model_pruning_pipelines import cli, kfp_runs
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_host_and_token_come_from_the_environment(kfp_api, spec_path, monkeypatc
 def test_one_pipeline_file_compiles_and_submits_with_its_kubeflow_section(kfp_api, tmp_path, monkeypatch):
     import yaml
 
-    from tfx_model_pruning.pipelines.pipeline_config import PENGUIN_PRESET
+    from tfx_model_pruning_pipelines.pipeline_config import PENGUIN_PRESET
 
     settings = yaml.safe_load(open(PENGUIN_PRESET))
     settings["name"] = "team-pruning"

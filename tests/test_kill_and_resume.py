@@ -16,7 +16,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from tfx_model_pruning.engine import load_model
-from tfx_model_pruning.pipelines.results import run_result
+from tfx_model_pruning_pipelines.results import run_result
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ UPSTREAM = ("ImportExampleGen", "Trainer", "PruneComponent")
 def _command(out):
     # Enough fine-tuning epochs that the kill lands while RetrainComponent is running.
     args = ["run-local", "--output-dir", str(out), "--train-steps", "100", "--epochs", "150", "--enable-cache"]
-    return [sys.executable, "-m", "tfx_model_pruning.pipelines.cli", *args]
+    return [sys.executable, "-m", "tfx_model_pruning_pipelines.cli", *args]
 
 
 def _store(out):

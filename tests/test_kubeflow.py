@@ -10,7 +10,7 @@ import yaml
 from google.auth.exceptions import DefaultCredentialsError
 from kfp import components as kfp_components
 
-from tfx_model_pruning.pipelines import cli, kubeflow
+from tfx_model_pruning_pipelines import cli, kubeflow
 
 TASKS = {"ImportExampleGen", "Trainer", "PruneComponent", "RetrainComponent", "EvaluatorGate", "Pusher"}
 
@@ -88,7 +88,7 @@ def test_compile_refuses_a_serving_dir_that_escapes_the_push_root(tmp_path, caps
 
 
 def test_compile_with_a_module_file_prints_two_lines_not_the_wheel_build(tmp_path, capfd):
-    trainer = importlib.import_module("tfx_model_pruning.pipelines.penguin_trainer").__file__
+    trainer = importlib.import_module("tfx_model_pruning_pipelines.penguin_trainer").__file__
     out = _compile_local(tmp_path, "--trainer-module", trainer)
     printed = capfd.readouterr()
     assert printed.out.splitlines() == [
@@ -155,7 +155,7 @@ def test_an_unexplained_compile_failure_shows_what_was_held_back(tmp_path, monke
 
 
 def test_submit_without_google_credentials_says_so_in_one_line(monkeypatch, capsys):
-    from tfx_model_pruning.pipelines import kfp_runs
+    from tfx_model_pruning_pipelines import kfp_runs
 
     def connect(**kwargs):
         raise DefaultCredentialsError("Your default credentials were not found.")

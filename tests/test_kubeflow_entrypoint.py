@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tfx_model_pruning.engine import load_model
-from tfx_model_pruning.pipelines import cli
+from tfx_model_pruning_pipelines import cli
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from google.protobuf import json_format
 from kfp import components
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings, quantity
-from tfx_model_pruning.pipelines.pipeline_config import PENGUIN_PRESET, PipelineConfigError, load_pipeline_config
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.kubeflow_steps import StepSettings, quantity
+from tfx_model_pruning_pipelines.pipeline_config import PENGUIN_PRESET, PipelineConfigError, load_pipeline_config
 
 GPU_FINE_TUNING = {
     "RetrainComponent": {

@@ -1,4 +1,5 @@
-"""The package's import structure: one import root, and an engine whose modules import downward only."""
+"""The package's import structure: two import roots, each a folder of its name, and an engine whose
+modules import downward only."""
 
 import ast
 import graphlib
@@ -10,16 +11,17 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGE = "tfx_model_pruning"
-# Repository folder -> the module prefix it installs as (setup.py's package_dir).
-FOLDERS = {"components": PACKAGE, "pipelines": f"{PACKAGE}.pipelines"}
+PACKAGE, PIPELINES = "tfx_model_pruning", "tfx_model_pruning_pipelines"
+# Repository folder -> the one import package inside it, a folder of the same name.
+FOLDERS = {"components": PACKAGE, "pipelines": PIPELINES}
 
 
 def _modules() -> dict[str, str]:
-    """Module name -> file, for every module of the package."""
+    """Module name -> file, for every module of both packages, read off the folder tree alone."""
     found = {}
-    for folder, prefix in FOLDERS.items():
-        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+    for folder in FOLDERS:
+        for directory, subfolders, files in os.walk(os.path.join(ROOT, folder)):
+            subfolders[:] = [name for name in subfolders if name != "__pycache__"]
             for name in files:
                 if not name.endswith(".py"):
                     continue
@@ -27,7 +29,7 @@ def _modules() -> dict[str, str]:
                 parts = relative[: -len(".py")].split(os.sep)
                 if parts[-1] == "__init__":
                     parts = parts[:-1]
-                found[".".join([prefix, *parts])] = os.path.join(directory, name)
+                found[".".join(parts)] = os.path.join(directory, name)
     return found
 
 
@@ -50,20 +52,39 @@ def _imports(path: str, modules: dict[str, str]) -> list[tuple[str, bool]]:
             names = [f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in modules]
             names = names or [node.module]
         for name in names:
-            if name.split(".")[0] in (PACKAGE, "components", "pipelines"):
+            if name.split(".")[0] in (PACKAGE, PIPELINES, "components", "pipelines"):
                 found.append((name, id(node) in in_function))
     return found
 
 
-def test_every_import_of_the_package_uses_its_one_root():
+def test_each_repository_folder_holds_exactly_its_one_package():
+    for folder, package in FOLDERS.items():
+        entries = sorted(name for name in os.listdir(os.path.join(ROOT, folder)) if name != "__pycache__")
+        assert entries == [package], f"{folder}/ holds {entries}"
+        assert os.path.isfile(os.path.join(ROOT, folder, package, "__init__.py"))
+
+
+def test_every_import_of_the_package_names_a_module_the_folder_tree_has():
     modules = _modules()
     stray = [
         (os.path.relpath(path, ROOT), name)
         for path in modules.values()
         for name, _ in _imports(path, modules)
-        if not name.startswith(PACKAGE)
+        if not any(name == module or name.startswith(module + ".") for module in modules)
     ]
     assert not stray
+
+
+def test_python_imports_every_module_from_the_file_the_folder_tree_names():
+    """What `python -c "import X; print(X.__file__)"` prints is the file at X's path in the tree."""
+    import importlib.util
+
+    moved = {
+        name: (os.path.realpath(importlib.util.find_spec(name).origin), os.path.realpath(path))
+        for name, path in _modules().items()
+    }
+    assert {name: found for name, (found, expected) in moved.items() if found != expected} == {}
+    assert {PACKAGE, PIPELINES, f"{PACKAGE}.engine.graph", f"{PIPELINES}.cli"} <= set(moved)
 
 
 def test_the_engine_has_no_import_cycle_and_no_import_hidden_in_a_function():
@@ -104,7 +125,7 @@ def test_a_project_with_its_own_components_and_pipelines_packages_imports_both(t
         import tfx_model_pruning
         from tfx_model_pruning import PruneComponent, PruningReport
         from tfx_model_pruning.engine import prune_saved_model
-        from tfx_model_pruning.pipelines import cli
+        from tfx_model_pruning_pipelines import cli
         print(components.OWNER, "|", pipelines.OWNER, "|", PruningReport.TYPE_NAME, "|", cli.__name__)
         """
     )
@@ -112,5 +133,5 @@ def test_a_project_with_its_own_components_and_pipelines_packages_imports_both(t
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == (
         "the user project: components | the user project: pipelines | tfx_model_pruning.PruningReport | "
-        "tfx_model_pruning.pipelines.cli"
+        "tfx_model_pruning_pipelines.cli"
     )

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from tfx_model_pruning import EvaluatorGate, PruneComponent, RetrainComponent
 from tfx_model_pruning.engine.config import FineTuneConfig, LayerRemovalConfig, PruningConfig, StructuredPruningConfig
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
-from tfx_model_pruning.pipelines import cli, kubeflow
-from tfx_model_pruning.pipelines.pipeline_config import (
+from tfx_model_pruning_pipelines import cli, kubeflow
+from tfx_model_pruning_pipelines.pipeline_config import (
     DataSection,
     GateSection,
     KubeflowSection,
@@ -108,7 +108,7 @@ def test_the_pipeline_file_and_the_python_call_compile_byte_identical_kubeflow_s
     description = {
         "name": "ducks",
         "data": {"label_key": "species", "splits": {"train": "span-{SPAN}/train/*", "eval": "span-{SPAN}/eval/*"}},
-        "model": {"trainer_run_fn": "tfx_model_pruning.pipelines.penguin_trainer.run_fn", "train_steps": 50},
+        "model": {"trainer_run_fn": "tfx_model_pruning_pipelines.penguin_trainer.run_fn", "train_steps": 50},
         "prune": {"method": "structured", "prune_fraction": 0.4, "criterion": "l2"},
         "retrain": {"epochs": 3, "distillation": {"temperature": 2.0}},
         "gate": {
@@ -124,7 +124,7 @@ def test_the_pipeline_file_and_the_python_call_compile_byte_identical_kubeflow_s
     config = PipelineConfig(
         name="ducks",
         data=DataSection(label_key="species", splits={"train": "span-{SPAN}/train/*", "eval": "span-{SPAN}/eval/*"}),
-        model=ModelSection(trainer_run_fn="tfx_model_pruning.pipelines.penguin_trainer.run_fn", train_steps=50),
+        model=ModelSection(trainer_run_fn="tfx_model_pruning_pipelines.penguin_trainer.run_fn", train_steps=50),
         prune=StructuredPruningConfig(prune_fraction=0.4, criterion="l2"),
         retrain=RetrainSection(label_key="species", epochs=3, distillation={"temperature": 2.0}),
         gate=GateSection(

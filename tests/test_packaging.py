@@ -99,9 +99,9 @@ def test_pinned_environment_has_no_broken_requirements():
 
 def test_console_entry_point_is_installed_and_runs():
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
-    assert scripts["prune-pipeline"] == "tfx_model_pruning.pipelines.cli:main"
+    assert scripts["prune-pipeline"] == "tfx_model_pruning_pipelines.cli:main"
     out = subprocess.run(
-        [sys.executable, "-m", "tfx_model_pruning.pipelines.cli", "run-local", "--help"],
+        [sys.executable, "-m", "tfx_model_pruning_pipelines.cli", "run-local", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -155,7 +155,7 @@ def test_dockerfile_command_is_a_declared_console_script():
     cmd = next(arg for op, arg in reversed(_dockerfile_instructions()) if op == "CMD")
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
     assert json.loads(cmd)[0] == "prune-pipeline"
-    assert scripts["prune-pipeline"] == "tfx_model_pruning.pipelines.cli:main"
+    assert scripts["prune-pipeline"] == "tfx_model_pruning_pipelines.cli:main"
 
 
 def _make_dry_run(target: str, *variables: str) -> list[str]:
@@ -226,13 +226,13 @@ def wheel_files(tmp_path_factory):
 def test_the_image_package_holds_every_module_the_compiled_pipeline_names(tmp_path, wheel_files):
     import yaml
 
-    from tfx_model_pruning.pipelines import cli, kubeflow
+    from tfx_model_pruning_pipelines import cli, kubeflow
 
     out = tmp_path / "kfp"
     args = ["compile", "--output-dir", str(out), "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving"]
     assert cli.main([*args, "--data-root", "gs://b/data"]) == 0
     spec = yaml.safe_load((out / "penguin-pruning.yaml").read_text())
-    modules = {"tfx_model_pruning/pipelines/penguin_trainer.py"}  # the Trainer's run_fn
+    modules = {"tfx_model_pruning_pipelines/penguin_trainer.py"}  # the Trainer's run_fn
     for executor in spec["deploymentSpec"]["executors"].values():
         container = executor["container"]
         assert container["image"] == kubeflow.default_image()
@@ -250,7 +250,7 @@ def test_the_image_package_holds_every_module_the_compiled_pipeline_names(tmp_pa
 
 
 def test_make_image_tags_the_image_the_compiled_pipeline_names():
-    from tfx_model_pruning.pipelines import kubeflow
+    from tfx_model_pruning_pipelines import kubeflow
 
     assert _make_dry_run("image", "STACK=1.21") == [
         f"docker build --build-arg STACK=1.21 -t {kubeflow.default_image()} ."

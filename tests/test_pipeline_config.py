@@ -6,8 +6,8 @@ import os
 import pytest
 import yaml
 
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.pipeline_config import (
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.pipeline_config import (
     PENGUIN_PRESET,
     PipelineConfigError,
     json_schema,
@@ -28,7 +28,7 @@ def _write(path, settings) -> str:
 def test_the_penguin_preset_is_what_make_run_runs():
     config = load_pipeline_config()
     assert config.name == "penguin-pruning" and config.data.root is None and config.data.label_key == "species"
-    assert config.model.trainer_run_fn == "tfx_model_pruning.pipelines.penguin_trainer.run_fn"
+    assert config.model.trainer_run_fn == "tfx_model_pruning_pipelines.penguin_trainer.run_fn"
     assert config.prune.method == "magnitude" and config.prune.target_sparsity == 0.8
     # Labels and the sparsity to check follow the data and pruning sections.
     assert config.retrain.label_key == config.gate.label_key == "species"

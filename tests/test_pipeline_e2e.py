@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tfx_model_pruning.engine import load_model
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.results import run_result
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.results import run_result
 
 pytestmark = pytest.mark.integration
 

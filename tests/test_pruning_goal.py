@@ -6,8 +6,8 @@ from pydantic import ValidationError
 
 from tfx_model_pruning.engine import GoalPruningConfig, PruningGoalError, prune_saved_model, summary_markdown
 from tfx_model_pruning.engine.data import read_serialized
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.pipeline_config import PENGUIN_PRESET, PipelineConfigError, load_pipeline_config
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.pipeline_config import PENGUIN_PRESET, PipelineConfigError, load_pipeline_config
 
 
 def _description(argv):

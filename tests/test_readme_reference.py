@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from tfx_model_pruning.engine.importance import Criterion
 from tfx_model_pruning.engine.layer_handlers import Barrier, Producer
-from tfx_model_pruning.pipelines import reference
+from tfx_model_pruning_pipelines import reference
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

@@ -18,9 +18,9 @@ from tfx_model_pruning.engine.finetune import FineTuneDataError
 from tfx_model_pruning.engine.saved_model import NonFiniteWeightsError
 from tfx_model_pruning.evaluator_gate.checks import ANSWERS_VARY, BEATS_MAJORITY
 from tfx_model_pruning.evaluator_gate.config import GateConfig, MetricThreshold
-from tfx_model_pruning.pipelines import cli, pruning_pipeline
-from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS
-from tfx_model_pruning.pipelines.results import failed_steps
+from tfx_model_pruning_pipelines import cli, pruning_pipeline
+from tfx_model_pruning_pipelines.penguin_trainer import FEATURE_KEYS
+from tfx_model_pruning_pipelines.results import failed_steps
 
 pytestmark = pytest.mark.integration
 

@@ -307,8 +307,8 @@ def test_vocabulary_assets_survive_pruning_and_fine_tuning_without_the_source(
 
 
 def test_run_local_releases_an_imported_model_saved_with_tf_saved_model_save(tmp_path, penguin_baseline, capsys):
-    from tfx_model_pruning.pipelines import cli
-    from tfx_model_pruning.pipelines.results import run_result
+    from tfx_model_pruning_pipelines import cli
+    from tfx_model_pruning_pipelines.results import run_result
 
     keras_model = load_model(penguin_baseline)
     plain = str(tmp_path / "plain")

@@ -9,8 +9,8 @@ import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.results import failed_steps, run_result
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.results import failed_steps, run_result
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def _run_local(out, baseline, run_id, *extra):
     command = [
         sys.executable,
         "-m",
-        "tfx_model_pruning.pipelines.cli",
+        "tfx_model_pruning_pipelines.cli",
         "run-local",
         "--output-dir",
         str(out),

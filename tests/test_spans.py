@@ -9,7 +9,7 @@ import yaml
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
-from tfx_model_pruning.pipelines import cli
+from tfx_model_pruning_pipelines import cli
 
 pytestmark = pytest.mark.integration
 

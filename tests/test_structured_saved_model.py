@@ -14,7 +14,7 @@ from tfx_model_pruning.engine.data import read_serialized
 from tfx_model_pruning.engine.prune import MissingExamplesError
 from tfx_model_pruning.engine.saved_model import save_model
 from tfx_model_pruning.engine.signatures import SignatureRebuildError
-from tfx_model_pruning.pipelines import penguin_trainer
+from tfx_model_pruning_pipelines import penguin_trainer
 
 
 @pytest.mark.integration

@@ -30,8 +30,8 @@ from tfx_model_pruning.engine import StructuredPruningConfig, load_model, prune_
 from tfx_model_pruning.engine.saved_model import signature_specs
 from tfx_model_pruning.engine.signatures import rebuild_example_signatures, without_feature
 from tfx_model_pruning.evaluator_gate.checks import ANSWERS_VARY, BEATS_MAJORITY
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.results import run_result
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.results import run_result
 
 pytestmark = pytest.mark.integration
 

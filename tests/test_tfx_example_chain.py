@@ -13,8 +13,8 @@ import tensorflow as tf
 from tfx.examples.penguin import penguin_utils_keras
 
 from tfx_model_pruning.engine.saved_model import load_model, signature_specs
-from tfx_model_pruning.pipelines.pruning_pipeline import create_pipeline_from_args, run_locally
-from tfx_model_pruning.pipelines.results import run_result
+from tfx_model_pruning_pipelines.pruning_pipeline import create_pipeline_from_args, run_locally
+from tfx_model_pruning_pipelines.results import run_result
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import yaml
 from test_kubeflow_entrypoint import _artifact, _run_pod
 
 from tfx_model_pruning.engine import load_model
-from tfx_model_pruning.pipelines import cli, penguin_trainer
 from tfx_model_pruning.user_module import load_user_module
+from tfx_model_pruning_pipelines import cli, penguin_trainer
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ import tensorflow as tf
 import yaml
 from tfx.examples.penguin import penguin_utils_keras
 
-from tfx_model_pruning.pipelines import cli
-from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS
-from tfx_model_pruning.pipelines.results import run_result
+from tfx_model_pruning_pipelines import cli
+from tfx_model_pruning_pipelines.penguin_trainer import FEATURE_KEYS
+from tfx_model_pruning_pipelines.results import run_result
 
 pytestmark = pytest.mark.integration
 

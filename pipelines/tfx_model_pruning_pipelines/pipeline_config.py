@@ -28,8 +28,8 @@ from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, Pr
 from tfx_model_pruning.engine.graph_scan import allow_ops_problem
 from tfx_model_pruning.engine.keras_names import closest_name, metric_class
 from tfx_model_pruning.evaluator_gate.config import GateConfig
-from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings
 from tfx_model_pruning.user_module import load_user_module
+from tfx_model_pruning_pipelines.kubeflow_steps import StepSettings
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PENGUIN_PRESET = os.path.join(PRESETS_DIR, "penguin.yaml")

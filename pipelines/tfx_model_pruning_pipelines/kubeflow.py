@@ -20,9 +20,9 @@ from tfx.orchestration import data_types
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from tfx_model_pruning.pipelines import pruning_pipeline
-from tfx_model_pruning.pipelines.kubeflow_steps import StepSettings, apply_step_settings
-from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
+from tfx_model_pruning_pipelines import pruning_pipeline
+from tfx_model_pruning_pipelines.kubeflow_steps import StepSettings, apply_step_settings
+from tfx_model_pruning_pipelines.pipeline_config import PipelineConfig
 
 PACKAGE = "tfx-model-pruning"
 IMAGE_REPOSITORY = "tfx-model-pruning"

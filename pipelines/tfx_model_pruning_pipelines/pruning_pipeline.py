@@ -36,9 +36,9 @@ from tfx_model_pruning.engine.restored import (
 )
 from tfx_model_pruning.engine.saved_model import holds_keras_graph, resolve_saved_model_dir
 from tfx_model_pruning.evaluator_gate.config import GateConfig
-from tfx_model_pruning.pipelines.penguin_trainer import penguin_data_root
-from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig
 from tfx_model_pruning.serving_versions import check_push_destination
+from tfx_model_pruning_pipelines.penguin_trainer import penguin_data_root
+from tfx_model_pruning_pipelines.pipeline_config import PipelineConfig
 
 PENGUIN_TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "penguin_trainer.py")
 # How TFX lays out its bundled penguin data: one folder of gzipped TFRecords per split.
@@ -213,7 +213,7 @@ def create_pipeline_from_args(
         pipeline = create_pipeline_from_args(
             pipeline_name="penguin-pruning", pipeline_root="runs/root", data_root=penguin_data_root(),
             serving_model_dir="runs/serving", label_key="species",
-            trainer_run_fn="tfx_model_pruning.pipelines.penguin_trainer.run_fn",
+            trainer_run_fn="tfx_model_pruning_pipelines.penguin_trainer.run_fn",
             prune_args={"target_sparsity": 0.8},
             gate_args={"thresholds": [{"metric": "SparseCategoricalAccuracy", "max_absolute_drop": 0.01}]},
         )

@@ -15,7 +15,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from tfx_model_pruning.pipelines.penguin_trainer import FEATURE_KEYS, HIDDEN_UNITS, NUM_CLASSES, fit
+from tfx_model_pruning_pipelines.penguin_trainer import FEATURE_KEYS, HIDDEN_UNITS, NUM_CLASSES, fit
 
 KERAS_FILE = "model.keras"
 # keras: model.keras alone; export: model.export() alone; saved_model: tf.saved_model.save with a

@@ -67,7 +67,7 @@ def _fields_with_models(path: str) -> list:
     """``(field, model)`` for each model that has the field at ``path``."""
     from pydantic import BaseModel
 
-    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig, field_types
+    from tfx_model_pruning_pipelines.pipeline_config import PipelineConfig, field_types
 
     models: list = [PipelineConfig]
     found: list = []
@@ -81,7 +81,7 @@ def _fields_with_models(path: str) -> list:
 def _add_file_flag(group, flag: str, path: str) -> None:
     import typing
 
-    from tfx_model_pruning.pipelines.pipeline_config import field_types
+    from tfx_model_pruning_pipelines.pipeline_config import field_types
 
     fields = _field_at(path)
     kinds = [t for field in fields for t in field_types(field.annotation, keep_literals=True)]
@@ -118,7 +118,7 @@ def _add_file_flag(group, flag: str, path: str) -> None:
 
 def _description_options(parser: argparse.ArgumentParser) -> None:
     """The flags run-local and compile share: each overrides one key of the pipeline file."""
-    from tfx_model_pruning.pipelines.pipeline_config import GateSection, PruningMethod
+    from tfx_model_pruning_pipelines.pipeline_config import GateSection, PruningMethod
 
     source = parser.add_argument_group("pipeline file (every flag below overrides one of its keys)")
     source.add_argument(
@@ -322,7 +322,7 @@ def _pairs(pairs: Sequence[str], flag: str = "--param") -> dict[str, str]:
 
 def _kubeflow_defaults(args: argparse.Namespace) -> None:
     """Fills what the flags left unset from the pipeline file's kubeflow section (or the preset)."""
-    from tfx_model_pruning.pipelines.pipeline_config import load_pipeline_config
+    from tfx_model_pruning_pipelines.pipeline_config import load_pipeline_config
 
     config = load_pipeline_config(args.config)
     kubeflow = config.kubeflow
@@ -340,7 +340,7 @@ def kubeflow_command(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from tfx_model_pruning.pipelines import kfp_runs
+    from tfx_model_pruning_pipelines import kfp_runs
 
     _kubeflow_defaults(args)
     # Before connecting: a typo in the cron, the file or a parameter needs no cluster to be found.
@@ -415,7 +415,7 @@ def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict
     """The pipeline-file keys the flags given on the command line set (flags left out change nothing)."""
     import yaml
 
-    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfig, PruningMethod, Replace
+    from tfx_model_pruning_pipelines.pipeline_config import PipelineConfig, PruningMethod, Replace
 
     given = {name: value for name, value in vars(args).items() if value is not None}
     raw: dict = {}
@@ -491,7 +491,7 @@ def description_overrides(args: argparse.Namespace, file_settings: dict) -> dict
 
 def load_description(args: argparse.Namespace):
     """The validated pipeline description: the file (or the preset), then the flags."""
-    from tfx_model_pruning.pipelines.pipeline_config import PENGUIN_PRESET, load_pipeline_config, read_pipeline_file
+    from tfx_model_pruning_pipelines.pipeline_config import PENGUIN_PRESET, load_pipeline_config, read_pipeline_file
 
     file_settings = read_pipeline_file(args.config or PENGUIN_PRESET)
     return load_pipeline_config(args.config, description_overrides(args, file_settings))
@@ -502,8 +502,8 @@ def run_local(args: argparse.Namespace) -> int:
     import uuid
     from datetime import datetime, timezone
 
-    from tfx_model_pruning.pipelines import pruning_pipeline
-    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfigError
+    from tfx_model_pruning_pipelines import pruning_pipeline
+    from tfx_model_pruning_pipelines.pipeline_config import PipelineConfigError
 
     try:
         config = load_description(args)
@@ -525,7 +525,7 @@ def run_local(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"prune-pipeline run-local: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    from tfx_model_pruning.pipelines.console import RunConsole, log_path_for, paint
+    from tfx_model_pruning_pipelines.console import RunConsole, log_path_for, paint
 
     log_path = log_path_for(output_dir, run_id)
     shown_log = os.path.relpath(log_path) if not os.path.relpath(log_path).startswith("..") else log_path
@@ -568,7 +568,7 @@ def _one_line(err: BaseException) -> str:
 
 def failure_line(metadata_path: str, run_id: str, err: BaseException) -> str:
     """Which component failed and why, in one line: its own recorded reason, or the exception."""
-    from tfx_model_pruning.pipelines.results import failed_steps
+    from tfx_model_pruning_pipelines.results import failed_steps
 
     try:
         failed = failed_steps(metadata_path, run_id)
@@ -595,8 +595,8 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
 
     from tfx_model_pruning.evaluator_gate.report import comparison_rows
     from tfx_model_pruning.evaluator_gate.result import GateDecision
-    from tfx_model_pruning.pipelines.console import paint
-    from tfx_model_pruning.pipelines.results import run_result
+    from tfx_model_pruning_pipelines.console import paint
+    from tfx_model_pruning_pipelines.results import run_result
 
     result = run_result(metadata_path, run_id)
     gate = GateDecision.from_json(result.gate_result)
@@ -631,9 +631,9 @@ def _print_run_result(metadata_path: str, run_id: str, quiet: bool = False) -> i
 
 
 def compile_kubeflow(args: argparse.Namespace) -> int:
-    from tfx_model_pruning.pipelines import kubeflow
-    from tfx_model_pruning.pipelines.kubeflow_steps import StepSettingsError
-    from tfx_model_pruning.pipelines.pipeline_config import PipelineConfigError
+    from tfx_model_pruning_pipelines import kubeflow
+    from tfx_model_pruning_pipelines.kubeflow_steps import StepSettingsError
+    from tfx_model_pruning_pipelines.pipeline_config import PipelineConfigError
 
     try:
         config = load_description(args)
@@ -738,7 +738,7 @@ def cloud_storage_error(err: BaseException, pipeline_root: Optional[str]) -> Opt
 def print_schema() -> int:
     import json
 
-    from tfx_model_pruning.pipelines.pipeline_config import json_schema
+    from tfx_model_pruning_pipelines.pipeline_config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

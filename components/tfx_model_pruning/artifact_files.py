@@ -1,6 +1,6 @@
 """The names of the files the components write inside their output artifacts, in one place.
 
-Executors write them and ``tfx_model_pruning.pipelines.results`` reads them back by these constants.
+Executors write them and ``tfx_model_pruning_pipelines.results`` reads them back by these constants.
 """
 
 # PruneComponent's pruning_report (tfx_model_pruning.PruningReport)
