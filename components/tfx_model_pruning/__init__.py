@@ -7,11 +7,9 @@ TFX; the components are thin adapters over it. They are loaded lazily so that im
 the engine does not pull in TFX.
 """
 
-import os
-
-# tf-keras (Keras 2) is what TFX 1.16, TFMA and tfmot speak; TensorFlow picks the Keras
-# flavour at its first import, so this has to happen before anything imports TensorFlow.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# Importing the package changes nothing in its host: no environment variable (TF_USE_LEGACY_KERAS
+# included), no logging setup. The engine speaks tf-keras and Keras 3 by importing each by name
+# (``tf_keras``, ``keras``) and choosing per model, whatever ``tf.keras`` is in this process.
 
 __all__ = ["PruneComponent", "RetrainComponent", "EvaluatorGate", "AtomicPusher", "PruningReport"]
 

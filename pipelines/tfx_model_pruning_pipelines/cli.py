@@ -17,8 +17,6 @@ import sys
 import tempfile
 from typing import Iterator, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 EXIT_FAILED = 1
 EXIT_REFUSED = 2  # bad input: a configuration, or a model the graph scan refuses
 EXIT_NOT_PUSHED = 3
@@ -769,8 +767,21 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
+def _choose_keras_for_this_process() -> None:
+    """The command's own process, before TensorFlow loads: ``tf.keras`` is tf-keras, as TFX 1.16+ asks.
+
+    Trainer and Transform module files written from TFX's examples and templates build their
+    models with ``tf.keras``, and TFMA loads models with it; the local run executes them in this
+    process. The library itself never sets this: only this entry point, for its own process, and
+    only when TensorFlow has not loaded yet (a caller that imported it already has chosen).
+    """
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _choose_keras_for_this_process()
     if not {"-v", "--verbose"} & set(argv):
         # Before TensorFlow is imported: its C++ log lines (CUDA probes, rendezvous notes) stay off,
         # and the libraries' import-time warnings go to the run's log, not the terminal.

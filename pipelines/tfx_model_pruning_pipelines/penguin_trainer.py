@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-import tfx as tfx_package  # noqa: E402  (the bare package, for its data path; not the TFX API)
+import tensorflow as tf
+import tf_keras as keras
+import tfx as tfx_package  # the bare package, for its data path; not the TFX API
 
 FEATURE_KEYS = ("culmen_length_mm", "culmen_depth_mm", "flipper_length_mm", "body_mass_g")
 
