@@ -13,8 +13,8 @@ from tfx_model_pruning import PruneComponent
 from tfx_model_pruning.engine import load_model, prune_saved_model
 from tfx_model_pruning.engine.config import LayerRemovalConfig
 from tfx_model_pruning.engine.data import read_serialized
-from tfx_model_pruning.engine.graph import model_without as without
-from tfx_model_pruning.engine.graph import removal_candidates as find_candidates
+from tfx_model_pruning.engine.graph_edit import model_without as without
+from tfx_model_pruning.engine.graph_edit import removal_candidates as find_candidates
 from tfx_model_pruning.engine.layer_removal import remove_layers
 
 L = keras.layers

@@ -435,7 +435,7 @@ def _block(name: str, width: int) -> keras.Model:
 
 
 def test_nested_blocks_are_flattened_into_one_graph_and_pruned_through():
-    from tfx_model_pruning.engine.graph import flatten_nested
+    from tfx_model_pruning.engine.graph_edit import flatten_nested
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5,))

@@ -42,7 +42,7 @@ END_MARKER = "<!-- end generated -->"
 
 # What the package registers on import, before anything (a test, a user module) adds its own.
 BUILTIN_CRITERIA: dict[str, importance.Criterion] = dict(importance.CRITERIA)
-BUILTIN_HANDLERS: dict[type, tuple[layer_handlers.LayerHandler, bool]] = dict(layer_handlers._HANDLERS)
+BUILTIN_HANDLERS: dict[type, tuple[layer_handlers.LayerHandler, bool]] = layer_handlers.registered_handlers()
 
 NONE = "—"
 

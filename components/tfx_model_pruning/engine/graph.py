@@ -10,25 +10,22 @@ It holds:
 - the calls of a functional/Sequential model in topological order (``layer_calls``);
 - layers outside the graph (``attached_layers``), wrapped and nested layers (``leaf_layers``),
   the last weighted layers before the outputs (``output_weight_layers``);
-- the layer-removal candidates and the model without one (``removal_candidates``,
-  ``model_without``);
-- the channel graph structured pruning works on (``ChannelGraph``, ``analyse_channels``),
-  driven by a handler per layer that the caller supplies (see ``layer_handlers``);
-- nested models flattened into one graph (``flatten_nested``), a call's argument names
-  (``LayerCall.input_arguments``) and MultiHeadAttention's private projection layers
-  (``attention_projections``);
+- a call's argument names (``LayerCall.input_arguments``) and MultiHeadAttention's private
+  projection layers (``attention_projections``);
 - ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``), ConvNeXt's
   ``LayerScale`` and InceptionResNetV2's ``CustomScaleLayer`` (``x + r * scale``), which
   tf-keras defines only inside its application modules.
+
+What is built from this reading lives beside it: models rebuilt without a layer or block, clones
+and flattened nests in ``graph_edit``; the channel graph structured pruning works on in ``channels``.
 """
 
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import keras as keras3  # TensorFlow's default Keras since 2.16
 import tensorflow as tf
@@ -37,7 +34,7 @@ import tf_keras as keras
 # Keras 3's private classes the handlers need: its applications' scale layers, and the base
 # class of every ``keras.ops`` call recorded in a Functional graph (``x + y``, ``ops.relu(x)``).
 from keras.src.applications.convnext import LayerScale as Keras3ConvNeXtLayerScale  # noqa: E402,F401,I001
-from keras.src.ops.numpy import Add as Keras3AddOperation  # noqa: E402
+from keras.src.ops.numpy import Add as Keras3AddOperation  # noqa: E402,F401  (for graph_edit)
 from keras.src.ops.operation import Operation as Keras3Operation  # noqa: E402
 from tf_keras.src.applications.convnext import LayerScale as ConvNeXtLayerScale  # noqa: F401  (for layer_handlers)
 from tf_keras.src.applications.inception_resnet_v2 import (  # noqa: F401  (for layer_handlers)
@@ -112,7 +109,7 @@ class KerasGeneration:
 
     def input_like(self, tensor: Any) -> Any:
         """A new ``Input`` with the shape, dtype and name of a model input."""
-        return self.keras.Input(shape=_shape(tensor), dtype=tensor.dtype, name=producing_layer(tensor).name)
+        return self.keras.Input(shape=batchless_shape(tensor), dtype=tensor.dtype, name=producing_layer(tensor).name)
 
 
 class _TfKeras(KerasGeneration):
@@ -239,6 +236,11 @@ def is_keras_model(value: Any) -> bool:
 def keras_of(value: Any) -> ModuleType:
     """The ``keras`` module of the value's generation (``tf_keras`` or Keras 3)."""
     return generation(value).keras
+
+
+def batchless_shape(tensor: Any) -> tuple:
+    """A tensor's shape without its batch axis."""
+    return tuple(tensor.shape[1:])
 
 
 def tensor_id(tensor: Any) -> str:
@@ -457,333 +459,3 @@ def output_weight_layers(model: Model) -> set[str]:
         for node in reader.inbound_nodes(layer):
             frontier.extend(producing_layer(tensor) for tensor in reader.node_input_tensors(node))
     return found
-
-
-# Layer removal -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemovalCandidate:
-    """A layer or residual block whose removal keeps every shape valid."""
-
-    kind: str  # "layer" or "block"
-    name: str  # the bypassed layer, or the Add that closes the block
-    bypass: tuple[tuple[str, str], ...]  # (output tensor id, replacement tensor id)
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.name}"
-
-
-def _shape(tensor) -> tuple:
-    return tuple(tensor.shape[1:])
-
-
-def _is_add(layer: Layer) -> bool:
-    return isinstance(layer, (keras.layers.Add, keras3.layers.Add, Keras3AddOperation))
-
-
-def removal_candidates(model: Model) -> list[RemovalCandidate]:
-    """A weighted layer whose output has its input's shape (bypassed), or ``Add([skip, branch])``
-    whose branch derives from its skip (collapsed to the skip path)."""
-    calls = layer_calls(model)
-    counts = call_counts(calls)
-    producer_of = {tensor: call for call in calls for tensor in call.output_ids}
-    output_ids = {tensor_id(t) for t in model.outputs}
-    candidates = []
-    for call in calls:
-        layer = call.layer
-        if is_input_layer(layer) or counts[layer.name] > 1:
-            continue
-        if any(output in output_ids for output in call.output_ids):
-            continue
-        if _is_add(layer) and len(call.input_ids) == 2:
-            first, second = call.input_ids
-            for skip, branch in ((first, second), (second, first)):
-                if _is_ancestor(skip, branch, producer_of):
-                    candidates.append(RemovalCandidate("block", layer.name, ((call.output_ids[0], skip),)))
-                    break
-            continue
-        if getattr(layer, "weights", None) and len(call.input_ids) == 1 and len(call.output_tensors) == 1:
-            if _shape(call.input_tensors[0]) == _shape(call.output_tensors[0]):
-                candidates.append(RemovalCandidate("layer", layer.name, ((call.output_ids[0], call.input_ids[0]),)))
-    return candidates
-
-
-def _is_ancestor(ancestor_id: str, tensor: str, producer_of: dict[str, LayerCall]) -> bool:
-    frontier, seen = [tensor], set()
-    while frontier:
-        current = frontier.pop()
-        if current == ancestor_id:
-            return True
-        if current in seen or current not in producer_of:
-            continue
-        seen.add(current)
-        frontier.extend(producer_of[current].input_ids)
-    return False
-
-
-def _fresh_inputs(model: Model) -> tuple[list[Any], dict[str, Any]]:
-    """New ``Input`` tensors like the model's, and a map from the model's input ids to them."""
-    reader = generation(model)
-    new_inputs = [reader.input_like(t) for t in model.inputs]
-    return new_inputs, {tensor_id(t): n for t, n in zip(model.inputs, new_inputs, strict=True)}
-
-
-def _independent_model(model: Model, new_inputs: list[Any], computed: dict[str, Any]) -> Model:
-    """The functional model from ``new_inputs`` to the replayed outputs, with weights of its own."""
-    reader = generation(model)
-    inputs = tf.nest.pack_sequence_as(reader.nested_inputs(model), new_inputs)
-    outputs = tf.nest.pack_sequence_as(reader.nested_outputs(model), [computed[tensor_id(t)] for t in model.outputs])
-    shared = reader.keras.Model(inputs, outputs, name=model.name)
-    return independent_clone(shared)
-
-
-def independent_clone(model: Model) -> Model:
-    """``clone_model`` with the weights copied layer by layer: a clone may order its layers, and
-    so ``get_weights()``, differently (two branches from one input), so a whole-model copy can
-    put one layer's weights into another."""
-    clone = keras_of(model).models.clone_model(model)
-    for layer in clone.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return clone
-
-
-def model_without(model: Model, candidate: RemovalCandidate) -> Model:
-    """A new, independent model with ``candidate`` removed (weights copied)."""
-    bypass = dict(candidate.bypass)
-    new_inputs, computed = _fresh_inputs(model)
-    for call in layer_calls(model):
-        if is_input_layer(call.layer):
-            continue
-        if all(output in bypass for output in call.output_ids):
-            for output in call.output_ids:
-                if bypass[output] in computed:
-                    computed[output] = computed[bypass[output]]
-            continue
-        if any(tensor not in computed for tensor in call.input_ids):
-            continue  # only reachable through the removed branch
-        computed.update(zip(call.output_ids, call.replay(computed), strict=True))
-    return _independent_model(model, new_inputs, computed)
-
-
-def nested_graph_models(model: Model) -> list[Model]:
-    """The functional/Sequential models called inside ``model`` as layers (ConvNeXt's blocks)."""
-    return [
-        layer for layer in model.layers if is_keras_model(layer) and is_layer_graph(layer) and in_layer_graph(layer)
-    ]
-
-
-def flatten_nested(model: Model) -> Model:
-    """``model`` itself when it nests no functional/Sequential model; otherwise a new, independent
-    model computing the same thing with every nested model's layers called at its top level.
-
-    A nested layer whose name is already taken is renamed ``<nested model>_<layer>``. Layers set
-    as attributes (a tf.Transform layer) and the compiled loss carry over.
-    """
-    if not is_layer_graph(model) or not nested_graph_models(model):
-        return model
-    nested = nested_graph_models(model)
-    taken = {layer.name for layer in model_layers(model) if not any(layer is inner for inner in nested)}
-    renamed: list[tuple[Layer, Layer]] = []
-
-    def replay_into(graph_model: Model, computed: dict[str, Any], prefix: str) -> None:
-        for call in layer_calls(graph_model):
-            layer = call.layer
-            if is_input_layer(layer):
-                continue
-            if is_keras_model(layer) and is_layer_graph(layer):
-                inner = {tensor_id(t): computed[i] for t, i in zip(layer.inputs, call.input_ids, strict=True)}
-                replay_into(layer, inner, f"{prefix}{layer.name}_")
-                computed.update(zip(call.output_ids, [inner[tensor_id(t)] for t in layer.outputs], strict=True))
-                continue
-            stand_in = None
-            if prefix and layer.name in taken:
-                stand_in = type(layer).from_config({**layer.get_config(), "name": f"{prefix}{layer.name}"})
-                if is_layer(layer):
-                    renamed.append((stand_in, layer))
-            if prefix:
-                taken.add(layer.name)
-            computed.update(zip(call.output_ids, call.replay(computed, stand_in), strict=True))
-
-    new_inputs, computed = _fresh_inputs(model)
-    replay_into(model, computed, "")
-    for stand_in, original in renamed:
-        stand_in.set_weights(original.get_weights())
-    flat = _independent_model(model, new_inputs, computed)
-    for attribute, layer in attached_layers(model).items():
-        setattr(flat, attribute, layer)
-    if getattr(model, "loss", None) is not None:
-        flat.compile(loss=model.loss)
-    return flat
-
-
-# Channel graph -------------------------------------------------------------------------------
-
-
-class ChannelBarrier(Exception):
-    """Raised by a layer handler for a call it cannot track channels through; says why."""
-
-
-class UnionFind:
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def add(self) -> int:
-        self.parent.append(len(self.parent))
-        return len(self.parent) - 1
-
-    def find(self, node: int) -> int:
-        while self.parent[node] != node:
-            self.parent[node] = self.parent[self.parent[node]]
-            node = self.parent[node]
-        return node
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-@dataclass
-class ChannelGraph:
-    """Channel nodes of every tensor, who produces them, and which are frozen (and why).
-
-    Every output channel of a producer is a node; nodes joined (``join``) are one removable
-    unit; a frozen node freezes its whole unit.
-    """
-
-    tensor_channels: dict[str, list[int]] = field(default_factory=dict)
-    node_producer: dict[int, tuple[str, int]] = field(default_factory=dict)  # node -> (layer, output index)
-    frozen: dict[int, str] = field(default_factory=dict)
-    barriers: dict[str, str] = field(default_factory=dict)
-    approximate: dict[str, str] = field(default_factory=dict)  # layers a removal changes beyond disconnection
-    layer_inputs: dict[str, list[str]] = field(default_factory=dict)
-    layer_outputs: dict[str, list[str]] = field(default_factory=dict)
-    producers: list[str] = field(default_factory=list)
-    channelwise: set[str] = field(default_factory=set)  # output channel i depends on input channel i only
-    tensors: dict[str, Any] = field(default_factory=dict)
-    consumers: dict[str, list[str]] = field(default_factory=dict)
-    sets: UnionFind = field(default_factory=UnionFind)
-    # How many units each producer key makes: a producer's output width, or a layer's count of
-    # hidden units (``"<layer>:heads"``: attention heads no tensor carries one by one).
-    unit_counts: dict[str, int] = field(default_factory=dict)
-    hidden_nodes: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # layer -> kind -> nodes
-    layer_arguments: dict[str, list[str]] = field(default_factory=dict)  # per input id: query, value, ...
-
-    def new_channels(self, count: int, producer: Optional[str] = None) -> list[int]:
-        nodes = [self.sets.add() for _ in range(count)]
-        if producer is not None:
-            for index, node in enumerate(nodes):
-                self.node_producer[node] = (producer, index)
-            self.unit_counts[producer] = count
-        return nodes
-
-    def new_hidden_units(self, layer_name: str, kind: str, count: int) -> list[int]:
-        """Units inside a layer (its attention heads), removable like channels, keyed ``layer:kind``."""
-        nodes = self.new_channels(count, producer=hidden_key(layer_name, kind))
-        self.hidden_nodes.setdefault(layer_name, {})[kind] = nodes
-        return nodes
-
-    def hidden_units(self, layer_name: str) -> dict[str, list[int]]:
-        """The layer's hidden units by kind (``{"heads": nodes}``)."""
-        return self.hidden_nodes.get(layer_name, {})
-
-    def join(self, a: int, b: int) -> None:
-        self.sets.union(a, b)
-
-    def freeze(self, nodes, reason: str) -> None:
-        for node in nodes:
-            self.frozen.setdefault(node, reason)
-
-    def unit_of(self, node: int) -> int:
-        return self.sets.find(node)
-
-    def input_channels(self, layer_name: str) -> list[int]:
-        """Channel nodes of a layer's first input."""
-        inputs = self.layer_inputs.get(layer_name)
-        return self.tensor_channels.get(inputs[0], []) if inputs else []
-
-    def output_channels(self, layer_name: str) -> list[int]:
-        return self.tensor_channels[self.layer_outputs[layer_name][0]]
-
-    def chain_end(self, tensor: str) -> str:
-        """Follows a tensor through single-consumer channel-wise layers (BN, activations, pooling)."""
-        while True:
-            consumers = self.consumers.get(tensor, [])
-            if len(consumers) != 1 or consumers[0] not in self.channelwise:
-                return tensor
-            if len(self.layer_inputs[consumers[0]]) != 1:
-                return tensor
-            tensor = self.layer_outputs[consumers[0]][0]
-
-
-def hidden_key(layer_name: str, kind: str) -> str:
-    return f"{layer_name}:{kind}"
-
-
-def _width(tensor) -> Optional[int]:
-    dim = tensor.shape[-1]
-    return int(dim) if dim is not None else None
-
-
-HandlerLookup = Callable[[Layer], Any]
-
-
-def analyse_channels(model: Model, handler_for: HandlerLookup, protected: tuple[str, ...] = ()) -> ChannelGraph:
-    """Builds the channel graph of a functional or Sequential model of either Keras generation.
-
-    ``handler_for(layer)`` returns the layer's handler (``layer_handlers.handler_for``): an
-    object with ``produces_channels``, ``channelwise`` and
-    ``output_channels(layer, call, inputs, graph) -> list of channel lists`` that raises
-    ``ChannelBarrier`` where it cannot follow the channels.
-    """
-    if not is_layer_graph(model):
-        raise ChannelBarrier(
-            f"{model.name} is a subclassed model; structured pruning needs a functional or Sequential graph"
-        )
-    graph = ChannelGraph()
-    patterns = [re.compile(p) for p in protected]
-    calls = layer_calls(model)
-    counts = call_counts(calls)
-    for call in calls:
-        layer = call.layer
-        graph.layer_inputs[layer.name] = list(call.input_ids)
-        graph.layer_outputs[layer.name] = list(call.output_ids)
-        graph.layer_arguments[layer.name] = call.input_arguments()
-        graph.tensors.update(zip(call.output_ids, call.output_tensors, strict=True))
-        for tensor in call.input_ids:
-            graph.consumers.setdefault(tensor, []).append(layer.name)
-        if is_input_layer(layer) or not call.input_ids:
-            for output, tensor in zip(call.output_ids, call.output_tensors, strict=True):
-                graph.tensor_channels[output] = graph.new_channels(_width(tensor) or 0)
-                graph.freeze(graph.tensor_channels[output], "model input")
-            continue
-        inputs = [graph.tensor_channels.get(tensor) for tensor in call.input_ids]
-        handler = handler_for(layer)
-        try:
-            if counts[layer.name] > 1:
-                raise ChannelBarrier("layer called more than once (shared weights)")
-            if any(channels is None for channels in inputs):
-                raise ChannelBarrier("input of unknown width")
-            outputs = handler.output_channels(layer, call, inputs, graph)
-        except ChannelBarrier as barrier:
-            reason = str(barrier)
-            graph.barriers[layer.name] = reason
-            for channels in inputs:
-                graph.freeze(channels or [], f"feeds barrier {layer.name} ({reason})")
-            for output, tensor in zip(call.output_ids, call.output_tensors, strict=True):
-                graph.tensor_channels[output] = graph.new_channels(_width(tensor) or 0)
-                graph.freeze(graph.tensor_channels[output], f"output of barrier {layer.name}")
-            continue
-        graph.tensor_channels.update(zip(call.output_ids, outputs, strict=True))
-        if handler.produces_channels:
-            graph.producers.append(layer.name)
-            if any(p.fullmatch(layer.name) for p in patterns):
-                graph.freeze(outputs[0], f"{layer.name} is protected")
-        if handler.channelwise:
-            graph.channelwise.add(layer.name)
-
-    for tensor in model.outputs:
-        graph.freeze(graph.tensor_channels.get(tensor_id(tensor), []), "reaches a model output")
-    return graph

@@ -24,7 +24,8 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from tfx_model_pruning.engine.graph import ChannelGraph, hidden_key, keras_of
+from tfx_model_pruning.engine.channels import ChannelGraph, hidden_key
+from tfx_model_pruning.engine.graph import keras_of
 from tfx_model_pruning.engine.keras_names import closest_name
 from tfx_model_pruning.engine.layer_handlers import handler_for
 from tfx_model_pruning.engine.masks import PrunableWeight

@@ -16,7 +16,8 @@ from typing import Optional
 import tensorflow as tf
 
 from tfx_model_pruning.engine.config import LayerRemovalConfig
-from tfx_model_pruning.engine.graph import Model, keras_of, model_without, removal_candidates
+from tfx_model_pruning.engine.graph import Model, keras_of
+from tfx_model_pruning.engine.graph_edit import model_without, removal_candidates
 from tfx_model_pruning.engine.results import LayerRemovalResult, RemovalStep
 from tfx_model_pruning.engine.saved_model import compiled_metrics
 

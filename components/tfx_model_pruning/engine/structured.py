@@ -2,7 +2,7 @@
 attention heads, and rebuild a smaller model.
 
 Channels are tracked through the layer graph the way Torch-Pruning's DepGraph does it for
-PyTorch (``graph.analyse_channels``), each layer by its handler (``layer_handlers``). Every
+PyTorch (``channels.analyse_channels``), each layer by its handler (``layer_handlers``). Every
 output channel of a *producer* (Dense, convolutions, LSTM/GRU, Embedding, MultiHeadAttention, a
 registered custom layer) is a node, and so is every attention head (a *hidden* unit no tensor
 carries alone); channel-wise layers (BatchNormalization, activations, pooling, DepthwiseConv2D,
@@ -32,22 +32,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from tfx_model_pruning.engine.channels import ChannelBarrier, ChannelGraph, UnionFind, analyse_channels, hidden_key
 from tfx_model_pruning.engine.config import StructuredPruningConfig
 from tfx_model_pruning.engine.efficiency import count_flops
-from tfx_model_pruning.engine.graph import (
-    ChannelBarrier,
-    ChannelGraph,
-    Model,
-    UnionFind,
-    analyse_channels,
-    attached_layers,
-    flatten_nested,
-    hidden_key,
-    in_layer_graph,
-    independent_clone,
-    is_layer,
-    keras_of,
-)
+from tfx_model_pruning.engine.graph import Model, attached_layers, in_layer_graph, is_layer, keras_of
+from tfx_model_pruning.engine.graph_edit import flatten_nested, independent_clone
 from tfx_model_pruning.engine.importance import Criterion, channel_scores
 from tfx_model_pruning.engine.layer_handlers import Kept, handler_for
 from tfx_model_pruning.engine.restored import require_tensorflow_backend
@@ -366,7 +355,7 @@ class RemovalPlan:
     """What structured pruning will remove from ``model``, before anything is rebuilt.
 
     ``model`` is the model the plan was made on: the caller's, or its flattened copy when the
-    caller's nests functional/Sequential models (``graph.flatten_nested``).
+    caller's nests functional/Sequential models (``graph_edit.flatten_nested``).
     """
 
     model: Model
