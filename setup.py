@@ -21,7 +21,7 @@ TFX_1_16_STACK = [
     "apache-beam[gcp]>=2.53,<2.70",
     "matplotlib>=3.8,<3.10",
 ]
-TFX_1_21 = 'python_version >= "3.13"'
+TFX_1_21 = 'python_version >= "3.11"'
 TFX_1_21_STACK = [
     "tfx==1.21.0",
     "tensorflow-model-analysis>=0.52,<0.53",
@@ -42,9 +42,9 @@ setup(
     description="TFX components that prune a trained Keras model, fine-tune it, gate it and hand it to the Pusher.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    # Two measured stacks, nothing between them: TFX 1.16 on Python 3.10 (what Debian 12 runs
-    # natively) and TFX 1.21 on Python 3.13 (Debian 13's Python); stacks/ holds each one's pins.
-    python_requires=">=3.10,!=3.11.*,!=3.12.*,<3.14",
+    # TFX 1.16 on Python 3.10 (what Debian 12 runs natively); TFX 1.21 on Python 3.11, 3.12 and
+    # 3.13 (TensorFlow's images, Ubuntu 24.04, Debian 13). stacks/ holds each one's tested pins.
+    python_requires=">=3.10,<3.14",
     packages=find_packages("components") + find_packages("pipelines"),
     package_dir={ROOT: f"components/{ROOT}", PIPELINES: f"pipelines/{PIPELINES}"},
     package_data={f"{ROOT}.evaluator_gate": ["templates/*.html.j2"], PIPELINES: ["presets/*.yaml"]},
@@ -60,6 +60,15 @@ setup(
         "jinja2>=3,<4",
         "scipy",  # Wilson intervals next to the gate's accuracy bounds
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "scikit-learn"]},
+    extras_require={
+        "dev": ["pytest", "pytest-xdist", "ruff", "scikit-learn"],
+        # The docs site (make docs). pymdown-extensions 12 changed the highlighter mkdocstrings 1.0 subclasses.
+        "docs": [
+            "mkdocs>=1.6,<2",
+            "mkdocs-material>=9.5,<10",
+            "mkdocstrings[python]>=0.26,<2",
+            "pymdown-extensions>=10,<12",
+        ],
+    },
     entry_points={"console_scripts": [f"prune-pipeline={PIPELINES}.cli:main"]},
 )

@@ -50,17 +50,15 @@ for pip_conf in /etc/pip.conf "$HOME/.config/pip/pip.conf" "$HOME/.pip/pip.conf"
     fi
 done
 
-mounted=()
-mount_into() {  # mount_into SOURCE TARGET [mount options...]; a second session shares the first's mounts
+# Each session mounts in a mount namespace of its own: its mounts vanish with it, and a session
+# that ends never unmounts what another one, still running, uses.
+if [ -z "${DEBIAN13_PRIVATE_MOUNTS:-}" ]; then
+    DEBIAN13_PRIVATE_MOUNTS=1 exec unshare --mount --propagation private "$0" "$@"
+fi
+mount_into() {  # mount_into SOURCE TARGET [mount options...]
     mkdir -p "$rootfs$2"
-    mountpoint -q "$rootfs$2" && return 0
     mount "${@:3}" "$1" "$rootfs$2"
-    mounted=("$rootfs$2" "${mounted[@]}")
 }
-cleanup() {
-    for target in "${mounted[@]}"; do umount -l "$target" 2>/dev/null || true; done
-}
-trap cleanup EXIT
 mount_into proc /proc -t proc
 mount_into sysfs /sys -t sysfs
 mount_into /dev /dev --rbind
@@ -68,6 +66,12 @@ mount_into /tmp /tmp --bind
 mkdir -p "$cache/pip"
 mount_into "$cache/pip" /root/.cache/pip --bind
 mount_into "$repo" "$repo" --bind
+# pyenv's Pythons, at the same path (the Makefile's STACK_PYTHON finds 3.11 and 3.12 there): a
+# CPython built on an older glibc runs on Debian 13's newer one, against its libssl3 and libffi8.
+pyenv_versions=${PYENV_ROOT:-$HOME/.pyenv}/versions
+if [ -d "$pyenv_versions" ]; then
+    mount_into "$pyenv_versions" "$pyenv_versions" --bind -o ro
+fi
 
 # TF_* and CI pass through; the host's PATH does not (its pyenv shims mean nothing inside).
 chroot "$rootfs" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin \

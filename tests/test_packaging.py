@@ -21,14 +21,22 @@ def _read(name):
         return f.read()
 
 
-# The stack under test is the one this interpreter belongs to (setup.py admits exactly these two).
-STACK = {(3, 10): "1.16", (3, 13): "1.21"}[sys.version_info[:2]]
-CONSTRAINTS = f"stacks/tfx-{STACK}.txt"
+# The stack under test is the one this interpreter belongs to: TFX 1.16 on 3.10, TFX 1.21 on 3.11-3.13.
+PYTHON = "{}.{}".format(*sys.version_info[:2])
+STACK = {"3.10": "1.16", "3.11": "1.21", "3.12": "1.21", "3.13": "1.21"}[PYTHON]
+# Each (stack, Python) has its own tested pins; the Makefile's CONSTRAINTS names the same files.
+PIN_FILES = {
+    ("1.16", "3.10"): "stacks/tfx-1.16.txt",
+    ("1.21", "3.11"): "stacks/tfx-1.21-py3.11.txt",
+    ("1.21", "3.12"): "stacks/tfx-1.21-py3.12.txt",
+    ("1.21", "3.13"): "stacks/tfx-1.21.txt",
+}
+CONSTRAINTS = PIN_FILES[STACK, PYTHON]
 
 
-def _pins(stack: str = STACK):
+def _pins(pin_file: str = CONSTRAINTS):
     pins = {}
-    for line in _read(f"stacks/tfx-{stack}.txt").splitlines():
+    for line in _read(pin_file).splitlines():
         if "==" in line and not line.startswith("#"):
             name, version = line.split("==", 1)
             pins[name.strip().lower().replace("_", "-")] = version.strip()
@@ -37,7 +45,17 @@ def _pins(stack: str = STACK):
 
 def test_the_interpreter_is_the_stacks_python():
     assert re.fullmatch(r"3\.10\.\d+", _read(".python-version").strip())  # pyenv's pick for the 1.16 stack
-    assert sys.version_info[:2] == {"1.16": (3, 10), "1.21": (3, 13)}[STACK]
+    assert (STACK, PYTHON) in PIN_FILES
+
+
+def test_setup_admits_exactly_the_pythons_with_tested_pins():
+    requires = metadata.metadata("tfx-model-pruning")["Requires-Python"]
+    from packaging.specifiers import SpecifierSet
+
+    admitted = {f"3.{minor}" for minor in range(8, 16) if SpecifierSet(requires).contains(f"3.{minor}.0")}
+    assert admitted == {python for _, python in PIN_FILES}, requires
+    for (stack, python), pin_file in PIN_FILES.items():
+        assert _pins(pin_file)["tfx"].startswith(stack + "."), (python, pin_file)
 
 
 MEASURED = {
@@ -63,14 +81,14 @@ MEASURED = {
 }
 
 
-@pytest.mark.parametrize("stack", sorted(MEASURED))
-def test_each_stacks_pins_hold_its_measured_versions(stack):
-    pins = _pins(stack)
+@pytest.mark.parametrize(("stack", "python"), sorted(PIN_FILES))
+def test_each_stacks_pins_hold_its_measured_versions(stack, python):
+    pins = _pins(PIN_FILES[stack, python])
     for package, pattern in {**MEASURED[stack], "tensorflow-model-optimization": r"0\.8\.1", "dill": ".+"}.items():
-        assert re.fullmatch(pattern, pins.get(package, "")), (stack, package, pins.get(package))
-    # One linter and test runner for both: the same code must pass the same checks.
+        assert re.fullmatch(pattern, pins.get(package, "")), (stack, python, package, pins.get(package))
+    # One linter and test runner for every stack: the same code must pass the same checks.
     for tool in ("ruff", "pytest", "pytest-xdist"):
-        assert pins[tool] == _pins("1.16")[tool], tool
+        assert pins[tool] == _pins(PIN_FILES["1.16", "3.10"])[tool], tool
 
 
 def test_install_requirements_are_satisfied_by_the_pins():
@@ -189,6 +207,8 @@ def test_ci_runs_the_test_target_on_both_stacks():
     commands = [line.strip() for line in _read(".ci/run").splitlines() if line.strip() and not line.startswith("#")]
     for stack in ("1.16", "1.21"):
         assert any(f"make test STACK={stack}" in command for command in commands), stack
+    for python in ("3.11", "3.12"):  # the unit tier on the other Pythons TFX 1.21 runs on
+        assert any(f"make unit STACK=1.21 PY={python}" in command for command in commands), python
 
 
 def test_a_stack_this_machine_cannot_run_natively_runs_inside_debian_13():
@@ -197,7 +217,7 @@ def test_a_stack_this_machine_cannot_run_natively_runs_inside_debian_13():
     if native == "1.21":
         assert any("-m pytest" in line for line in other)
     else:
-        assert "stacks/debian13.sh make test STACK=1.21" in other
+        assert "stacks/debian13.sh make test STACK=1.21 PY=3.13" in other
     with pytest.raises(subprocess.CalledProcessError):
         _make_dry_run("test", "STACK=2.0")
 
