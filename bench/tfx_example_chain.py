@@ -9,7 +9,7 @@ label ``tips_xf`` the transform computes and whose features go through vocabular
 with ``tf.saved_model.save`` and export ``serving_default`` and ``transform_features``. Then
 PruneComponent (magnitude) -> RetrainComponent (transformed examples + transform graph) ->
 EvaluatorGate (raw examples, label through ``transform_features``) -> Pusher, wired as the
-README's "Use it in your TFX pipeline" shows. Prints the parent vs pushed table the gate measured.
+docs/tfx.md shows. Prints the parent vs pushed table the gate measured.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def connect(
     if namespace:
         kwargs["namespace"] = namespace
     with warnings.catch_warnings():
-        # Said on every construction; the README states the KFP >= 2.0 requirement once.
+        # Said on every construction; docs/kubeflow.md states the KFP >= 2.0 requirement once.
         warnings.filterwarnings(
             "ignore", message="This client only works with Kubeflow Pipeline", category=FutureWarning
         )

@@ -137,7 +137,7 @@ class GateSection(GateConfig):
 
 
 class SecuritySection(_Section):
-    """Every model is scanned before it is loaded ("Security: a model is a program" in the README)."""
+    """Every model is scanned before it is loaded (docs/security.md)."""
 
     allow_ops: list[str] = Field(
         default_factory=list,

@@ -4,7 +4,7 @@ Models saved by tf-keras or by ``tf.saved_model.save`` load with ``load_model``;
 graph becomes fine-tuning input through ``tfx_model_pruning.engine.transform.transform_preprocessing``.
 
 from tfx_model_pruning.engine import PruningConfig, prune_saved_model
-report = prune_saved_model("path/to/saved_model", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
+report = prune_saved_model("path/to/saved_model", "pruned", PruningConfig(target_sparsity=0.8))
 """
 
 from tfx_model_pruning.engine.config import (

@@ -261,7 +261,7 @@ class GoalPruningConfig(_StrictModel):
     - ``latency``: structured pruning, ``target_ratio`` of the units, filters and heads removed.
       Zeros leave every kernel its shape, and on CPUs TensorFlow and TFLite run a dense kernel
       full of zeros no faster: a model pruned by magnitude to 80% served exactly as fast as its
-      parent (README, "Speed where the model is served"). The model must have Dense, convolution
+      parent (docs/serving-speed.md). The model must have Dense, convolution
       or attention layers whose units can be removed; otherwise the pruning fails, saying so.
     - ``size``: magnitude pruning to ``target_ratio`` sparsity: the architecture is kept and the
       zeros compress (gzip), which is what a push stores and transfers.
@@ -554,7 +554,7 @@ class FineTuneConfig(_StrictModel):
         gt=0.0,
         le=10.0,
         description="Default peak learning rate as a multiple of the model's own (read from its optimizer): 0.3 "
-        "recovered TFX's penguin model at 80% to 0.98 where 1.0 stalled at 0.97 (README, Fine-tuning).",
+        "recovered TFX's penguin model at 80% to 0.98 where 1.0 stalled at 0.97 (docs/fine-tuning.md).",
     )
     schedule: Optional[Literal["warmup_cosine", "constant"]] = Field(
         default=None,

@@ -131,7 +131,7 @@ def prune_saved_model(
 
     Example::
 
-        report = prune_saved_model("trainer/model/7", "/tmp/pruned", PruningConfig(target_sparsity=0.8))
+        report = prune_saved_model("trainer/model/7", "pruned", PruningConfig(target_sparsity=0.8))
         report.after.masked_sparsity  # 0.8
     """
     goal, method_reason = (config if config.method == "goal" else None), ""

@@ -1,4 +1,4 @@
-"""The README's configuration reference is generated from the code, and kept current."""
+"""The docs' configuration reference (docs/configuration.md) is generated from the code, and kept current."""
 
 import os
 from typing import Annotated, Literal, Optional, Union
@@ -11,13 +11,30 @@ from tfx_model_pruning.engine.importance import Criterion
 from tfx_model_pruning.engine.layer_handlers import Barrier, Producer
 from tfx_model_pruning_pipelines import reference
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCUMENT = os.path.join(ROOT, "docs", "configuration.md")
 
 
-def test_the_readme_blocks_are_what_the_code_generates():
-    with open(README, encoding="utf-8") as f:
+def test_the_docs_blocks_are_what_the_code_generates():
+    with open(DOCUMENT, encoding="utf-8") as f:
         stale = reference.stale_blocks(f.read())
-    assert not stale, f"README.md blocks {stale} are stale: run `{reference.WRITE_COMMAND}` (or `make readme`)"
+    assert not stale, (
+        f"docs/configuration.md blocks {stale} are stale: run `{reference.WRITE_COMMAND}` (or `make docs-reference`)"
+    )
+
+
+def test_each_block_lives_once_in_the_docs_page_the_generator_names(monkeypatch, capsys):
+    assert os.path.join(ROOT, reference.DOCUMENT) == DOCUMENT
+    with open(DOCUMENT, encoding="utf-8") as f:
+        text = f.read()
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for block in reference.BLOCKS:
+        assert text.count(reference.start_marker(block)) == 1, block
+        assert reference.start_marker(block) not in readme, f"the README links to the reference: {block}"
+    monkeypatch.chdir(ROOT)  # as `make docs-reference` runs it: the flag alone names docs/configuration.md
+    assert reference.main(["--check"]) == 0
+    assert f"{reference.DOCUMENT}: generated blocks up to date" in capsys.readouterr().out
 
 
 class _Leaf(BaseModel):
@@ -97,31 +114,31 @@ def test_the_registries_are_read_as_they_are():
 
 
 @pytest.fixture
-def readme_copy(tmp_path):
-    path = tmp_path / "README.md"
-    with open(README, encoding="utf-8") as f:
+def document_copy(tmp_path):
+    path = tmp_path / "page.md"  # a name without "config": the error must name the stale block alone
+    with open(DOCUMENT, encoding="utf-8") as f:
         path.write_text(f.read(), encoding="utf-8")
     return path
 
 
-def test_check_names_the_stale_block_and_the_command_that_fixes_it(readme_copy, capsys):
-    assert reference.main(["--write", str(readme_copy)]) == 0
-    text = readme_copy.read_text(encoding="utf-8")
+def test_check_names_the_stale_block_and_the_command_that_fixes_it(document_copy, capsys):
+    assert reference.main(["--write", str(document_copy)]) == 0
+    text = document_copy.read_text(encoding="utf-8")
     marker = reference.start_marker("criteria")
-    readme_copy.write_text(text.replace(marker, marker + "\n| `gone` | a criterion that was removed |"), "utf-8")
+    document_copy.write_text(text.replace(marker, marker + "\n| `gone` | a criterion that was removed |"), "utf-8")
 
-    assert reference.main(["--check", str(readme_copy)]) == 1
+    assert reference.main(["--check", str(document_copy)]) == 1
     err = capsys.readouterr().err
     assert "criteria" in err and "config" not in err
-    assert f"python -m {reference.MODULE} --write {readme_copy}" in err
+    assert f"python -m {reference.MODULE} --write {document_copy}" in err
 
-    assert reference.main(["--write", str(readme_copy)]) == 0
-    assert readme_copy.read_text(encoding="utf-8") == text
-    assert reference.main(["--check", str(readme_copy)]) == 0
+    assert reference.main(["--write", str(document_copy)]) == 0
+    assert document_copy.read_text(encoding="utf-8") == text
+    assert reference.main(["--check", str(document_copy)]) == 0
 
 
-def test_a_missing_marker_is_named(readme_copy, capsys):
-    text = readme_copy.read_text(encoding="utf-8")
-    readme_copy.write_text(text.replace(reference.start_marker("layer_handlers"), ""), "utf-8")
-    assert reference.main(["--check", str(readme_copy)]) == 1
+def test_a_missing_marker_is_named(document_copy, capsys):
+    text = document_copy.read_text(encoding="utf-8")
+    document_copy.write_text(text.replace(reference.start_marker("layer_handlers"), ""), "utf-8")
+    assert reference.main(["--check", str(document_copy)]) == 1
     assert reference.start_marker("layer_handlers") in capsys.readouterr().err
