@@ -281,3 +281,32 @@ def test_gate_refuses_on_efficiency_and_reports_the_measurements(tmp_path, prune
     html = open(tmp_path / "evaluation" / "report.html").read()
     assert "<li>params is 4675, above the upper bound 1000</li>" in html
     assert '<td class="FAIL">FAIL</td><td>params &lt;= max_params</td>' in html
+
+
+def test_retrain_with_epochs_0_passes_the_pruned_model_on_and_the_gate_says_it_was_not_fine_tuned(
+    tmp_path, pruned, penguin_data, penguin_baseline
+):
+    model = run_retrain(pruned[0].uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=0)
+    before, after = load_model(pruned[0].uri), load_model(model.uri)
+    for weight, kept in zip(before.model.weights, after.model.weights, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), kept.numpy())  # untouched, not one step
+    assert set(after.masks) == set(before.masks) and list(after.signatures) == ["serving_default"]
+    record = json.load(open(os.path.join(model.uri, "fine_tuning.json")))
+    assert record["fine_tuned"] is False and "retrain.epochs: 0" in record["reason"]
+    assert model.get_int_custom_property("fine_tuned") == 0
+    assert model.get_string_custom_property("recovery_summary") == record["reason"]
+    assert model.get_float_custom_property("sparsity") == pytest.approx(0.8, abs=0.005)
+
+    _, result, error = run_gate(
+        tmp_path, model.uri, penguin_baseline, penguin_data, _accuracy_gate(lower_bound=0.0, max_absolute_drop=1.0)
+    )
+    assert error is None and result["not_fine_tuned"] == record["reason"] and result["fine_tuning"] is None
+    summary = open(tmp_path / "evaluation" / "summary.md").read()
+    html = open(tmp_path / "evaluation" / "report.html").read()
+    assert "## Fine-tuning\n\nNot fine-tuned (retrain.epochs: 0)" in summary
+    assert "<h2>Fine-tuning</h2><p>Not fine-tuned (retrain.epochs: 0)" in html
+
+
+def test_a_fine_tuned_candidate_is_recorded_as_fine_tuned(tmp_path, pruned, penguin_data):
+    model = run_retrain(pruned[0].uri, penguin_data, tmp_path / "retrained", label_key="species", epochs=1)
+    assert model.get_int_custom_property("fine_tuned") == 1

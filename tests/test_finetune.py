@@ -104,3 +104,29 @@ def test_the_masks_hold_at_every_step_inside_the_compiled_loop_and_leave_with_th
 
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # without the callback nothing holds the zeros
     assert np.any(kernel.numpy()[pruned] != 0)
+
+
+def test_epochs_0_returns_the_model_untouched_with_its_masks():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="a"), keras.layers.Dense(2, name="b")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    _, masks = prune_model(model, PruningConfig(target_sparsity=0.5))
+    before = [weight.numpy().copy() for weight in model.weights]
+    x, y = np.ones((16, 4), "float32"), np.zeros(16, "int64")
+    config = FineTuneConfig(epochs=0)
+    assert not config.fine_tunes and FineTuneConfig(epochs=1).fine_tunes and FineTuneConfig().fine_tunes
+    result = fine_tune(model, (x, y), None, config, masks, verbose=0)
+    for weight, kept in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(weight, kept.numpy())
+    assert result.history == {} and set(result.masks) == set(masks) and result.recovery is None
+
+
+def test_epochs_0_with_settings_that_only_act_while_training_names_them_all():
+    from pydantic import ValidationError
+
+    from tfx_model_pruning.engine.config import DistillationConfig
+
+    with pytest.raises(ValidationError, match=r"so distillation, recovery would never take effect: drop them"):
+        FineTuneConfig(epochs=0, distillation=DistillationConfig(), recovery={"metric": "AUC"})
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        FineTuneConfig(epochs=-1)

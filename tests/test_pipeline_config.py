@@ -257,6 +257,13 @@ def test_fine_tuning_recovers_the_gates_metric_within_half_its_allowed_drop():
     assert not fixed.until_recovered and fixed.recovery.metric is None  # a fixed count recovers nothing
 
 
+def test_a_pipeline_can_say_prune_then_gate_with_no_fine_tuning():
+    retrain = load_pipeline_config(overrides={"retrain": {"epochs": 0}}).retrain
+    assert not retrain.fine_tunes and "recovery" not in retrain.model_fields_set  # nothing follows the gate
+    with pytest.raises(PipelineConfigError, match="epochs 0 means no fine-tuning, so recovery would never"):
+        load_pipeline_config(overrides={"retrain": {"epochs": 0, "recovery": {"patience": 3}}})
+
+
 def test_a_recovery_metric_other_than_the_gates_is_refused():
     with pytest.raises(PipelineConfigError, match="differs from the metric the gate checks"):
         load_pipeline_config(overrides={"retrain": {"recovery": {"metric": "AUC"}}})

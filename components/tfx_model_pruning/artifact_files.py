@@ -10,6 +10,9 @@ SENSITIVITY_PLOT = "sensitivity.png"
 
 # RetrainComponent's model, next to Format-Serving
 FINE_TUNING_JSON = "fine_tuning.json"
+# Its MLMD custom property (1 or 0) and fine_tuning.json key: whether it was fine-tuned at all.
+FINE_TUNED = "fine_tuned"
+NOT_FINE_TUNED = "not fine-tuned (retrain.epochs: 0): judged as it came from PruneComponent"
 
 # PruneComponent's and RetrainComponent's models, next to Format-Serving: the compressed sizes
 # measured when it was saved (engine.prune.SIZE_FIGURES), so the gate need not compress it again

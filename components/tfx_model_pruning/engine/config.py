@@ -530,9 +530,10 @@ class FineTuneConfig(_StrictModel):
     )
     epochs: Optional[int] = Field(
         default=None,
-        ge=1,
+        ge=0,
         description="A fixed number of passes (of steps_per_epoch batches each): set, fine-tuning runs exactly "
-        "this many and keeps the last weights, ignoring recovery. Default: until recovered (recovery).",
+        "this many and keeps the last weights, ignoring recovery. 0: no fine-tuning at all, the pruned model goes "
+        "on as it is (recorded as not fine-tuned in MLMD and the release report). Default: until recovered.",
     )
     recovery: RecoveryConfig = Field(
         default_factory=RecoveryConfig,
@@ -602,6 +603,15 @@ class FineTuneConfig(_StrictModel):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> FineTuneConfig:
+        if self.epochs == 0:
+            # Settings that only mean something while training: given with epochs 0, a mistake.
+            given = [name for name in ("gradual_pruning", "distillation", "recovery") if name in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"epochs 0 means no fine-tuning, so {', '.join(given)} would never take effect: drop "
+                    f"{'it' if len(given) == 1 else 'them'}, or give epochs (or none, to fine-tune until recovered)"
+                )
+            return self
         if self.gradual_pruning is not None:
             budget = self.budget_steps()
             if budget is not None:
@@ -617,6 +627,11 @@ class FineTuneConfig(_StrictModel):
     def until_recovered(self) -> bool:
         """Whether fine-tuning stops by ``recovery`` (no fixed ``epochs``)."""
         return self.epochs is None
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether there is any fine-tuning (``epochs: 0`` passes the pruned model on as it is)."""
+        return self.epochs != 0
 
     def budget_steps(self, steps_per_epoch: Optional[int] = None) -> Optional[int]:
         """The most batches fine-tuning may run: epochs x steps, or the recovery budget's tighter bound

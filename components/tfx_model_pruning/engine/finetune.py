@@ -281,7 +281,8 @@ def fine_tune(
     evaluated once on ``eval_dataset`` with ``config.recovery.metric``, and fine-tuning stops at
     the first evaluation within the tolerance of it, on a plateau, or when the budget is spent;
     the best evaluation's weights are kept (``result.recovery`` says which and why). With
-    ``config.epochs`` it runs exactly that many epochs and keeps the last weights.
+    ``config.epochs`` it runs exactly that many epochs and keeps the last weights; with
+    ``epochs=0`` it returns at once, the model untouched.
 
     ``train_dataset`` yields ``(features, labels)`` batches. With ``config.gradual_pruning`` the
     model is pruned further on that schedule while it trains; with ``config.distillation`` the
@@ -307,6 +308,8 @@ def fine_tune(
         print(result.recovery.summary())  # recovered 0.955 of 0.960 in 340 steps (stopped: recovered)
     """
     require_tensorflow_backend(model)
+    if not config.fine_tunes:  # epochs 0: the model as it is, its masks as they are
+        return FineTuneResult(history={}, masks=dict(masks))
     _require_built_under(model, config.strategy)
     # First: the shuffle of a dataset made from (x, y) here depends on the global seed as well.
     (keras if is_restored(model) else keras_of(model)).utils.set_random_seed(config.seed)

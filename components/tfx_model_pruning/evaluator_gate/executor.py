@@ -114,7 +114,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 config, candidate, baseline, input_dict[specs.EXAMPLES_KEY], evaluation.uri, allow_unsafe
             )
             decision.run = self._run_header(config)
-            decision.fine_tuning = _fine_tuning_of(candidate.uri)
+            decision.fine_tuning, decision.not_fine_tuned = _fine_tuning_of(candidate.uri)
             write_json(evaluation.uri, files.GATE_RESULT_JSON, decision.to_json())
             write_text(evaluation.uri, files.GATE_SUMMARY_MARKDOWN, summary_markdown(decision))
             png = release_report_png(decision)
@@ -599,10 +599,12 @@ def _first_example(examples: list[types.Artifact], split: str) -> Optional[tf.tr
         return None
 
 
-def _fine_tuning_of(model_uri: str) -> Optional[RecoveryRecord]:
-    """The candidate's recovery record, where RetrainComponent made it (fine_tuning.json beside it)."""
-    recorded = (read_json_if_present(model_uri, files.FINE_TUNING_JSON) or {}).get("recovery")
-    return RecoveryRecord.from_json(recorded) if recorded else None
+def _fine_tuning_of(model_uri: str) -> tuple[Optional[RecoveryRecord], str]:
+    """The candidate's recovery record, where RetrainComponent made one (fine_tuning.json beside it),
+    and why it was not fine-tuned at all, where it was not (retrain.epochs: 0)."""
+    record = read_json_if_present(model_uri, files.FINE_TUNING_JSON) or {}
+    recovery = RecoveryRecord.from_json(record["recovery"]) if record.get("recovery") else None
+    return recovery, ("" if record.get(files.FINE_TUNED, True) else record.get("reason") or files.NOT_FINE_TUNED)
 
 
 def _one_line(err: BaseException) -> str:

@@ -150,6 +150,8 @@ def summary_markdown(result: Union[GateDecision, Mapping[str, Any]]) -> str:
         tabulate(rows, headers=header, tablefmt="github", disable_numparse=True),
         "",
     ]
+    if result.not_fine_tuned:
+        lines += ["## Fine-tuning", "", f"{result.not_fine_tuned[0].upper()}{result.not_fine_tuned[1:]}.", ""]
     if result.fine_tuning is not None:
         head, *evaluations = fine_tuning_rows(result.fine_tuning)
         lines += ["## Fine-tuning", "", f"{result.fine_tuning.summary()}.", ""]
@@ -355,7 +357,8 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         return _HTML.render(
             verdict="NOT BLESSED", blessed=False, header=[], failed=[], error=result.error, checks=[],
             png="", comparison=[[""]], slices=[], unchecked=[], min_slice_examples=0, layers=[], models=[],
-            labels=MODEL_LABELS, paths=[], fine_tuning="", fine_tuning_rows=[], graph_rows=[], int8=None,
+            labels=MODEL_LABELS, paths=[], fine_tuning="", not_fine_tuned="", fine_tuning_rows=[], graph_rows=[],
+            int8=None,
         )  # fmt: skip
     models = _models(result)
     metrics = _threshold_metrics(result) + ["example_count"]
@@ -398,6 +401,7 @@ def release_report_html(result: Union[GateResult, Mapping[str, Any]], png: bytes
         labels=MODEL_LABELS,
         paths=[(name, result.models[name]) for name in models if name in result.models],
         fine_tuning=result.fine_tuning.summary() if result.fine_tuning is not None else "",
+        not_fine_tuned=result.not_fine_tuned,
         fine_tuning_rows=fine_tuning_rows(result.fine_tuning) if result.fine_tuning is not None else [],
         graph_rows=graph_scan_rows(result) if result.graph_scans else [],
         int8=None

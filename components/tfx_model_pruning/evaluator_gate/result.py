@@ -252,6 +252,8 @@ class GateDecision:
     evaluated_by: str = ""  # which evaluator computed the metrics, and why TFMA's when it was
     # How the candidate was fine-tuned: its recovery record (fine_tuning.json), where it has one.
     fine_tuning: Optional[RecoveryRecord] = None
+    # Why the candidate was not fine-tuned at all (retrain.epochs: 0); empty where it was.
+    not_fine_tuned: str = ""
     # role -> what the graph scan found before the model was loaded (GraphScan.summary()).
     graph_scans: dict[str, dict[str, Any]] = field(default_factory=dict)
     int8: Optional[Int8Result] = None  # the int8 TFLite model's own result, when int8_tflite asked for one
@@ -290,6 +292,7 @@ class GateDecision:
             "run": self.run.to_json(),
             "evaluated_by": self.evaluated_by,
             "fine_tuning": self.fine_tuning.to_json() if self.fine_tuning is not None else None,
+            "not_fine_tuned": self.not_fine_tuned,
             "graph_scans": self.graph_scans,
             "int8": self.int8.to_json() if self.int8 is not None else None,
             "checks": [check.as_dict() for check in self.checks],
@@ -314,6 +317,7 @@ class GateDecision:
             run=RunHeader.from_json(data.get("run") or {}),
             evaluated_by=data.get("evaluated_by") or "",
             fine_tuning=RecoveryRecord.from_json(data["fine_tuning"]) if data.get("fine_tuning") else None,
+            not_fine_tuned=data.get("not_fine_tuned") or "",
             graph_scans=dict(data.get("graph_scans") or {}),
             int8=Int8Result.from_json(data["int8"]) if data.get("int8") else None,
         )

@@ -57,6 +57,9 @@ class Executor(base_executor.BaseExecutor):
             input_uri = artifact_utils.get_single_uri(input_dict[specs.INPUT_MODEL_KEY])
             loaded = load_model(input_uri, allow_unsafe, allow_ops)
         require_finite_weights(loaded.model, f"the model to fine-tune ({loaded.path})")
+        if not config.fine_tunes:
+            self._pass_on_unchanged(loaded, config, output_model, allow_ops)
+            return
         user_input_fn = getattr(module, INPUT_FN_NAME, None)
         make_dataset = user_input_fn or examples_dataset
         options = {}
@@ -134,11 +137,29 @@ class Executor(base_executor.BaseExecutor):
         write_json(output_model.uri, files.FINE_TUNING_JSON, record)
         write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
         output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
+        output_model.set_int_custom_property(files.FINE_TUNED, 1)
         record_scan(output_model, model_dir, allow_ops)
         if result.recovery is not None:
             record_recovery(output_model, result.recovery)
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
         progress.figure(_key_figure(result, stats["masked_sparsity"]))
+
+    def _pass_on_unchanged(self, loaded, config: FineTuneConfig, output_model: types.Artifact, allow_ops) -> None:
+        """``epochs: 0``: the pruned model, saved as it came, recorded as not fine-tuned."""
+        model_dir = path_utils.serving_model_dir(output_model.uri)
+        loaded.save(loaded.model, model_dir, loaded.masks)
+        verify_signatures_preserved(loaded.path, model_dir)
+        stats = weight_and_size_stats(loaded.model, loaded.masks or None, model_dir)
+        record = {"config": config.model_dump(), "reason": files.NOT_FINE_TUNED, "weights": stats}
+        record[files.FINE_TUNED] = False
+        write_json(output_model.uri, files.FINE_TUNING_JSON, record)
+        write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
+        output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
+        output_model.set_int_custom_property(files.FINE_TUNED, 0)
+        output_model.set_string_custom_property("recovery_summary", files.NOT_FINE_TUNED)
+        record_scan(output_model, model_dir, allow_ops)
+        logging.info("Not fine-tuned (retrain.epochs 0): %s passed on as pruned", loaded.path)
+        progress.figure(f"{files.NOT_FINE_TUNED}; sparsity {stats['masked_sparsity']:.2f}")
 
 
 def record_recovery(artifact: types.Artifact, recovery: RecoveryRecord) -> None:
