@@ -125,8 +125,8 @@ def test_the_file_keeps_every_key_its_readers_read():
     written = json.loads(json.dumps(_decision(flops=None).to_json()))
     assert set(written) == {
         "blessed", "config", "models", "metrics", "slices", "unchecked_slices", "weights", "layers",
-        "judged_serving_version", "run", "evaluated_by", "fine_tuning", "graph_scans", "int8", "checks",
-        "failed_checks",
+        "judged_serving_version", "run", "evaluated_by", "fine_tuning", "not_fine_tuned", "graph_scans", "int8",
+        "checks", "failed_checks",
     }  # fmt: skip
     assert written["config"] == CONFIG.model_dump()
     assert written["metrics"]["candidate"][ACC] == 0.85

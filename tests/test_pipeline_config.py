@@ -6,6 +6,7 @@ import os
 import pytest
 import yaml
 
+from tfx_model_pruning.engine.config import FineTuneConfig
 from tfx_model_pruning_pipelines import cli
 from tfx_model_pruning_pipelines.pipeline_config import (
     PENGUIN_PRESET,
@@ -259,7 +260,9 @@ def test_fine_tuning_recovers_the_gates_metric_within_half_its_allowed_drop():
 
 def test_a_pipeline_can_say_prune_then_gate_with_no_fine_tuning():
     retrain = load_pipeline_config(overrides={"retrain": {"epochs": 0}}).retrain
-    assert not retrain.fine_tunes and "recovery" not in retrain.model_fields_set  # nothing follows the gate
+    assert not retrain.fine_tunes and retrain.recovery.metric is None  # nothing follows the gate
+    read_back = FineTuneConfig.model_validate_json(FineTuneConfig(**retrain.model_dump()).model_dump_json())
+    assert read_back.model_dump() == retrain.model_dump()  # what the component reads back validates
     with pytest.raises(PipelineConfigError, match="epochs 0 means no fine-tuning, so recovery would never"):
         load_pipeline_config(overrides={"retrain": {"epochs": 0, "recovery": {"patience": 3}}})
 

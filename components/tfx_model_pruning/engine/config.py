@@ -605,7 +605,9 @@ class FineTuneConfig(_StrictModel):
     def _schedule_fits(self) -> FineTuneConfig:
         if self.epochs == 0:
             # Settings that only mean something while training: given with epochs 0, a mistake.
-            given = [name for name in ("gradual_pruning", "distillation", "recovery") if name in self.model_fields_set]
+            # Compared with the defaults, not model_fields_set: a config read back from its JSON has every field set.
+            given = [name for name in ("gradual_pruning", "distillation") if getattr(self, name) is not None]
+            given += ["recovery"] if self.recovery != RecoveryConfig() else []
             if given:
                 raise ValueError(
                     f"epochs 0 means no fine-tuning, so {', '.join(given)} would never take effect: drop "
