@@ -17,6 +17,8 @@ IMAGE_TAG ?= tfx-model-pruning:$(VERSION)
 # and its last lines are printed only when an install fails.
 V ?=
 INSTALL_LOG = $(VENV)/install.log
+# In a variable: a comma written inside $(call ...) would split its argument.
+DOCS_EXTRAS := .[dev,docs]
 quietly = $(if $(V),$(1),$(1) --quiet >>$(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG) >&2; exit 1; })
 
 PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
@@ -83,7 +85,7 @@ lint: setup
 # The docs site (mkdocs.yml, docs/) into build/site; --strict: every warning, a broken link or anchor
 # included, fails it. Its tools are setup.py's `docs` extra, added to the stack's venv on first use.
 $(VENV)/.docs-installed: $(VENV)/.installed setup.py
-	@$(call quietly,$(VENV)/bin/pip install --cache-dir $(PIP_CACHE) -c $(CONSTRAINTS) -e '.[dev,docs]')
+	@$(call quietly,$(VENV)/bin/pip install --cache-dir $(PIP_CACHE) -c $(CONSTRAINTS) -e '$(DOCS_EXTRAS)')
 	@touch $@
 
 docs: setup $(VENV)/.docs-installed

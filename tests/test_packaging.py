@@ -201,6 +201,21 @@ def test_make_run_runs_the_local_pipeline_and_make_test_runs_ruff_and_every_test
     assert any("-m pytest" in line and line.split("#")[0].rstrip().endswith(" tests") for line in test_commands)
 
 
+def test_every_setup_command_is_one_well_formed_shell_command_that_logs_pips_output():
+    """A comma inside make's $(call ...) once cut `-e '.[dev,docs]'` in two (an unterminated quote)."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", "docs", "STACK=1.16"],
+        cwd=ROOT, capture_output=True, text=True, check=True, env=environment,
+    )  # fmt: skip
+    installs = [line for line in done.stdout.splitlines() if "pip install" in line]
+    assert len(installs) == 3, installs  # pip and setuptools, the stack, the docs extra
+    for line in installs:
+        words = shlex.split(line)  # raises on a cut quote
+        assert "--quiet" in words and ">>.venv/install.log" in words, line
+    assert ".[dev,docs]" in shlex.split(installs[-1])
+
+
 def test_ci_runs_the_test_target_on_both_stacks():
     done = subprocess.run(["bash", "-n", os.path.join(ROOT, ".ci", "run")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr  # it parses
