@@ -84,12 +84,13 @@ lint: setup
 
 # The docs site (mkdocs.yml, docs/) into build/site; --strict: every warning, a broken link or anchor
 # included, fails it. Its tools are setup.py's `docs` extra, added to the stack's venv on first use.
+# NO_MKDOCS_2_WARNING: mkdocs-material's own banner about MkDocs 2.0, not this build's news.
 $(VENV)/.docs-installed: $(VENV)/.installed setup.py
 	@$(call quietly,$(VENV)/bin/pip install --cache-dir $(PIP_CACHE) -c $(CONSTRAINTS) -e '$(DOCS_EXTRAS)')
 	@touch $@
 
 docs: setup $(VENV)/.docs-installed
-	TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore $(VENV)/bin/mkdocs build --strict --site-dir build/site
+	TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # The configuration reference of docs/configuration.md, generated from the code (tests/test_docs_reference.py checks it).
 docs-reference: setup
