@@ -124,21 +124,14 @@ class Executor(base_executor.BaseExecutor):
         model_dir = path_utils.serving_model_dir(output_model.uri)
         with strategy.scope():  # saving recompiles the model: its metrics are made where its weights are
             loaded.save(loaded.model, model_dir, result.masks)
-        verify_signatures_preserved(loaded.path, model_dir)
-        stats = weight_and_size_stats(loaded.model, result.masks or None, model_dir)
         record = {
             "config": config.model_dump(),
             "loss": result.loss,
             "learning_rate": result.learning_rate,
             "history": result.history,
             "recovery": result.recovery.to_json() if result.recovery is not None else None,
-            "weights": stats,
         }
-        write_json(output_model.uri, files.FINE_TUNING_JSON, record)
-        write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
-        output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
-        output_model.set_int_custom_property(files.FINE_TUNED, 1)
-        record_scan(output_model, model_dir, allow_ops)
+        stats = _record_saved(loaded, result.masks, output_model, allow_ops, record, fine_tuned=True)
         if result.recovery is not None:
             record_recovery(output_model, result.recovery)
         logging.info("Fine-tuned %s; sparsity of pruned layers %.4f", loaded.path, stats["masked_sparsity"])
@@ -146,20 +139,26 @@ class Executor(base_executor.BaseExecutor):
 
     def _pass_on_unchanged(self, loaded, config: FineTuneConfig, output_model: types.Artifact, allow_ops) -> None:
         """``epochs: 0``: the pruned model, saved as it came, recorded as not fine-tuned."""
-        model_dir = path_utils.serving_model_dir(output_model.uri)
-        loaded.save(loaded.model, model_dir, loaded.masks)
-        verify_signatures_preserved(loaded.path, model_dir)
-        stats = weight_and_size_stats(loaded.model, loaded.masks or None, model_dir)
-        record = {"config": config.model_dump(), "reason": files.NOT_FINE_TUNED, "weights": stats}
-        record[files.FINE_TUNED] = False
-        write_json(output_model.uri, files.FINE_TUNING_JSON, record)
-        write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
-        output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
-        output_model.set_int_custom_property(files.FINE_TUNED, 0)
+        loaded.save(loaded.model, path_utils.serving_model_dir(output_model.uri), loaded.masks)
+        record = {"config": config.model_dump(), "reason": files.NOT_FINE_TUNED}
+        stats = _record_saved(loaded, loaded.masks, output_model, allow_ops, record, fine_tuned=False)
         output_model.set_string_custom_property("recovery_summary", files.NOT_FINE_TUNED)
-        record_scan(output_model, model_dir, allow_ops)
         logging.info("Not fine-tuned (retrain.epochs 0): %s passed on as pruned", loaded.path)
         progress.figure(f"{files.NOT_FINE_TUNED}; sparsity {stats['masked_sparsity']:.2f}")
+
+
+def _record_saved(loaded, masks, output_model: types.Artifact, allow_ops, record: dict, fine_tuned: bool) -> dict:
+    """What every saved output carries: its signatures checked, fine_tuning.json and the sizes
+    beside it, and its sparsity, whether it was fine-tuned and its graph scan in MLMD."""
+    model_dir = path_utils.serving_model_dir(output_model.uri)
+    verify_signatures_preserved(loaded.path, model_dir)
+    stats = weight_and_size_stats(loaded.model, masks or None, model_dir)
+    write_json(output_model.uri, files.FINE_TUNING_JSON, {**record, files.FINE_TUNED: fine_tuned, "weights": stats})
+    write_json(output_model.uri, files.MODEL_SIZES_JSON, {key: stats[key] for key in SIZE_FIGURES})
+    output_model.set_float_custom_property("sparsity", stats["masked_sparsity"])
+    output_model.set_int_custom_property(files.FINE_TUNED, int(fine_tuned))
+    record_scan(output_model, model_dir, allow_ops)
+    return stats
 
 
 def record_recovery(artifact: types.Artifact, recovery: RecoveryRecord) -> None:
