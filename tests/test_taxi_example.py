@@ -202,3 +202,23 @@ def test_the_tfx_taxi_example_is_pruned_retrained_gated_and_pushed(tmp_path, met
     held_out = taxi_examples(header, rows[HELD_OUT], taxi_raw_spec(header, rows[:TAXI_TRAIN_ROWS]))
     served = tf.saved_model.load(pushed_dir).signatures["serving_default"](examples=without_feature(held_out, "tips"))
     assert served["outputs"].shape == (held_out.shape[0], 1) and np.all(np.isfinite(served["outputs"].numpy()))
+
+
+def test_the_tfx_taxi_example_with_no_fine_tuning_is_judged_as_pruned_and_says_so(tmp_path):
+    """retrain.epochs 0 on TFX's taxi module as it ships (tf.saved_model.save, sparse features, a
+    sigmoid): the pruned model reaches the gate untouched, and every record says it was not fine-tuned."""
+    config_path = _pipeline_file(tmp_path / "project", "magnitude")
+    description = yaml.safe_load(open(config_path))
+    description["retrain"] = {"label_key": "tips_xf", "epochs": 0}
+    (tmp_path / "project" / "pipeline.yaml").write_text(yaml.safe_dump(description))
+    out = tmp_path / "run"
+    code = cli.main(["run-local", "--config", config_path, "--output-dir", str(out), "--run-id", "taxi-0"])
+    result = run_result(str(out / "metadata.sqlite"), "taxi-0")
+    assert code == (0 if result.blessed else 3), (code, result.gate_result.get("failed_checks"))
+    gate = result.gate_result
+    assert gate["not_fine_tuned"].startswith("not fine-tuned (retrain.epochs: 0)") and gate["fine_tuning"] is None
+    assert gate["weights"]["candidate"]["masked_sparsity"] >= 0.8
+    pruned, candidate = load_model(result.pruning_report.output_model), load_model(gate["models"]["candidate"])
+    for weight, kept in zip(pruned.model.variables, candidate.model.variables, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), kept.numpy())
+    print("taxi epochs 0 BinaryAccuracy", {name: m["binary_accuracy"] for name, m in gate["metrics"].items()})
