@@ -75,6 +75,24 @@ def test_multi_head_attention_counts_projections_scores_and_output():
     assert layer_macs(attention) == expected
 
 
+def test_an_attention_mask_is_not_counted_as_the_key():
+    # Call tensors come positional first, then keywords in sorted order: attention_mask before key.
+    query, value, key = keras.Input((5, 8)), keras.Input((7, 6)), keras.Input((7, 3))
+    masked, plain = L.MultiHeadAttention(num_heads=2, key_dim=4), L.MultiHeadAttention(num_heads=2, key_dim=4)
+    mask = keras.Input((5, 7), dtype="bool")
+    keras.Model([query, value, key, mask], masked(query, value, key=key, attention_mask=mask))
+    keras.Model([query, value, key], plain(query, value, key=key))
+    heads, key_dim = 2, 4
+    expected = (
+        5 * 8 * heads * key_dim  # query projection
+        + 7 * 3 * heads * key_dim  # key projection, from the key's 3 channels
+        + 7 * 6 * heads * key_dim  # value projection
+        + heads * 5 * 7 * (key_dim + key_dim)  # scores and weighted values
+        + 5 * heads * key_dim * 8  # output projection
+    )
+    assert layer_macs(masked) == layer_macs(plain) == expected
+
+
 def _scaled_dense(generation):
     """A user's Dense with a learned per-unit output scale, in the given Keras generation."""
 

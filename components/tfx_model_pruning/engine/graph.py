@@ -319,26 +319,28 @@ class LayerCall:
         return self._generation.replay(self._node, computed, layer or self.layer)
 
 
+def _layer_call(reader: KerasGeneration, node: Any) -> LayerCall:
+    inputs, outputs = reader.node_input_tensors(node), reader.node_output_tensors(node)
+    return LayerCall(
+        layer=reader.node_operation(node),
+        input_ids=tuple(reader.node_input_ids(node)),
+        output_ids=tuple(tensor_id(tensor) for tensor in outputs),
+        input_tensors=tuple(inputs),
+        output_tensors=tuple(outputs),
+        _node=node,
+        _generation=reader,
+    )
+
+
 def layer_calls(model: Model) -> list[LayerCall]:
     """Every layer call of a functional/Sequential model, inputs first."""
     reader = generation(model)
     graph_model = reader.graph_model(model)
-    calls = []
-    for depth in sorted(graph_model._nodes_by_depth, reverse=True):
-        for node in graph_model._nodes_by_depth[depth]:
-            inputs, outputs = reader.node_input_tensors(node), reader.node_output_tensors(node)
-            calls.append(
-                LayerCall(
-                    layer=reader.node_operation(node),
-                    input_ids=tuple(reader.node_input_ids(node)),
-                    output_ids=tuple(tensor_id(tensor) for tensor in outputs),
-                    input_tensors=tuple(inputs),
-                    output_tensors=tuple(outputs),
-                    _node=node,
-                    _generation=reader,
-                )
-            )
-    return calls
+    return [
+        _layer_call(reader, node)
+        for depth in sorted(graph_model._nodes_by_depth, reverse=True)
+        for node in graph_model._nodes_by_depth[depth]
+    ]
 
 
 def call_counts(calls: list[LayerCall]) -> dict[str, int]:
@@ -349,11 +351,15 @@ def call_counts(calls: list[LayerCall]) -> dict[str, int]:
     return counts
 
 
-def call_input_shapes(layer: Layer) -> list[tuple]:
-    """Shapes of the tensors the layer's first call read (``MultiHeadAttention``'s query, value, key)."""
+def call_argument_shapes(layer: Layer) -> dict[str, tuple]:
+    """Shapes of the tensors the layer's first call read, by argument (``MultiHeadAttention``'s
+    ``query``, ``value``, ``key``, ``attention_mask``); the first tensor of an argument that holds several."""
     reader = generation(layer)
-    node = reader.inbound_nodes(layer)[0]
-    return [tuple(tensor.shape) for tensor in reader.node_input_tensors(node)]
+    call = _layer_call(reader, reader.inbound_nodes(layer)[0])
+    shapes: dict[str, tuple] = {}
+    for name, tensor in zip(call.input_arguments(), call.input_tensors, strict=True):
+        shapes.setdefault(name, tuple(tensor.shape))
+    return shapes
 
 
 def first_call_inputs(layer: Layer) -> list[Any]:

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfx_model_pruning.engine.channels import ChannelBarrier
 from tfx_model_pruning.engine.graph import (
     attention_projections,
-    call_input_shapes,
+    call_argument_shapes,
 )
 from tfx_model_pruning.engine.layer_handlers.base import (
     Kept,
@@ -111,10 +111,10 @@ class MultiHeadAttentionHandler(LayerHandler):
 
     def macs(self, layer, shapes):
         """Projections of query, key and value, the scores, the weighted values, and the output.
-        The call reads two or three tensors, so their shapes come from the call, not ``shapes``."""
-        input_shapes = call_input_shapes(layer)
-        query, value = input_shapes[0], input_shapes[1]
-        key = input_shapes[2] if len(input_shapes) > 2 else value
+        The call reads two or more tensors (a mask too), so their shapes come from the call, not ``shapes``."""
+        shapes = call_argument_shapes(layer)  # by argument: a mask or a keyword key may come third
+        query, value = shapes["query"], shapes["value"]
+        key = shapes.get("key", value)
         if any(dim is None for shape in (query, value, key) for dim in shape[1:]):
             return 0
         config = layer.get_config()
