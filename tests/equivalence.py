@@ -39,6 +39,8 @@ def check_equivalent(model, fraction=0.5, **config):
     inputs = [
         rng.integers(0, 20, size=(3, *t.shape[1:])).astype(dtype.name)  # token ids for an Embedding
         if dtype.is_integer
+        else rng.random(size=(3, *t.shape[1:])) < 0.7  # an attention mask
+        if dtype.is_bool
         else rng.normal(size=(3, *t.shape[1:])).astype("float32")
         for t, dtype in zip(model.inputs, dtypes, strict=True)
     ]

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from equivalence import check_equivalent
+from equivalence import check_equivalent, forward
+from masked_attention import MASKS, hidden_changes, masked_encoder
 
 from tfx_model_pruning.engine import (
     FineTuneConfig,
@@ -153,6 +154,53 @@ def test_a_keras_3_transformer_encoder_loses_whole_heads_and_ffn_units_exactly()
     smaller, graph = check_equivalent(_transformer_encoder(), protected_layers=["embedding"])
     assert graph.barriers == {}
     assert smaller.get_layer("mha").get_config()["num_heads"] == 2
+
+
+def _mask_ops_only(barriers):
+    """Keras 3 records the ops that compute a pooling layer's padding mask from the token ids
+    (``not_equal``, and ``logical_or`` at each Add): they carry no channels, so they are barriers
+    that freeze nothing prunable."""
+    return all(name.startswith(("not_equal", "logical_or")) for name in barriers)
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_keras_3_masked_attention_loses_whole_heads_and_ffn_units_exactly(mask):
+    smaller, graph = check_equivalent(masked_encoder(keras, mask), protected_layers=["embed"])
+    assert _mask_ops_only(graph.barriers) and "pool" not in graph.barriers
+    for block in range(2):
+        assert smaller.get_layer(f"mha{block}").get_config()["num_heads"] == 2
+        assert smaller.get_layer(f"ffn{block}").units == 16
+    assert smaller.get_layer("embed").get_config()["mask_zero"] == (mask == "padding")
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_a_pruned_keras_3_masked_encoder_still_ignores_what_its_mask_hides(mask):
+    # One block for the padding mask: Keras 3's MultiHeadAttention clears the mask of the tensor
+    # it reads, so the residual Add after it drops the padding mask at run time and a second
+    # block attends to the padding, in the original as in any pruned copy.
+    blocks = 1 if mask == "padding" else 2
+    model = masked_encoder(keras, mask, length=None if mask == "padding" else 8, blocks=blocks)
+    smaller, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+    assert _mask_ops_only(change.barriers)
+    for block in range(blocks):
+        assert (change.widths[f"mha{block}:heads"].after, change.widths[f"ffn{block}"].after) == (2, 16)
+    first, second, compare = hidden_changes(mask)
+    compare(forward(model, first), forward(model, second))
+    compare(forward(smaller, first), forward(smaller, second))
+
+
+def test_keras_3_query_and_value_masks_passed_by_hand_are_followed():
+    keras.utils.set_random_seed(0)
+    query_in, memory_in = keras.Input((5, 6), name="q"), keras.Input((7, 4), name="m")
+    query_mask, value_mask = keras.Input((5,), dtype="bool"), keras.Input((7,), dtype="bool")
+    query, memory = L.Dense(12, name="query_proj")(query_in), L.Dense(10, name="memory_proj")(memory_in)
+    attended = L.MultiHeadAttention(num_heads=4, key_dim=4, name="cross")(
+        query, memory, query_mask=query_mask, value_mask=value_mask
+    )
+    model = keras.Model([query_in, memory_in, query_mask, value_mask], L.Dense(2)(L.Flatten()(attended)))
+    smaller, graph = check_equivalent(model)
+    assert graph.barriers == {} and graph.layer_arguments["cross"] == ["query", "value", "query_mask", "value_mask"]
+    assert smaller.get_layer("cross").get_config()["num_heads"] == 2
 
 
 @pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50", "EfficientNetB0"])

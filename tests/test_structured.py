@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 from equivalence import check_equivalent, forward
+from masked_attention import MASKS, hidden_changes, masked_encoder
 from pydantic import ValidationError
 
 from tfx_model_pruning.engine.graph import attention_projections
@@ -419,13 +420,49 @@ def test_cross_attention_follows_query_key_and_value_streams_separately():
     assert tuple(cross.get_config()["output_shape"]) == (6,)
 
 
-def test_attention_with_a_mask_is_a_barrier():
+@pytest.mark.parametrize("mask", MASKS)
+def test_masked_attention_loses_whole_heads_and_ffn_units_exactly(mask):
+    # An attention_mask input, use_causal_mask=True, or Embedding(mask_zero=True)'s padding mask.
+    # The residual stream is kept (protected at its source), so LayerNorm sees every channel and
+    # removal is exact; check_equivalent feeds random masks and token ids with padding (0) in them.
+    smaller, graph = check_equivalent(masked_encoder(keras, mask), protected_layers=["embed"])
+    assert graph.barriers == {}
+    for block in range(2):
+        assert smaller.get_layer(f"mha{block}").get_config()["num_heads"] == 2
+        assert _width(smaller, f"ffn{block}") == 16
+    if mask == "attention_mask":
+        assert graph.layer_arguments["mha0"] == ["query", "value", "attention_mask"]
+    assert smaller.get_layer("embed").get_config()["mask_zero"] == (mask == "padding")
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_a_pruned_masked_encoder_still_ignores_what_its_mask_hides(mask):
+    # Tokens no query may attend to, tokens after the causal cut, or more padding: the outputs the
+    # mask shields stay the same (each check fails when the rebuilt attention drops its mask).
+    model = masked_encoder(keras, mask, length=None if mask == "padding" else 8)
+    smaller, change = prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+    assert change.barriers == {}
+    assert [change.widths[name].after for name in ("mha0:heads", "mha1:heads", "ffn0", "ffn1", "embed")] == [
+        2, 2, 16, 16, 8
+    ]  # fmt: skip
+    first, second, compare = hidden_changes(mask)
+    compare(forward(model, first), forward(model, second))
+    compare(forward(smaller, first), forward(smaller, second))
+
+
+def test_attention_whose_scores_or_per_head_mask_removal_would_change_stays_a_barrier():
     tokens = keras.Input((6, 8))
-    mask = keras.Input((6, 6), dtype="bool")
+    per_head, shared = keras.Input((2, 6, 6), dtype="bool"), keras.Input((1, 6, 6), dtype="bool")
     x = L.Dense(8, name="a")(tokens)
-    attended = L.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")(x, x, attention_mask=mask)
-    model = keras.Model([tokens, mask], L.Dense(2)(L.Flatten()(attended)))
-    assert "mask" in analyse(model).barriers["mha"]
+    scored, _ = L.MultiHeadAttention(num_heads=2, key_dim=4, name="scored")(x, x, return_attention_scores=True)
+    headwise = L.MultiHeadAttention(num_heads=2, key_dim=4, name="headwise")(x, x, attention_mask=per_head)
+    broadcast = L.MultiHeadAttention(num_heads=2, key_dim=4, name="broadcast")(x, x, attention_mask=shared)
+    joined = L.Concatenate()([scored, headwise, broadcast])
+    model = keras.Model([tokens, per_head, shared], L.Dense(2)(L.Flatten()(joined)))
+    barriers = analyse(model).barriers
+    assert barriers["scored"] == "MultiHeadAttention returning its attention scores"
+    assert "an axis per head" in barriers["headwise"]
+    assert "broadcast" not in barriers  # a (B, 1, T, S) mask is broadcast over the heads too
 
 
 def _block(name: str, width: int) -> keras.Model:

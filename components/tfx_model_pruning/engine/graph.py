@@ -10,8 +10,8 @@ It holds:
 - the calls of a functional/Sequential model in topological order (``layer_calls``);
 - layers outside the graph (``attached_layers``), wrapped and nested layers (``leaf_layers``),
   the last weighted layers before the outputs (``output_weight_layers``);
-- a call's argument names (``LayerCall.input_arguments``) and MultiHeadAttention's private
-  projection layers (``attention_projections``);
+- a call's argument names (``LayerCall.input_arguments``), MultiHeadAttention's private
+  projection layers and attention axes (``attention_projections``, ``attention_axes``);
 - ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``), ConvNeXt's
   ``LayerScale`` and InceptionResNetV2's ``CustomScaleLayer`` (``x + r * scale``), which
   tf-keras defines only inside its application modules.
@@ -372,6 +372,14 @@ def attention_projections(layer: Layer) -> tuple[Layer, ...]:
     """The query, key, value and output ``EinsumDense`` layers of a built MultiHeadAttention
     (the same private attributes in both generations)."""
     return layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense
+
+
+def attention_axes(layer: Layer) -> Optional[tuple[int, ...]]:
+    """The axes a built MultiHeadAttention attends over (the same private attribute in both
+    generations): its scores have the query's rank plus one axis per attention axis, the heads'
+    axis ``2 * len(axes) + 1`` from the end, where a lower-rank ``attention_mask`` is broadcast."""
+    axes = getattr(layer, "_attention_axes", None)
+    return tuple(axes) if axes is not None else None
 
 
 def is_input_layer(layer: Layer) -> bool:

@@ -137,13 +137,22 @@ def _take(layer: keras.layers.Layer, axes: WeightAxes, keep_in, keep_out) -> lis
 
 
 class PassThrough(LayerHandler):
-    """One input, one output, the same channels, no per-channel weights (activations, pooling, ...)."""
+    """One input, one output, the same channels, no per-channel weights (activations, pooling, ...).
+
+    A ``mask`` argument besides the input (a padding mask given to ``GlobalAveragePooling1D``, or
+    the implicit mask Keras 3 records in a one-input call) selects positions, not channels: it is
+    kept whole and passed unchanged."""
 
     channelwise = True
 
     def output_channels(self, layer, call, inputs, graph):
-        if len(inputs) != 1 or len(call.output_ids) != 1:
+        arguments = call.input_arguments()
+        named = zip(arguments, inputs, strict=True) if len(arguments) == len(inputs) else []
+        masks = [channels for name, channels in named if name == "mask"]
+        if len(inputs) - len(masks) != 1 or arguments[:1] == ["mask"] or len(call.output_ids) != 1:
             raise ChannelBarrier(f"{type(layer).__name__} with {len(inputs)} inputs")
+        for channels in masks:
+            graph.freeze(channels, f"mask of {layer.name}: its last axis is positions, not channels")
         return [list(inputs[0])]
 
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfx_model_pruning.engine.channels import ChannelBarrier
 from tfx_model_pruning.engine.graph import (
+    attention_axes,
     attention_projections,
     call_argument_shapes,
 )
@@ -76,12 +77,25 @@ class BidirectionalHandler(LayerHandler):
         return sum(handler_for(part).macs(part, shapes) or 0 for part in (layer.forward_layer, layer.backward_layer))
 
 
+# MultiHeadAttention's call arguments that say which positions attend to which: the explicit
+# ``attention_mask`` (B, T, S), and Keras 3's per-input (B, T) and (B, S) masks when its graph
+# records them as tensors (passed by hand). They carry no channels and apply to every head alike.
+_ATTENTION_MASKS = ("attention_mask", "query_mask", "value_mask", "key_mask")
+
+
 class MultiHeadAttentionHandler(LayerHandler):
     """Attention heads are hidden units: a head owns its query, key and value columns (kernel and
     bias) and its rows of the output projection, so whole heads go. The projections' input rows
     follow the query, key and value channels; the output projection makes new channels (joined
     with the residual stream where it is added back). Each head's softmax sees only its own
-    scores, so removal is exact."""
+    scores, so removal is exact.
+
+    Masks are followed: an ``attention_mask`` tensor (or Keras 3's ``query_mask``, ``value_mask``,
+    ``key_mask``) is broadcast over the heads, so it is kept whole (its last axis is key
+    positions, not channels) and passed unchanged; ``use_causal_mask`` is a constant the rebuilt
+    call repeats; an implicit Keras mask (``Embedding(mask_zero=True)`` upstream) is in neither
+    generation's recorded call: the rebuilt layers recompute it. A mask with an axis per head, or
+    any other tensor argument, is a barrier."""
 
     produces_channels = True
 
@@ -92,10 +106,33 @@ class MultiHeadAttentionHandler(LayerHandler):
         if shape is not None and len(tuple(shape)) != 1:
             raise ChannelBarrier("MultiHeadAttention with a multi-axis output_shape")
         arguments = call.input_arguments()
-        if not {"query", "value"} <= set(arguments) or set(arguments) - {"query", "value", "key"}:
-            raise ChannelBarrier(f"MultiHeadAttention called with {arguments} (a mask is not followed)")
+        if len(arguments) != len(inputs) or not {"query", "value"} <= set(arguments):
+            raise ChannelBarrier(f"MultiHeadAttention called with {arguments}: no query and value to follow")
+        unknown = sorted(set(arguments) - {"query", "value", "key", *_ATTENTION_MASKS})
+        if unknown:
+            raise ChannelBarrier(f"MultiHeadAttention called with a tensor as {unknown}: not followed")
+        for name, tensor, channels in zip(arguments, call.input_tensors, inputs, strict=True):
+            if name == "attention_mask":
+                self._check_broadcast_over_heads(layer, call.input_tensors[arguments.index("query")], tensor)
+            if name in _ATTENTION_MASKS:
+                graph.freeze(channels, f"{name} of {layer.name}: its last axis is key positions, not channels")
         graph.new_hidden_units(layer.name, "heads", layer.get_config()["num_heads"])
         return [graph.new_channels(int(call.output_tensors[0].shape[-1]), producer=layer.name)]
+
+    @staticmethod
+    def _check_broadcast_over_heads(layer, query, mask) -> None:
+        """A mask of lower rank than the scores is broadcast over the heads' axis (Keras inserts
+        it there); one of the scores' rank may hold a row per head, which removal would misalign."""
+        axes = attention_axes(layer)
+        rank = mask.shape.rank if hasattr(mask.shape, "rank") else len(mask.shape)
+        if axes is None or rank is None:
+            raise ChannelBarrier("MultiHeadAttention with an attention_mask of unknown rank")
+        scores_rank = len(query.shape) + len(axes)
+        if rank >= scores_rank and mask.shape[-2 * len(axes) - 1] != 1:
+            raise ChannelBarrier(
+                f"MultiHeadAttention with an attention_mask of shape {tuple(mask.shape)}: an axis per head "
+                f"(the scores have rank {scores_rank}), which removing heads would misalign"
+            )
 
     @staticmethod
     def _kept_inputs(layer, kept: Kept) -> dict[str, np.ndarray]:
