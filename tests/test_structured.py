@@ -465,6 +465,19 @@ def test_attention_whose_scores_or_per_head_mask_removal_would_change_stays_a_ba
     assert "broadcast" not in barriers  # a (B, 1, T, S) mask is broadcast over the heads too
 
 
+def test_a_rebuild_that_would_drop_the_padding_mask_is_refused():
+    # supports_masking set on the layer, not in its config: the rebuilt Conv1D would drop the
+    # mask and the attention and pooling after it would read the padding.
+    tokens = keras.Input((8,), dtype="int32")
+    conv = L.Conv1D(16, 1, name="conv")
+    conv.supports_masking = True
+    x = conv(L.Embedding(30, 16, mask_zero=True, name="embed")(tokens))
+    x = L.MultiHeadAttention(num_heads=4, key_dim=4, name="mha")(x, x)
+    model = keras.Model(tokens, L.Dense(2)(L.GlobalAveragePooling1D()(L.Dense(16, name="ffn")(x))))
+    with pytest.raises(StructuredPruningError, match="Keras masks .* differ"):
+        prune_structured(model, StructuredPruningConfig(prune_fraction=0.5))
+
+
 def _block(name: str, width: int) -> keras.Model:
     inputs = keras.Input((width,))
     hidden = L.Dense(width * 2, activation="relu", name="dense")(inputs)  # the same name in every block

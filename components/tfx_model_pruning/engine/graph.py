@@ -11,7 +11,8 @@ It holds:
 - layers outside the graph (``attached_layers``), wrapped and nested layers (``leaf_layers``),
   the last weighted layers before the outputs (``output_weight_layers``);
 - a call's argument names (``LayerCall.input_arguments``), MultiHeadAttention's private
-  projection layers and attention axes (``attention_projections``, ``attention_axes``);
+  projection layers and attention axes (``attention_projections``, ``attention_axes``), and the
+  Keras mask a symbolic tensor carries (``has_keras_mask``);
 - ``TFOpLambda``, the private class Keras records a TensorFlow op as (``x + y``), ConvNeXt's
   ``LayerScale`` and InceptionResNetV2's ``CustomScaleLayer`` (``x + r * scale``), which
   tf-keras defines only inside its application modules.
@@ -380,6 +381,14 @@ def attention_axes(layer: Layer) -> Optional[tuple[int, ...]]:
     axis ``2 * len(axes) + 1`` from the end, where a lower-rank ``attention_mask`` is broadcast."""
     axes = getattr(layer, "_attention_axes", None)
     return tuple(axes) if axes is not None else None
+
+
+def has_keras_mask(tensor: Any) -> bool:
+    """Whether Keras attached a mask (which positions are padding) to the symbolic tensor: made by
+    ``Embedding(mask_zero=True)`` or ``Masking`` and passed on by every layer that supports
+    masking. Both generations keep it as ``_keras_mask``; layers read it at call time, so a
+    node's arguments need not record it."""
+    return getattr(tensor, "_keras_mask", None) is not None
 
 
 def is_input_layer(layer: Layer) -> bool:

@@ -35,7 +35,16 @@ import numpy as np
 from tfx_model_pruning.engine.channels import ChannelBarrier, ChannelGraph, UnionFind, analyse_channels, hidden_key
 from tfx_model_pruning.engine.config import StructuredPruningConfig
 from tfx_model_pruning.engine.efficiency import count_flops
-from tfx_model_pruning.engine.graph import Model, attached_layers, in_layer_graph, is_layer, keras_of
+from tfx_model_pruning.engine.graph import (
+    Model,
+    attached_layers,
+    call_counts,
+    has_keras_mask,
+    in_layer_graph,
+    is_layer,
+    keras_of,
+    layer_calls,
+)
 from tfx_model_pruning.engine.graph_edit import flatten_nested, independent_clone
 from tfx_model_pruning.engine.importance import Criterion, channel_scores
 from tfx_model_pruning.engine.layer_handlers import Kept, handler_for
@@ -263,7 +272,33 @@ def rebuild(model: Model, graph: ChannelGraph, removed_roots: set[int]) -> Model
             target.set_weights(layer.get_weights())
             continue
         target.set_weights(handler_for(layer).rebuilt_weights(layer, kept[layer.name]))
+    _check_keras_masks_kept(model, smaller)
     return smaller
+
+
+def _keras_masks(model: Model) -> dict[str, tuple[bool, ...]]:
+    """Per layer called once: which of its outputs carry a Keras mask."""
+    calls = layer_calls(model)
+    counts = call_counts(calls)
+    return {
+        call.layer.name: tuple(has_keras_mask(tensor) for tensor in call.output_tensors)
+        for call in calls
+        if counts[call.layer.name] == 1
+    }
+
+
+def _check_keras_masks_kept(model: Model, smaller: Model) -> None:
+    """The implicit masks (padding from ``Embedding(mask_zero=True)``) are not in the channel graph:
+    the rebuilt layers recompute them at call time. Every layer output the original masks must be
+    masked in the rebuilt model too (a layer whose ``supports_masking`` its config does not carry
+    would drop it, and attention and pooling would then read the padding)."""
+    before, after = _keras_masks(model), _keras_masks(smaller)
+    differ = sorted(name for name, masked in before.items() if name in after and after[name] != masked)
+    if differ:
+        raise StructuredPruningError(
+            f"the rebuilt model's Keras masks (padding) differ from the original's at the outputs of {differ} "
+            "(a layer's supports_masking is not in its config): it would compute something else"
+        )
 
 
 def disconnect_in_place(model: Model, graph: ChannelGraph, removed_roots: set[int]) -> None:

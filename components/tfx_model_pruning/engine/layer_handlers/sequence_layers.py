@@ -94,8 +94,8 @@ class MultiHeadAttentionHandler(LayerHandler):
     ``key_mask``) is broadcast over the heads, so it is kept whole (its last axis is key
     positions, not channels) and passed unchanged; ``use_causal_mask`` is a constant the rebuilt
     call repeats; an implicit Keras mask (``Embedding(mask_zero=True)`` upstream) is in neither
-    generation's recorded call: the rebuilt layers recompute it. A mask with an axis per head, or
-    any other tensor argument, is a barrier."""
+    generation's recorded call: the rebuilt layers recompute it, and ``rebuild`` checks that they
+    mask the same outputs. A mask with an axis per head, or any other tensor argument, is a barrier."""
 
     produces_channels = True
 
