@@ -116,3 +116,24 @@ def test_the_serving_speed_tables_put_gate_and_independent_timings_side_by_side(
     assert "| 14.00 -> 9.80 (0.70x)" in text and "| 13.50 -> 9.31 (0.69x)" in text and "| 5%" in text
     assert "3,746,586 -> 700,000 (0.19x)" in text and "9.80 -> 2.45 (0.25x)" in text
     assert text.endswith("gate latency ratio at batch 32: median 0.75, range 0.70-0.80")
+
+
+def test_the_masked_sequence_benchmark_prunes_heads_of_a_masked_encoder_through_the_pipeline(tmp_path, capsys):
+    import json
+
+    import masked_sequence
+
+    argv = ["--work", str(tmp_path), "--runs", "1", "--train-epochs", "2", "--width", "16", "--repeats", "3"]
+    code = masked_sequence.main([*argv, "--max-epochs", "1"])
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert isinstance(row["blessed"], bool) and (code == 0) == (row["blessed"] and row["pushed"])
+    parent, pruned = row["saved_widths"]["parent"], row["saved_widths"]["pruned"]
+    assert parent["heads"] == [4, 4] and pruned["heads"] == [2, 2]  # read from the pruned SavedModel
+    assert [row["report_widths"][f"mha{b}:heads"] for b in range(2)] == [[4, 2], [4, 2]]
+    assert pruned["ffn"] == [w[1] for w in (row["report_widths"]["ffn0"], row["report_widths"]["ffn1"])] < [32, 32]
+    assert pruned["mask_zero"] and pruned["pool_masked"]  # the padding mask still reaches the pool
+    assert row["flops"][1] < row["flops"][0] and row["params"][1] == pruned["params"] < parent["params"]
+    out = capsys.readouterr().out
+    assert re.search(r"^\| 0 +\| .*\| 4/4 -> 2/2 ", out, re.M) and re.search(
+        r"^\| median +\| [01] of 1 blessed", out, re.M
+    )
