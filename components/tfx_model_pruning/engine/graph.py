@@ -446,14 +446,30 @@ def leaf_layers(model: Model, prefix: str = "") -> Iterator[tuple[str, Layer]]:
 def prunable_variables(layer: Layer) -> Iterator[tuple[str, tf.Variable]]:
     """``(attribute, variable)`` for each matrix of connections the layer owns, as the
     ``tf.Variable`` that holds it (a Keras 3 variable's own)."""
-    owners = [layer]
+    owners = [("", layer)]
     if getattr(layer, "cell", None) is not None:  # RNN layers keep their kernels on the cell
-        owners.append(layer.cell)
-    for owner in owners:
+        owners.append(("", layer.cell))
+    if is_built_attention(layer):  # its projections are sublayers, not in model.layers
+        owners += [(f"{projection.name}/", projection) for projection in attention_projections(layer)]
+    for prefix, owner in owners:
         for attribute in PRUNABLE_WEIGHT_ATTRIBUTES:
             variable = variable_of(getattr(owner, attribute, None))
             if variable is not None and variable.shape.rank and variable.shape.rank >= 2:
-                yield attribute, variable
+                yield prefix + attribute, variable
+
+
+def is_built_attention(layer: Layer) -> bool:
+    """A built MultiHeadAttention of either generation (or a subclass), projections in place."""
+    return getattr(layer, "_query_dense", None) is not None and getattr(layer, "_output_dense", None) is not None
+
+
+def prunable_sublayer(layer: Layer, attribute: str) -> Layer:
+    """The layer that owns ``attribute`` as ``prunable_variables`` names it: ``query/kernel`` is the
+    attention layer's query projection's, ``kernel`` the layer's own (or its RNN cell's)."""
+    if "/" not in attribute:
+        return layer
+    name = attribute.split("/", 1)[0]
+    return next(projection for projection in attention_projections(layer) if projection.name == name)
 
 
 def _has_prunable_variables(layer: Layer) -> bool:
