@@ -93,7 +93,9 @@ def test_the_cli_flags_take_their_choices_and_help_from_the_fields_they_set():
             assert sorted(actions[flag].choices or []) == choices, flag
             assert f"[{path}" in actions[flag].help
     assert set(actions["--scope"].choices) == {"global", "per_layer", "sensitivity"}
-    assert set(actions["--method"].choices) == {"magnitude", "structured", "layer_removal"}
+    assert set(actions["--method"].choices) == {"magnitude", "structured", "wanda", "sparsegpt", "layer_removal"}
+    # One-shot methods have no fine-tuning to recover from more: --method wanda starts at half the weights.
+    assert "wanda: {'target_sparsity': 0.5}" in actions["--method"].help
     assert actions["--criterion"].choices is None  # any registered name, checked by the model
 
 

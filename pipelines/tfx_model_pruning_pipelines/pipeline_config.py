@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, PruningConfig
+from tfx_model_pruning.engine.config import AnyPruningConfig, FineTuneConfig, OneShotPruningConfig, PruningConfig
 from tfx_model_pruning.engine.graph_scan import allow_ops_problem
 from tfx_model_pruning.engine.keras_names import closest_name, metric_class
 from tfx_model_pruning.evaluator_gate.config import GateConfig
@@ -187,8 +187,10 @@ class KubeflowSection(_Section):
     )
 
 
-# How much a pipeline prunes when its file names a method but no amount: 80% of the weights, half the channels.
+# How much a pipeline prunes when its file names a method but no amount: 80% of the weights, half the
+# channels; half the weights for the one-shot methods, which have no fine-tuning to recover from more.
 _STARTING_AMOUNTS = {"target_sparsity": 0.8, "prune_fraction": 0.5}
+_ONE_SHOT_START = {"target_sparsity": 0.5}
 _PRUNING_MODELS = typing.get_args(typing.get_args(AnyPruningConfig)[0])
 
 
@@ -197,9 +199,11 @@ class PruningMethod:
     starts each from: the file's default section, and the CLI's ``--method`` switch."""
 
     defaults: dict[str, dict[str, float]] = {
-        model.model_fields["method"].default: {
-            key: value for key, value in _STARTING_AMOUNTS.items() if key in model.model_fields
-        }
+        model.model_fields["method"].default: (
+            _ONE_SHOT_START
+            if issubclass(model, OneShotPruningConfig)
+            else {key: value for key, value in _STARTING_AMOUNTS.items() if key in model.model_fields}
+        )
         for model in _PRUNING_MODELS
         if model.model_fields["method"].default != "goal"  # a goal is asked for by --goal, not as a method
     }
@@ -223,8 +227,9 @@ class PipelineConfig(_Section):
     model: ModelSection = Field(description="The model to prune: trained by a Trainer, or an existing SavedModel.")
     prune: AnyPruningConfig = Field(
         default_factory=lambda: PruningConfig(**PruningMethod.defaults["magnitude"]),
-        description="How to prune; method picks magnitude (default, 80% sparsity), structured or layer_removal; "
-        "or goal (latency: structured; size: magnitude) with target_ratio.",
+        description="How to prune; method picks magnitude (default, 80% sparsity), structured, wanda or "
+        "sparsegpt (one-shot, 50%), or layer_removal; or goal (latency: structured; size: magnitude) with "
+        "target_ratio.",
     )
     retrain: RetrainSection = Field(description="How the pruned model is fine-tuned (RetrainComponent).")
     gate: GateSection = Field(description="The release checks the fine-tuned model must pass to be pushed.")

@@ -13,8 +13,11 @@ from tfx_model_pruning.engine.config import (
     GoalPruningConfig,
     GradualPruningSchedule,
     LayerRemovalConfig,
+    OneShotPruningConfig,
     PruningConfig,
+    SparseGPTPruningConfig,
     StructuredPruningConfig,
+    WandaPruningConfig,
 )
 from tfx_model_pruning.engine.data import ExamplesMismatchError, Preprocessing, examples_dataset
 from tfx_model_pruning.engine.finetune import FineTuneResult, KeepPrunedWeightsZero, fine_tune
@@ -22,6 +25,7 @@ from tfx_model_pruning.engine.importance import Criterion, register_criterion
 from tfx_model_pruning.engine.layer_handlers import LayerHandler, Producer, register_layer_handler
 from tfx_model_pruning.engine.layer_removal import remove_layers
 from tfx_model_pruning.engine.magnitude import PruningConfigError, find_prunable_weights, prune_model
+from tfx_model_pruning.engine.oneshot import OneShotError, erk_sparsities, prune_one_shot
 from tfx_model_pruning.engine.prune import PruningGoalError, UnclonableLayerError, prune_saved_model
 from tfx_model_pruning.engine.report import summary_markdown, weight_stats
 from tfx_model_pruning.engine.restored import NeedsKerasModelError
@@ -54,6 +58,10 @@ __all__ = [
     "ModelLoadError",
     "NeedsKerasModelError",
     "NonFiniteWeightsError",
+    "OneShotError",
+    "OneShotPruningConfig",
+    "SparseGPTPruningConfig",
+    "WandaPruningConfig",
     "Preprocessing",
     "PruningConfig",
     "PruningConfigError",
@@ -66,6 +74,8 @@ __all__ = [
     "find_prunable_weights",
     "load_model",
     "prune_model",
+    "prune_one_shot",
+    "erk_sparsities",
     "prune_saved_model",
     "prune_structured",
     "remove_layers",

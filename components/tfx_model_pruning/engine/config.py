@@ -230,6 +230,131 @@ class StructuredPruningConfig(_StrictModel):
         return self
 
 
+class OneShotPruningConfig(_StrictModel):
+    """One-shot pruning from calibration examples, for models too costly to fine-tune: the
+    settings wanda and sparsegpt share (``WandaPruningConfig``, ``SparseGPTPruningConfig``).
+
+    ``wanda`` scores each weight by ``|w|`` times the norm of the input it multiplies;
+    ``sparsegpt`` also updates the kept weights to make up for the removed ones (a layer-wise
+    least-squares reconstruction from the Hessian of the layer's inputs). Both go layer by layer
+    in the order the layers run, each layer's inputs computed by the model as already pruned, and
+    prune every layer to the same sparsity (or N:M pattern), each output keeping its own share.
+    Pair with ``retrain: {epochs: 0}`` to gate the model as pruned.
+
+    Example::
+
+        SparseGPTPruningConfig(target_sparsity=0.5, calibration_examples=256)
+        WandaPruningConfig(n_m="2:4")
+    """
+
+    method: Literal["wanda", "sparsegpt"] = Field(
+        description="wanda: |w| x input norm, kept weights unchanged; sparsegpt: optimal-brain-surgeon removal "
+        "with the kept weights updated from the layer's input Hessian."
+    )
+    target_sparsity: Optional[float] = Field(
+        default=None, gt=0.0, lt=1.0, description="Fraction of each targeted kernel's weights set to zero, in (0, 1)."
+    )
+    n_m: Optional[str] = Field(
+        default=None, pattern=r"^\d+:\d+$", description="N:M pattern, e.g. '2:4': keep N of every M weights."
+    )
+    allocation: Literal["uniform", "erk"] = Field(
+        default="uniform",
+        description="How target_sparsity is shared among layers: uniform, every layer the same (as the papers); "
+        "erk, each layer's density proportional to sum(shape) / prod(shape) (Erdos-Renyi-Kernel), so narrow "
+        "layers keep more and wide ones lose more, the same share of all weights in total.",
+    )
+    calibration_examples: int = Field(
+        default=256, ge=1, description="Train examples whose layer inputs are read (streamed in batches)."
+    )
+    calibration_batch_size: int = Field(
+        default=128,
+        ge=1,
+        description="Calibration examples per forward pass: bounds the memory a layer's inputs take (a "
+        "convolution's patches are kernel-size times its input); larger batches spend less on TensorFlow's "
+        "per-op overhead.",
+    )
+    recalibrate_batch_norm: bool = Field(
+        default=True,
+        description="A BatchNormalization reading a pruned layer's output directly gets the moving mean and "
+        "variance of the pruned outputs on the calibration examples (computed exactly from the layer's input "
+        "statistics, no labels, no extra pass), before the next layer is judged on its inputs.",
+    )
+    protected_layers: list[str] = Field(
+        default_factory=list,
+        description="Layer names or regular expressions (full match) whose weights are never pruned.",
+    )
+    protect_output_layer: bool = Field(
+        default=True, description="Leave the last weighted layer on every model output dense."
+    )
+    min_weights: int = Field(default=0, ge=0, description="Leave every kernel with fewer weights than this unpruned.")
+
+    _patterns_compile = field_validator("protected_layers")(_check_patterns)
+
+    @model_validator(mode="after")
+    def _one_pattern(self) -> OneShotPruningConfig:
+        if (self.target_sparsity is None) == (self.n_m is None):
+            raise ValueError("give exactly one of target_sparsity or n_m")
+        if self.n_m is not None:
+            n, m = self.n_m_pair
+            if not 0 < n < m:
+                raise ValueError(f"N:M needs 0 < N < M, got {self.n_m}")
+        if self.allocation != "uniform" and self.target_sparsity is None:
+            raise ValueError(
+                "allocation shares target_sparsity among layers; an N:M pattern is the same in every layer"
+            )
+        return self
+
+    @property
+    def n_m_pair(self) -> tuple[int, int]:
+        n, m = (int(part) for part in self.n_m.split(":"))
+        return n, m
+
+    @property
+    def sample_size(self) -> int:
+        """Train examples read (the same name every method's count has)."""
+        return self.calibration_examples
+
+
+class WandaPruningConfig(OneShotPruningConfig):
+    """Wanda (Sun et al., 2023): each weight scored by ``|w|`` times the norm of the input it
+    multiplies on the calibration examples; the kept weights are not changed.
+
+    Example::
+
+        WandaPruningConfig(target_sparsity=0.5, allocation="erk")
+    """
+
+    method: Literal["wanda"] = Field(
+        default="wanda", description="wanda: |w| x input norm, compared per output; kept weights unchanged."
+    )
+
+
+class SparseGPTPruningConfig(OneShotPruningConfig):
+    """SparseGPT (Frantar and Alistarh, 2023): weights removed column by column with the optimal
+    brain surgeon update of the rest, from the Hessian of each layer's calibration inputs.
+
+    Example::
+
+        SparseGPTPruningConfig(n_m="2:4", calibration_examples=1024)
+    """
+
+    method: Literal["sparsegpt"] = Field(
+        default="sparsegpt",
+        description="sparsegpt: optimal-brain-surgeon removal, the kept weights updated to make up for the "
+        "removed ones, from the layer's input Hessian.",
+    )
+    damping: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description="sparsegpt: added to the Hessian's diagonal, as a fraction of its mean (raised tenfold, up to "
+        "four times, when the Hessian is still singular; the report gives the damping used).",
+    )
+    block_size: int = Field(
+        default=128, ge=1, description="sparsegpt: columns whose mask is chosen together, and updated lazily."
+    )
+
+
 class LayerRemovalConfig(_StrictModel):
     """Greedy removal of whole layers / residual blocks, each followed by a short fine-tune.
 
@@ -303,15 +428,19 @@ class GoalPruningConfig(_StrictModel):
         )
 
 
-AnyPruningConfig = Annotated[
-    Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig],
-    Field(discriminator="method"),
+# Every pruning config; ``method`` tells them apart (AnyPruningConfig parses by it).
+PruningConfigs = Union[
+    PruningConfig,
+    StructuredPruningConfig,
+    WandaPruningConfig,
+    SparseGPTPruningConfig,
+    LayerRemovalConfig,
+    GoalPruningConfig,
 ]
+AnyPruningConfig = Annotated[PruningConfigs, Field(discriminator="method")]
 
 
-def reads_examples(
-    config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig],
-) -> Optional[str]:
+def reads_examples(config: PruningConfigs) -> Optional[str]:
     """Why pruning by ``config`` reads examples, or None when it does not."""
     if config.method == "goal":
         return reads_examples(config.chosen()[0])
@@ -319,6 +448,8 @@ def reads_examples(
         return "structured pruning proves the rebuilt serving signatures on examples"
     if config.method == "layer_removal":
         return "layer removal fine-tunes and validates on examples"
+    if config.method in ("wanda", "sparsegpt"):
+        return f"{config.method} reads each layer's inputs on calibration examples (train split)"
     if getattr(config, "scope", None) == "sensitivity":
         return "scope='sensitivity' measures the loss on the eval split"
     if get_criterion(config.criterion).needs_sample:
@@ -326,9 +457,7 @@ def reads_examples(
     return None
 
 
-def pruning_config_from_json(
-    text: str,
-) -> Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig]:
+def pruning_config_from_json(text: str) -> PruningConfigs:
     """Parses a pruning config of either method from its JSON form (``method`` picks the model)."""
     return TypeAdapter(AnyPruningConfig).validate_json(text)
 

@@ -5,25 +5,27 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from tfx_model_pruning.engine.config import (
-    GoalPruningConfig,
     LayerRemovalConfig,
+    OneShotPruningConfig,
     PruningConfig,
+    PruningConfigs,
     StructuredPruningConfig,
 )
 from tfx_model_pruning.engine.data import parse_sample
 from tfx_model_pruning.engine.efficiency import LATENCY_BATCH_SIZES, alternating_latency, efficiency_stats
-from tfx_model_pruning.engine.graph import in_layer_graph
+from tfx_model_pruning.engine.graph import in_layer_graph, leaf_layers
 from tfx_model_pruning.engine.importance import Criterion, Taylor, get_criterion
 from tfx_model_pruning.engine.keras_names import loss_class
 from tfx_model_pruning.engine.layer_removal import remove_layers
 from tfx_model_pruning.engine.magnitude import find_prunable_weights, prune_model
+from tfx_model_pruning.engine.oneshot import prune_one_shot
 from tfx_model_pruning.engine.outputs import resolve_from_logits, takes_from_logits
 from tfx_model_pruning.engine.report import directory_size, gzip_size, layer_rows, weight_stats
 from tfx_model_pruning.engine.restored import needs_keras_graph, require_keras
@@ -112,7 +114,7 @@ def model_stats(
 def prune_saved_model(
     input_path: str,
     output_dir: str,
-    config: Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig],
+    config: PruningConfigs,
     sample_examples: Optional[tf.Tensor] = None,
     latency_repeats: int = 30,
     holdout_examples: Optional[tf.Tensor] = None,
@@ -213,6 +215,34 @@ def _prune_magnitude(
         after=_measured(loaded.model, masks, output_dir, latency_repeats, with_latency=latency_repeats > 0),
         weights=layer_rows(weights, nonzeros_before),
         sensitivity=sensitivity,
+    )
+
+
+def _prune_one_shot(
+    loaded: LoadedModel, output_dir: str, config: OneShotPruningConfig, examples: _Examples, latency_repeats: int
+) -> PruningResult:
+    weights = find_prunable_weights(loaded.model, config)  # fails on a bad config before any work
+    if examples.sample is None or int(tf.size(examples.sample)) == 0:
+        raise MissingExamplesError(
+            f"{config.method} reads each layer's inputs on calibration examples: connect `examples`"
+        )
+    calibration, _ = parse_sample(loaded.model, examples.sample[: config.calibration_examples])
+    nonzeros_before = {w.key: int(np.count_nonzero(w.variable.numpy())) for w in weights}
+    before = model_stats(loaded.model, loaded.masks or None, loaded.path, latency_repeats, latency_repeats > 0)
+    masks, one_shot = prune_one_shot(
+        loaded.model, weights, dict(leaf_layers(loaded.model)), calibration, config, loaded.masks
+    )
+    for weight in weights:  # an earlier pruning's masks on now-protected layers still hold
+        if weight.key not in masks and loaded.masks and weight.key in loaded.masks:
+            masks[weight.key] = loaded.masks[weight.key]
+    loaded.save(loaded.model, output_dir, masks)
+    verify_signatures_preserved(loaded.path, output_dir)
+    return PruningResult(
+        **_common_fields(config, loaded, output_dir),
+        before=before,
+        after=_measured(loaded.model, masks, output_dir, latency_repeats, with_latency=latency_repeats > 0),
+        weights=layer_rows(weights, nonzeros_before),
+        one_shot=one_shot,
     )
 
 
@@ -340,4 +370,6 @@ PRUNING_METHODS: dict[str, PruningMethod] = {
     "magnitude": _prune_magnitude,
     "structured": _prune_structured,
     "layer_removal": _remove_layers,
+    "wanda": _prune_one_shot,
+    "sparsegpt": _prune_one_shot,
 }

@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from tfx_model_pruning.engine.masks import PrunableWeight, iter_prunable_weights
 from tfx_model_pruning.engine.restored import count_params, model_variables
-from tfx_model_pruning.engine.results import PruningResult, SensitivityResult, StructureChange, WeightRow
+from tfx_model_pruning.engine.results import OneShotResult, PruningResult, SensitivityResult, StructureChange, WeightRow
 from tfx_model_pruning.engine.saved_model import MASKS_RELATIVE_PATH
 
 # Below this share of the requested fraction the summary warns that barriers kept most channels.
@@ -157,6 +157,16 @@ def _criterion(config: dict[str, Any]) -> str:
                 else ""
             )
         )
+    if config["method"] in ("wanda", "sparsegpt"):
+        amount = (
+            f"N:M pattern {config['n_m']}"
+            if config.get("n_m") is not None
+            else f"target sparsity {config['target_sparsity']:.1%} ({config['allocation']} across layers)"
+        )
+        return (
+            f"{config['method']}, one-shot from {config['calibration_examples']} calibration examples, layer by "
+            f"layer: {amount}"
+        )
     if config.get("n_m") is not None:
         return f"magnitude: N:M pattern {config['n_m']} along each kernel's input axis"
     if config.get("scope") == "sensitivity":
@@ -261,10 +271,41 @@ def summary_markdown(result: PruningResult) -> str:
         ]
         headers = ["layer", "weight", "shape", "params", "non-zeros", "sparsity", "protected"]
         lines.append(tabulate(table, headers=headers, tablefmt="github"))
+    if result.one_shot is not None:
+        lines += _one_shot_lines(result.one_shot)
     if result.sensitivity is not None:
         lines += _sensitivity_lines(result.sensitivity)
     lines.append("")
     return "\n".join(lines)
+
+
+def _one_shot_lines(one_shot: OneShotResult) -> list[str]:
+    rows = [
+        [
+            row.layer,
+            row.weight,
+            row.kind,
+            row.inputs,
+            row.calibration_rows,
+            f"{row.sparsity:.2%}",
+            "" if row.relative_error is None else f"{row.relative_error:.4f}",
+            row.recalibrated or "",
+            f"{row.seconds:.2f}",
+        ]
+        for row in one_shot.layers
+    ]
+    headers = ["layer", "weight", "as", "inputs", "calibration rows", "sparsity", "layer error", "BatchNorm", "s"]
+    return [
+        "",
+        f"## One-shot ({one_shot.method}), in the order the layers were pruned",
+        "",
+        f"{one_shot.calibration_examples} calibration examples, {one_shot.seconds:.1f} s; the largest layer "
+        f"statistics held at once: {one_shot.peak_statistics_bytes / 2**20:.1f} MiB. Layer error: "
+        "||X (W - W_pruned)||^2 / ||X W||^2 on the calibration rows. BatchNorm: the one whose moving "
+        "statistics were recomputed for the pruned outputs.",
+        "",
+        tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
+    ]
 
 
 def coverage_lines(structure: StructureChange, fraction: Optional[float]) -> list[str]:

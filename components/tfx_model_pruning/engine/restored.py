@@ -84,6 +84,8 @@ def needs_keras_graph(prune_config: Any) -> Optional[str]:
         return "structured pruning"
     if method == "layer_removal":
         return "layer removal"
+    if method in ("wanda", "sparsegpt"):
+        return f"one-shot pruning ({method}: it reads each layer's inputs)"
     if setting("scope") == "sensitivity":
         return "scope='sensitivity'"
     if setting("criterion") == "taylor" and not setting("loss"):

@@ -152,6 +152,41 @@ class LayerRemovalResult:
 
 
 @dataclass
+class OneShotLayer:
+    """What one-shot pruning did to one weight."""
+
+    layer: str
+    weight: str
+    kind: str  # dense, einsum, conv, depthwise, embedding
+    inputs: int  # columns of the weight as a matrix product (patch size for a convolution)
+    calibration_rows: int  # rows of inputs the statistics were taken over
+    sparsity: float
+    seconds: float
+    damping: Optional[float] = None  # sparsegpt: the damping the Hessian needed
+    # sparsegpt: ||X (W - W_pruned)||^2 / ||X W||^2 on the calibration rows (the layer's own error).
+    relative_error: Optional[float] = None
+    recalibrated: Optional[str] = None  # the BatchNormalization whose moving statistics were recomputed
+
+
+@dataclass
+class OneShotResult:
+    """What a one-shot method (wanda, sparsegpt) did, layer by layer, in the order it pruned them."""
+
+    method: str
+    calibration_examples: int
+    seconds: float
+    peak_statistics_bytes: int  # the largest layer statistics held at once
+    layers: list[OneShotLayer] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OneShotResult:
+        return cls(**{**data, "layers": [OneShotLayer(**row) for row in data["layers"]]})
+
+
+@dataclass
 class PruningResult:
     """What ``prune_saved_model`` did; ``to_json()`` is the component's ``report.json``."""
 
@@ -167,6 +202,7 @@ class PruningResult:
     layer_removal: Optional[LayerRemovalResult] = None
     sensitivity: Optional[SensitivityResult] = None
     method_reason: str = ""  # why this method, when the config named a goal (GoalPruningConfig)
+    one_shot: Optional[OneShotResult] = None  # wanda, sparsegpt
 
     @property
     def method(self) -> str:
@@ -186,6 +222,7 @@ class PruningResult:
             "layer_removal": self.layer_removal.to_json() if self.layer_removal else None,
             "sensitivity": self.sensitivity.to_json() if self.sensitivity else None,
             "method_reason": self.method_reason,
+            "one_shot": self.one_shot.to_json() if self.one_shot else None,
         }
         if self.structure is not None:
             data["structure"] = {k: v for k, v in asdict(self.structure).items() if k != "sensitivity"}  # top level
@@ -214,6 +251,7 @@ class PruningResult:
             layer_removal=LayerRemovalResult.from_json(data["layer_removal"]) if data.get("layer_removal") else None,
             sensitivity=sensitivity,
             method_reason=data.get("method_reason") or "",
+            one_shot=OneShotResult.from_json(data["one_shot"]) if data.get("one_shot") else None,
         )
 
 

@@ -29,7 +29,10 @@ from tfx_model_pruning.engine.config import (
     GoalPruningConfig,
     LayerRemovalConfig,
     PruningConfig,
+    PruningConfigs,
+    SparseGPTPruningConfig,
     StructuredPruningConfig,
+    WandaPruningConfig,
     reads_examples,
 )
 from tfx_model_pruning.prune import executor
@@ -71,6 +74,11 @@ class PruneComponent(base_component.BaseComponent):
     residual ``Add``s (coupled channels go together) and ``Concatenate``; layers it does not
     understand are barriers whose channels keep their width (listed in the report). The
     serving signatures are rebuilt for the smaller model and proven on ``examples`` (required).
+
+    ``method="wanda"`` or ``"sparsegpt"`` prunes in one shot from calibration examples (the
+    ``train`` split), layer by layer on the inputs each layer receives, for models too costly to
+    fine-tune (pair with ``retrain: {epochs: 0}``); sparsegpt also updates the kept weights to
+    make up for the removed ones (``WandaPruningConfig``, ``SparseGPTPruningConfig``).
 
     ``method="layer_removal"`` removes whole layers and residual blocks, one at a time, each
     kept only while a short fine-tune holds the validation metric within ``tolerance``.
@@ -122,7 +130,8 @@ class PruneComponent(base_component.BaseComponent):
       examples: ``Examples`` channel; structured pruning proves the rebuilt signatures on the first
         examples of its ``train`` split; data-driven criteria, sensitivity and layer removal read
         it. Magnitude pruning by |w| does not.
-      config: A ``PruningConfig``, ``StructuredPruningConfig``, ``LayerRemovalConfig`` or
+      config: A ``PruningConfig``, ``StructuredPruningConfig``, ``WandaPruningConfig``, ``SparseGPTPruningConfig``,
+        ``LayerRemovalConfig`` or
         ``GoalPruningConfig`` (or a mapping of one, ``method`` picking the model, ``goal`` implying
         the last); the keyword options below are its fields, and override it.
 
@@ -145,9 +154,7 @@ class PruneComponent(base_component.BaseComponent):
         self,
         model: types.BaseChannel,
         examples: Optional[types.BaseChannel] = None,
-        config: Union[
-            PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig, Mapping[str, Any], None
-        ] = None,
+        config: Union[PruningConfigs, Mapping[str, Any], None] = None,
         *,
         latency_repeats: int = 0,
         allow_unsafe_layers: bool = False,
@@ -180,7 +187,14 @@ class PruneComponent(base_component.BaseComponent):
         attach(self, module_file, module_path)
 
 
-MODELS = (PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig)
+MODELS = (
+    PruningConfig,
+    StructuredPruningConfig,
+    WandaPruningConfig,
+    SparseGPTPruningConfig,
+    LayerRemovalConfig,
+    GoalPruningConfig,
+)
 SHARED = {
     "latency_repeats": SharedArgument(
         int,
@@ -202,7 +216,7 @@ PruneComponent.__init__.__signature__ = component_signature(
         ),
     ],
     MODELS,
-    Union[PruningConfig, StructuredPruningConfig, LayerRemovalConfig, GoalPruningConfig, Mapping[str, Any]],
+    Union[PruningConfigs, Mapping[str, Any]],
     SHARED,
 )
 document(PruneComponent, MODELS, SHARED)
