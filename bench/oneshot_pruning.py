@@ -154,6 +154,12 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--seeds", type=int, default=2, help="parents trained from this many seeds")
     parser.add_argument("--train-epochs", type=int, default=10)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PATTERN/METHOD",
+        help="run only these rows, e.g. '50%%/sparsegpt (erk)' '2:4/magnitude'",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -184,6 +190,8 @@ def main(argv=None) -> int:
                 print(f"trained {model_name} seed {seed} in {trained.seconds:.0f} s", flush=True)
             for pattern, methods in METHODS.items():
                 for label, config in methods:
+                    if args.only and f"{pattern}/{label}" not in args.only:
+                        continue
                     output = os.path.join(args.work, f"{model_name}-{seed}", f"{pattern}-{label}".replace(" ", "_"))
                     run = run_child(
                         [sys.executable, __file__, "--child", "prune", parent, output, json.dumps(config), str(seed)]
@@ -199,7 +207,12 @@ def main(argv=None) -> int:
                     }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    with open(os.path.join(args.work, f"results-{'-'.join(args.models)}.json"), "w") as out:
+    results = os.path.join(args.work, f"results-{'-'.join(args.models)}.json")
+    if os.path.exists(results):  # rows of an earlier --only run stay, unless measured again
+        with open(results) as earlier:
+            measured = {(r["seed"], r["pattern"], r["method"]) for r in rows}
+            rows = [r for r in json.load(earlier) if (r["seed"], r["pattern"], r["method"]) not in measured] + rows
+    with open(results, "w") as out:
         json.dump(rows, out, indent=1)
     print(table(rows))
     return 0

@@ -142,3 +142,30 @@ def test_the_taylor_criterion_prunes_a_keras_3_savedmodel_through_its_serving_fu
         prune_saved_model(
             keras3_baselines[form], str(tmp_path / "no-loss"), config.model_copy(update={"loss": None}), sample
         )
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_keras_3_model_pruned_in_one_shot_is_gated_as_pruned(method, keras3_baselines, tmp_path):
+    """No fine-tuning: the gate judges the one-shot model as it came. On this small penguin model
+    sparsegpt stays within the gate's 0.01 of its parent (its update makes up for the removed
+    weights); wanda, which only chooses them, may not, and is then refused, never pushed."""
+    out = tmp_path / "run"
+    args = ["run-local", "--output-dir", str(out), "--run-id", "oneshot", "--baseline-model"]
+    args += [keras3_baselines["keras+export"], "--method", method, "--target-sparsity", "0.5", "--epochs", "0", "-q"]
+    code = cli.main(args)
+    result = run_result(str(out / "metadata.sqlite"), "oneshot")
+    assert code == (0 if result.blessed else 3) and result.pushed == result.blessed
+    assert result.blessed or method == "wanda"
+    report = result.pruning_report
+    assert report.method == method and report.after.masked_sparsity == pytest.approx(0.5, abs=0.005)
+    assert [row.layer for row in report.one_shot.layers] == ["hidden_0", "hidden_1"]
+    assert "retrain.epochs: 0" in result.gate_result["not_fine_tuned"]
+
+
+def test_one_shot_pruning_of_a_keras_3_export_alone_is_refused_before_any_work(keras3_baselines, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run-local", "--output-dir", str(out), "--run-id", "oneshot", "--baseline-model"]
+    assert cli.main([*args, keras3_baselines["export"], "--method", "wanda", "--epochs", "0", "-q"]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "one-shot pruning (wanda: it reads each layer's inputs) needs the Keras layer graph" in error
+    assert not (out / "metadata.sqlite").exists()

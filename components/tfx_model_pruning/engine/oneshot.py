@@ -22,8 +22,9 @@ rows (its Hessian is diagonal, the token counts, so SparseGPT has nothing to spr
 over and both methods score ``|W| * sqrt(count)``). A layer that is none of these fails before
 any work, named with its class and why.
 
-Memory holds one layer's statistics at a time (SparseGPT: its ``inputs x inputs`` Hessian in
-float64, a few copies during the inversion); the calibration rows stream through in batches.
+Memory holds one layer's statistics at a time (its ``inputs x inputs`` Gram matrix in float64 for
+SparseGPT, or for a layer whose BatchNormalization is re-estimated; a few copies during SparseGPT's
+inversion); the calibration rows stream through in batches of ``calibration_batch_size``.
 """
 
 from __future__ import annotations
@@ -146,8 +147,7 @@ def _view(layer, attribute: str, kernel_shape: tuple[int, ...]) -> _View:
     if _own_call(owner, _classes("Embedding")):
         return _View("embedding", kernel_shape, 1, kernel_shape[0], kernel_shape[0], _token_counts(kernel_shape[0]))
     if _own_call(owner, _classes("EinsumDense")):
-        _, kernel, output = _einsum_parts(owner)
-        inputs_spec = _einsum_parts(owner)[0]
+        inputs_spec, kernel, output = _einsum_parts(owner)
         contracted = [axis for axis in kernel if axis in inputs_spec and axis not in output]
         width = int(np.prod(kernel_shape[: len(contracted)]))
         return _View("einsum", kernel_shape, 1, width, kernel_shape[len(contracted) - 1], _flat_rows(width))
@@ -281,7 +281,7 @@ class _Target:
     live_inputs: int = 0
 
 
-def _targets(model, weights: list[PrunableWeight], layers_by_path: dict[str, Any], method: str) -> list[_Target]:
+def _targets(weights: list[PrunableWeight], layers_by_path: dict[str, Any], method: str) -> list[_Target]:
     """One target per unprotected weight, in the order a forward pass first calls their layers.
 
     Raises:
@@ -605,7 +605,7 @@ def prune_one_shot(
     """
     started = time.perf_counter()
     method = config.method
-    targets = _targets(model, [w for w in weights if not w.protected], layers_by_path, method)
+    targets = _targets([w for w in weights if not w.protected], layers_by_path, method)
     examples = int(tf.nest.flatten(calibration)[0].shape[0])
     batches = _batches(calibration, config.calibration_batch_size)
     unreached = _discover(model, targets, batches[0], int(tf.nest.flatten(batches[0])[0].shape[0]))
@@ -621,7 +621,7 @@ def prune_one_shot(
         sparsities = erk_sparsities(
             {target.weight.key: tuple(target.weight.variable.shape) for target in targets}, config.target_sparsity
         )
-    all_layers = [layer for _, layer in layers_by_path.items()]
+    all_layers = list(layers_by_path.values())
     masks: dict[str, np.ndarray] = {}
     result = OneShotResult(method, examples, 0.0, 0)
     for done, target in enumerate(targets):
