@@ -207,6 +207,16 @@ def _prune_magnitude(
     weights, masks = prune_model(
         loaded.model, config, loaded.masks, sample, layer_sparsity, criterion=_criterion(loaded.model, config, sample)
     )
+    return _saved_with_masks(
+        loaded, output_dir, config, (weights, masks, nonzeros_before), before, latency_repeats, sensitivity=sensitivity
+    )
+
+
+def _saved_with_masks(
+    loaded: LoadedModel, output_dir: str, config, pruned: tuple, before: ModelStats, latency_repeats: int, **found
+) -> PruningResult:
+    """Saves a model pruned in place with its masks; the result, with what the method ``found``."""
+    weights, masks, nonzeros_before = pruned
     loaded.save(loaded.model, output_dir, masks)
     verify_signatures_preserved(loaded.path, output_dir)
     return PruningResult(
@@ -214,7 +224,7 @@ def _prune_magnitude(
         before=before,
         after=_measured(loaded.model, masks, output_dir, latency_repeats, with_latency=latency_repeats > 0),
         weights=layer_rows(weights, nonzeros_before),
-        sensitivity=sensitivity,
+        **found,
     )
 
 
@@ -235,14 +245,8 @@ def _prune_one_shot(
     for weight in weights:  # an earlier pruning's masks on now-protected layers still hold
         if weight.key not in masks and loaded.masks and weight.key in loaded.masks:
             masks[weight.key] = loaded.masks[weight.key]
-    loaded.save(loaded.model, output_dir, masks)
-    verify_signatures_preserved(loaded.path, output_dir)
-    return PruningResult(
-        **_common_fields(config, loaded, output_dir),
-        before=before,
-        after=_measured(loaded.model, masks, output_dir, latency_repeats, with_latency=latency_repeats > 0),
-        weights=layer_rows(weights, nonzeros_before),
-        one_shot=one_shot,
+    return _saved_with_masks(
+        loaded, output_dir, config, (weights, masks, nonzeros_before), before, latency_repeats, one_shot=one_shot
     )
 
 

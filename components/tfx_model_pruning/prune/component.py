@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from pydantic import TypeAdapter
@@ -26,13 +27,7 @@ from tfx_model_pruning.component_options import (
 )
 from tfx_model_pruning.engine.config import (
     AnyPruningConfig,
-    GoalPruningConfig,
-    LayerRemovalConfig,
-    PruningConfig,
     PruningConfigs,
-    SparseGPTPruningConfig,
-    StructuredPruningConfig,
-    WandaPruningConfig,
     reads_examples,
 )
 from tfx_model_pruning.prune import executor
@@ -187,14 +182,7 @@ class PruneComponent(base_component.BaseComponent):
         attach(self, module_file, module_path)
 
 
-MODELS = (
-    PruningConfig,
-    StructuredPruningConfig,
-    WandaPruningConfig,
-    SparseGPTPruningConfig,
-    LayerRemovalConfig,
-    GoalPruningConfig,
-)
+MODELS = typing.get_args(PruningConfigs)
 SHARED = {
     "latency_repeats": SharedArgument(
         int,
