@@ -391,3 +391,24 @@ def test_sparsegpt_through_the_prune_executor_then_gated_without_fine_tuning(tmp
     _, verdict, error = run_gate(tmp_path, retrained.uri, penguin_baseline, penguin_data, gate)
     assert error is None and verdict["blessed"], verdict
     assert "retrain.epochs: 0" in verdict["not_fine_tuned"]
+
+
+def test_sparsegpt_prunes_weights_on_always_zero_inputs_first_but_no_more_than_asked():
+    """A 3x3 convolution over a 1x1 map reads padding on 8 of its 9 taps: those weights go first,
+    and the layer still ends at the sparsity asked, not at 8/9."""
+    rng = np.random.default_rng(0)
+    taps, channels, rows = 9, 4, 400
+    x = np.zeros((rows, taps * channels))
+    x[:, 4 * channels : 5 * channels] = rng.normal(size=(rows, channels))  # the centre tap only
+    w = rng.normal(size=(taps * channels, 6))
+    hessian = (x.T @ x / rows)[None]
+    updated, keep, _, error = oneshot._sparsegpt(w[None], hessian, 0.5, None, 0, 128, 0.01)
+    assert keep[0].mean() == 0.5
+    centre = slice(4 * channels, 5 * channels)
+    assert keep[0][centre].all()  # 18 of the 32 padding-only weights went, no live one
+    padding_only = np.ones(taps * channels, dtype=bool)
+    padding_only[centre] = False
+    kept_on_padding = keep[0] & padding_only[:, None]
+    assert kept_on_padding.any()
+    np.testing.assert_allclose(updated[0][kept_on_padding], w[kept_on_padding])  # left as they were
+    assert error == pytest.approx(0.0, abs=1e-12)

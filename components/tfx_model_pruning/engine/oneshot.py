@@ -518,9 +518,11 @@ def _sparsegpt(
     original, measured = weights.copy(), hessian
     hessian = hessian.copy()
     groups, outputs, inputs = weights.shape
-    dead_groups, dead_columns = np.nonzero(np.diagonal(hessian, axis1=1, axis2=2) == 0)
-    hessian[dead_groups, dead_columns, dead_columns] = 1.0  # an input that is always zero: its weights go first
-    weights[dead_groups, :, dead_columns] = 0.0
+    # An input that is always zero (a patch tap over padding only): its weights change nothing, so
+    # they go first, but only as many as the budget asks; the rest stay as they were.
+    dead = np.diagonal(hessian, axis1=1, axis2=2) == 0  # (groups, inputs)
+    dead_groups, dead_columns = np.nonzero(dead)
+    hessian[dead_groups, dead_columns, dead_columns] = 1.0
     upper, used = _upper_inverse_cholesky(hessian, damping)
     pruned = np.zeros(weights.shape, dtype=bool)
     run_length = dict(runs) if runs is not None else {}
@@ -531,7 +533,7 @@ def _sparsegpt(
         diagonal = np.diagonal(inverse, axis1=1, axis2=2)  # (groups, width)
         block_pruned = np.zeros(block.shape, dtype=bool)
         if runs is None:
-            saliency = (block / diagonal[:, None, :]) ** 2
+            saliency = np.where(dead[:, None, first:last], 0.0, (block / diagonal[:, None, :]) ** 2)
             flat = saliency.reshape(1 if whole_layer else groups, -1)
             count = min(flat.shape[1], int(math.ceil(sparsity * flat.shape[1] - 1e-9)))
             if count:
@@ -542,7 +544,12 @@ def _sparsegpt(
         for column in range(last - first):
             length = run_length.get(first + column)
             if length is not None and length > n:
-                saliency = (block[:, :, column : column + length] / diagonal[:, None, column : column + length]) ** 2
+                span = slice(column, column + length)
+                saliency = np.where(
+                    dead[:, None, first + column : first + column + length],
+                    0.0,
+                    (block[:, :, span] / diagonal[:, None, span]) ** 2,
+                )
                 lowest = np.argsort(saliency, axis=2, kind="stable")[:, :, : length - n]
                 run_mask = np.zeros(saliency.shape, dtype=bool)
                 np.put_along_axis(run_mask, lowest, True, axis=2)
