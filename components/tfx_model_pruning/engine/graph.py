@@ -306,13 +306,21 @@ class LayerCall:
             parameters = []
         args, kwargs = self._generation.node_arguments(self._node)
         symbolic = self._generation.is_symbolic
-        names: list[str] = []
+        passed: list[tuple[str, Any]] = []
         for position, argument in enumerate(args):
             name = parameters[position] if position < len(parameters) else f"arg{position}"
-            names += [name for value in tf.nest.flatten(argument) if symbolic(value)]
-        for keyword in sorted(kwargs):  # the order tf.nest, and so the node's input ids, use
-            names += [keyword for value in tf.nest.flatten(kwargs[keyword]) if symbolic(value)]
-        return names
+            passed += [(name, value) for value in tf.nest.flatten(argument) if symbolic(value)]
+        for keyword in sorted(kwargs):
+            passed += [(keyword, value) for value in tf.nest.flatten(kwargs[keyword]) if symbolic(value)]
+        # Matched by identity: the order of keyword tensors among the node's inputs differs between
+        # tf-keras releases (sorted in 2.16, as passed in 2.21); a tensor passed twice (self-attention's
+        # query and value) takes its names in the order they were passed.
+        names_by_tensor: dict[int, list[str]] = {}
+        for name, value in passed:
+            names_by_tensor.setdefault(id(value), []).append(name)
+        if len(passed) != len(self.input_tensors) or any(id(t) not in names_by_tensor for t in self.input_tensors):
+            return [name for name, _ in passed]
+        return [names_by_tensor[id(tensor)].pop(0) for tensor in self.input_tensors]
 
     def replay(self, computed: dict[str, Any], layer: Optional[Layer] = None) -> list[Any]:
         """Calls the layer (or ``layer`` in its place) again on the tensors ``computed`` holds for
