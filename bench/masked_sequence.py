@@ -40,6 +40,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+from serving_speed import save_as_trainer  # noqa: E402
+
 TOKENS, LABEL = "tokens", "label"
 LENGTH, VOCABULARY, PAD = 8, 257, 0  # 8 rows; 1 + 2**8 row patterns; token 0 pads
 THRESHOLD = 8  # a pixel (0..16) at or above it is ink
@@ -135,12 +139,7 @@ def train_parent(path: str, data: str, epochs: int, width: int, heads: int, seed
     model.fit(*train, epochs=epochs, batch_size=32, verbose=0)
     print(f"parent eval accuracy {model.evaluate(*val, verbose=0)[1]:.4f}", flush=True)
     features = {TOKENS: spec[TOKENS]}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve(serialized):
-        return {"outputs": model(tf.io.parse_example(serialized, features), training=False)}
-
-    model.save(path, signatures={"serving_default": serve})
+    save_as_trainer(model, path, features)
 
 
 PIPELINE = """\

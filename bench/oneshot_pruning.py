@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from child_process import run_child  # noqa: E402
-from serving_speed import IMAGE_FEATURE, _examples, digits_32  # noqa: E402
+from serving_speed import IMAGE_FEATURE, _examples, digits_32, save_as_trainer  # noqa: E402
 
 MODELS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50"}
 METHODS = {
@@ -78,12 +78,7 @@ def train(model_name: str, seed: int, epochs: int, path: str) -> None:
     # Moving statistics at momentum 0.99/0.999 still describe the first steps after a short training.
     recalibrate_batch_norm(model, batch_norm_layers(model), tf.data.Dataset.from_tensor_slices(train_split).batch(32))
     spec = {IMAGE_FEATURE: tf.io.FixedLenFeature([32, 32, 3], tf.float32)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve(serialized):
-        return {"outputs": model(tf.io.parse_example(serialized, spec), training=False)}
-
-    model.save(path, signatures={"serving_default": serve})
+    save_as_trainer(model, path, spec)
 
 
 def prune(parent: str, output: str, config: dict, seed: int) -> None:

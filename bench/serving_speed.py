@@ -90,10 +90,16 @@ def train_parent(path: str, epochs: int) -> None:
     # Moving statistics at momentum 0.999 still describe the first steps after a short training.
     recalibrate_batch_norm(model, batch_norm_layers(model), tf.data.Dataset.from_tensor_slices(train).batch(32))
     spec = {IMAGE_FEATURE: tf.io.FixedLenFeature([32, 32, 3], tf.float32)}
+    save_as_trainer(model, path, spec)
+
+
+def save_as_trainer(model, path: str, feature_spec: dict) -> None:
+    """Saves ``model`` as a TFX Trainer module does: ``serving_default`` parses serialized tf.Examples."""
+    import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve(serialized):
-        return {"outputs": model(tf.io.parse_example(serialized, spec), training=False)}
+        return {"outputs": model(tf.io.parse_example(serialized, feature_spec), training=False)}
 
     model.save(path, signatures={"serving_default": serve})
 
