@@ -228,3 +228,33 @@ def test_batch_norm_statistics_are_recomputed_as_the_mean_over_train_batches(gen
     # The variance: the mean of the four batches' own (what the layer normalizes with in training).
     batch_variances = x.reshape(4, 32, 3).var(axis=1).mean(axis=0)
     np.testing.assert_allclose(np.asarray(layers[0].moving_variance), batch_variances, rtol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["live", "tf_keras SavedModel", "tf_keras HDF5", "keras3 .keras"])
+def test_the_models_own_rate_is_where_its_schedule_ended_also_once_saved(tmp_path, digits, form):
+    """The rate fine-tuning scales is the one training ended on: a decaying schedule read at its
+    last step (1e-2 halved 4 times = 6.25e-4), not at its first (1e-2), in every saved form."""
+    import keras as keras3
+
+    from tfx_model_pruning.engine.finetune import trained_learning_rate
+    from tfx_model_pruning.engine.saved_model import load_model
+
+    (x, y), _ = digits
+    library = keras3 if form.startswith("keras3") else keras
+    library.utils.set_random_seed(0)
+    model = library.Sequential([library.Input((64,)), library.layers.Dense(10, activation="softmax")])
+    schedule = library.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.5)
+    model.compile(library.optimizers.Adam(schedule), "sparse_categorical_crossentropy")
+    model.fit(x[:320], y[:320], batch_size=32, epochs=4, verbose=0)  # 40 steps
+    if form == "tf_keras SavedModel":
+        model.save(str(tmp_path / "model"))
+        model = load_model(str(tmp_path / "model")).model
+    elif form == "tf_keras HDF5":
+        model.save(str(tmp_path / "model.h5"))
+        model = keras.models.load_model(str(tmp_path / "model.h5"))
+    elif form == "keras3 .keras":
+        (tmp_path / "model").mkdir()
+        model.save(str(tmp_path / "model" / "model.keras"))
+        model = load_model(str(tmp_path / "model")).model
+    assert int(model.optimizer.iterations) == 40
+    assert trained_learning_rate(model) == pytest.approx(6.25e-4, rel=1e-5)

@@ -369,16 +369,27 @@ DEFAULT_LEARNING_RATE = 1e-3
 def trained_learning_rate(model: Any) -> Optional[float]:
     """The learning rate the model's own optimizer ended training with, where it was saved with it."""
     optimizer = getattr(model, "optimizer", None)
-    rate = getattr(optimizer, "learning_rate", None) if optimizer is not None else None
-    if rate is None:
+    if optimizer is None:
         return None
     try:
-        if callable(rate) and not isinstance(rate, tf.Variable):  # a schedule: its value at the last step
+        # A schedule's value at the step training ended on. tf-keras's ``learning_rate`` reads the
+        # rate its last step used, a variable no saved format keeps: reloaded, it is the schedule's
+        # first value, not its last.
+        rate = getattr(optimizer, "_learning_rate", None)
+        if not _is_schedule(rate):
+            rate = getattr(optimizer, "learning_rate", None)
+        if rate is None:
+            return None
+        if _is_schedule(rate):
             rate = rate(optimizer.iterations)
         value = float(np.asarray(rate))
     except (TypeError, ValueError, tf.errors.OpError):
         return None
     return value if math.isfinite(value) and 0.0 < value < 1.0 else None
+
+
+def _is_schedule(rate: Any) -> bool:
+    return callable(rate) and not isinstance(rate, tf.Variable)
 
 
 def _learning_rate(model: Any, config: FineTuneConfig) -> float:

@@ -295,8 +295,30 @@ def _load_scanned(model_dir: str, allow_unsafe_layers: bool) -> LoadedModel:
         raise ModelLoadError(f"could not load the Keras SavedModel in {model_dir!r}: {err}") from err
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{model_dir!r} holds a {type(model).__name__}, not a Keras model")
+    _restore_optimizer_step(model, model_dir)
     signatures = dict(getattr(model, "signatures", {}) or {})
     return LoadedModel(model=model, path=model_dir, signatures=signatures, masks=load_masks(model_dir))
+
+
+# The step counter of tf-keras's optimizer, and of its legacy optimizer, in a SavedModel's checkpoint.
+_OPTIMIZER_STEP_KEYS = ("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE", "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def _restore_optimizer_step(model: Any, model_dir: str) -> None:
+    """Sets the optimizer's step count from the checkpoint: tf-keras restores a SavedModel's
+    optimizer at step 0 (a ``.keras`` or HDF5 file keeps it), so a learning-rate schedule would
+    read as at its start, not where training ended."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if iterations is None or int(iterations) != 0:
+        return
+    try:
+        reader = tf.train.load_checkpoint(os.path.join(model_dir, "variables", "variables"))
+    except (tf.errors.OpError, ValueError):
+        return
+    for key in _OPTIMIZER_STEP_KEYS:
+        if reader.has_tensor(key):
+            iterations.assign(int(reader.get_tensor(key)))
+            return
 
 
 def _load_keras_file(model_dir: str, keras_file: str, allow_unsafe_layers: bool) -> LoadedModel:
