@@ -237,12 +237,19 @@ def test_the_models_own_rate_is_where_its_schedule_ended_also_once_saved(tmp_pat
     import keras as keras3
 
     from tfx_model_pruning.engine.finetune import trained_learning_rate
+    from tfx_model_pruning.engine.prune import prune_saved_model
     from tfx_model_pruning.engine.saved_model import load_model
 
     (x, y), _ = digits
     library = keras3 if form.startswith("keras3") else keras
     library.utils.set_random_seed(0)
-    model = library.Sequential([library.Input((64,)), library.layers.Dense(10, activation="softmax")])
+    model = library.Sequential(
+        [
+            library.Input((64,)),
+            library.layers.Dense(32, activation="relu"),
+            library.layers.Dense(10, activation="softmax"),
+        ]
+    )
     schedule = library.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.5)
     model.compile(library.optimizers.Adam(schedule), "sparse_categorical_crossentropy")
     model.fit(x[:320], y[:320], batch_size=32, epochs=4, verbose=0)  # 40 steps
@@ -258,3 +265,7 @@ def test_the_models_own_rate_is_where_its_schedule_ended_also_once_saved(tmp_pat
         model = load_model(str(tmp_path / "model")).model
     assert int(model.optimizer.iterations) == 40
     assert trained_learning_rate(model) == pytest.approx(6.25e-4, rel=1e-5)
+    if form in ("tf_keras SavedModel", "keras3 .keras"):  # and after pruning, which saves a fresh optimizer
+        pruned = tmp_path / "pruned"
+        prune_saved_model(str(tmp_path / "model"), str(pruned), PruningConfig(target_sparsity=0.5), latency_repeats=0)
+        assert trained_learning_rate(load_model(str(pruned)).model) == pytest.approx(6.25e-4, rel=1e-5)

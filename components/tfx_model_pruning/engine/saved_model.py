@@ -46,6 +46,10 @@ from tfx_model_pruning.engine.restored import (
 )
 
 MASKS_RELATIVE_PATH = os.path.join("assets.extra", "pruning_masks.npz")
+# A Keras 3 optimizer's step count: a ``.keras`` file keeps it only with the optimizer's slots,
+# which are not saved (they would triple the file), and a learning-rate schedule reads from it.
+OPTIMIZER_STEP_RELATIVE_PATH = os.path.join("assets.extra", "optimizer_step.json")
+_OWN_EXTRA_ASSETS = (MASKS_RELATIVE_PATH, OPTIMIZER_STEP_RELATIVE_PATH)
 
 
 class NonFiniteWeightsError(ValueError):
@@ -321,9 +325,24 @@ def _restore_optimizer_step(model: Any, model_dir: str) -> None:
             return
 
 
+def _restore_keras_3_optimizer_step(model: Any, model_dir: str) -> None:
+    """Sets a Keras 3 optimizer's step count from the file ``save_model`` wrote beside the model."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    step_path = os.path.join(model_dir, OPTIMIZER_STEP_RELATIVE_PATH)
+    if iterations is None or int(iterations) != 0 or not tf.io.gfile.exists(step_path):
+        return
+    try:
+        with tf.io.gfile.GFile(step_path) as f:
+            step = int(json.load(f)["iterations"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{step_path!r} is unreadable: {err}") from err
+    iterations.assign(step)
+
+
 def _load_keras_file(model_dir: str, keras_file: str, allow_unsafe_layers: bool) -> LoadedModel:
     """A Keras 3 model from its ``.keras`` file, and the SavedModel beside it if there is one."""
     model = load_keras_file(keras_file, allow_unsafe_layers)
+    _restore_keras_3_optimizer_step(model, model_dir)
     serving, signatures = None, {}
     if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         serving = _load_restored(model_dir).model
@@ -378,7 +397,7 @@ def _copy_extra_assets(source_dir: str, model_dir: str) -> None:
         for name in files:
             source = os.path.join(root, name)
             relative = os.path.relpath(source, source_dir)
-            if os.path.normpath(relative) == os.path.normpath(MASKS_RELATIVE_PATH):
+            if os.path.normpath(relative) in {os.path.normpath(path) for path in _OWN_EXTRA_ASSETS}:
                 continue
             target = os.path.join(model_dir, relative)
             tf.io.gfile.makedirs(os.path.dirname(target))
@@ -467,6 +486,11 @@ def _save_keras_3(model: Any, model_dir: str, signatures, keras_file: Optional[s
         tf.saved_model.save(model, model_dir, signatures=dict(signatures))
     else:
         model.export(model_dir, verbose=False)
+    if caller is not None and int(caller[0].iterations) > 0:
+        step_path = os.path.join(model_dir, OPTIMIZER_STEP_RELATIVE_PATH)
+        tf.io.gfile.makedirs(os.path.dirname(step_path))
+        with tf.io.gfile.GFile(step_path, "w") as f:
+            json.dump({"iterations": int(caller[0].iterations)}, f)
 
 
 class WeightMismatchError(ModelLoadError):
@@ -543,14 +567,17 @@ def _fresh_metrics(metrics):
 
 
 def copy_compile_settings(source: keras.Model, target: keras.Model) -> None:
-    """Compiles ``target`` with ``source``'s loss and metrics and a fresh optimizer of its kind."""
+    """Compiles ``target`` with ``source``'s loss and metrics and a fresh optimizer of its kind, at
+    the step ``source``'s reached: its learning-rate schedule reads where training ended."""
     if getattr(source, "optimizer", None) is None or getattr(source, "loss", None) is None:
         return
+    step = int(source.optimizer.iterations)
     target.compile(
         optimizer=type(source.optimizer).from_config(source.optimizer.get_config()),
         loss=source.loss,
         metrics=compiled_metrics(source),
     )
+    target.optimizer.iterations.assign(step)
 
 
 def non_finite_weights(model: Any) -> dict[str, int]:
