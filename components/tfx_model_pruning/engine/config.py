@@ -353,6 +353,13 @@ class SparseGPTPruningConfig(OneShotPruningConfig):
     block_size: int = Field(
         default=128, ge=1, description="sparsegpt: columns whose mask is chosen together, and updated lazily."
     )
+    reconstruct: Literal["dense_outputs", "layer_outputs"] = Field(
+        default="dense_outputs",
+        description="sparsegpt: what each layer's pruned weights reproduce from the pruned model's inputs. "
+        "dense_outputs, the unpruned model's outputs at that layer, so each layer also corrects the drift the "
+        "layers before it left (one more forward pass of the unpruned model per layer, and a second "
+        "inputs x inputs matrix); layer_outputs, the layer's own outputs on those inputs (the paper's objective).",
+    )
 
 
 class LayerRemovalConfig(_StrictModel):

@@ -13,6 +13,10 @@ pruned, so every layer is judged by what it will see when served.
   error, weights are pruned column by column in blocks, each removal's error spread over the
   not-yet-processed weights of its row by the optimal brain surgeon update; the mask is chosen
   per block by ``w^2 / [H^-1]_jj^2``. The kept weights change to make up for the removed ones.
+  With ``reconstruct: dense_outputs`` (the default) the layer is first refit to the unpruned
+  model's outputs at that layer, ``D W``, from its inputs in the pruned model ``X``, so it also
+  corrects the drift earlier layers left (asymmetric calibration, as GPTAQ, 2025); the unpruned
+  inputs are read with the unpruned values of the weights changed so far swapped in for a pass.
 
 A layer is a matrix product on its inputs: a Dense kernel directly, an ``EinsumDense`` (the
 attention projections) with its contracted axes flattened, a convolution through its patches
@@ -46,6 +50,7 @@ from tfx_model_pruning.engine.results import OneShotLayer, OneShotResult
 
 WANDA = "wanda"
 SPARSEGPT = "sparsegpt"
+DENSE_OUTPUTS = "dense_outputs"
 ONE_SHOT_METHODS = (WANDA, SPARSEGPT)
 # Damping is raised this many times, tenfold each, when the damped Hessian is still not positive
 # definite (inputs that are exact copies of each other); the damping used is reported per layer.
@@ -349,43 +354,98 @@ def _discover(model, targets: list[_Target], batch, examples_in_batch: int) -> l
 class _Statistics:
     """A layer's calibration inputs, summed: ``gram`` ``X^T X`` (or None: wanda keeps only its
     diagonal, ``squares``), ``sums`` of the rows, and how many rows. An embedding's ``squares``
-    are its token counts."""
+    are its token counts. With the dense model's inputs ``D`` to the same layer on the same rows:
+    ``cross`` ``X^T D``, and ``dense_signal`` ``||D M||^2`` for the layer's weights ``M``."""
 
     rows: int
     squares: np.ndarray  # (groups, inputs)
     sums: Optional[np.ndarray] = None  # (groups, inputs)
     gram: Optional[np.ndarray] = None  # (groups, inputs, inputs)
+    cross: Optional[np.ndarray] = None  # (groups, inputs, inputs)
+    dense_signal: float = 0.0
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.squares, self.sums, self.gram) if a is not None)
+        return sum(a.nbytes for a in (self.squares, self.sums, self.gram, self.cross) if a is not None)
 
 
-def _statistics(model, target: _Target, batches: list[Any], with_gram: bool) -> _Statistics:
-    """Streams the calibration batches through the model as pruned so far, summing the layer's inputs."""
+class _DenseValues:
+    """The unpruned values of every variable pruning has changed so far, swapped in for a pass to
+    read what the dense model feeds a layer, and the pruned ones swapped back after."""
+
+    def __init__(self) -> None:
+        self._values: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
+
+    def assign(self, variable, value: np.ndarray) -> None:
+        dense = self._values[id(variable)][1] if id(variable) in self._values else variable.numpy()
+        variable.assign(value)
+        self._values[id(variable)] = (variable, dense, variable.numpy())
+
+    def swapped_in(self) -> _Swap:
+        return _Swap(list(self._values.values()))
+
+
+class _Swap:
+    def __init__(self, values: list[tuple[Any, np.ndarray, np.ndarray]]):
+        self._values = values
+
+    def __enter__(self) -> None:
+        for variable, dense, _ in self._values:
+            variable.assign(dense)
+
+    def __exit__(self, *exc) -> None:
+        for variable, _, pruned in self._values:
+            variable.assign(pruned)
+
+
+def _rows_per_batch(model, target: _Target, batch) -> Optional[tf.Tensor]:
+    """The layer's input rows ``(groups, rows, inputs)`` on ``batch``, over all its calls (an
+    embedding: its token counts)."""
+    captured = []
+    with _Hook(target.layer, lambda x: captured.append(target.view.rows_of(x)), stop_after=target.calls):
+        _forward(model, batch)
+    if target.view.kind == "embedding":
+        return tf.add_n(captured)
+    return tf.concat(captured, axis=1)
+
+
+def _statistics(
+    model,
+    target: _Target,
+    batches: list[Any],
+    with_gram: bool,
+    dense: Optional[_DenseValues] = None,
+    matrix: Optional[np.ndarray] = None,
+) -> _Statistics:
+    """Streams the calibration batches through the model as pruned so far, summing the layer's
+    inputs; with ``dense``, also through the unpruned model, for ``cross`` and, with the layer's
+    weights ``matrix``, ``dense_signal``."""
     view = target.view
     if view.kind == "embedding":
         stats = _Statistics(0, np.zeros((1, view.inputs)))
-    else:
-        shape = (view.groups, view.inputs)
-        gram = np.zeros((*shape, view.inputs)) if with_gram else None
-        stats = _Statistics(0, np.zeros(shape), np.zeros(shape), gram)
-
-    def add(x):
-        values = view.rows_of(x)
-        if view.kind == "embedding":
-            stats.squares[0] += values.numpy()
-            stats.rows += int(tf.size(x))
-            return
+        for batch in batches:
+            stats.squares[0] += _rows_per_batch(model, target, batch).numpy()
+        stats.rows = int(round(stats.squares.sum()))
+        return stats
+    shape = (view.groups, view.inputs)
+    square = (*shape, view.inputs)
+    stats = _Statistics(0, np.zeros(shape), np.zeros(shape), np.zeros(square) if with_gram else None)
+    if dense is not None:
+        stats.cross = np.zeros(square)
+    for batch in batches:
+        values = _rows_per_batch(model, target, batch)
         stats.rows += int(values.shape[1])
         stats.squares += tf.reduce_sum(tf.square(values), axis=1).numpy()
         stats.sums += tf.reduce_sum(values, axis=1).numpy()
         if stats.gram is not None:
             stats.gram += tf.linalg.matmul(values, values, transpose_a=True).numpy()
-
-    for batch in batches:
-        with _Hook(target.layer, add, stop_after=target.calls):
-            _forward(model, batch)
+        if dense is not None:
+            with dense.swapped_in():
+                dense_values = _rows_per_batch(model, target, batch)
+            stats.cross += tf.linalg.matmul(values, dense_values, transpose_a=True).numpy()
+            if matrix is not None:
+                outputs = tf.linalg.matmul(tf.cast(dense_values, tf.float64), matrix)
+                stats.dense_signal += float(tf.reduce_sum(tf.square(outputs)))
     return stats
 
 
@@ -410,7 +470,9 @@ def _batch_norm_fed_by(layer, layers: list[Any]) -> Optional[Any]:
     return None
 
 
-def _recalibrate(batch_norm, stats: _Statistics, matrix: np.ndarray, bias: Optional[np.ndarray]) -> None:
+def _recalibrate(
+    batch_norm, stats: _Statistics, matrix: np.ndarray, bias: Optional[np.ndarray], values: _DenseValues
+) -> None:
     """Sets ``batch_norm``'s moving mean and variance to those of ``rows @ matrix + bias`` over
     the calibration rows, exactly, from their sums and Gram matrix: what it would measure on the
     pruned layer's outputs. ``matrix`` is ``(groups, inputs, outputs)``; channels run group-major."""
@@ -422,8 +484,8 @@ def _recalibrate(batch_norm, stats: _Statistics, matrix: np.ndarray, bias: Optio
         mean = mean + bias.reshape(-1)
     dtype = batch_norm.moving_mean.dtype
     dtype = dtype if isinstance(dtype, str) else dtype.name
-    batch_norm.moving_mean.assign(mean.astype(dtype))
-    batch_norm.moving_variance.assign(np.maximum(variance, 0.0).astype(dtype))
+    values.assign(batch_norm.moving_mean, mean.astype(dtype))
+    values.assign(batch_norm.moving_variance, np.maximum(variance, 0.0).astype(dtype))
 
 
 # -- masks -----------------------------------------------------------------------------------------
@@ -570,6 +632,36 @@ def _sparsegpt(
     return weights.transpose(0, 2, 1), ~pruned.transpose(0, 2, 1), used, (lost / signal if signal > 0 else 0.0)
 
 
+def _refit_to_dense(matrix: np.ndarray, hessian: np.ndarray, cross: np.ndarray, damping: float) -> np.ndarray:
+    """The dense weights ``M'`` whose outputs on the pruned model's inputs ``X`` come closest to
+    the unpruned model's outputs ``D M``: ``argmin ||X M' - D M||^2 + lambda ||M' - M||^2``, that
+    is ``M + (H + lambda I)^-1 (X^T D - H) M`` with ``H = X^T X`` (per row) and ``lambda`` the
+    damping times H's mean diagonal. SparseGPT then prunes ``M'``: since ``X M'`` is the
+    projection of ``D M`` onto what ``X`` can express, its reconstruction of ``X M'`` is the best
+    reconstruction of the dense model's outputs (up to the damping)."""
+    groups, inputs, _ = hessian.shape
+    regularised = hessian.copy()
+    scale = np.maximum(np.diagonal(hessian, axis1=1, axis2=2).mean(axis=1), np.finfo(np.float64).tiny)
+    index = np.arange(inputs)
+    regularised[:, index, index] += damping * scale[:, None]
+    dead = np.diagonal(hessian, axis1=1, axis2=2) == 0
+    dead_groups, dead_columns = np.nonzero(dead)
+    regularised[dead_groups, dead_columns, dead_columns] = 1.0
+    return matrix + np.linalg.solve(regularised, np.matmul(cross - hessian, matrix))
+
+
+def _error_against_dense(
+    updated: np.ndarray, matrix: np.ndarray, hessian: np.ndarray, cross: np.ndarray, signal: float, rows: int
+) -> float:
+    """``||X M_pruned - D M||^2 / ||D M||^2`` over the calibration rows (``signal`` the denominator)."""
+    lost = (
+        float(np.einsum("gio,gij,gjo->", updated, hessian * rows, updated))
+        - 2.0 * float(np.einsum("gio,gij,gjo->", updated, cross, matrix))
+        + signal
+    )
+    return max(lost, 0.0) / signal if signal > 0 else 0.0
+
+
 def erk_sparsities(shapes: dict[str, tuple[int, ...]], sparsity: float) -> dict[str, float]:
     """Per-weight sparsities averaging ``sparsity`` over all their weights, each weight's density
     proportional to ``sum(shape) / prod(shape)`` (Erdos-Renyi-Kernel, Evci et al. 2020, "Rigging
@@ -629,8 +721,10 @@ def prune_one_shot(
             {target.weight.key: tuple(target.weight.variable.shape) for target in targets}, config.target_sparsity
         )
     all_layers = list(layers_by_path.values())
+    match_dense = method == SPARSEGPT and config.reconstruct == DENSE_OUTPUTS
+    values = _DenseValues()
     masks: dict[str, np.ndarray] = {}
-    result = OneShotResult(method, examples, 0.0, 0)
+    result = OneShotResult(method, examples, 0.0, 0, reconstruct=config.reconstruct if method == SPARSEGPT else None)
     for done, target in enumerate(targets):
         layer_started = time.perf_counter()
         view, variable = target.view, target.weight.variable
@@ -639,13 +733,20 @@ def prune_one_shot(
             if config.recalibrate_batch_norm and view.kind != "embedding" and target.calls == 1
             else None
         )
-        stats = _statistics(model, target, batches, with_gram=method == SPARSEGPT or batch_norm is not None)
-        result.peak_statistics_bytes = max(result.peak_statistics_bytes, stats.nbytes)
         kernel = variable.numpy()
         previous = (existing_masks or {}).get(target.weight.key)
         if previous is not None and previous.shape == kernel.shape:
             kernel = kernel * previous
         matrix = view.to_matrix(kernel)
+        stats = _statistics(
+            model,
+            target,
+            batches,
+            with_gram=method == SPARSEGPT or batch_norm is not None,
+            dense=values if match_dense and view.kind != "embedding" else None,
+            matrix=matrix.astype(np.float64),
+        )
+        result.peak_statistics_bytes = max(result.peak_statistics_bytes, stats.nbytes)
         runs = _runs(view.inputs, view.run, m) if m else None
         # A depthwise channel reads only its kh * kw taps: a share per channel (5 of 9 at 0.5) would
         # cut every channel alike, so the layer's weights are compared together.
@@ -656,9 +757,13 @@ def prune_one_shot(
             keep = _wanda(matrix, norms, sparsities[target.weight.key], runs, n, whole_layer)
             updated = matrix * keep
         else:
+            hessian = stats.gram / max(stats.rows, 1)
+            refit = matrix
+            if stats.cross is not None:
+                refit = _refit_to_dense(matrix, hessian, stats.cross / stats.rows, config.damping)
             updated, keep, damping, error = _sparsegpt(
-                matrix,
-                stats.gram / max(stats.rows, 1),
+                refit,
+                hessian,
                 sparsities[target.weight.key],
                 runs,
                 n,
@@ -669,12 +774,14 @@ def prune_one_shot(
         if previous is not None and previous.shape == kernel.shape:
             keep &= view.to_matrix(previous)
             updated = updated * keep
+        if stats.cross is not None:
+            error = _error_against_dense(updated, matrix, hessian, stats.cross, stats.dense_signal, stats.rows)
         mask = view.from_matrix(keep)
-        variable.assign(view.from_matrix(updated).astype(variable.dtype.as_numpy_dtype))
+        values.assign(variable, view.from_matrix(updated).astype(variable.dtype.as_numpy_dtype))
         masks[target.weight.key] = mask
         if batch_norm is not None:
             bias = getattr(target.layer, "bias", None)
-            _recalibrate(batch_norm, stats, updated, None if bias is None else np.asarray(bias))
+            _recalibrate(batch_norm, stats, updated, None if bias is None else np.asarray(bias), values)
         result.layers.append(
             OneShotLayer(
                 layer=target.weight.layer_name,

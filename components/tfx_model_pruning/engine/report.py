@@ -295,14 +295,21 @@ def _one_shot_lines(one_shot: OneShotResult) -> list[str]:
         for row in one_shot.layers
     ]
     headers = ["layer", "weight", "as", "inputs", "calibration rows", "sparsity", "layer error", "BatchNorm", "s"]
+    if one_shot.reconstruct == "dense_outputs":
+        error = (
+            "||X W_pruned - D W||^2 / ||D W||^2 on the calibration rows, X the layer's inputs in the pruned "
+            "model and D in the unpruned one (so it counts the drift of the layers before)."
+        )
+    else:
+        error = "||X (W - W_pruned)||^2 / ||X W||^2 on the calibration rows."
+    method = one_shot.method + (f", reconstructing the {one_shot.reconstruct}" if one_shot.reconstruct else "")
     return [
         "",
-        f"## One-shot ({one_shot.method}), in the order the layers were pruned",
+        f"## One-shot ({method.replace('_', ' ')}), in the order the layers were pruned",
         "",
         f"{one_shot.calibration_examples} calibration examples, {one_shot.seconds:.1f} s; the largest layer "
-        f"statistics held at once: {one_shot.peak_statistics_bytes / 2**20:.1f} MiB. Layer error: "
-        "||X (W - W_pruned)||^2 / ||X W||^2 on the calibration rows. BatchNorm: the one whose moving "
-        "statistics were recomputed for the pruned outputs.",
+        f"statistics held at once: {one_shot.peak_statistics_bytes / 2**20:.1f} MiB. Layer error: {error} "
+        "BatchNorm: the one whose moving statistics were recomputed for the pruned outputs.",
         "",
         tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
     ]

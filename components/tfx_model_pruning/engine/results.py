@@ -177,6 +177,7 @@ class OneShotResult:
     seconds: float
     peak_statistics_bytes: int  # the largest layer statistics held at once
     layers: list[OneShotLayer] = field(default_factory=list)
+    reconstruct: Optional[str] = None  # sparsegpt: dense_outputs or layer_outputs
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
