@@ -37,20 +37,33 @@ METHODS = {
         ("magnitude (per layer)", {"method": "magnitude", "target_sparsity": 0.5, "scope": "per_layer"}),
         ("magnitude (erk)", {"method": "magnitude", "target_sparsity": 0.5, "allocation": "erk"}),
         ("wanda", {"method": "wanda", "target_sparsity": 0.5}),
-        ("sparsegpt", {"method": "sparsegpt", "target_sparsity": 0.5}),
+        ("sparsegpt, layer outputs", {"method": "sparsegpt", "target_sparsity": 0.5, "reconstruct": "layer_outputs"}),
         ("wanda (erk)", {"method": "wanda", "target_sparsity": 0.5, "allocation": "erk"}),
-        ("sparsegpt (erk)", {"method": "sparsegpt", "target_sparsity": 0.5, "allocation": "erk"}),
+        (
+            "sparsegpt (erk), layer outputs",
+            {"method": "sparsegpt", "target_sparsity": 0.5, "allocation": "erk", "reconstruct": "layer_outputs"},
+        ),
+        ("sparsegpt, dense outputs", {"method": "sparsegpt", "target_sparsity": 0.5}),
+        (
+            "sparsegpt (erk), dense outputs",
+            {"method": "sparsegpt", "target_sparsity": 0.5, "allocation": "erk"},
+        ),
     ],
     "2:4": [
         ("magnitude", {"method": "magnitude", "n_m": "2:4"}),
         ("wanda", {"method": "wanda", "n_m": "2:4"}),
-        ("sparsegpt", {"method": "sparsegpt", "n_m": "2:4"}),
+        ("sparsegpt, layer outputs", {"method": "sparsegpt", "n_m": "2:4", "reconstruct": "layer_outputs"}),
+        ("sparsegpt, dense outputs", {"method": "sparsegpt", "n_m": "2:4"}),
     ],
     # 2:4 where sparse tensor cores pay off, the wide kernels; the narrow ones (min_weights) stay dense.
     "2:4, kernels of 64k+ weights": [
         ("magnitude", {"method": "magnitude", "n_m": "2:4", "min_weights": 65536}),
         ("wanda", {"method": "wanda", "n_m": "2:4", "min_weights": 65536}),
-        ("sparsegpt", {"method": "sparsegpt", "n_m": "2:4", "min_weights": 65536}),
+        (
+            "sparsegpt, layer outputs",
+            {"method": "sparsegpt", "n_m": "2:4", "min_weights": 65536, "reconstruct": "layer_outputs"},
+        ),
+        ("sparsegpt, dense outputs", {"method": "sparsegpt", "n_m": "2:4", "min_weights": 65536}),
     ],
 }
 
@@ -81,7 +94,7 @@ def train(model_name: str, seed: int, epochs: int, path: str) -> None:
     save_as_trainer(model, path, spec)
 
 
-def prune(parent: str, output: str, config: dict, seed: int) -> None:
+def prune(parent: str, output: str, config: dict, seed: int, limit: int = 0) -> None:
     """Prunes in this process and prints the figures as JSON (the caller measures peak RSS)."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import time
@@ -95,6 +108,7 @@ def prune(parent: str, output: str, config: dict, seed: int) -> None:
 
     (train_images, train_labels), (eval_images, eval_labels) = digits_32(seed)
     calibration = calibration_images(train_images) if "resnet50" in parent else train_images
+    calibration = calibration[:limit] if limit else calibration
     serialized = tf.constant(_examples(calibration, np.concatenate([train_labels, train_labels])[: len(calibration)]))
     started = time.perf_counter()
     if config["method"] == "magnitude" and config.get("allocation") == "erk":
@@ -161,6 +175,12 @@ def main(argv=None) -> int:
         metavar="PATTERN/METHOD",
         help="run only these rows, e.g. '50%%/sparsegpt (erk)' '2:4/magnitude'",
     )
+    parser.add_argument(
+        "--calibration-examples",
+        type=int,
+        default=0,
+        help="the first N calibration examples only (default all; sparsegpt needs at least a layer's inputs)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -168,7 +188,7 @@ def main(argv=None) -> int:
         if kind == "train":
             train(rest[0], int(rest[1]), int(rest[2]), rest[3])
         else:
-            prune(rest[0], rest[1], json.loads(rest[2]), int(rest[3]))
+            prune(rest[0], rest[1], json.loads(rest[2]), int(rest[3]), int(rest[4]))
         return 0
 
     rows = []
@@ -195,7 +215,17 @@ def main(argv=None) -> int:
                         continue
                     output = os.path.join(args.work, f"{model_name}-{seed}", f"{pattern}-{label}".replace(" ", "_"))
                     run = run_child(
-                        [sys.executable, __file__, "--child", "prune", parent, output, json.dumps(config), str(seed)]
+                        [
+                            sys.executable,
+                            __file__,
+                            "--child",
+                            "prune",
+                            parent,
+                            output,
+                            json.dumps(config),
+                            str(seed),
+                            str(args.calibration_examples),
+                        ]
                     )
                     figures = json.loads(run.stdout.strip().splitlines()[-1])
                     row = {

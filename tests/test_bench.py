@@ -137,3 +137,20 @@ def test_the_masked_sequence_benchmark_prunes_heads_of_a_masked_encoder_through_
     assert re.search(r"^\| 0 +\| .*\| 4/4 -> 2/2 ", out, re.M) and re.search(
         r"^\| median +\| [01] of 1 blessed", out, re.M
     )
+
+
+def test_the_one_shot_benchmark_trains_a_stock_cnn_and_prunes_it_by_each_method_asked(tmp_path, capsys):
+    import json
+
+    import oneshot_pruning
+
+    rows = ["2:4/magnitude", "2:4/wanda"]
+    argv = ["--work", str(tmp_path), "--models", "mobilenetv2", "--seeds", "1", "--train-epochs", "1"]
+    assert oneshot_pruning.main([*argv, "--calibration-examples", "128", "--only", *rows]) == 0
+    measured = json.loads((tmp_path / "results-mobilenetv2.json").read_text())
+    assert [f"{row['pattern']}/{row['method']}" for row in measured] == rows
+    for row in measured:
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 < row["parent_accuracy"] <= 1.0
+        assert 0.45 < row["sparsity"] <= 0.5 and row["seconds"] > 0 and row["peak_rss_mib"] > 0
+    assert measured[0]["statistics_mib"] == 0.0 < measured[1]["statistics_mib"]  # wanda reads input norms
+    assert "| mobilenetv2 | 2:4 | wanda |" in capsys.readouterr().out
