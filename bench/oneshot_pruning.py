@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="runs/oneshot")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--seeds", type=int, default=2, help="parents trained from this many seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first of those seeds (to add seeds later)")
     parser.add_argument("--train-epochs", type=int, default=10)
     parser.add_argument(
         "--only",
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
 
     rows = []
     for model_name in args.models:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             parent = os.path.join(args.work, f"{model_name}-{seed}", "parent")
             if not os.path.isdir(parent):
                 trained = run_child(
