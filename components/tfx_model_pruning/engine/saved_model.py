@@ -308,7 +308,7 @@ def _load_scanned(model_dir: str, allow_unsafe_layers: bool) -> LoadedModel:
 _OPTIMIZER_STEP_KEYS = ("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE", "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE")
 
 
-def _value(step_variable: Any) -> int:
+def _step_count(step_variable: Any) -> int:
     """An optimizer's step count: ``int()`` of a variable fails for a MirroredVariable."""
     return int(np.asarray(step_variable.numpy()))
 
@@ -318,7 +318,7 @@ def _restore_optimizer_step(model: Any, model_dir: str) -> None:
     optimizer at step 0 (a ``.keras`` or HDF5 file keeps it), so a learning-rate schedule would
     read as at its start, not where training ended."""
     iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
-    if iterations is None or _value(iterations) != 0:
+    if iterations is None or _step_count(iterations) != 0:
         return
     try:
         reader = tf.train.load_checkpoint(os.path.join(model_dir, "variables", "variables"))
@@ -334,7 +334,7 @@ def _restore_keras_3_optimizer_step(model: Any, model_dir: str) -> None:
     """Sets a Keras 3 optimizer's step count from the file ``save_model`` wrote beside the model."""
     iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
     step_path = os.path.join(model_dir, OPTIMIZER_STEP_RELATIVE_PATH)
-    if iterations is None or _value(iterations) != 0 or not tf.io.gfile.exists(step_path):
+    if iterations is None or _step_count(iterations) != 0 or not tf.io.gfile.exists(step_path):
         return
     try:
         with tf.io.gfile.GFile(step_path) as f:
@@ -491,11 +491,11 @@ def _save_keras_3(model: Any, model_dir: str, signatures, keras_file: Optional[s
         tf.saved_model.save(model, model_dir, signatures=dict(signatures))
     else:
         model.export(model_dir, verbose=False)
-    if caller is not None and _value(caller[0].iterations) > 0:
+    if caller is not None and _step_count(caller[0].iterations) > 0:
         step_path = os.path.join(model_dir, OPTIMIZER_STEP_RELATIVE_PATH)
         tf.io.gfile.makedirs(os.path.dirname(step_path))
         with tf.io.gfile.GFile(step_path, "w") as f:
-            json.dump({"iterations": _value(caller[0].iterations)}, f)
+            json.dump({"iterations": _step_count(caller[0].iterations)}, f)
 
 
 class WeightMismatchError(ModelLoadError):
@@ -576,7 +576,7 @@ def copy_compile_settings(source: keras.Model, target: keras.Model) -> None:
     the step ``source``'s reached: its learning-rate schedule reads where training ended."""
     if getattr(source, "optimizer", None) is None or getattr(source, "loss", None) is None:
         return
-    step = _value(source.optimizer.iterations)
+    step = _step_count(source.optimizer.iterations)
     target.compile(
         optimizer=type(source.optimizer).from_config(source.optimizer.get_config()),
         loss=source.loss,
